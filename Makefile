@@ -1,0 +1,29 @@
+# recoverable_msg: PGXS build.  `make`, `make install`, and `test/check.sh`
+# for the whole test suite (pg_regress, isolation specs and TAP clusters).
+
+MODULE_big = recoverable_msg
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+EXTENSION = recoverable_msg
+DATA = $(wildcard sql/recoverable_msg--*.sql)
+
+# pg_regress inputs live in sql/, their outputs in expected/; the tests need
+# the library preloaded, which test/check.sh arranges through --temp-config.
+REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view
+REGRESS_OPTS = --load-extension=recoverable_msg
+
+# Isolation specs for races, kept under test/ with their expected outputs.
+ISOLATION = consumers_race get_rollback drop_vs_put
+ISOLATION_OPTS = --inputdir=test
+
+TAP_TESTS = 1
+PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# test/check.sh reads the lists above through this, so they are stated once.
+print-%:
+	@echo '$($*)'

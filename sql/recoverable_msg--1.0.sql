@@ -1,0 +1,209 @@
+\echo Use "CREATE EXTENSION recoverable_msg" to load this file. \quit
+
+-- recoverable_msg 1.0: the message store and the queue interface.
+--
+-- Every row here is WAL-backed: a message survives a crash exactly when the
+-- transaction that put it committed.  Payload data lives in rows of its own
+-- (rmsg.payload) that messages reference, so that a later put of the same
+-- data can store a reference instead of the data (seed 004); payloads no
+-- larger than rmsg.inline_payload_max are kept inline in the message row,
+-- where a reference would cost more WAL than it saves.
+
+CREATE SEQUENCE rmsg.msg_id_seq;
+CREATE SEQUENCE rmsg.payload_id_seq;
+
+CREATE TABLE rmsg.queue (
+    queue_id        int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    max_deliveries  int NOT NULL CHECK (max_deliveries > 0),
+    dead_letter_queue_id int REFERENCES rmsg.queue (queue_id),
+    dedup           text NOT NULL CHECK (dedup IN ('none', 'token', 'content')),
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
+
+-- refs counts the live and dead messages that point at the row; the last one
+-- to go deletes it.  It is the first column so that an update of refs logs
+-- only a few bytes (PostgreSQL logs the changed middle of a same-page update).
+CREATE TABLE rmsg.payload (
+    payload_id      bigint PRIMARY KEY DEFAULT nextval('rmsg.payload_id_seq'),
+    refs            int NOT NULL CHECK (refs >= 0),
+    data            bytea NOT NULL
+);
+ALTER SEQUENCE rmsg.payload_id_seq OWNED BY rmsg.payload.payload_id;
+COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
+
+-- A message is ready when visible_at has passed; leased marks a delivered
+-- message whose visibility timeout runs until visible_at.  Neither column is
+-- indexed, so a get or nack is a HOT update whenever the page has room
+-- (hence the fillfactor).  payload_id and inline_data: exactly one is set.
+CREATE TABLE rmsg.message (
+    msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
+    queue_id        int NOT NULL,
+    leased          boolean NOT NULL DEFAULT false,
+    deliveries      int NOT NULL DEFAULT 0,
+    visible_at      timestamptz NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    payload_size    int NOT NULL,
+    payload_id      bigint,
+    headers         jsonb,
+    inline_data     bytea,
+    CHECK ((payload_id IS NULL) <> (inline_data IS NULL))
+) WITH (fillfactor = 80);
+ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
+CREATE INDEX message_queue_order_idx ON rmsg.message (queue_id, msg_id);
+COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
+
+-- Messages that used up max_deliveries in a queue without a dead-letter
+-- queue.  They keep their payload reference, so nothing is lost; the views
+-- count them and rmsg.ack removes them.
+CREATE TABLE rmsg.dead_message (
+    msg_id          bigint PRIMARY KEY,
+    queue_id        int NOT NULL,
+    deliveries      int NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    died_at         timestamptz NOT NULL,
+    payload_size    int NOT NULL,
+    payload_id      bigint,
+    headers         jsonb,
+    inline_data     bytea
+);
+CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
+COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
+
+-- pg_dump keeps the messages with the extension.
+SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
+
+-- The tables are reached through the functions below; nobody else writes them.
+REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Queues
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.create_queue(queue text, max_deliveries int DEFAULT 5,
+                                  dead_letter_queue text DEFAULT NULL,
+                                  dedup text DEFAULT 'token')
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_queue(text, int, text, text) IS
+  'create a queue; messages delivered max_deliveries times without an ack go to dead_letter_queue, or are kept as dead';
+
+CREATE FUNCTION rmsg.drop_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_drop_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.drop_queue(text) IS
+  'drop a queue with all its messages';
+
+CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint) IS
+  'put a message; returns its msg_id, unique across all queues';
+
+-- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
+-- jsonb''s text form), so every consumer reads bytea.
+CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint) IS
+  'put a text message, stored as its bytes in the database encoding';
+
+CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint) IS
+  'put a jsonb message, stored as the bytes of its text form';
+
+CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb) IS
+  'put one message per array element in one statement; returns the msg_ids in array order';
+
+CREATE FUNCTION rmsg.get(queue text, max int DEFAULT 1,
+                         visibility interval DEFAULT '30 seconds',
+                         wait interval DEFAULT NULL)
+RETURNS TABLE (msg_id bigint, payload bytea, headers jsonb, deliveries int,
+               enqueued_at timestamptz, data_token bigint)
+AS 'MODULE_PATHNAME', 'rmsg_get'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+COMMENT ON FUNCTION rmsg.get(text, int, interval, interval) IS
+  'take up to max ready messages, invisible to others for visibility; with wait, block until one is ready';
+
+CREATE FUNCTION rmsg.ack(msg_id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_ack'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint) IS
+  'remove a message for good; false when there is no such message';
+
+CREATE FUNCTION rmsg.ack(msg_ids bigint[])
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_ack_many'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint[]) IS
+  'remove several messages; returns how many existed';
+
+CREATE FUNCTION rmsg.nack(msg_id bigint, delay interval DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_nack'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.nack(bigint, interval) IS
+  'give a delivered message back: ready again after delay (default at once); false when it is not in flight';
+
+CREATE FUNCTION rmsg.extend(msg_id bigint, visibility interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_extend'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.extend(bigint, interval) IS
+  'keep a delivered message invisible for visibility from now; false when it is not in flight';
+
+------------------------------------------------------------------------------
+-- Monitoring
+------------------------------------------------------------------------------
+
+-- One scan of a queue's messages: ready (visible now), in flight (delivered,
+-- lease running), delayed (put or nacked with a delay that has not passed).
+CREATE VIEW rmsg.queues AS
+SELECT q.name AS queue,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.in_flight, 0) AS in_flight,
+       coalesce(m.delayed, 0) AS delayed,
+       coalesce(d.dead, 0) AS dead,
+       m.oldest_ready_age,
+       q.max_deliveries,
+       dlq.name AS dead_letter_queue,
+       q.dedup,
+       coalesce(m.bytes, 0) AS payload_bytes,
+       q.created_at
+  FROM rmsg.queue q
+  LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE mm.visible_at <= now()) AS ready,
+               count(*) FILTER (WHERE mm.visible_at > now() AND mm.leased) AS in_flight,
+               count(*) FILTER (WHERE mm.visible_at > now() AND NOT mm.leased) AS delayed,
+               now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()) AS oldest_ready_age,
+               sum(mm.payload_size) AS bytes
+          FROM rmsg.message mm
+         WHERE mm.queue_id = q.queue_id) m ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS dead
+          FROM rmsg.dead_message dm
+         WHERE dm.queue_id = q.queue_id) d ON true;
+COMMENT ON VIEW rmsg.queues IS
+  'one row per queue: ready, in-flight, delayed and dead message counts, age of the oldest ready message';

@@ -1,0 +1,222 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue_admin.c
+ *	  The queue catalog: create_queue, drop_queue, and looking queues up.
+ *
+ * Locking.  A put must never add a message to a queue that a concurrent
+ * drop_queue is deleting: the drop would not see the uncommitted message and
+ * leave it behind.  So every put holds a heavyweight lock on the queue's
+ * name in AccessShareLock until its transaction ends, and create_queue and
+ * drop_queue take it in AccessExclusiveLock.  The lock is taken before the
+ * catalog is read, and the catalog is read with the latest snapshot, so a
+ * put that waited for a drop sees the queue gone.  A get holds the same lock
+ * in AccessShareLock, so a drop also waits for consumers that might be
+ * dead-lettering a message into the queue's dead-message table.  The lock tag is an
+ * object lock with our own class id and the hash of the name; two names
+ * sharing a hash only serialise needlessly.
+ *
+ * A dead-letter queue is referenced by id through a foreign key, so it
+ * cannot be dropped while a queue still sends it messages.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+
+#include "rmsg.h"
+
+/* Class id of our object locks ('RMSG'); sub ids tell the lock kinds apart. */
+#define RMSG_LOCK_CLASS			0x524D5347
+#define RMSG_LOCK_QUEUE_NAME	1
+
+PG_FUNCTION_INFO_V1(rmsg_create_queue);
+PG_FUNCTION_INFO_V1(rmsg_drop_queue);
+
+static RmsgPlan lookup_plan = {
+	"SELECT queue_id, max_deliveries, coalesce(dead_letter_queue_id, 0), dedup"
+	"  FROM rmsg.queue WHERE name = $1",
+	1, {TEXTOID}
+};
+
+static RmsgPlan insert_plan = {
+	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup)"
+	" VALUES ($1, $2, nullif($3, 0), $4)"
+	" ON CONFLICT (name) DO NOTHING RETURNING queue_id",
+	4, {TEXTOID, INT4OID, INT4OID, TEXTOID}
+};
+
+static RmsgPlan dlq_users_plan = {
+	"SELECT name FROM rmsg.queue"
+	" WHERE dead_letter_queue_id = $1 AND queue_id <> $1 ORDER BY name LIMIT 1",
+	1, {INT4OID}
+};
+
+/* Deletes a queue's messages, live and dead; returns their payload ids. */
+static RmsgPlan delete_messages_plan = {
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING payload_id),"
+	"     dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = $1 RETURNING payload_id)"
+	" SELECT array_agg(payload_id) FROM"
+	"  (SELECT payload_id FROM live UNION ALL SELECT payload_id FROM dead) g"
+	" WHERE payload_id IS NOT NULL",
+	1, {INT4OID}
+};
+
+static RmsgPlan delete_queue_plan = {
+	"DELETE FROM rmsg.queue WHERE queue_id = $1",
+	1, {INT4OID}
+};
+
+void
+RmsgLockQueueName(const char *name, LOCKMODE mode)
+{
+	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
+
+	LockDatabaseObject(RMSG_LOCK_CLASS, hash, RMSG_LOCK_QUEUE_NAME, mode);
+}
+
+/* Reads a queue's catalog row with the latest snapshot; false if none. */
+bool
+RmsgLookupQueue(const char *name, RmsgQueue *queue)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	bool		isnull;
+	TupleDesc	desc;
+	HeapTuple	row;
+	char	   *dedup;
+
+	RmsgPlanExecute(&lookup_plan, &arg, NULL, true, 1);
+	if (SPI_processed == 0)
+		return false;
+
+	desc = SPI_tuptable->tupdesc;
+	row = SPI_tuptable->vals[0];
+	queue->queue_id = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
+	queue->max_deliveries = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	queue->dead_letter_queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	dedup = TextDatumGetCString(SPI_getbinval(row, desc, 4, &isnull));
+	queue->dedup = dedup[0];
+	return true;
+}
+
+/*
+ * Checks the name, locks it (unless mode is NoLock) and looks the queue up;
+ * an unknown queue is an error.  Call inside SPI.
+ */
+RmsgQueue
+RmsgOpenQueue(const char *name, LOCKMODE mode)
+{
+	RmsgQueue	queue;
+
+	RmsgCheckName(name, "queue");
+	if (mode != NoLock)
+		RmsgLockQueueName(name, mode);
+	if (!RmsgLookupQueue(name, &queue))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("queue \"%s\" does not exist", name)));
+	return queue;
+}
+
+static void
+CheckDedupArg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *dedup = RmsgTextArg(fcinfo, argno, "dedup");
+
+	if (strcmp(dedup, "none") != 0 && strcmp(dedup, "token") != 0 &&
+		strcmp(dedup, "content") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid dedup mode \"%s\"", dedup),
+				 errhint("Use \"none\", \"token\" or \"content\".")));
+}
+
+/*
+ * rmsg.create_queue(queue, max_deliveries, dead_letter_queue, dedup)
+ */
+Datum
+rmsg_create_queue(PG_FUNCTION_ARGS)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	int32		max_deliveries;
+	char	   *dlq_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int32		dlq_id = 0;
+	Datum		values[4];
+
+	RmsgCheckName(name, "queue");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_deliveries must not be null")));
+	max_deliveries = PG_GETARG_INT32(1);
+	if (max_deliveries < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_deliveries must be at least 1, not %d", max_deliveries)));
+	CheckDedupArg(fcinfo, 3);
+	if (dlq_name != NULL)
+	{
+		RmsgCheckName(dlq_name, "queue");
+		if (strcmp(dlq_name, name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("queue \"%s\" cannot be its own dead-letter queue", name)));
+	}
+
+	RmsgSpiConnect();
+	RmsgLockQueueName(name, AccessExclusiveLock);
+	if (dlq_name != NULL)
+		dlq_id = RmsgOpenQueue(dlq_name, AccessShareLock).queue_id;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(max_deliveries);
+	values[2] = Int32GetDatum(dlq_id);
+	values[3] = PG_GETARG_DATUM(3);
+	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("queue \"%s\" already exists", name)));
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * rmsg.drop_queue(queue): the queue, its messages and their payload
+ * references go in one transaction.
+ */
+Datum
+rmsg_drop_queue(PG_FUNCTION_ARGS)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	RmsgQueue	queue;
+	Datum		arg;
+	bool		isnull;
+	Datum		payload_ids;
+
+	RmsgSpiConnect();
+	queue = RmsgOpenQueue(name, AccessExclusiveLock);
+	arg = Int32GetDatum(queue.queue_id);
+
+	RmsgPlanExecute(&dlq_users_plan, &arg, NULL, true, 1);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("queue \"%s\" is the dead-letter queue of queue \"%s\"", name,
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Drop that queue first.")));
+
+	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, false, 0);
+	payload_ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		RmsgReleasePayloads(payload_ids);
+
+	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, false, 0);
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,100 @@
+/*-------------------------------------------------------------------------
+ *
+ * recoverable_msg.c
+ *	  Module entry point: settings, shared memory hooks, transaction hooks.
+ *
+ * The library can be loaded on first use, but long polling needs shared
+ * memory and therefore shared_preload_libraries; RmsgRequireShmem() says so
+ * when it is missing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "rmsg.h"
+
+PG_MODULE_MAGIC;
+
+int			rmsg_max_payload_size = 1024 * 1024;
+int			rmsg_inline_payload_max = 256;
+bool		rmsg_lazy_leases = true;
+
+void		_PG_init(void);
+
+/*
+ * One callback for every transaction end, so that the files it concerns do
+ * not each register their own: lease-only commits go lazy before the commit
+ * record is written, and waiters are woken once the commit is visible.
+ * Nothing here may raise an error after PRE_COMMIT.
+ */
+static void
+RmsgXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			RmsgCommitModePreCommit();
+			break;
+		case XACT_EVENT_COMMIT:
+			RmsgWakeupXactEnd(true);
+			RmsgCommitModeXactEnd();
+			break;
+		case XACT_EVENT_ABORT:
+			RmsgWakeupXactEnd(false);
+			RmsgCommitModeXactEnd();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+DefineSettings(void)
+{
+	DefineCustomIntVariable("rmsg.max_payload_size",
+							"Largest payload a put accepts.",
+							"Larger payloads fail with SQLSTATE 54000.",
+							&rmsg_max_payload_size,
+							1024 * 1024, 1, MaxAllocSize / 2,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.inline_payload_max",
+							"Payloads up to this size are stored in the message row itself.",
+							"Larger payloads get a payload row of their own, which later puts of the same data can reference.",
+							&rmsg_inline_payload_max,
+							256, 0, 8192,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("rmsg.lazy_leases",
+							 "Commit lease-only transactions without waiting for the WAL flush.",
+							 "A transaction whose only writes are gets, nacks or extends does not wait for its commit record to reach disk; a crash may forget such a lease, and the message is then simply ready again.",
+							 &rmsg_lazy_leases,
+							 true,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("rmsg");
+#else
+	EmitWarningsOnPlaceholders("rmsg");
+#endif
+}
+
+void
+_PG_init(void)
+{
+	DefineSettings();
+
+	if (process_shared_preload_libraries_in_progress)
+		RmsgShmemRequest();
+
+	RegisterXactCallback(RmsgXactCallback, NULL);
+}

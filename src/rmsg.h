@@ -1,0 +1,87 @@
+/*-------------------------------------------------------------------------
+ *
+ * rmsg.h
+ *	  Declarations shared by the files of recoverable_msg.
+ *
+ * Each .c file owns one concern; this header is the only place their
+ * interfaces meet.  Settings are defined in recoverable_msg.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RMSG_H
+#define RMSG_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "storage/lockdefs.h"
+#include "utils/jsonb.h"
+
+/* Settings (recoverable_msg.c) */
+extern int	rmsg_max_payload_size;
+extern int	rmsg_inline_payload_max;
+extern bool rmsg_lazy_leases;
+
+/* shmem.c: whether shared memory was set up, i.e. we were preloaded */
+extern bool RmsgShmemReady(void);
+extern void RmsgRequireShmem(const char *what);
+extern void RmsgShmemRequest(void);
+extern void RmsgShmemStartup(void);
+
+/* wakeup.c: long polling, woken by committed puts */
+extern Size RmsgWakeupShmemSize(void);
+extern void RmsgWakeupShmemInit(void *shared, bool found);
+extern void RmsgWakeQueueAtCommit(int32 queue_id);
+extern void RmsgWakeQueueAtEnd(int32 queue_id);
+extern void RmsgWakeupXactEnd(bool committed);
+extern void RmsgWaitPrepare(int32 queue_id);
+extern bool RmsgWaitSleep(int32 queue_id, TimestampTz until);
+extern void RmsgWaitCancel(void);
+
+/* commit_mode.c: transactions whose only writes are leases commit lazily */
+extern void RmsgLeaseWriteBegin(void);
+extern void RmsgLeaseWriteEnd(void);
+extern void RmsgCommitModePreCommit(void);
+extern void RmsgCommitModeXactEnd(void);
+
+/* spi_plans.c: prepared statements kept for the life of the backend */
+typedef struct RmsgPlan
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[8];
+	SPIPlanPtr	plan;
+} RmsgPlan;
+
+extern SPIPlanPtr RmsgPlanGet(RmsgPlan *p);
+extern int	RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
+							bool latest_snapshot, long count);
+extern void RmsgSpiConnect(void);
+extern void RmsgSpiFinish(void);
+
+/* args.c: argument checks shared by every SQL-callable function */
+extern char *RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what);
+extern void RmsgCheckName(const char *name, const char *what);
+extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
+							 const char *what, int64 if_null, bool allow_zero);
+extern void RmsgCheckPayloadSize(Size size);
+
+/* queue_admin.c: the queue catalog and its locks */
+typedef struct RmsgQueue
+{
+	int32		queue_id;
+	int32		max_deliveries;
+	int32		dead_letter_queue_id;	/* 0 when none */
+	char		dedup;			/* 'n'one, 't'oken, 'c'ontent */
+} RmsgQueue;
+
+extern void RmsgLockQueueName(const char *name, LOCKMODE mode);
+extern bool RmsgLookupQueue(const char *name, RmsgQueue *queue);
+extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
+
+/* payload.c: payload rows and their reference counts */
+extern void RmsgReleasePayload(int64 payload_id);
+extern void RmsgReleasePayloads(Datum payload_ids);
+
+#endif							/* RMSG_H */

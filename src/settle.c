@@ -1,0 +1,168 @@
+/*-------------------------------------------------------------------------
+ *
+ * settle.c
+ *	  rmsg.ack, rmsg.nack and rmsg.extend: what a consumer does with a
+ *	  message it was handed.
+ *
+ * An ack removes the message, live or dead, and releases its payload
+ * reference (payload.c); it commits under the session's synchronous_commit
+ * like any write.  A nack or an extend only moves the end of a lease, so it
+ * commits lazily when it is all its transaction wrote (commit_mode.c).
+ * Both apply only to a message in flight: leased, with the lease running.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+PG_FUNCTION_INFO_V1(rmsg_ack);
+PG_FUNCTION_INFO_V1(rmsg_ack_many);
+PG_FUNCTION_INFO_V1(rmsg_nack);
+PG_FUNCTION_INFO_V1(rmsg_extend);
+
+static RmsgPlan ack_live_plan = {
+	"DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id",
+	1, {INT8OID}
+};
+
+static RmsgPlan ack_dead_plan = {
+	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id",
+	1, {INT8OID}
+};
+
+/* Returns how many messages went and the payload ids they referenced. */
+static RmsgPlan ack_many_plan = {
+	"WITH live AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING payload_id),"
+	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING payload_id)"
+	" SELECT count(*)::int, array_agg(payload_id) FILTER (WHERE payload_id IS NOT NULL)"
+	"   FROM (SELECT payload_id FROM live UNION ALL SELECT payload_id FROM dead) g",
+	1, {INT8ARRAYOID}
+};
+
+/* $1 msg_id, $2 now, $3 new end of visibility */
+static RmsgPlan nack_plan = {
+	"UPDATE rmsg.message SET leased = false, visible_at = $3"
+	" WHERE msg_id = $1 AND leased AND visible_at > $2 RETURNING queue_id",
+	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
+static RmsgPlan extend_plan = {
+	"UPDATE rmsg.message SET visible_at = $3"
+	" WHERE msg_id = $1 AND leased AND visible_at > $2 RETURNING queue_id",
+	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
+/* Runs a one-row ack statement; true when it removed the message. */
+static bool
+AckFrom(RmsgPlan *plan, Datum msg_id)
+{
+	bool		isnull;
+	Datum		payload_id;
+
+	RmsgPlanExecute(plan, &msg_id, NULL, false, 0);
+	if (SPI_processed == 0)
+		return false;
+	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		RmsgReleasePayload(DatumGetInt64(payload_id));
+	return true;
+}
+
+/* rmsg.ack(msg_id): true when the message existed */
+Datum
+rmsg_ack(PG_FUNCTION_ARGS)
+{
+	Datum		msg_id = PG_GETARG_DATUM(0);
+	bool		found;
+
+	RmsgSpiConnect();
+	found = AckFrom(&ack_live_plan, msg_id) || AckFrom(&ack_dead_plan, msg_id);
+	RmsgSpiFinish();
+	PG_RETURN_BOOL(found);
+}
+
+/* rmsg.ack(msg_ids[]): how many of them existed */
+Datum
+rmsg_ack_many(PG_FUNCTION_ARGS)
+{
+	Datum		msg_ids = PG_GETARG_DATUM(0);
+	bool		isnull;
+	int32		count;
+	Datum		payload_ids;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&ack_many_plan, &msg_ids, NULL, false, 0);
+	count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	payload_ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		RmsgReleasePayloads(payload_ids);
+	RmsgSpiFinish();
+	PG_RETURN_INT32(count);
+}
+
+/*
+ * Moves the end of a running lease to now + interval; false when the message
+ * is not in flight.  A nack also ends the lease, so the message is ready
+ * again at that time, and consumers waiting for it are woken.
+ */
+static bool
+MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, int64 interval, bool wake)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		values[3];
+	bool		isnull;
+	int32		queue_id;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("msg_id must not be null")));
+	values[0] = PG_GETARG_DATUM(0);
+	values[1] = TimestampTzGetDatum(now);
+	values[2] = TimestampTzGetDatum(now + interval);
+
+	RmsgSpiConnect();
+	RmsgLeaseWriteBegin();
+	RmsgPlanExecute(plan, values, NULL, false, 0);
+	RmsgLeaseWriteEnd();
+	if (SPI_processed == 0)
+	{
+		RmsgSpiFinish();
+		return false;
+	}
+	queue_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	RmsgSpiFinish();
+
+	if (wake)
+		RmsgWakeQueueAtCommit(queue_id);
+	return true;
+}
+
+/* rmsg.nack(msg_id, delay) */
+Datum
+rmsg_nack(PG_FUNCTION_ARGS)
+{
+	int64		delay = RmsgIntervalArg(fcinfo, 1, "delay", 0, true);
+
+	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &nack_plan, delay, true));
+}
+
+/* rmsg.extend(msg_id, visibility) */
+Datum
+rmsg_extend(PG_FUNCTION_ARGS)
+{
+	int64		visibility;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("visibility must not be null")));
+	visibility = RmsgIntervalArg(fcinfo, 1, "visibility", 0, false);
+	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &extend_plan, visibility, false));
+}

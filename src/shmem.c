@@ -1,0 +1,100 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  The extension's shared memory: requested at preload, laid out once.
+ *
+ * Each concern that needs shared state supplies its size and its
+ * initialiser; this file only adds them up and calls them, under
+ * AddinShmemInitLock, when the postmaster (or an EXEC_BACKEND child)
+ * attaches.  The areas guard themselves; see their files.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+
+#include "rmsg.h"
+
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+
+static bool shmem_ready = false;
+
+static Size
+RmsgShmemSize(void)
+{
+	return RmsgWakeupShmemSize();
+}
+
+#if PG_VERSION_NUM >= 150000
+static void
+RmsgShmemRequestHook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(RmsgShmemSize());
+}
+#endif
+
+static void
+RmsgShmemStartupHook(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	RmsgShmemStartup();
+}
+
+/* Called from _PG_init while shared_preload_libraries is being processed. */
+void
+RmsgShmemRequest(void)
+{
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = RmsgShmemRequestHook;
+#else
+	RequestAddinShmemSpace(RmsgShmemSize());
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = RmsgShmemStartupHook;
+}
+
+/* Attach to (or create) the shared area and let each concern set up its part. */
+void
+RmsgShmemStartup(void)
+{
+	bool		found;
+	void	   *area;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	area = ShmemInitStruct("recoverable_msg", RmsgShmemSize(), &found);
+	RmsgWakeupShmemInit(area, found);
+	LWLockRelease(AddinShmemInitLock);
+
+	shmem_ready = true;
+}
+
+bool
+RmsgShmemReady(void)
+{
+	return shmem_ready;
+}
+
+/*
+ * Fail with a pointer to the fix when a feature needing shared memory is
+ * used in a server that did not preload the library.
+ */
+void
+RmsgRequireShmem(const char *what)
+{
+	if (!shmem_ready)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s requires recoverable_msg to be loaded at server start", what),
+				 errhint("Add recoverable_msg to shared_preload_libraries and restart the server.")));
+}

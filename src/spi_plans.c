@@ -1,0 +1,82 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_plans.c
+ *	  Prepared statements kept for the life of the backend.
+ *
+ * Every statement the extension runs is a static RmsgPlan: its text is
+ * parsed and planned on first use and kept (SPI_keepplan), so a put or a get
+ * costs an execution, never a parse.  The plan cache revalidates a kept
+ * plan by itself when the tables change, e.g. after the extension is
+ * dropped and created again in the same session.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "utils/snapmgr.h"
+
+#include "rmsg.h"
+
+SPIPlanPtr
+RmsgPlanGet(RmsgPlan *p)
+{
+	if (p->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 p->sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		p->plan = plan;
+	}
+	return p->plan;
+}
+
+/*
+ * Run a kept statement.  With latest_snapshot, a transaction-snapshot
+ * isolation level (REPEATABLE READ, SERIALIZABLE) still sees the newest
+ * committed state: used for the queue catalog, so that a queue dropped after
+ * our snapshot was taken is not written to.  READ COMMITTED takes a fresh
+ * snapshot per statement anyway.
+ */
+int
+RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
+				bool latest_snapshot, long count)
+{
+	char		nulls[lengthof(p->argtypes)];
+	SPIPlanPtr	plan = RmsgPlanGet(p);
+	int			rc;
+
+	Assert(p->nargs <= lengthof(p->argtypes));
+	for (int i = 0; i < p->nargs; i++)
+		nulls[i] = (isnull != NULL && isnull[i]) ? 'n' : ' ';
+
+	if (latest_snapshot && IsolationUsesXactSnapshot())
+		rc = SPI_execute_snapshot(plan, values, nulls,
+								  GetLatestSnapshot(), InvalidSnapshot,
+								  false, true, count);
+	else
+		rc = SPI_execute_plan(plan, values, nulls, false, count);
+
+	if (rc < 0)
+		elog(ERROR, "SPI execution failed for \"%s\": %s",
+			 p->sql, SPI_result_code_string(rc));
+	return rc;
+}
+
+void
+RmsgSpiConnect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+void
+RmsgSpiFinish(void)
+{
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+}
