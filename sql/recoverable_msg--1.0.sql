@@ -34,9 +34,10 @@ ALTER SEQUENCE rmsg.payload_id_seq OWNED BY rmsg.payload.payload_id;
 COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
 
 -- A message is ready when visible_at has passed; leased marks a delivered
--- message whose visibility timeout runs until visible_at.  Neither column is
--- indexed, so a get or nack is a HOT update whenever the page has room
--- (hence the fillfactor).  payload_id and inline_data: exactly one is set.
+-- message whose visibility timeout runs until visible_at.  The ready index
+-- leads a get straight to the ready messages of its queue, oldest-ready
+-- first, however many are in flight or delayed.  payload_id and
+-- inline_data: exactly one is set.
 CREATE TABLE rmsg.message (
     msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
     queue_id        int NOT NULL,
@@ -49,9 +50,9 @@ CREATE TABLE rmsg.message (
     headers         jsonb,
     inline_data     bytea,
     CHECK ((payload_id IS NULL) <> (inline_data IS NULL))
-) WITH (fillfactor = 80);
+);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
-CREATE INDEX message_queue_order_idx ON rmsg.message (queue_id, msg_id);
+CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
 
 -- Messages that used up max_deliveries in a queue without a dead-letter

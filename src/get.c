@@ -3,7 +3,9 @@
  * get.c
  *	  rmsg.get: taking ready messages, long polling, dead-lettering.
  *
- * One statement finds the oldest ready messages of the queue, skipping rows
+ * One statement finds the oldest ready messages of the queue (the ones
+ * whose visible_at passed first, so a nacked message goes to the back),
+ * skipping rows
  * other consumers have locked (FOR UPDATE SKIP LOCKED), and leases them:
  * deliveries + 1, invisible until now + visibility.  So two consumers are
  * never handed the same message while its lease runs, and a consumer whose
@@ -37,26 +39,35 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 
 /*
  * $1 queue_id, $2 how many, $3 now, $4 lease end, $5 max_deliveries.
- * Returns the leased messages, then the ids of exhausted ones (exhausted =
- * true, other columns NULL), in msg_id order.
+ *
+ * The candidates are locked in the subquery and leased by primary key, a
+ * shape whose generic plan stays right whatever the statistics say.  The
+ * queue is matched by a range (>= $1 AND <= $1) on purpose: an equality
+ * would let the planner treat queue_id as constant and consider other
+ * indexes for the order, filtering on the queue, which is slow for every
+ * queue but the busiest.  The range leaves only the ready index
+ * (queue_id, visible_at, msg_id) able to produce the order, and the scan
+ * starts at the queue's oldest ready message: messages in flight or delayed
+ * lie beyond now and are never visited.
+ *
+ * A candidate whose deliveries are used up is not leased (leased = false,
+ * the rest unchanged) and comes back marked exhausted for dead-lettering.
  */
 static RmsgPlan take_plan = {
-	"WITH cand AS ("
-	"   SELECT msg_id, deliveries >= $5 AS exhausted FROM rmsg.message"
-	"    WHERE queue_id = $1 AND visible_at <= $3"
-	"    ORDER BY queue_id, msg_id LIMIT $2 FOR UPDATE SKIP LOCKED),"
-	" leased AS ("
-	"   UPDATE rmsg.message m"
-	"      SET leased = true, deliveries = m.deliveries + 1, visible_at = $4"
-	"     FROM cand c WHERE m.msg_id = c.msg_id AND NOT c.exhausted"
-	"   RETURNING m.msg_id, m.payload_id, m.inline_data, m.headers,"
-	"             m.deliveries, m.enqueued_at)"
-	" SELECT l.msg_id, coalesce(l.inline_data, p.data), l.headers, l.deliveries,"
-	"        l.enqueued_at, false AS exhausted"
-	"   FROM leased l LEFT JOIN rmsg.payload p ON p.payload_id = l.payload_id"
-	" UNION ALL"
-	" SELECT c.msg_id, NULL, NULL, NULL, NULL, true FROM cand c WHERE c.exhausted"
-	" ORDER BY 1",
+	"WITH l AS ("
+	" UPDATE rmsg.message m"
+	"    SET leased = m.deliveries < $5,"
+	"        deliveries = m.deliveries + (m.deliveries < $5)::int,"
+	"        visible_at = CASE WHEN m.deliveries < $5 THEN $4 ELSE m.visible_at END"
+	"  WHERE m.msg_id = ANY (ARRAY("
+	"        SELECT msg_id FROM rmsg.message"
+	"         WHERE queue_id >= $1 AND queue_id <= $1 AND visible_at <= $3"
+	"         ORDER BY queue_id, visible_at, msg_id LIMIT $2 FOR UPDATE SKIP LOCKED))"
+	" RETURNING m.msg_id,"
+	"        coalesce(m.inline_data,"
+	"                 (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = m.payload_id)),"
+	"        m.headers, m.deliveries, m.enqueued_at, NOT m.leased AS exhausted)"
+	" SELECT * FROM l ORDER BY msg_id",
 	5, {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };
 

@@ -23,7 +23,12 @@ RmsgPlanGet(RmsgPlan *p)
 {
 	if (p->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+		/*
+		 * Generic plans: our statements look up a few rows by key, and a
+		 * custom plan per execution would cost a planning run per call.
+		 */
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+#
+# A guided tour of recoverable_msg: builds and installs the extension, starts
+# a scratch cluster of its own (private data directory, free port, unix
+# socket in the work directory, the library preloaded), runs test/demo.sql
+# through psql with every statement echoed before its result, and stops the
+# cluster and removes everything when it ends, however it ends.
+#
+# Works as root (the cluster then runs as the postgres OS user) or as a sudo
+# user, with or without a terminal.
+
+# Functions here take their own arguments, not the script's:
+# shellcheck disable=SC2119
+
+set -euo pipefail
+
+# shellcheck source=test/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+DEMO_SQL=$ROOT/test/demo.sql
+
+# Extra Debian packages the walk-through may use, space separated.
+DEMO_PACKAGES=${DEMO_PACKAGES:-}
+
+# Creates and starts the scratch cluster; exports PGHOST/PGPORT for psql.
+start_cluster() {
+    local data=$WORK/demo_data port lib
+    port=$(free_port)
+    lib=$(make_var "$ROOT" MODULE_big)
+    log "initdb $data"
+    if ! run_as_pg initdb -D "$data" -A trust --no-sync >"$WORK/initdb.log" 2>&1; then
+        cat "$WORK/initdb.log"
+        die "initdb failed"
+    fi
+    # The socket lives in WORK only: nothing else on the machine can reach,
+    # or be disturbed by, this cluster.
+    cat >>"$data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+shared_preload_libraries = '${lib:-recoverable_msg}'
+max_prepared_transactions = 10
+CONF
+    log "starting the cluster on port $port"
+    if ! run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null; then
+        cat "$WORK/server.log"
+        die "the server did not start"
+    fi
+    export PGHOST=$WORK PGPORT=$port PGDATABASE=postgres
+    DEMO_DATA=$data
+}
+
+stop_cluster() {
+    run_as_pg pg_ctl -D "$DEMO_DATA" -m fast -w stop >/dev/null
+}
+
+# Runs the walk-through. psql reads demo.sql from our stdin so that the
+# postgres user needs no access to the repository; -e prints each statement
+# as sent to the server, ON_ERROR_STOP makes the first error fatal.
+run_walkthrough() {
+    log "running $DEMO_SQL"
+    if ! run_as_pg psql -X -e -v ON_ERROR_STOP=1 -f - <"$DEMO_SQL"; then
+        echo "---- last lines of the server log ----"
+        tail -n 30 "$WORK/server.log"
+        die "the walk-through stopped at an error"
+    fi
+}
+
+main() {
+    # shellcheck disable=SC2086  # a space-separated package list
+    ensure_packages $DEMO_PACKAGES || die "could not install the required packages"
+    init_pg_env
+    BUILD_WERROR=0 build_and_install || die "build failed"
+    make_workdir
+    start_cluster
+    run_walkthrough
+    stop_cluster   # the EXIT trap stops it too, should anything above fail
+    log "demo finished"
+}
+
+main "$@"

@@ -1,0 +1,89 @@
+-- recoverable_msg walk-through, run by test/demo.sh against a scratch cluster
+-- (psql -e: every statement is printed before its result; \echo lines are
+-- the narration). Sections are independent enough to be extended one by one.
+
+\set ON_ERROR_STOP 1
+\set QUIET 1
+\pset null '(null)'
+\unset QUIET
+-- The queue overview, shown after each step.
+\set show_queues 'SELECT queue, ready, in_flight, delayed, dead, oldest_ready_age FROM rmsg.queues ORDER BY queue;'
+
+\echo
+\echo '=== Install the extension (the library is in shared_preload_libraries) ==='
+CREATE EXTENSION recoverable_msg;
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 1. Queues: orders, whose messages go to orders_dlq after 2 deliveries ==='
+SELECT rmsg.create_queue('orders_dlq');
+SELECT rmsg.create_queue('orders', max_deliveries => 2, dead_letter_queue => 'orders_dlq');
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 2. Put: a text message, a jsonb message with headers, one delayed by 2 seconds ==='
+SELECT rmsg.put('orders', 'order 1: two apples'::text) AS msg_id;
+SELECT rmsg.put('orders', '{"order": 2, "item": "pears", "qty": 3}'::jsonb,
+                headers => '{"source": "web", "priority": "high"}') AS msg_id;
+SELECT rmsg.put('orders', 'order 3: delayed plums'::text, delay => '2 seconds') AS msg_id;
+\echo '-- two ready, one delayed:'
+:show_queues
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 3. Get two with a 1 second visibility timeout; ack the first, nack the second ==='
+CREATE TEMP TABLE got AS
+    SELECT * FROM rmsg.get('orders', max => 2, visibility => '1 second');
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, headers, deliveries FROM got ORDER BY msg_id;
+\echo '-- while they are leased, nobody else sees them:'
+:show_queues
+SELECT rmsg.ack(min(msg_id)) AS acked FROM got;
+SELECT rmsg.nack(max(msg_id)) AS nacked FROM got;
+\echo '-- the acked one is gone, the nacked one is ready again:'
+:show_queues
+
+\echo
+\echo '=== Drain: once the delay has passed, take everything ready and ack it ==='
+SELECT pg_sleep(2.2);
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, deliveries, rmsg.ack(msg_id) AS acked
+  FROM rmsg.get('orders', max => 10);
+:show_queues
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 4. Long polling: a get that waits up to 3 seconds ==='
+\echo '-- in the background, another session runs after 1 second:'
+\echo '--   SELECT rmsg.put(''orders'', ''order 4: arrived while we waited''::text);'
+\! (sleep 1; psql -X -q -c "SELECT rmsg.put('orders', 'order 4: arrived while we waited'::text)" >/dev/null 2>&1) &
+\echo '-- ... and the waiting get returns it about 1 second in (then we ack it):'
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload,
+       round(extract(epoch FROM clock_timestamp() - statement_timestamp())::numeric, 1) AS waited_seconds,
+       rmsg.ack(msg_id) AS acked
+  FROM rmsg.get('orders', wait => '3 seconds');
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 5. Dead-lettering: a message nobody acks within max_deliveries (2) ==='
+SELECT rmsg.put('orders', 'order 5: the consumer keeps crashing on this one'::text) AS msg_id;
+\echo '-- delivery 1, never acked: its 1 second lease runs out'
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, deliveries
+  FROM rmsg.get('orders', visibility => '1 second');
+SELECT pg_sleep(1.5);
+\echo '-- delivery 2, never acked either'
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, deliveries
+  FROM rmsg.get('orders', visibility => '1 second');
+SELECT pg_sleep(1.5);
+\echo '-- the next get finds it exhausted: it moves to orders_dlq and is not returned'
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, deliveries
+  FROM rmsg.get('orders', visibility => '1 second');
+:show_queues
+\echo '-- a consumer of the dead-letter queue can look at it:'
+SELECT msg_id, convert_from(payload, 'UTF8') AS payload, headers, deliveries
+  FROM rmsg.get('orders_dlq');
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 6. Drop the queues (the one that dead-letters first) ==='
+SELECT rmsg.drop_queue('orders');
+SELECT rmsg.drop_queue('orders_dlq');
+:show_queues

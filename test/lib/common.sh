@@ -1,0 +1,191 @@
+# shellcheck shell=bash
+#
+# Shared helpers for test/check.sh and test/demo.sh.
+#
+# Sourcing this file sets ROOT (the repository) and defines:
+#   ensure_packages [EXTRA_PKG...]   install what a fresh Debian 12 lacks
+#   init_pg_env                      PG_CONFIG, BINDIR, PGXS_SRC, PG_REGRESS, PATH
+#   make_workdir                     WORK: private scratch dir, cleaned (and its
+#                                    servers stopped) when the script exits
+#   free_port                        print a TCP port nobody listens on
+#   run_as_pg CMD...                 run CMD as the postgres OS user when root
+#   build_and_install [MAKE_ARG...]  clean, build (-Werror by default), install
+#
+# Everything a run creates (data directories, sockets, logs, copies of the
+# source tree) lives under WORK, so runs never touch the Debian default
+# cluster nor each other.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PG_MAJOR=15
+PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+BASE_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc)
+
+# A UTF8 database and stable messages whatever the caller's locale is;
+# C.UTF-8 ships with Debian's libc, so it never needs generating.
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
+unset LANGUAGE
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# Prefix for commands that need root (apt-get, make install).
+as_root() {
+    if is_root; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        printf 'ERROR: need root or sudo to run: %s\n' "$*" >&2
+        return 1
+    fi
+}
+
+package_installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]
+}
+
+# Installs the packages the build and the tests need, plus any given as
+# arguments, touching apt only when something is actually missing.
+ensure_packages() {
+    local pkg missing=()
+    for pkg in "${BASE_PACKAGES[@]}" "$@"; do
+        package_installed "$pkg" || missing+=("$pkg")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return 0
+    fi
+    if ! is_root && ! command -v sudo >/dev/null 2>&1; then
+        printf 'ERROR: missing packages (%s) and neither root nor sudo\n' "${missing[*]}" >&2
+        return 1
+    fi
+    log "installing ${missing[*]}"
+    # The postgresql-15 postinst may create and start the default cluster on
+    # port 5432; nothing here uses it, every run starts its own servers.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null || return 1
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null || return 1
+}
+
+# Paths of the PostgreSQL installation; call after ensure_packages.
+init_pg_env() {
+    [[ -x $PG_CONFIG ]] || die "$PG_CONFIG not found (is postgresql-server-dev-$PG_MAJOR installed?)"
+    BINDIR=$("$PG_CONFIG" --bindir)
+    # pgxs.mk lives in .../pgxs/src/makefiles; the test drivers beside it.
+    PGXS_SRC=$(cd "$(dirname "$("$PG_CONFIG" --pgxs)")/.." && pwd)
+    # shellcheck disable=SC2034  # used by check.sh
+    PG_REGRESS=$PGXS_SRC/test/regress/pg_regress
+    # shellcheck disable=SC2034
+    PG_ISOLATION_REGRESS=$PGXS_SRC/test/isolation/pg_isolation_regress
+    PATH=$BINDIR:$PATH
+    export PATH PG_CONFIG BINDIR
+}
+
+# Environment handed across run_as_pg: the server, the test drivers and the
+# TAP framework read these.
+PG_ENV_VARS=(PATH LANG LC_ALL PGHOST PGPORT PGDATA PGUSER PGDATABASE TESTDIR PG_REGRESS
+             PG_TEST_EXTRA PG_TEST_TIMEOUT_DEFAULT PG_TEST_NOCLEAN PROVE_FLAGS TMPDIR)
+
+# Runs a command as the postgres OS user when we are root (initdb and the
+# server refuse to run as root); otherwise runs it as ourselves.
+run_as_pg() {
+    if ! is_root; then
+        "$@"
+        return
+    fi
+    local var envs=()
+    for var in "${PG_ENV_VARS[@]}"; do
+        [[ -n ${!var+set} ]] && envs+=("$var=${!var}")
+    done
+    runuser -u postgres -- env "${envs[@]}" "$@"
+}
+
+# Gives the postgres user a path when we are root (the server, pg_regress
+# and prove write under it); a no-op otherwise.
+give_to_pg() {
+    if is_root; then
+        chown -R postgres: "$@"
+    fi
+}
+
+# Stops every server whose data directory is under WORK, then removes WORK.
+# Runs from the EXIT trap, so it must be quiet: the caller's last line of
+# output (check.sh's total) has to stay the last one.
+cleanup_workdir() {
+    local pidfile
+    if [[ -n ${WORK:-} && -d $WORK ]]; then
+        while IFS= read -r pidfile; do
+            run_as_pg "$BINDIR/pg_ctl" -D "$(dirname "$pidfile")" -m immediate -w stop \
+                >/dev/null 2>&1 || true
+        done < <(find "$WORK" -name postmaster.pid -type f 2>/dev/null)
+        if [[ -n ${RMSG_KEEP_WORK:-} ]]; then
+            printf 'kept work directory %s\n' "$WORK" >&2
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+}
+
+# Creates WORK and arranges its cleanup at exit, including on Ctrl-C and
+# SIGTERM (turned into an exit so the EXIT trap runs once).
+make_workdir() {
+    WORK=$(mktemp -d /tmp/rmsg-XXXXXX)
+    chmod 755 "$WORK"
+    give_to_pg "$WORK"
+    trap cleanup_workdir EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    export WORK
+}
+
+# True when something listens on TCP port $1 or a PostgreSQL socket lock for it
+# exists in /tmp (a unix-socket-only server there would clash by name).
+port_in_use() {
+    local port=$1
+    [[ -e /tmp/.s.PGSQL.$port.lock ]] && return 0
+    if command -v ss >/dev/null 2>&1; then
+        ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && return 0
+    fi
+    # Fallback (and double check) when iproute2 is absent: try to connect.
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    return 1
+}
+
+# Prints a free port, never the same twice in one script even before the
+# server that will use it has started. Starts from a random point in
+# 20000-39999 so parallel runs on one machine rarely probe the same ports.
+RMSG_PORTS_TAKEN=" "
+free_port() {
+    local port tries
+    port=$((20000 + RANDOM % 20000))
+    for ((tries = 0; tries < 2000; tries++)); do
+        if [[ $RMSG_PORTS_TAKEN != *" $port "* ]] && ! port_in_use "$port"; then
+            RMSG_PORTS_TAKEN+="$port "
+            echo "$port"
+            return 0
+        fi
+        port=$((port + 1))
+        ((port < 40000)) || port=20000
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+# Builds from scratch and installs the extension. COPT=-Werror turns warnings
+# into errors unless BUILD_WERROR=0. Written without relying on `set -e`,
+# which bash ignores inside a function called from an `if`.
+build_and_install() {
+    local copt=()
+    [[ ${BUILD_WERROR:-1} == 1 ]] && copt=(COPT=-Werror)
+    log "building in $ROOT"
+    make -C "$ROOT" PG_CONFIG="$PG_CONFIG" clean >/dev/null || return 1
+    make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "${copt[@]}" "$@" || return 1
+    log "installing"
+    as_root make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "$@" install >/dev/null || return 1
+}
+
+# Prints a Makefile variable (through its print-% target) of the tree at $1.
+make_var() {
+    make -s -C "$1" PG_CONFIG="$PG_CONFIG" "print-$2"
+}
