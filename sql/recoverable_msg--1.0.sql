@@ -33,24 +33,26 @@ CREATE TABLE rmsg.payload (
 ALTER SEQUENCE rmsg.payload_id_seq OWNED BY rmsg.payload.payload_id;
 COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
 
--- A message is ready when visible_at has passed; leased marks a delivered
--- message whose visibility timeout runs until visible_at.  The ready index
--- leads a get straight to the ready messages of its queue, oldest-ready
--- first, however many are in flight or delayed.  payload_id and
--- inline_data: exactly one is set.
+-- A message is ready once visible_at has passed and it is not leased.  A
+-- get leases it until lease_until, which is not indexed: leasing, extending
+-- and most nacks are HOT updates that add no index entry (hence the
+-- fillfactor), and an expired lease leaves the message at its old place in
+-- line.  The ready index leads a get to its queue's ready messages in the
+-- order they became ready; delayed messages lie beyond now and are never
+-- visited.  payload_id and inline_data: exactly one is set.
 CREATE TABLE rmsg.message (
     msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
     queue_id        int NOT NULL,
-    leased          boolean NOT NULL DEFAULT false,
     deliveries      int NOT NULL DEFAULT 0,
     visible_at      timestamptz NOT NULL,
+    lease_until     timestamptz,
     enqueued_at     timestamptz NOT NULL,
     payload_size    int NOT NULL,
     payload_id      bigint,
     headers         jsonb,
     inline_data     bytea,
     CHECK ((payload_id IS NULL) <> (inline_data IS NULL))
-);
+) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
@@ -195,10 +197,13 @@ SELECT q.name AS queue,
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE mm.visible_at <= now()) AS ready,
-               count(*) FILTER (WHERE mm.visible_at > now() AND mm.leased) AS in_flight,
-               count(*) FILTER (WHERE mm.visible_at > now() AND NOT mm.leased) AS delayed,
-               now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()) AS oldest_ready_age,
+        SELECT count(*) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.visible_at > now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
+               now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
                sum(mm.payload_size) AS bytes
           FROM rmsg.message mm
          WHERE mm.queue_id = q.queue_id) m ON true

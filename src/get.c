@@ -4,10 +4,10 @@
  *	  rmsg.get: taking ready messages, long polling, dead-lettering.
  *
  * One statement finds the oldest ready messages of the queue (the ones
- * whose visible_at passed first, so a nacked message goes to the back),
- * skipping rows
+ * whose visible_at passed first; a message whose lease ran out keeps its
+ * place, a message nacked with a delay goes to the back), skipping rows
  * other consumers have locked (FOR UPDATE SKIP LOCKED), and leases them:
- * deliveries + 1, invisible until now + visibility.  So two consumers are
+ * deliveries + 1, lease_until = now + visibility.  So two consumers are
  * never handed the same message while its lease runs, and a consumer whose
  * transaction rolls back hands its messages straight back.
  *
@@ -46,34 +46,34 @@ PG_FUNCTION_INFO_V1(rmsg_get);
  * would let the planner treat queue_id as constant and consider other
  * indexes for the order, filtering on the queue, which is slow for every
  * queue but the busiest.  The range leaves only the ready index
- * (queue_id, visible_at, msg_id) able to produce the order, and the scan
- * starts at the queue's oldest ready message: messages in flight or delayed
- * lie beyond now and are never visited.
+ * (queue_id, visible_at, msg_id) able to produce the order.  The scan
+ * starts at the queue's oldest ready message and steps over the messages
+ * in flight (their lease_until is not indexed, so that leasing is a HOT
+ * update); delayed messages lie beyond now and are never visited.
  *
- * A candidate whose deliveries are used up is not leased (leased = false,
- * the rest unchanged) and comes back marked exhausted for dead-lettering.
+ * A candidate whose deliveries are used up is not leased (the row is left
+ * as it was) and comes back marked exhausted for dead-lettering.  Rows come
+ * back in msg_id order, the order of the primary key scan.
  */
 static RmsgPlan take_plan = {
-	"WITH l AS ("
-	" UPDATE rmsg.message m"
-	"    SET leased = m.deliveries < $5,"
-	"        deliveries = m.deliveries + (m.deliveries < $5)::int,"
-	"        visible_at = CASE WHEN m.deliveries < $5 THEN $4 ELSE m.visible_at END"
+	"UPDATE rmsg.message m"
+	"    SET lease_until = CASE WHEN m.deliveries < $5 THEN $4 ELSE m.lease_until END,"
+	"        deliveries = m.deliveries + (m.deliveries < $5)::int"
 	"  WHERE m.msg_id = ANY (ARRAY("
 	"        SELECT msg_id FROM rmsg.message"
 	"         WHERE queue_id >= $1 AND queue_id <= $1 AND visible_at <= $3"
+	"           AND (lease_until IS NULL OR lease_until <= $3)"
 	"         ORDER BY queue_id, visible_at, msg_id LIMIT $2 FOR UPDATE SKIP LOCKED))"
 	" RETURNING m.msg_id,"
 	"        coalesce(m.inline_data,"
 	"                 (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = m.payload_id)),"
-	"        m.headers, m.deliveries, m.enqueued_at, NOT m.leased AS exhausted)"
-	" SELECT * FROM l ORDER BY msg_id",
+	"        m.headers, m.deliveries, m.enqueued_at, m.lease_until IS DISTINCT FROM $4 AS exhausted",
 	5, {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };
 
 /* Into the dead-letter queue: a fresh start there.  $1 ids, $2 dlq, $3 now */
 static RmsgPlan move_to_dlq_plan = {
-	"UPDATE rmsg.message SET queue_id = $2, leased = false, deliveries = 0,"
+	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0,"
 	"       visible_at = $3"
 	" WHERE msg_id = ANY($1)",
 	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
@@ -89,9 +89,15 @@ static RmsgPlan keep_dead_plan = {
 	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 
-/* Only future times: a ready message locked by another consumer is its. */
+/*
+ * When the next delayed message or running lease of the queue comes due.
+ * Only future times: a ready message that another consumer has locked is
+ * that consumer's, and its commit or rollback wakes us.
+ */
 static RmsgPlan next_visible_plan = {
-	"SELECT min(visible_at) FROM rmsg.message WHERE queue_id = $1 AND visible_at > $2",
+	"SELECT least(min(visible_at) FILTER (WHERE visible_at > $2),"
+	"             min(lease_until) FILTER (WHERE lease_until > $2))"
+	"  FROM rmsg.message WHERE queue_id = $1",
 	2, {INT4OID, TIMESTAMPTZOID}
 };
 

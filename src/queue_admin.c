@@ -18,6 +18,16 @@
  * A dead-letter queue is referenced by id through a foreign key, so it
  * cannot be dropped while a queue still sends it messages.
  *
+ * Cache.  Every put and get needs its queue's row, so each backend keeps
+ * the rows it read in a local hash, stamped with the catalog generation in
+ * shared memory.  A transaction that creates or drops a queue bumps the
+ * generation when it ends, in the transaction callback, which runs before
+ * its locks are released: whoever then gets the name lock sees the new
+ * generation and reads the catalog again.  Rows read by a transaction that
+ * changed the catalog itself are not cached (they may roll back), and a
+ * relcache invalidation (DROP EXTENSION, say) empties the cache.  Without
+ * shared memory nothing is cached.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -28,12 +38,25 @@
 #include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 
 #include "rmsg.h"
 
 /* Class id of our object locks ('RMSG'); sub ids tell the lock kinds apart. */
 #define RMSG_LOCK_CLASS			0x524D5347
 #define RMSG_LOCK_QUEUE_NAME	1
+
+typedef struct CachedQueue
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	uint64		generation;
+	RmsgQueue	queue;
+} CachedQueue;
+
+static HTAB *queue_cache = NULL;
+static bool queue_cache_stale = false;
+static bool catalog_changed_in_xact = false;
 
 PG_FUNCTION_INFO_V1(rmsg_create_queue);
 PG_FUNCTION_INFO_V1(rmsg_drop_queue);
@@ -72,6 +95,52 @@ static RmsgPlan delete_queue_plan = {
 	1, {INT4OID}
 };
 
+/* Any relcache invalidation may mean our tables were dropped: start over. */
+static void
+QueueCacheInvalidate(Datum arg, Oid relid)
+{
+	queue_cache_stale = true;
+}
+
+void
+RmsgQueueCatalogInit(void)
+{
+	CacheRegisterRelcacheCallback(QueueCacheInvalidate, (Datum) 0);
+}
+
+/* Transaction end: publish a catalog change to every backend's cache. */
+void
+RmsgQueueCatalogXactEnd(void)
+{
+	if (catalog_changed_in_xact)
+		RmsgBumpCatalogGeneration();
+	catalog_changed_in_xact = false;
+}
+
+static CachedQueue *
+QueueCacheEntry(const char *name, HASHACTION action)
+{
+	if (queue_cache_stale && queue_cache != NULL)
+	{
+		hash_destroy(queue_cache);
+		queue_cache = NULL;
+	}
+	queue_cache_stale = false;
+
+	if (queue_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (action == HASH_FIND)
+			return NULL;
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(CachedQueue);
+		queue_cache = hash_create("recoverable_msg queues", 64, &ctl,
+								  HASH_ELEM | HASH_STRINGS);
+	}
+	return (CachedQueue *) hash_search(queue_cache, name, action, NULL);
+}
+
 void
 RmsgLockQueueName(const char *name, LOCKMODE mode)
 {
@@ -105,21 +174,41 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue)
 }
 
 /*
- * Checks the name, locks it (unless mode is NoLock) and looks the queue up;
- * an unknown queue is an error.  Call inside SPI.
+ * Checks the name, locks it and looks the queue up, in the cache when it is
+ * current; an unknown queue is an error.  Call inside SPI.
  */
 RmsgQueue
 RmsgOpenQueue(const char *name, LOCKMODE mode)
 {
 	RmsgQueue	queue;
+	uint64		generation;
+	bool		cacheable;
+	CachedQueue *cached;
 
 	RmsgCheckName(name, "queue");
-	if (mode != NoLock)
-		RmsgLockQueueName(name, mode);
+	RmsgLockQueueName(name, mode);
+
+	/* read before the catalog, so a change meanwhile makes the entry stale */
+	generation = RmsgCatalogGeneration();
+	cacheable = generation != 0 && !catalog_changed_in_xact;
+	if (cacheable)
+	{
+		cached = QueueCacheEntry(name, HASH_FIND);
+		if (cached != NULL && cached->generation == generation)
+			return cached->queue;
+	}
+
 	if (!RmsgLookupQueue(name, &queue))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("queue \"%s\" does not exist", name)));
+
+	if (cacheable)
+	{
+		cached = QueueCacheEntry(name, HASH_ENTER);
+		cached->generation = generation;
+		cached->queue = queue;
+	}
 	return queue;
 }
 
@@ -170,6 +259,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 
 	RmsgSpiConnect();
 	RmsgLockQueueName(name, AccessExclusiveLock);
+	catalog_changed_in_xact = true;
 	if (dlq_name != NULL)
 		dlq_id = RmsgOpenQueue(dlq_name, AccessShareLock).queue_id;
 
@@ -200,6 +290,8 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	Datum		payload_ids;
 
 	RmsgSpiConnect();
+	RmsgLockQueueName(name, AccessExclusiveLock);
+	catalog_changed_in_xact = true;
 	queue = RmsgOpenQueue(name, AccessExclusiveLock);
 	arg = Int32GetDatum(queue.queue_id);
 

@@ -42,10 +42,12 @@ RmsgXactCallback(XactEvent event, void *arg)
 			RmsgCommitModePreCommit();
 			break;
 		case XACT_EVENT_COMMIT:
+			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgCommitModeXactEnd();
 			break;
 		case XACT_EVENT_ABORT:
+			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(false);
 			RmsgCommitModeXactEnd();
 			break;
@@ -96,5 +98,6 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		RmsgShmemRequest();
 
+	RmsgQueueCatalogInit();
 	RegisterXactCallback(RmsgXactCallback, NULL);
 }

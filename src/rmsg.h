@@ -28,6 +28,8 @@ extern bool RmsgShmemReady(void);
 extern void RmsgRequireShmem(const char *what);
 extern void RmsgShmemRequest(void);
 extern void RmsgShmemStartup(void);
+extern uint64 RmsgCatalogGeneration(void);
+extern void RmsgBumpCatalogGeneration(void);
 
 /* wakeup.c: long polling, woken by committed puts */
 extern Size RmsgWakeupShmemSize(void);
@@ -76,6 +78,8 @@ typedef struct RmsgQueue
 	char		dedup;			/* 'n'one, 't'oken, 'c'ontent */
 } RmsgQueue;
 
+extern void RmsgQueueCatalogInit(void);
+extern void RmsgQueueCatalogXactEnd(void);
 extern void RmsgLockQueueName(const char *name, LOCKMODE mode);
 extern bool RmsgLookupQueue(const char *name, RmsgQueue *queue);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);

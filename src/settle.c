@@ -8,7 +8,7 @@
  * reference (payload.c); it commits under the session's synchronous_commit
  * like any write.  A nack or an extend only moves the end of a lease, so it
  * commits lazily when it is all its transaction wrote (commit_mode.c).
- * Both apply only to a message in flight: leased, with the lease running.
+ * Both apply only to a message in flight: its lease_until still ahead.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,13 +26,24 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
+/*
+ * One statement removes the message and, when it held the payload's last
+ * reference (the usual case), the payload row too.  It returns a row when
+ * the message existed: its payload_id and whether that row went with it.
+ */
 static RmsgPlan ack_live_plan = {
-	"DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id",
+	"WITH m AS (DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id),"
+	"     p AS (DELETE FROM rmsg.payload p USING m"
+	"           WHERE p.payload_id = m.payload_id AND p.refs <= 1 RETURNING 1)"
+	" SELECT m.payload_id, EXISTS (SELECT 1 FROM p) FROM m",
 	1, {INT8OID}
 };
 
 static RmsgPlan ack_dead_plan = {
-	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id",
+	"WITH m AS (DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id),"
+	"     p AS (DELETE FROM rmsg.payload p USING m"
+	"           WHERE p.payload_id = m.payload_id AND p.refs <= 1 RETURNING 1)"
+	" SELECT m.payload_id, EXISTS (SELECT 1 FROM p) FROM m",
 	1, {INT8OID}
 };
 
@@ -45,31 +56,42 @@ static RmsgPlan ack_many_plan = {
 	1, {INT8ARRAYOID}
 };
 
-/* $1 msg_id, $2 now, $3 new end of visibility */
+/*
+ * $1 msg_id, $2 now, $3 now + delay.  Without a delay the message keeps its
+ * place in line (and the update stays HOT); with one it goes to the back.
+ */
 static RmsgPlan nack_plan = {
-	"UPDATE rmsg.message SET leased = false, visible_at = $3"
-	" WHERE msg_id = $1 AND leased AND visible_at > $2 RETURNING queue_id",
+	"UPDATE rmsg.message SET lease_until = NULL,"
+	"       visible_at = CASE WHEN $3 > $2 THEN $3 ELSE visible_at END"
+	" WHERE msg_id = $1 AND lease_until > $2 RETURNING queue_id",
 	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
+/* $1 msg_id, $2 now, $3 new lease end */
 static RmsgPlan extend_plan = {
-	"UPDATE rmsg.message SET visible_at = $3"
-	" WHERE msg_id = $1 AND leased AND visible_at > $2 RETURNING queue_id",
+	"UPDATE rmsg.message SET lease_until = $3"
+	" WHERE msg_id = $1 AND lease_until > $2 RETURNING queue_id",
 	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
-/* Runs a one-row ack statement; true when it removed the message. */
+/*
+ * Runs a one-row ack statement; true when it removed the message.  A payload
+ * that other messages still reference loses one reference.
+ */
 static bool
 AckFrom(RmsgPlan *plan, Datum msg_id)
 {
+	bool		no_payload_row;
 	bool		isnull;
 	Datum		payload_id;
+	bool		payload_deleted;
 
 	RmsgPlanExecute(plan, &msg_id, NULL, false, 0);
 	if (SPI_processed == 0)
 		return false;
-	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
+	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_payload_row);
+	payload_deleted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (!no_payload_row && !payload_deleted)
 		RmsgReleasePayload(DatumGetInt64(payload_id));
 	return true;
 }

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "port/atomics.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -24,12 +25,20 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 
+/* State of our own, next to the areas the other files lay out. */
+typedef struct RmsgSharedState
+{
+	/* bumped at the end of every transaction that changed the queue catalog */
+	pg_atomic_uint64 catalog_generation;
+} RmsgSharedState;
+
+static RmsgSharedState *shared_state = NULL;
 static bool shmem_ready = false;
 
 static Size
 RmsgShmemSize(void)
 {
-	return RmsgWakeupShmemSize();
+	return add_size(MAXALIGN(sizeof(RmsgSharedState)), RmsgWakeupShmemSize());
 }
 
 #if PG_VERSION_NUM >= 150000
@@ -73,10 +82,30 @@ RmsgShmemStartup(void)
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	area = ShmemInitStruct("recoverable_msg", RmsgShmemSize(), &found);
-	RmsgWakeupShmemInit(area, found);
+	shared_state = (RmsgSharedState *) area;
+	if (!found)
+		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
+	RmsgWakeupShmemInit((char *) area + MAXALIGN(sizeof(RmsgSharedState)), found);
 	LWLockRelease(AddinShmemInitLock);
 
 	shmem_ready = true;
+}
+
+/*
+ * The queue catalog's generation; 0 when there is no shared memory, which
+ * callers take as "cache nothing".
+ */
+uint64
+RmsgCatalogGeneration(void)
+{
+	return shmem_ready ? pg_atomic_read_u64(&shared_state->catalog_generation) : 0;
+}
+
+void
+RmsgBumpCatalogGeneration(void)
+{
+	if (shmem_ready)
+		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
 }
 
 bool
