@@ -40,8 +40,9 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 /*
  * $1 queue_id, $2 how many, $3 now, $4 lease end, $5 max_deliveries.
  *
- * The candidates are locked in the subquery and leased by primary key, a
- * shape whose generic plan stays right whatever the statistics say.  The
+ * The candidates are locked in the subquery and leased by their tuple ids:
+ * we hold their row locks until commit, so the tids cannot move, and a TID
+ * scan leaves the planner no index to choose wrongly.  The
  * queue is matched by a range (>= $1 AND <= $1) on purpose: an equality
  * would let the planner treat queue_id as constant and consider other
  * indexes for the order, filtering on the queue, which is slow for every
@@ -52,15 +53,14 @@ PG_FUNCTION_INFO_V1(rmsg_get);
  * update); delayed messages lie beyond now and are never visited.
  *
  * A candidate whose deliveries are used up is not leased (the row is left
- * as it was) and comes back marked exhausted for dead-lettering.  Rows come
- * back in msg_id order, the order of the primary key scan.
+ * as it was) and comes back marked exhausted for dead-lettering.
  */
 static RmsgPlan take_plan = {
 	"UPDATE rmsg.message m"
 	"    SET lease_until = CASE WHEN m.deliveries < $5 THEN $4 ELSE m.lease_until END,"
 	"        deliveries = m.deliveries + (m.deliveries < $5)::int"
-	"  WHERE m.msg_id = ANY (ARRAY("
-	"        SELECT msg_id FROM rmsg.message"
+	"  WHERE m.ctid = ANY (ARRAY("
+	"        SELECT ctid FROM rmsg.message"
 	"         WHERE queue_id >= $1 AND queue_id <= $1 AND visible_at <= $3"
 	"           AND (lease_until IS NULL OR lease_until <= $3)"
 	"         ORDER BY queue_id, visible_at, msg_id LIMIT $2 FOR UPDATE SKIP LOCKED))"
