@@ -6,8 +6,8 @@
 -- transaction that put it committed.  Payload data lives in rows of its own
 -- (rmsg.payload) that messages reference, so that a later put of the same
 -- data can store a reference instead of the data (seed 004); payloads no
--- larger than rmsg.inline_payload_max are kept inline in the message row,
--- where a reference would cost more WAL than it saves.
+-- larger than rmsg.inline_payload_max (2000 bytes by default) are kept
+-- inline in the message row, which saves every put a second row.
 
 CREATE SEQUENCE rmsg.msg_id_seq;
 CREATE SEQUENCE rmsg.payload_id_seq;

@@ -3,13 +3,14 @@
  * get.c
  *	  rmsg.get: taking ready messages, long polling, dead-lettering.
  *
- * One statement finds the oldest ready messages of the queue (the ones
+ * ready_scan.c finds the oldest ready messages of the queue (the ones
  * whose visible_at passed first; a message whose lease ran out keeps its
- * place, a message nacked with a delay goes to the back), skipping rows
- * other consumers have locked (FOR UPDATE SKIP LOCKED), and leases them:
- * deliveries + 1, lease_until = now + visibility.  So two consumers are
- * never handed the same message while its lease runs, and a consumer whose
- * transaction rolls back hands its messages straight back.
+ * place, a message nacked with a delay goes to the back) and locks them,
+ * skipping rows other consumers have locked, as FOR UPDATE SKIP LOCKED
+ * would; one statement then leases them: deliveries + 1, lease_until =
+ * now + visibility.  So two consumers are never handed the same message
+ * while its lease runs, and a consumer whose transaction rolls back hands
+ * its messages straight back.
  *
  * A message found with its deliveries used up is not leased but
  * dead-lettered: moved to the queue's dead-letter queue, or, without one,
@@ -28,6 +29,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -38,37 +40,21 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 #define GET_RESULT_COLUMNS 6
 
 /*
- * $1 queue_id, $2 how many, $3 now, $4 lease end, $5 max_deliveries.
- *
- * The candidates are locked in the subquery and leased by their tuple ids:
- * we hold their row locks until commit, so the tids cannot move, and a TID
- * scan leaves the planner no index to choose wrongly.  The
- * queue is matched by a range (>= $1 AND <= $1) on purpose: an equality
- * would let the planner treat queue_id as constant and consider other
- * indexes for the order, filtering on the queue, which is slow for every
- * queue but the busiest.  The range leaves only the ready index
- * (queue_id, visible_at, msg_id) able to produce the order.  The scan
- * starts at the queue's oldest ready message and steps over the messages
- * in flight (their lease_until is not indexed, so that leasing is a HOT
- * update); delayed messages lie beyond now and are never visited.
- *
- * A candidate whose deliveries are used up is not leased (the row is left
- * as it was) and comes back marked exhausted for dead-lettering.
+ * Leases the messages ready_scan.c locked: $1 their tids, $2 lease end,
+ * $3 max_deliveries.  A message whose deliveries are used up is not leased
+ * (the row is left as it was) and comes back marked exhausted, for
+ * dead-lettering.  Leasing sets only unindexed columns: a HOT update.
  */
-static RmsgPlan take_plan = {
+static RmsgPlan lease_plan = {
 	"UPDATE rmsg.message m"
-	"    SET lease_until = CASE WHEN m.deliveries < $5 THEN $4 ELSE m.lease_until END,"
-	"        deliveries = m.deliveries + (m.deliveries < $5)::int"
-	"  WHERE m.ctid = ANY (ARRAY("
-	"        SELECT ctid FROM rmsg.message"
-	"         WHERE queue_id >= $1 AND queue_id <= $1 AND visible_at <= $3"
-	"           AND (lease_until IS NULL OR lease_until <= $3)"
-	"         ORDER BY queue_id, visible_at, msg_id LIMIT $2 FOR UPDATE SKIP LOCKED))"
+	"    SET lease_until = CASE WHEN m.deliveries < $3 THEN $2 ELSE m.lease_until END,"
+	"        deliveries = m.deliveries + (m.deliveries < $3)::int"
+	"  WHERE m.ctid = ANY ($1)"
 	" RETURNING m.msg_id,"
 	"        coalesce(m.inline_data,"
 	"                 (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = m.payload_id)),"
-	"        m.headers, m.deliveries, m.enqueued_at, m.lease_until IS DISTINCT FROM $4 AS exhausted",
-	5, {INT4OID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+	"        m.headers, m.deliveries, m.enqueued_at, m.lease_until IS DISTINCT FROM $2",
+	3, {TIDARRAYOID, TIMESTAMPTZOID, INT4OID}
 };
 
 /* Into the dead-letter queue: a fresh start there.  $1 ids, $2 dlq, $3 now */
@@ -124,49 +110,104 @@ DeadLetter(const RmsgQueue *queue, Datum *msg_ids, int n)
 		RmsgPlanExecute(&keep_dead_plan, values, NULL, false, 0);
 }
 
+typedef struct RankedId
+{
+	int64		msg_id;
+	int			rank;
+} RankedId;
+
+static int
+CompareRankedIds(const void *a, const void *b)
+{
+	int64		x = ((const RankedId *) a)->msg_id;
+	int64		y = ((const RankedId *) b)->msg_id;
+
+	return (x > y) - (x < y);
+}
+
+/* Position of msg_id among the candidates, by binary search. */
+static int
+RankOf(const RankedId *ranks, int n, int64 msg_id)
+{
+	RankedId	key = {msg_id, 0};
+	RankedId   *hit = bsearch(&key, ranks, n, sizeof(RankedId), CompareRankedIds);
+
+	if (hit == NULL)
+		elog(ERROR, "leased message " INT64_FORMAT " was not a candidate", msg_id);
+	return hit->rank;
+}
+
 /*
- * Leases up to max ready messages into the result; returns how many.
- * Exhausted messages met on the way are dead-lettered and replaced.
+ * Locks (ready_scan.c) and leases up to max ready messages and adds them
+ * to the result, oldest-ready first; returns how many.  Exhausted messages
+ * met on the way are dead-lettered and replaced.
  */
 static int
 TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 			 ReturnSetInfo *rsinfo)
 {
 	int			taken = 0;
+	RmsgCandidate *candidates = palloc(sizeof(RmsgCandidate) * max);
+	RankedId   *ranks = palloc(sizeof(RankedId) * max);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * max);
+	Datum	   *tids = palloc(sizeof(Datum) * max);
+	Datum	   *exhausted = palloc(sizeof(Datum) * max);
 
 	while (taken < max)
 	{
 		TimestampTz now = GetCurrentTimestamp();
-		Datum		args[5];
-		Datum	   *exhausted;
+		int			ncandidates;
 		int			nexhausted = 0;
-
-		args[0] = Int32GetDatum(queue->queue_id);
-		args[1] = Int32GetDatum(max - taken);
-		args[2] = TimestampTzGetDatum(now);
-		args[3] = TimestampTzGetDatum(now + visibility);
-		args[4] = Int32GetDatum(queue->max_deliveries);
+		Datum		args[3];
+		TupleDesc	desc;
 
 		RmsgLeaseWriteBegin();
-		RmsgPlanExecute(&take_plan, args, NULL, false, 0);
+		ncandidates = RmsgLockReadyMessages(queue->queue_id, now, max - taken,
+											candidates);
+		if (ncandidates == 0)
+		{
+			RmsgLeaseWriteEnd();
+			break;
+		}
+		for (int i = 0; i < ncandidates; i++)
+		{
+			tids[i] = PointerGetDatum(&candidates[i].tid);
+			ranks[i].msg_id = candidates[i].msg_id;
+			ranks[i].rank = i;
+			rows[i] = NULL;
+		}
+		qsort(ranks, ncandidates, sizeof(RankedId), CompareRankedIds);
+
+		args[0] = PointerGetDatum(construct_array(tids, ncandidates, TIDOID,
+												  sizeof(ItemPointerData), false,
+												  TYPALIGN_SHORT));
+		args[1] = TimestampTzGetDatum(now + visibility);
+		args[2] = Int32GetDatum(queue->max_deliveries);
+		RmsgPlanExecute(&lease_plan, args, NULL, false, 0);
 		RmsgLeaseWriteEnd();
 
-		if (SPI_processed == 0)
-			break;
-
-		exhausted = palloc(sizeof(Datum) * SPI_processed);
+		/* the TID scan returns rows in tid order: put them back in line */
+		desc = SPI_tuptable->tupdesc;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	row = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int64		msg_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+
+			rows[RankOf(ranks, ncandidates, msg_id)] = row;
+		}
+
+		for (int i = 0; i < ncandidates; i++)
+		{
 			Datum		values[GET_RESULT_COLUMNS];
 			bool		nulls[GET_RESULT_COLUMNS];
 			bool		is_exhausted;
 
+			if (rows[i] == NULL)
+				continue;		/* cannot happen: we hold the row lock */
 			for (int c = 0; c < GET_RESULT_COLUMNS - 1; c++)
-				values[c] = SPI_getbinval(row, desc, c + 1, &nulls[c]);
-			is_exhausted = DatumGetBool(SPI_getbinval(row, desc, 6, &nulls[5]));
-
+				values[c] = SPI_getbinval(rows[i], desc, c + 1, &nulls[c]);
+			is_exhausted = DatumGetBool(SPI_getbinval(rows[i], desc, 6, &nulls[5]));
 			if (is_exhausted)
 			{
 				exhausted[nexhausted++] = values[0];

@@ -10,7 +10,10 @@
  * PostgreSQL re-checks against the newest row version when another
  * transaction changed refs meanwhile: a concurrent new reference keeps the
  * row alive, and a put that finds the row deleted writes its data again.
- * No lock of ours is needed.
+ * No lock of ours is needed.  The statements read the newest committed
+ * counts (the latest snapshot) whatever the isolation level: a REPEATABLE
+ * READ snapshot may predate the references being released, e.g. those of
+ * messages a drop_queue deletes after waiting for their puts.
  *
  *-------------------------------------------------------------------------
  */
@@ -51,9 +54,9 @@ RmsgReleasePayload(int64 payload_id)
 {
 	Datum		arg = Int64GetDatum(payload_id);
 
-	RmsgPlanExecute(&delete_last_plan, &arg, NULL, false, 0);
+	RmsgPlanExecute(&delete_last_plan, &arg, NULL, true, 0);
 	if (SPI_processed == 0)
-		RmsgPlanExecute(&decrement_plan, &arg, NULL, false, 0);
+		RmsgPlanExecute(&decrement_plan, &arg, NULL, true, 0);
 }
 
 /*
@@ -69,8 +72,8 @@ RmsgReleasePayloads(Datum payload_ids)
 	if (nids == 0)
 		return;
 
-	RmsgPlanExecute(&delete_last_many_plan, &payload_ids, NULL, false, 0);
+	RmsgPlanExecute(&delete_last_many_plan, &payload_ids, NULL, true, 0);
 	/* every id was distinct and deleted: nothing left to decrement */
 	if (SPI_processed < (uint64) nids)
-		RmsgPlanExecute(&decrement_many_plan, &payload_ids, NULL, false, 0);
+		RmsgPlanExecute(&decrement_many_plan, &payload_ids, NULL, true, 0);
 }

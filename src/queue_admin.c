@@ -108,7 +108,12 @@ RmsgQueueCatalogInit(void)
 	CacheRegisterRelcacheCallback(QueueCacheInvalidate, (Datum) 0);
 }
 
-/* Transaction end: publish a catalog change to every backend's cache. */
+/*
+ * Transaction end, or PREPARE: publish a catalog change to every backend's
+ * cache.  At PREPARE the prepared transaction keeps its name locks until
+ * COMMIT PREPARED, so a backend that waited for one reads the catalog after
+ * the outcome is known.
+ */
 void
 RmsgQueueCatalogXactEnd(void)
 {
@@ -303,7 +308,12 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
 				 errhint("Drop that queue first.")));
 
-	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, false, 0);
+	/*
+	 * The latest snapshot: under REPEATABLE READ the transaction's snapshot
+	 * predates puts that committed while we waited for the name lock, and
+	 * their messages would outlive the queue.
+	 */
+	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, true, 0);
 	payload_ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
 		RmsgReleasePayloads(payload_ids);

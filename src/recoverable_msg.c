@@ -22,7 +22,7 @@
 PG_MODULE_MAGIC;
 
 int			rmsg_max_payload_size = 1024 * 1024;
-int			rmsg_inline_payload_max = 256;
+int			rmsg_inline_payload_max = 2000;
 bool		rmsg_lazy_leases = true;
 
 void		_PG_init(void);
@@ -32,6 +32,11 @@ void		_PG_init(void);
  * not each register their own: lease-only commits go lazy before the commit
  * record is written, and waiters are woken once the commit is visible.
  * Nothing here may raise an error after PRE_COMMIT.
+ *
+ * A prepared transaction ends in this backend at PREPARE and is committed
+ * later, perhaps by another backend, which knows nothing of our lists: its
+ * catalog change is published now, and its wakeups are dropped (a waiting
+ * get finds the messages at its next wakeup or when its wait ends).
  */
 static void
 RmsgXactCallback(XactEvent event, void *arg)
@@ -47,6 +52,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			RmsgCommitModeXactEnd();
 			break;
 		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
 			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(false);
 			RmsgCommitModeXactEnd();
@@ -71,7 +77,7 @@ DefineSettings(void)
 							"Payloads up to this size are stored in the message row itself.",
 							"Larger payloads get a payload row of their own, which later puts of the same data can reference.",
 							&rmsg_inline_payload_max,
-							256, 0, 8192,
+							2000, 0, 8192,
 							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 

@@ -15,6 +15,7 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "storage/itemptr.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 
@@ -83,6 +84,29 @@ extern void RmsgQueueCatalogXactEnd(void);
 extern void RmsgLockQueueName(const char *name, LOCKMODE mode);
 extern bool RmsgLookupQueue(const char *name, RmsgQueue *queue);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
+
+/* relations.c: our tables, for direct access */
+typedef struct RmsgRelations
+{
+	Oid			message;
+	Oid			message_ready_idx;
+	AttrNumber	att_msg_id;
+	AttrNumber	att_queue_id;
+	AttrNumber	att_visible_at;
+	AttrNumber	att_lease_until;
+} RmsgRelations;
+
+extern const RmsgRelations *RmsgGetRelations(void);
+
+/* ready_scan.c: finding and locking a queue's ready messages */
+typedef struct RmsgCandidate
+{
+	ItemPointerData tid;		/* of the version we locked */
+	int64		msg_id;
+} RmsgCandidate;
+
+extern int	RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
+								  RmsgCandidate *found);
 
 /* payload.c: payload rows and their reference counts */
 extern void RmsgReleasePayload(int64 payload_id);

@@ -1,0 +1,88 @@
+/*-------------------------------------------------------------------------
+ *
+ * relations.c
+ *	  The OIDs and attribute numbers of our tables, for code that reads
+ *	  them directly instead of through SQL.
+ *
+ * Looked up by name in schema rmsg on first use and kept in backend memory;
+ * any relcache invalidation (DROP EXTENSION and CREATE EXTENSION give the
+ * tables new OIDs) makes us look them up again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "rmsg.h"
+
+static RmsgRelations relations;
+static bool relations_valid = false;
+static bool callback_registered = false;
+
+static void
+RelationsInvalidate(Datum arg, Oid relid)
+{
+	relations_valid = false;
+}
+
+static Oid
+RelidOf(Oid namespace, const char *name)
+{
+	Oid			relid = get_relname_relid(name, namespace);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"rmsg.%s\" does not exist", name),
+				 errhint("Run CREATE EXTENSION recoverable_msg in this database.")));
+	return relid;
+}
+
+static AttrNumber
+AttnumOf(Relation rel, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (!attr->attisdropped && strcmp(NameStr(attr->attname), name) == 0)
+			return attr->attnum;
+	}
+	elog(ERROR, "column \"%s\" of rmsg.message is missing", name);
+	return InvalidAttrNumber;	/* keep the compiler quiet */
+}
+
+const RmsgRelations *
+RmsgGetRelations(void)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(RelationsInvalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!relations_valid)
+	{
+		Oid			namespace = get_namespace_oid("rmsg", false);
+		Relation	rel;
+
+		relations.message = RelidOf(namespace, "message");
+		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
+
+		rel = table_open(relations.message, AccessShareLock);
+		relations.att_msg_id = AttnumOf(rel, "msg_id");
+		relations.att_queue_id = AttnumOf(rel, "queue_id");
+		relations.att_visible_at = AttnumOf(rel, "visible_at");
+		relations.att_lease_until = AttnumOf(rel, "lease_until");
+		table_close(rel, NoLock);
+
+		relations_valid = true;
+	}
+	return &relations;
+}

@@ -1,0 +1,249 @@
+use strict;
+use warnings FATAL => 'all';
+
+# Long polling: rmsg.get(..., wait => ...) sleeps until a commit makes a
+# message of its queue ready, and only then: a rolled-back put does not
+# wake it with a message, a rolled-back get hands its message to a waiter, a
+# delayed put is returned when its delay ends, and a wait with nothing
+# arriving ends empty.  Without the library in shared_preload_libraries the
+# extension works, but a get with a wait is refused with a pointer to it.
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+#---------------------------------------------------------------------------
+# Background psql sessions: statements are sent without waiting, their
+# output is collected later.  Each statement is followed by a marker echoed
+# on stdout and stderr, so we know when it is done and what it printed.
+#---------------------------------------------------------------------------
+
+sub session_open
+{
+	my ($node, $name) = @_;
+	my $s = { in => '', out => '', err => '', n => 0, name => $name };
+	$s->{h} = IPC::Run::start(
+		[
+			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
+			'-v', 'VERBOSITY=verbose',
+			'-d', $node->connstr('postgres') . " application_name=$name"
+		],
+		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err});
+	return $s;
+}
+
+# Queues SQL (which must end with ';'); returns the statement's number.
+sub session_send
+{
+	my ($s, $sql) = @_;
+	my $n = ++$s->{n};
+	$s->{in} .= "$sql\n\\echo __done_$n\n\\warn __done_$n\n";
+	eval { $s->{h}->pump_nb; };
+	return $n;
+}
+
+# Waits up to $timeout seconds for statement $n; returns (stdout, stderr) of
+# everything up to it, or () on timeout.
+sub session_wait
+{
+	my ($s, $n, $timeout) = @_;
+	my $deadline = time + ($timeout // 60);
+	while ($s->{out} !~ /__done_$n\n/ || $s->{err} !~ /__done_$n\n/)
+	{
+		return () if time > $deadline;
+		eval { $s->{h}->pump_nb; };
+		usleep(5_000);
+	}
+	$s->{out} =~ s/\A(.*?)__done_$n\n//s;
+	my $out = $1;
+	$s->{err} =~ s/\A(.*?)__done_$n\n//s;
+	my $err = $1;
+	chomp $out;
+	return ($out, $err);
+}
+
+# Runs SQL in the session and returns its output; an error or a timeout
+# fails the test named $what.
+sub session_query
+{
+	my ($s, $sql, $what) = @_;
+	my ($out, $err) = session_wait($s, session_send($s, $sql), 60);
+	if (!defined $out)
+	{
+		fail("$what: timed out");
+		return '';
+	}
+	is($err, '', "$what: no error");
+	return $out;
+}
+
+sub session_kill
+{
+	my ($s) = @_;
+	eval { $s->{h}->kill_kill; };
+	return;
+}
+
+# Waits until the session named $name is inside a statement and sleeping
+# (a wait event is set): a get with a wait that found nothing.
+sub wait_sleeping
+{
+	my ($node, $name) = @_;
+	return $node->poll_query_until(
+		'postgres', "
+		SELECT count(*) = 1 FROM pg_stat_activity
+		 WHERE application_name = '$name' AND state = 'active'
+		   AND wait_event_type IS NOT NULL AND query LIKE '%rmsg.get%'");
+}
+
+# Sends a get with a wait on queue lp in session $s; returns the statement.
+sub start_waiter
+{
+	my ($node, $s, $wait) = @_;
+	my $n = session_send($s,
+		"SELECT convert_from(payload, 'UTF8') || ':' || deliveries
+		   FROM rmsg.get('lp', visibility => '1 minute', wait => '$wait');");
+	ok(wait_sleeping($node, $s->{name}), "the waiter sleeps ($wait)");
+	return $n;
+}
+
+my $node = PostgreSQL::Test::Cluster->new('longpoll');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'recoverable_msg'");
+$node->start;
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION recoverable_msg;
+	SELECT rmsg.create_queue('lp');
+});
+
+my $w = session_open($node, 'waiter');
+my $g = session_open($node, 'getter');
+my ($n, $out, $err, $t);
+
+#---------------------------------------------------------------------------
+# 1. A committed put wakes the waiter at once.
+#---------------------------------------------------------------------------
+$n = start_waiter($node, $w, '10 seconds');
+$t = time;
+$node->safe_psql('postgres', "SELECT rmsg.put('lp', 'p1'::text)");
+($out, $err) = session_wait($w, $n, 15);
+cmp_ok(time - $t, '<', 3, 'a committed put wakes the waiter well before its wait ends');
+is($out, 'p1:1', 'the waiter gets the message put');
+is($err, '', 'without error');
+
+#---------------------------------------------------------------------------
+# 2. A put that rolls back does not end the wait; a committed one then does.
+#---------------------------------------------------------------------------
+$n = start_waiter($node, $w, '10 seconds');
+$node->safe_psql(
+	'postgres', q{
+	BEGIN;
+	SELECT rmsg.put('lp', 'rolled back'::text);
+	ROLLBACK;});
+($out) = session_wait($w, $n, 1.5);
+ok(!defined $out, 'the waiter still waits 1.5 s after a put rolled back');
+ok(wait_sleeping($node, 'waiter'), 'and is asleep again');
+$t = time;
+$node->safe_psql('postgres', "SELECT rmsg.put('lp', 'p2'::text)");
+($out, $err) = session_wait($w, $n, 15);
+cmp_ok(time - $t, '<', 3, 'the next committed put wakes it');
+is($out, 'p2:1', 'with the committed message, not the rolled-back one');
+is($err, '', 'without error');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT ready || ':' || in_flight || ':' || delayed FROM rmsg.queues WHERE queue = 'lp'"),
+	'0:2:0',
+	'the rolled-back put left nothing: only the two messages taken are there');
+
+#---------------------------------------------------------------------------
+# 3. A get that rolls back gives its message back to a waiter.
+#---------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT rmsg.put('lp', 'p3'::text)");
+session_query($g, 'BEGIN;', 'getter begins');
+is( session_query(
+		$g,
+		"SELECT convert_from(payload, 'UTF8') FROM rmsg.get('lp', visibility => '1 minute');",
+		'getter takes p3'),
+	'p3',
+	'the other session takes the message in an open transaction');
+$n = start_waiter($node, $w, '10 seconds');
+($out) = session_wait($w, $n, 0.5);
+ok(!defined $out, 'the waiter does not get the message taken by the open transaction');
+$t = time;
+session_query($g, 'ROLLBACK;', 'getter rolls back');
+($out, $err) = session_wait($w, $n, 15);
+cmp_ok(time - $t, '<', 3, 'the rollback wakes the waiter');
+is($out, 'p3:1', 'which gets the message given back, its first delivery');
+is($err, '', 'without error');
+
+#---------------------------------------------------------------------------
+# 4. A delayed put committed during the wait is returned when it is due.
+#---------------------------------------------------------------------------
+$n = start_waiter($node, $w, '10 seconds');
+$t = time;
+$node->safe_psql('postgres', "SELECT rmsg.put('lp', 'p4'::text, delay => '1 second')");
+my $put_done = time;
+($out, $err) = session_wait($w, $n, 15);
+my $returned = time;
+is($out, 'p4:1', 'the delayed message is returned');
+is($err, '', 'without error');
+cmp_ok($returned - $t, '>=', 1, 'not before its delay has passed');
+cmp_ok($returned - $put_done, '<', 3, 'about when its delay ends, not at the end of the wait');
+
+#---------------------------------------------------------------------------
+# 5. Nothing arrives: the get returns empty after its wait.
+#---------------------------------------------------------------------------
+is( $node->safe_psql(
+		'postgres', "
+	SELECT rmsg.ack(ARRAY(SELECT msg_id FROM rmsg.message));
+	SELECT count(*) FROM rmsg.message"),
+	"4\n0",
+	'the queue is emptied');
+$t = time;
+is($node->safe_psql('postgres', "SELECT count(*) FROM rmsg.get('lp', wait => '1 second')"),
+	'0', 'a wait with nothing arriving returns no message');
+my $elapsed = time - $t;
+cmp_ok($elapsed, '>=', 1, 'after waiting the full second');
+cmp_ok($elapsed, '<', 3, 'and not much longer');
+
+session_kill($w);
+session_kill($g);
+$node->stop;
+
+#---------------------------------------------------------------------------
+# 6. Not preloaded: the queue works, a get with a wait is refused.
+#---------------------------------------------------------------------------
+my $plain = PostgreSQL::Test::Cluster->new('not_preloaded');
+$plain->init;
+$plain->start;
+is($plain->safe_psql('postgres', 'SHOW shared_preload_libraries'),
+	'', 'the second node does not preload the library');
+$plain->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION recoverable_msg;
+	SELECT rmsg.create_queue('nq');});
+my $id = $plain->safe_psql('postgres', "SELECT rmsg.put('nq', 'plain'::text)");
+is( $plain->safe_psql(
+		'postgres',
+		"SELECT msg_id || ':' || convert_from(payload, 'UTF8') FROM rmsg.get('nq')"),
+	"$id:plain",
+	'put and get work without preloading');
+is($plain->safe_psql('postgres', "SELECT rmsg.ack($id)"), 't', 'and ack');
+
+my ($stdout, $stderr);
+$t = time;
+my $rc = $plain->psql(
+	'postgres',
+	"\\set VERBOSITY verbose\nSELECT * FROM rmsg.get('nq', wait => '1 second');",
+	stdout => \$stdout,
+	stderr => \$stderr);
+isnt($rc, 0, 'a get with a wait fails without preloading');
+like($stderr, qr/ERROR:  55000:/, 'with SQLSTATE 55000');
+like($stderr, qr/HINT:  .*shared_preload_libraries/, 'and a hint naming shared_preload_libraries');
+$plain->stop;
+
+done_testing();
