@@ -41,38 +41,39 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 
 /*
  * Leases the messages ready_scan.c locked: $1 their tids, $2 lease end,
- * $3 max_deliveries.  A message whose deliveries are used up is not leased
- * (the row is left as it was) and comes back marked exhausted, for
- * dead-lettering.  Leasing sets only unindexed columns: a HOT update.
+ * $3 max_deliveries.  Messages whose deliveries are used up are left alone
+ * (and so keep their tids) for dead-lettering.  Leasing sets only unindexed
+ * columns: a HOT update.
  */
 static RmsgPlan lease_plan = {
-	"UPDATE rmsg.message m"
-	"    SET lease_until = CASE WHEN m.deliveries < $3 THEN $2 ELSE m.lease_until END,"
-	"        deliveries = m.deliveries + (m.deliveries < $3)::int"
-	"  WHERE m.ctid = ANY ($1)"
+	"UPDATE rmsg.message m SET lease_until = $2, deliveries = m.deliveries + 1"
+	" WHERE m.ctid = ANY ($1) AND m.deliveries < $3"
 	" RETURNING m.msg_id,"
 	"        coalesce(m.inline_data,"
 	"                 (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = m.payload_id)),"
-	"        m.headers, m.deliveries, m.enqueued_at, m.lease_until IS DISTINCT FROM $2",
+	"        m.headers, m.deliveries, m.enqueued_at",
 	3, {TIDARRAYOID, TIMESTAMPTZOID, INT4OID}
 };
 
-/* Into the dead-letter queue: a fresh start there.  $1 ids, $2 dlq, $3 now */
+/*
+ * Dead-lettering, by the tids of the rows we locked.
+ * Into the dead-letter queue, for a fresh start there: $1 tids, $2 dlq, $3 now.
+ */
 static RmsgPlan move_to_dlq_plan = {
 	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0,"
 	"       visible_at = $3"
-	" WHERE msg_id = ANY($1)",
-	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+	" WHERE ctid = ANY($1)",
+	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 
 /* No dead-letter queue: keep the message, payload reference and all. */
 static RmsgPlan keep_dead_plan = {
-	"WITH gone AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING *)"
+	"WITH gone AS (DELETE FROM rmsg.message WHERE ctid = ANY($1) RETURNING *)"
 	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at,"
 	"        died_at, payload_size, payload_id, headers, inline_data)"
 	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size,"
 	"        payload_id, headers, inline_data FROM gone",
-	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 
 /*
@@ -87,17 +88,24 @@ static RmsgPlan next_visible_plan = {
 	2, {INT4OID, TIMESTAMPTZOID}
 };
 
+/* An array of tids for a statement's ANY($n). */
+static Datum
+TidArray(Datum *tids, int n)
+{
+	return PointerGetDatum(construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
+										   false, TYPALIGN_SHORT));
+}
+
 /*
  * Dead-letters the given messages of a queue (their rows are locked by the
  * caller).  Durable like any other write: this is not a lease.
  */
 static void
-DeadLetter(const RmsgQueue *queue, Datum *msg_ids, int n)
+DeadLetter(const RmsgQueue *queue, Datum *tids, int n)
 {
 	Datum		values[3];
 
-	values[0] = PointerGetDatum(construct_array(msg_ids, n, INT8OID, sizeof(int64),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[0] = TidArray(tids, n);
 	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 
@@ -178,9 +186,7 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		}
 		qsort(ranks, ncandidates, sizeof(RankedId), CompareRankedIds);
 
-		args[0] = PointerGetDatum(construct_array(tids, ncandidates, TIDOID,
-												  sizeof(ItemPointerData), false,
-												  TYPALIGN_SHORT));
+		args[0] = TidArray(tids, ncandidates);
 		args[1] = TimestampTzGetDatum(now + visibility);
 		args[2] = Int32GetDatum(queue->max_deliveries);
 		RmsgPlanExecute(&lease_plan, args, NULL, false, 0);
@@ -201,18 +207,15 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		{
 			Datum		values[GET_RESULT_COLUMNS];
 			bool		nulls[GET_RESULT_COLUMNS];
-			bool		is_exhausted;
 
 			if (rows[i] == NULL)
-				continue;		/* cannot happen: we hold the row lock */
-			for (int c = 0; c < GET_RESULT_COLUMNS - 1; c++)
-				values[c] = SPI_getbinval(rows[i], desc, c + 1, &nulls[c]);
-			is_exhausted = DatumGetBool(SPI_getbinval(rows[i], desc, 6, &nulls[5]));
-			if (is_exhausted)
 			{
-				exhausted[nexhausted++] = values[0];
+				/* not leased: its deliveries are used up */
+				exhausted[nexhausted++] = tids[i];
 				continue;
 			}
+			for (int c = 0; c < GET_RESULT_COLUMNS - 1; c++)
+				values[c] = SPI_getbinval(rows[i], desc, c + 1, &nulls[c]);
 			/* data_token: deduplicated logging is not in this version */
 			values[5] = (Datum) 0;
 			nulls[5] = true;

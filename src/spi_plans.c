@@ -9,11 +9,20 @@
  * plan by itself when the tables change, e.g. after the extension is
  * dropped and created again in the same session.
  *
+ * Every statement here finds its rows by key.  A queue table that has just
+ * been vacuumed empty makes the planner believe a sequential scan of its one
+ * page beats any index, and the plan it caches then scans the whole table
+ * on every call as the queue fills again.  So our statements run with
+ * enable_seqscan and enable_bitmapscan off, set for the execution only, the
+ * way a function's SET clause works: whenever the plan cache replans, it
+ * picks the index scans.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 
 #include "rmsg.h"
@@ -55,9 +64,17 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	SPIPlanPtr	plan = RmsgPlanGet(p);
 	int			rc;
 
+	int			guc_level;
+
 	Assert(p->nargs <= lengthof(p->argtypes));
 	for (int i = 0; i < p->nargs; i++)
 		nulls[i] = (isnull != NULL && isnull[i]) ? 'n' : ' ';
+
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 
 	if (latest_snapshot && IsolationUsesXactSnapshot())
 		rc = SPI_execute_snapshot(plan, values, nulls,
@@ -65,6 +82,8 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 								  false, true, count);
 	else
 		rc = SPI_execute_plan(plan, values, nulls, false, count);
+
+	AtEOXact_GUC(true, guc_level);
 
 	if (rc < 0)
 		elog(ERROR, "SPI execution failed for \"%s\": %s",
