@@ -26,24 +26,14 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-/*
- * One statement removes the message and, when it held the payload's last
- * reference (the usual case), the payload row too.  It returns a row when
- * the message existed: its payload_id and whether that row went with it.
- */
+/* A row when the message existed, with its payload_id (NULL: inline). */
 static RmsgPlan ack_live_plan = {
-	"WITH m AS (DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id),"
-	"     p AS (DELETE FROM rmsg.payload p USING m"
-	"           WHERE p.payload_id = m.payload_id AND p.refs <= 1 RETURNING 1)"
-	" SELECT m.payload_id, EXISTS (SELECT 1 FROM p) FROM m",
+	"DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id",
 	1, {INT8OID}
 };
 
 static RmsgPlan ack_dead_plan = {
-	"WITH m AS (DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id),"
-	"     p AS (DELETE FROM rmsg.payload p USING m"
-	"           WHERE p.payload_id = m.payload_id AND p.refs <= 1 RETURNING 1)"
-	" SELECT m.payload_id, EXISTS (SELECT 1 FROM p) FROM m",
+	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id",
 	1, {INT8OID}
 };
 
@@ -75,23 +65,20 @@ static RmsgPlan extend_plan = {
 };
 
 /*
- * Runs a one-row ack statement; true when it removed the message.  A payload
- * that other messages still reference loses one reference.
+ * Runs a one-row ack statement; true when it removed the message.  Its
+ * payload row, if it has one, loses a reference (and goes with the last).
  */
 static bool
 AckFrom(RmsgPlan *plan, Datum msg_id)
 {
-	bool		no_payload_row;
-	bool		isnull;
+	bool		inline_payload;
 	Datum		payload_id;
-	bool		payload_deleted;
 
 	RmsgPlanExecute(plan, &msg_id, NULL, false, 0);
 	if (SPI_processed == 0)
 		return false;
-	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_payload_row);
-	payload_deleted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	if (!no_payload_row && !payload_deleted)
+	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &inline_payload);
+	if (!inline_payload)
 		RmsgReleasePayload(DatumGetInt64(payload_id));
 	return true;
 }

@@ -13,16 +13,18 @@
  * been vacuumed empty makes the planner believe a sequential scan of its one
  * page beats any index, and the plan it caches then scans the whole table
  * on every call as the queue fills again.  So our statements run with
- * enable_seqscan and enable_bitmapscan off, set for the execution only, the
- * way a function's SET clause works: whenever the plan cache replans, it
- * picks the index scans.
+ * enable_seqscan and enable_bitmapscan off, for the execution only:
+ * whenever the plan cache replans, it picks the index scans.  Both are plain
+ * booleans without hooks, read only by the planner, so we set the variables
+ * themselves and put them back, even on error; going through the GUC
+ * machinery would cost every put, get and ack an allocation or two.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "utils/guc.h"
+#include "optimizer/cost.h"
 #include "utils/snapmgr.h"
 
 #include "rmsg.h"
@@ -64,26 +66,30 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	SPIPlanPtr	plan = RmsgPlanGet(p);
 	int			rc;
 
-	int			guc_level;
+	bool		saved_seqscan = enable_seqscan;
+	bool		saved_bitmapscan = enable_bitmapscan;
 
 	Assert(p->nargs <= lengthof(p->argtypes));
 	for (int i = 0; i < p->nargs; i++)
 		nulls[i] = (isnull != NULL && isnull[i]) ? 'n' : ' ';
 
-	guc_level = NewGUCNestLevel();
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-
-	if (latest_snapshot && IsolationUsesXactSnapshot())
-		rc = SPI_execute_snapshot(plan, values, nulls,
-								  GetLatestSnapshot(), InvalidSnapshot,
-								  false, true, count);
-	else
-		rc = SPI_execute_plan(plan, values, nulls, false, count);
-
-	AtEOXact_GUC(true, guc_level);
+	enable_seqscan = false;
+	enable_bitmapscan = false;
+	PG_TRY();
+	{
+		if (latest_snapshot && IsolationUsesXactSnapshot())
+			rc = SPI_execute_snapshot(plan, values, nulls,
+									  GetLatestSnapshot(), InvalidSnapshot,
+									  false, true, count);
+		else
+			rc = SPI_execute_plan(plan, values, nulls, false, count);
+	}
+	PG_FINALLY();
+	{
+		enable_seqscan = saved_seqscan;
+		enable_bitmapscan = saved_bitmapscan;
+	}
+	PG_END_TRY();
 
 	if (rc < 0)
 		elog(ERROR, "SPI execution failed for \"%s\": %s",
