@@ -11,9 +11,11 @@
  * catalog is read, and the catalog is read with the latest snapshot, so a
  * put that waited for a drop sees the queue gone.  A get holds the same lock
  * in AccessShareLock, so a drop also waits for consumers that might be
- * dead-lettering a message into the queue's dead-message table.  The lock tag is an
- * object lock with our own class id and the hash of the name; two names
- * sharing a hash only serialise needlessly.
+ * dead-lettering a message into the queue's dead-message table.  The lock
+ * tag is an object lock with our own class id and the hash of the name; two
+ * names sharing a hash only serialise needlessly.  Under REPEATABLE READ a
+ * drop reads and deletes with the latest snapshot too, since its own
+ * predates what it waited for.
  *
  * A dead-letter queue is referenced by id through a foreign key, so it
  * cannot be dropped while a queue still sends it messages.
@@ -318,7 +320,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	if (!isnull)
 		RmsgReleasePayloads(payload_ids);
 
-	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, false, 0);
+	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, true, 0);
 	RmsgSpiFinish();
 	PG_RETURN_VOID();
 }
