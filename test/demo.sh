@@ -74,14 +74,15 @@ crash_and_recover() {
     log "crash recovery: committed messages survive, uncommitted ones do not"
     run_as_pg "${psql[@]}" -e <<'SQL'
 SELECT rmsg.create_queue('payments');
-SELECT rmsg.put('payments', 'committed before the crash'::text) AS msg_id;
-SELECT rmsg.put('payments', 'leased before the crash'::text) AS msg_id;
+SELECT rmsg.put('payments', 'payment 1: committed, then leased'::text) AS msg_id;
+SELECT rmsg.put('payments', 'payment 2: committed'::text) AS msg_id;
+-- the oldest message is leased for 2 seconds:
 SELECT msg_id, convert_from(payload, 'UTF8') AS payload
   FROM rmsg.get('payments', visibility => '2 seconds');
 SQL
     # An open transaction with a put that never commits.
     run_as_pg "${psql[@]}" -c "BEGIN" \
-        -c "SELECT rmsg.put('payments', 'never committed'::text)" \
+        -c "SELECT rmsg.put('payments', 'payment 3: never committed'::text)" \
         -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
     sleep 1
     log "pg_ctl stop -m immediate (a crash: no checkpoint, no clean shutdown)"
@@ -90,8 +91,9 @@ SQL
     run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
     log "restarted after crash recovery"
     run_as_pg "${psql[@]}" -e <<'SQL'
--- both committed messages are there, the uncommitted one is not; the lease
--- was lazily committed, so it may or may not have survived the crash:
+-- both committed messages are there, payment 3 is not; the lease was
+-- committed lazily, so it may or may not have survived the crash
+-- (deliveries 1 or 0 for payment 1):
 SELECT convert_from(coalesce(inline_data, ''), 'UTF8') AS payload, deliveries
   FROM rmsg.message ORDER BY msg_id;
 SELECT pg_sleep(2.2);
