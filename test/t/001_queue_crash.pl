@@ -8,83 +8,14 @@ use warnings FATAL => 'all';
 # messages are never lost.
 
 use Digest::MD5 qw(md5_hex);
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-#---------------------------------------------------------------------------
-# Background psql sessions: statements are sent without waiting, their
-# output is collected later.  Each statement is followed by a marker echoed
-# on stdout and stderr, so we know when it is done and what it printed.
-#---------------------------------------------------------------------------
-
-sub session_open
-{
-	my ($node, $name) = @_;
-	my $s = { in => '', out => '', err => '', n => 0, name => $name };
-	$s->{h} = IPC::Run::start(
-		[
-			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
-			'-v', 'VERBOSITY=verbose',
-			'-d', $node->connstr('postgres') . " application_name=$name"
-		],
-		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err});
-	return $s;
-}
-
-# Queues SQL (which must end with ';'); returns the statement's number.
-sub session_send
-{
-	my ($s, $sql) = @_;
-	my $n = ++$s->{n};
-	$s->{in} .= "$sql\n\\echo __done_$n\n\\warn __done_$n\n";
-	eval { $s->{h}->pump_nb; };
-	return $n;
-}
-
-# Waits up to $timeout seconds for statement $n; returns (stdout, stderr) of
-# everything up to it, or () on timeout.
-sub session_wait
-{
-	my ($s, $n, $timeout) = @_;
-	my $deadline = time + ($timeout // 60);
-	while ($s->{out} !~ /__done_$n\n/ || $s->{err} !~ /__done_$n\n/)
-	{
-		return () if time > $deadline;
-		eval { $s->{h}->pump_nb; };
-		usleep(5_000);
-	}
-	$s->{out} =~ s/\A(.*?)__done_$n\n//s;
-	my $out = $1;
-	$s->{err} =~ s/\A(.*?)__done_$n\n//s;
-	my $err = $1;
-	chomp $out;
-	return ($out, $err);
-}
-
-# Runs SQL in the session and returns its output; an error or a timeout
-# fails the test named $what.
-sub session_query
-{
-	my ($s, $sql, $what) = @_;
-	my ($out, $err) = session_wait($s, session_send($s, $sql), 60);
-	if (!defined $out)
-	{
-		fail("$what: timed out");
-		return '';
-	}
-	is($err, '', "$what: no error");
-	return $out;
-}
-
-sub session_kill
-{
-	my ($s) = @_;
-	eval { $s->{h}->kill_kill; };
-	return;
-}
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgSession;
 
 #---------------------------------------------------------------------------
 # Payloads: "name|" followed by hex digits up to the wanted length, so that
