@@ -13,7 +13,7 @@ REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view
 REGRESS_OPTS = --load-extension=recoverable_msg
 
 # Isolation specs for races, kept under test/ with their expected outputs.
-ISOLATION = consumers_race get_rollback drop_vs_put
+ISOLATION = consumers_race get_rollback drop_vs_put ack_race
 ISOLATION_OPTS = --inputdir=test
 
 TAP_TESTS = 1

@@ -113,6 +113,14 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 								  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
 		if (result != TM_Ok)
 			continue;			/* locked by another consumer, or gone */
+
+		/*
+		 * A newer version than our snapshot's: under REPEATABLE READ the
+		 * lease statement could not see it, and it is most likely another
+		 * consumer's lease anyway.  Leave it.
+		 */
+		if (tmfd.traversed && IsolationUsesXactSnapshot())
+			continue;
 		if (!IsReady(locked, rels, queue_id, now))
 			continue;			/* changed since our snapshot */
 

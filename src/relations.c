@@ -74,12 +74,14 @@ RmsgGetRelations(void)
 
 		relations.message = RelidOf(namespace, "message");
 		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
+		relations.message_pkey = RelidOf(namespace, "message_pkey");
 
 		rel = table_open(relations.message, AccessShareLock);
 		relations.att_msg_id = AttnumOf(rel, "msg_id");
 		relations.att_queue_id = AttnumOf(rel, "queue_id");
 		relations.att_visible_at = AttnumOf(rel, "visible_at");
 		relations.att_lease_until = AttnumOf(rel, "lease_until");
+		relations.att_payload_id = AttnumOf(rel, "payload_id");
 		table_close(rel, NoLock);
 
 		relations_valid = true;

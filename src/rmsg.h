@@ -90,10 +90,12 @@ typedef struct RmsgRelations
 {
 	Oid			message;
 	Oid			message_ready_idx;
+	Oid			message_pkey;
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
 	AttrNumber	att_visible_at;
 	AttrNumber	att_lease_until;
+	AttrNumber	att_payload_id;
 } RmsgRelations;
 
 extern const RmsgRelations *RmsgGetRelations(void);
@@ -107,6 +109,9 @@ typedef struct RmsgCandidate
 
 extern int	RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 								  RmsgCandidate *found);
+
+/* remove.c: deleting one message by msg_id, without the executor */
+extern bool RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row);
 
 /* payload.c: payload rows and their reference counts */
 extern void RmsgReleasePayload(int64 payload_id);

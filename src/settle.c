@@ -4,9 +4,9 @@
  *	  rmsg.ack, rmsg.nack and rmsg.extend: what a consumer does with a
  *	  message it was handed.
  *
- * An ack removes the message, live or dead, and releases its payload
- * reference (payload.c); it commits under the session's synchronous_commit
- * like any write.  A nack or an extend only moves the end of a lease, so it
+ * An ack removes the message, live (remove.c) or dead, and releases its
+ * payload reference (payload.c); it commits under the session's
+ * synchronous_commit like any write.  A nack or an extend only moves the end of a lease, so it
  * commits lazily when it is all its transaction wrote (commit_mode.c).
  * Both apply only to a message in flight: its lease_until still ahead.
  *
@@ -26,12 +26,7 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-/* A row when the message existed, with its payload_id (NULL: inline). */
-static RmsgPlan ack_live_plan = {
-	"DELETE FROM rmsg.message WHERE msg_id = $1 RETURNING payload_id",
-	1, {INT8OID}
-};
-
+/* A row when the dead message existed, with its payload_id (NULL: inline). */
 static RmsgPlan ack_dead_plan = {
 	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id",
 	1, {INT8OID}
@@ -83,15 +78,24 @@ AckFrom(RmsgPlan *plan, Datum msg_id)
 	return true;
 }
 
-/* rmsg.ack(msg_id): true when the message existed */
+/*
+ * rmsg.ack(msg_id): true when the message existed.  A live message is
+ * deleted directly (remove.c), the hot path; a dead one by statement.
+ */
 Datum
 rmsg_ack(PG_FUNCTION_ARGS)
 {
-	Datum		msg_id = PG_GETARG_DATUM(0);
+	int64		msg_id = PG_GETARG_INT64(0);
+	int64		payload_id;
+	bool		has_payload_row;
 	bool		found;
 
 	RmsgSpiConnect();
-	found = AckFrom(&ack_live_plan, msg_id) || AckFrom(&ack_dead_plan, msg_id);
+	found = RmsgDeleteMessage(msg_id, &payload_id, &has_payload_row);
+	if (found && has_payload_row)
+		RmsgReleasePayload(payload_id);
+	if (!found)
+		found = AckFrom(&ack_dead_plan, Int64GetDatum(msg_id));
 	RmsgSpiFinish();
 	PG_RETURN_BOOL(found);
 }
