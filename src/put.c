@@ -5,8 +5,9 @@
  *
  * A payload no larger than rmsg.inline_payload_max (2000 bytes, just below
  * the size at which PostgreSQL would toast the row) is stored in the message
- * row; a larger one gets a payload row with refs = 1 that the message
- * references (payload.c), written by the same statement.  A payload row
+ * row, inserted directly (insert.c); a larger one gets a payload row with
+ * refs = 1 that the message references (payload.c), written with the
+ * message by one statement.  A payload row
  * costs every put two more WAL records and about 150 bytes, and only pays
  * when the same data is put again: for a 1 KiB put it is 18% of throughput
  * (README, Performance).  Deduplicated logging gives shared data a payload
@@ -36,13 +37,6 @@ PG_FUNCTION_INFO_V1(rmsg_put_jsonb);
 PG_FUNCTION_INFO_V1(rmsg_put_batch);
 
 /* $1 queue_id, $2 visible_at, $3 enqueued_at, $4 size, $5 headers, $6 data */
-static RmsgPlan put_inline_plan = {
-	"INSERT INTO rmsg.message"
-	" (queue_id, visible_at, enqueued_at, payload_size, headers, inline_data)"
-	" VALUES ($1, $2, $3, $4, $5, $6) RETURNING msg_id",
-	6, {INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, JSONBOID, BYTEAOID}
-};
-
 static RmsgPlan put_payload_row_plan = {
 	"WITH p AS (INSERT INTO rmsg.payload (refs, data) VALUES (1, $6) RETURNING payload_id)"
 	" INSERT INTO rmsg.message"
@@ -128,19 +122,23 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueue(queue_name, AccessShareLock);
 
-	values[0] = Int32GetDatum(queue.queue_id);
-	values[1] = TimestampTzGetDatum(now + delay);
-	values[2] = TimestampTzGetDatum(now);
-	values[3] = Int32GetDatum((int32) size);
-	values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	isnull[4] = PG_ARGISNULL(2);
-	values[5] = PointerGetDatum(payload);
-
-	RmsgPlanExecute(size > (Size) rmsg_inline_payload_max
-					? &put_payload_row_plan : &put_inline_plan,
-					values, isnull, false, 1);
-	msg_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &found));
+	if (size <= (Size) rmsg_inline_payload_max)
+		msg_id = RmsgInsertInlineMessage(queue.queue_id, now + delay, now,
+										 PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+										 PG_ARGISNULL(2), payload);
+	else
+	{
+		values[0] = Int32GetDatum(queue.queue_id);
+		values[1] = TimestampTzGetDatum(now + delay);
+		values[2] = TimestampTzGetDatum(now);
+		values[3] = Int32GetDatum((int32) size);
+		values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+		isnull[4] = PG_ARGISNULL(2);
+		values[5] = PointerGetDatum(payload);
+		RmsgPlanExecute(&put_payload_row_plan, values, isnull, false, 1);
+		msg_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &found));
+	}
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

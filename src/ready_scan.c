@@ -77,6 +77,7 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 	CommandId	cid = GetCurrentCommandId(true);
 	int			nfound = 0;
 
+	RmsgCheckPrivilege(rels->message, ACL_SELECT | ACL_UPDATE);
 	rel = table_open(rels->message, RowShareLock);
 	index = index_open(rels->message_ready_idx, AccessShareLock);
 

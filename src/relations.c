@@ -14,6 +14,7 @@
 
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "miscadmin.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -59,6 +60,19 @@ AttnumOf(Relation rel, const char *name)
 	return InvalidAttrNumber;	/* keep the compiler quiet */
 }
 
+/*
+ * Direct access skips the executor's permission check, so we make it: the
+ * same rights a SQL statement on the table would need.
+ */
+void
+RmsgCheckPrivilege(Oid relid, AclMode mode)
+{
+	AclResult	result = pg_class_aclcheck(relid, GetUserId(), mode);
+
+	if (result != ACLCHECK_OK)
+		aclcheck_error(result, OBJECT_TABLE, get_rel_name(relid));
+}
+
 const RmsgRelations *
 RmsgGetRelations(void)
 {
@@ -75,13 +89,19 @@ RmsgGetRelations(void)
 		relations.message = RelidOf(namespace, "message");
 		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
 		relations.message_pkey = RelidOf(namespace, "message_pkey");
+		relations.msg_id_seq = RelidOf(namespace, "msg_id_seq");
 
 		rel = table_open(relations.message, AccessShareLock);
 		relations.att_msg_id = AttnumOf(rel, "msg_id");
 		relations.att_queue_id = AttnumOf(rel, "queue_id");
+		relations.att_deliveries = AttnumOf(rel, "deliveries");
 		relations.att_visible_at = AttnumOf(rel, "visible_at");
 		relations.att_lease_until = AttnumOf(rel, "lease_until");
+		relations.att_enqueued_at = AttnumOf(rel, "enqueued_at");
+		relations.att_payload_size = AttnumOf(rel, "payload_size");
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
+		relations.att_headers = AttnumOf(rel, "headers");
+		relations.att_inline_data = AttnumOf(rel, "inline_data");
 		table_close(rel, NoLock);
 
 		relations_valid = true;

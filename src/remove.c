@@ -54,14 +54,19 @@ bool
 RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
-	Relation	rel = table_open(rels->message, RowExclusiveLock);
-	Relation	pkey = index_open(rels->message_pkey, RowExclusiveLock);
+	Relation	rel;
+	Relation	pkey;
 	Snapshot	snapshot;
-	TupleTableSlot *seen = table_slot_create(rel, NULL);
-	TupleTableSlot *locked = table_slot_create(rel, NULL);
+	TupleTableSlot *seen;
+	TupleTableSlot *locked;
 	CommandId	cid = GetCurrentCommandId(true);
 	bool		deleted = false;
 
+	RmsgCheckPrivilege(rels->message, ACL_SELECT | ACL_DELETE);
+	rel = table_open(rels->message, RowExclusiveLock);
+	pkey = index_open(rels->message_pkey, RowExclusiveLock);
+	seen = table_slot_create(rel, NULL);
+	locked = table_slot_create(rel, NULL);
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	if (FindMessage(rel, pkey, snapshot, msg_id, seen))
 	{

@@ -17,6 +17,7 @@
 #include "executor/spi.h"
 #include "storage/itemptr.h"
 #include "storage/lockdefs.h"
+#include "utils/acl.h"
 #include "utils/jsonb.h"
 
 /* Settings (recoverable_msg.c) */
@@ -91,12 +92,20 @@ typedef struct RmsgRelations
 	Oid			message;
 	Oid			message_ready_idx;
 	Oid			message_pkey;
+	Oid			msg_id_seq;
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
+	AttrNumber	att_deliveries;
 	AttrNumber	att_visible_at;
 	AttrNumber	att_lease_until;
+	AttrNumber	att_enqueued_at;
+	AttrNumber	att_payload_size;
 	AttrNumber	att_payload_id;
+	AttrNumber	att_headers;
+	AttrNumber	att_inline_data;
 } RmsgRelations;
+
+extern void RmsgCheckPrivilege(Oid relid, AclMode mode);
 
 extern const RmsgRelations *RmsgGetRelations(void);
 
@@ -109,6 +118,11 @@ typedef struct RmsgCandidate
 
 extern int	RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 								  RmsgCandidate *found);
+
+/* insert.c: adding a message with an inline payload, without the executor */
+extern int64 RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
+									 TimestampTz enqueued_at, Datum headers,
+									 bool headers_null, bytea *data);
 
 /* remove.c: deleting one message by msg_id, without the executor */
 extern bool RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row);
