@@ -5,10 +5,9 @@
  *
  * ready_scan.c finds the oldest ready messages of the queue (the ones
  * whose visible_at passed first; a message whose lease ran out keeps its
- * place, a message nacked with a delay goes to the back) and locks them,
+ * place, a message nacked with a delay goes to the back), locks them,
  * skipping rows other consumers have locked, as FOR UPDATE SKIP LOCKED
- * would; one statement then leases them: deliveries + 1, lease_until =
- * now + visibility.  So two consumers are never handed the same message
+ * would, and leases them: deliveries + 1, lease_until = now + visibility.  So two consumers are never handed the same message
  * while its lease runs, and a consumer whose transaction rolls back hands
  * its messages straight back.
  *
@@ -39,20 +38,10 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 
 #define GET_RESULT_COLUMNS 6
 
-/*
- * Leases the messages ready_scan.c locked: $1 their tids, $2 lease end,
- * $3 max_deliveries.  Messages whose deliveries are used up are left alone
- * (and so keep their tids) for dead-lettering.  Leasing sets only unindexed
- * columns: a HOT update.
- */
-static RmsgPlan lease_plan = {
-	"UPDATE rmsg.message m SET lease_until = $2, deliveries = m.deliveries + 1"
-	" WHERE m.ctid = ANY ($1) AND m.deliveries < $3"
-	" RETURNING m.msg_id,"
-	"        coalesce(m.inline_data,"
-	"                 (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = m.payload_id)),"
-	"        m.headers, m.deliveries, m.enqueued_at",
-	3, {TIDARRAYOID, TIMESTAMPTZOID, INT4OID}
+/* The data of a payload row (ready_scan.c returns inline data itself). */
+static RmsgPlan payload_data_plan = {
+	"SELECT data FROM rmsg.payload WHERE payload_id = $1",
+	1, {INT8OID}
 };
 
 /*
@@ -118,109 +107,69 @@ DeadLetter(const RmsgQueue *queue, Datum *tids, int n)
 		RmsgPlanExecute(&keep_dead_plan, values, NULL, false, 0);
 }
 
-typedef struct RankedId
+/* The payload of a leased message: inline, or read from its payload row. */
+static Datum
+PayloadOf(const RmsgTaken *t, bool *isnull)
 {
-	int64		msg_id;
-	int			rank;
-} RankedId;
+	Datum		arg = Int64GetDatum(t->payload_id);
 
-static int
-CompareRankedIds(const void *a, const void *b)
-{
-	int64		x = ((const RankedId *) a)->msg_id;
-	int64		y = ((const RankedId *) b)->msg_id;
-
-	return (x > y) - (x < y);
-}
-
-/* Position of msg_id among the candidates, by binary search. */
-static int
-RankOf(const RankedId *ranks, int n, int64 msg_id)
-{
-	RankedId	key = {msg_id, 0};
-	RankedId   *hit = bsearch(&key, ranks, n, sizeof(RankedId), CompareRankedIds);
-
-	if (hit == NULL)
-		elog(ERROR, "leased message " INT64_FORMAT " was not a candidate", msg_id);
-	return hit->rank;
+	*isnull = false;
+	if (!t->inline_null)
+		return t->inline_data;
+	RmsgPlanExecute(&payload_data_plan, &arg, NULL, false, 1);
+	if (SPI_processed == 0)
+		elog(ERROR, "payload " INT64_FORMAT " of message " INT64_FORMAT " is missing",
+			 t->payload_id, t->msg_id);
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
 }
 
 /*
- * Locks (ready_scan.c) and leases up to max ready messages and adds them
- * to the result, oldest-ready first; returns how many.  Exhausted messages
- * met on the way are dead-lettered and replaced.
+ * Leases up to max ready messages (ready_scan.c) and adds them to the
+ * result, oldest-ready first; returns how many.  Exhausted messages met on
+ * the way are dead-lettered and replaced.
  */
 static int
 TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 			 ReturnSetInfo *rsinfo)
 {
-	int			taken = 0;
-	RmsgCandidate *candidates = palloc(sizeof(RmsgCandidate) * max);
-	RankedId   *ranks = palloc(sizeof(RankedId) * max);
-	HeapTuple  *rows = palloc(sizeof(HeapTuple) * max);
-	Datum	   *tids = palloc(sizeof(Datum) * max);
+	int			ntaken = 0;
+	RmsgTaken  *found = palloc(sizeof(RmsgTaken) * max);
 	Datum	   *exhausted = palloc(sizeof(Datum) * max);
 
-	while (taken < max)
+	while (ntaken < max)
 	{
 		TimestampTz now = GetCurrentTimestamp();
-		int			ncandidates;
+		int			nfound;
 		int			nexhausted = 0;
-		Datum		args[3];
-		TupleDesc	desc;
 
 		RmsgLeaseWriteBegin();
-		ncandidates = RmsgLockReadyMessages(queue->queue_id, now, max - taken,
-											candidates);
-		if (ncandidates == 0)
-		{
-			RmsgLeaseWriteEnd();
-			break;
-		}
-		for (int i = 0; i < ncandidates; i++)
-		{
-			tids[i] = PointerGetDatum(&candidates[i].tid);
-			ranks[i].msg_id = candidates[i].msg_id;
-			ranks[i].rank = i;
-			rows[i] = NULL;
-		}
-		qsort(ranks, ncandidates, sizeof(RankedId), CompareRankedIds);
-
-		args[0] = TidArray(tids, ncandidates);
-		args[1] = TimestampTzGetDatum(now + visibility);
-		args[2] = Int32GetDatum(queue->max_deliveries);
-		RmsgPlanExecute(&lease_plan, args, NULL, false, 0);
+		nfound = RmsgLeaseReadyMessages(queue->queue_id, now, now + visibility,
+										queue->max_deliveries, max - ntaken, found);
 		RmsgLeaseWriteEnd();
+		if (nfound == 0)
+			break;
 
-		/* the TID scan returns rows in tid order: put them back in line */
-		desc = SPI_tuptable->tupdesc;
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (int i = 0; i < nfound; i++)
 		{
-			HeapTuple	row = SPI_tuptable->vals[i];
-			bool		isnull;
-			int64		msg_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-
-			rows[RankOf(ranks, ncandidates, msg_id)] = row;
-		}
-
-		for (int i = 0; i < ncandidates; i++)
-		{
+			RmsgTaken  *t = &found[i];
 			Datum		values[GET_RESULT_COLUMNS];
-			bool		nulls[GET_RESULT_COLUMNS];
+			bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, true};
 
-			if (rows[i] == NULL)
+			if (t->exhausted)
 			{
-				/* not leased: its deliveries are used up */
-				exhausted[nexhausted++] = tids[i];
+				exhausted[nexhausted++] = PointerGetDatum(&t->tid);
 				continue;
 			}
-			for (int c = 0; c < GET_RESULT_COLUMNS - 1; c++)
-				values[c] = SPI_getbinval(rows[i], desc, c + 1, &nulls[c]);
+			values[0] = Int64GetDatum(t->msg_id);
+			values[1] = PayloadOf(t, &nulls[1]);
+			values[2] = t->headers;
+			nulls[2] = t->headers_null;
+			values[3] = Int32GetDatum(t->deliveries);
+			values[4] = TimestampTzGetDatum(t->enqueued_at);
 			/* data_token: deduplicated logging is not in this version */
 			values[5] = (Datum) 0;
-			nulls[5] = true;
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-			taken++;
+			ntaken++;
 		}
 
 		if (nexhausted == 0)
@@ -228,9 +177,9 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		DeadLetter(queue, exhausted, nexhausted);
 	}
 
-	if (taken > 0)
+	if (ntaken > 0)
 		RmsgWakeQueueAtEnd(queue->queue_id);
-	return taken;
+	return ntaken;
 }
 
 /* When the next message of the queue becomes ready, or 0 if none is due. */

@@ -32,9 +32,12 @@
 
 #include "rmsg.h"
 
-/* Adds the index entries of a freshly inserted row to every index. */
-static void
-InsertIndexEntries(Relation rel, TupleTableSlot *slot)
+/*
+ * Adds the index entries of a row version to every index of the table: for
+ * an insert, and for an update that could not be HOT.
+ */
+void
+RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -96,8 +99,10 @@ RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
 	slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 	ExecStoreHeapTuple(heap_form_tuple(desc, values, nulls), slot, true);
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	InsertIndexEntries(rel, slot);
+	RmsgInsertIndexEntries(rel, slot);
 
+	/* as after a statement: what we wrote is seen by the commands after us */
+	CommandCounterIncrement();
 	ExecDropSingleTupleTableSlot(slot);
 	table_close(rel, NoLock);
 	return msg_id;

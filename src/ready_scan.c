@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * ready_scan.c
- *	  Finding a queue's oldest ready messages and locking them, without the
- *	  planner.
+ *	  Finding a queue's oldest ready messages, locking and leasing them,
+ *	  without the planner or the executor.
  *
  * This is the hot path of every get, and the one statement whose plan the
  * planner gets wrong on a queue table: after heavy churn the statistics say
@@ -15,11 +15,13 @@
  * Each candidate is locked as SELECT ... FOR UPDATE SKIP LOCKED would:
  * table_tuple_lock with LockWaitSkip, following the update chain to the
  * newest version, which we then check again (a concurrent get may have
- * leased it, a dead-lettering moved it).  The caller leases the locked
- * versions by tid in a statement of its own; under READ COMMITTED that
- * statement's fresh snapshot sees every version we locked, and under
- * REPEATABLE READ locking a version newer than the snapshot is already a
- * serialization failure.  Our row locks keep the tids stable until commit.
+ * leased it, a dead-lettering moved it).  Then we lease that version with
+ * table_tuple_update: lease_until and deliveries are not indexed, so the
+ * update is HOT when its page has room, and when it is not we add the index
+ * entries ourselves (insert.c).  The table has no triggers and the new row
+ * keeps every constraint.  A message whose deliveries are used up is left
+ * locked and unleased, for the caller to dead-letter by its tid, which our
+ * lock keeps stable until commit.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +34,8 @@
 #include "access/xact.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
+#include "access/htup_details.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -57,14 +61,80 @@ IsReady(TupleTableSlot *slot, const RmsgRelations *rels, int32 queue_id,
 	return isnull || DatumGetTimestampTz(value) <= now;
 }
 
+/* Copies what get returns of a leased (or exhausted) version into taken. */
+static void
+Describe(TupleTableSlot *slot, const RmsgRelations *rels, RmsgTaken *taken)
+{
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	bool		isnull;
+	Datum		value;
+
+	taken->msg_id = DatumGetInt64(slot_getattr(slot, rels->att_msg_id, &isnull));
+	taken->deliveries = DatumGetInt32(slot_getattr(slot, rels->att_deliveries, &isnull));
+	taken->enqueued_at = DatumGetTimestampTz(slot_getattr(slot, rels->att_enqueued_at, &isnull));
+	value = slot_getattr(slot, rels->att_headers, &taken->headers_null);
+	taken->headers = taken->headers_null ? (Datum) 0
+		: datumCopy(value, false, TupleDescAttr(desc, rels->att_headers - 1)->attlen);
+	value = slot_getattr(slot, rels->att_inline_data, &taken->inline_null);
+	taken->inline_data = taken->inline_null ? (Datum) 0
+		: datumCopy(value, false, -1);
+	value = slot_getattr(slot, rels->att_payload_id, &isnull);
+	taken->payload_id = isnull ? 0 : DatumGetInt64(value);
+}
+
 /*
- * Locks up to max ready messages of the queue, oldest-ready first, into
- * found[]; returns how many.  Messages other transactions have locked are
- * skipped, never waited for.
+ * Leases the locked version in `locked` until lease_end: a new version with
+ * deliveries + 1.  Returns the new version in `leased`.
+ */
+static void
+Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
+	  TupleTableSlot *leased, TimestampTz lease_end, CommandId cid,
+	  Snapshot snapshot)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			deliveries_at = rels->att_deliveries - 1;
+	int			lease_at = rels->att_lease_until - 1;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	TM_Result	result;
+#if PG_VERSION_NUM >= 160000
+	TU_UpdateIndexes update_indexes;
+#else
+	bool		update_indexes;
+#endif
+
+	slot_getallattrs(locked);
+	ExecClearTuple(leased);
+	memcpy(leased->tts_values, locked->tts_values, sizeof(Datum) * desc->natts);
+	memcpy(leased->tts_isnull, locked->tts_isnull, sizeof(bool) * desc->natts);
+	leased->tts_values[deliveries_at] =
+		Int32GetDatum(DatumGetInt32(locked->tts_values[deliveries_at]) + 1);
+	leased->tts_values[lease_at] = TimestampTzGetDatum(lease_end);
+	leased->tts_isnull[lease_at] = false;
+	ExecStoreVirtualTuple(leased);
+
+	result = table_tuple_update(rel, &locked->tts_tid, leased, cid, snapshot,
+								InvalidSnapshot, true, &tmfd, &lockmode,
+								&update_indexes);
+	if (result != TM_Ok)
+		elog(ERROR, "could not lease locked message (%d)", (int) result);
+#if PG_VERSION_NUM >= 160000
+	if (update_indexes != TU_None)
+#else
+	if (update_indexes)
+#endif
+		RmsgInsertIndexEntries(rel, leased);
+}
+
+/*
+ * Locks and leases up to max ready messages of the queue, oldest-ready
+ * first, into taken[]; returns how many it locked.  Messages other
+ * transactions have locked are skipped, never waited for.  Those whose
+ * deliveries are used up come back locked but not leased, marked exhausted.
  */
 int
-RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
-					  RmsgCandidate *found)
+RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
+					   int32 max_deliveries, int max, RmsgTaken *taken)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Relation	rel;
@@ -74,11 +144,12 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 	ScanKeyData keys[2];
 	TupleTableSlot *seen;
 	TupleTableSlot *locked;
+	TupleTableSlot *leased;
 	CommandId	cid = GetCurrentCommandId(true);
 	int			nfound = 0;
 
 	RmsgCheckPrivilege(rels->message, ACL_SELECT | ACL_UPDATE);
-	rel = table_open(rels->message, RowShareLock);
+	rel = table_open(rels->message, RowExclusiveLock);
 	index = index_open(rels->message_ready_idx, AccessShareLock);
 
 	/*
@@ -95,6 +166,7 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 
 	seen = table_slot_create(rel, NULL);
 	locked = table_slot_create(rel, NULL);
+	leased = table_slot_create(rel, NULL);
 	scan = index_beginscan(rel, index, snapshot, 2, 0);
 	index_rescan(scan, keys, 2, NULL, 0);
 
@@ -103,6 +175,7 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 		TM_FailureData tmfd;
 		TM_Result	result;
 		bool		isnull;
+		RmsgTaken  *t = &taken[nfound];
 
 		CHECK_FOR_INTERRUPTS();
 
@@ -116,24 +189,36 @@ RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
 			continue;			/* locked by another consumer, or gone */
 
 		/*
-		 * A newer version than our snapshot's: under REPEATABLE READ the
-		 * lease statement could not see it, and it is most likely another
-		 * consumer's lease anyway.  Leave it.
+		 * A newer version than our snapshot's: under REPEATABLE READ we may
+		 * not act on it (a statement would fail to serialize), and it is
+		 * most likely another consumer's lease anyway.  Leave it.
 		 */
 		if (tmfd.traversed && IsolationUsesXactSnapshot())
 			continue;
 		if (!IsReady(locked, rels, queue_id, now))
 			continue;			/* changed since our snapshot */
 
-		found[nfound].tid = locked->tts_tid;
-		found[nfound].msg_id =
-			DatumGetInt64(slot_getattr(locked, rels->att_msg_id, &isnull));
+		t->exhausted = DatumGetInt32(slot_getattr(locked, rels->att_deliveries, &isnull))
+			>= max_deliveries;
+		if (t->exhausted)
+		{
+			t->tid = locked->tts_tid;
+			Describe(locked, rels, t);
+		}
+		else
+		{
+			Lease(rel, rels, locked, leased, lease_end, cid, snapshot);
+			Describe(leased, rels, t);
+		}
 		nfound++;
 	}
 
+	/* as after a statement: what we wrote is seen by the commands after us */
+	CommandCounterIncrement();
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(seen);
 	ExecDropSingleTupleTableSlot(locked);
+	ExecDropSingleTupleTableSlot(leased);
 	UnregisterSnapshot(snapshot);
 	index_close(index, NoLock);
 	table_close(rel, NoLock);

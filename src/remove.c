@@ -99,6 +99,8 @@ RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row)
 		/* TM_Deleted: acked by someone else meanwhile; nothing to do */
 	}
 
+	/* as after a statement: what we wrote is seen by the commands after us */
+	CommandCounterIncrement();
 	ExecDropSingleTupleTableSlot(seen);
 	ExecDropSingleTupleTableSlot(locked);
 	UnregisterSnapshot(snapshot);

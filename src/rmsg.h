@@ -15,7 +15,9 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "storage/itemptr.h"
+#include "utils/relcache.h"
 #include "storage/lockdefs.h"
 #include "utils/acl.h"
 #include "utils/jsonb.h"
@@ -109,17 +111,27 @@ extern void RmsgCheckPrivilege(Oid relid, AclMode mode);
 
 extern const RmsgRelations *RmsgGetRelations(void);
 
-/* ready_scan.c: finding and locking a queue's ready messages */
-typedef struct RmsgCandidate
+/* ready_scan.c: finding, locking and leasing a queue's ready messages */
+typedef struct RmsgTaken
 {
-	ItemPointerData tid;		/* of the version we locked */
+	bool		exhausted;		/* deliveries used up: locked, not leased */
+	ItemPointerData tid;		/* of the locked version, when exhausted */
 	int64		msg_id;
-} RmsgCandidate;
+	int32		deliveries;
+	TimestampTz enqueued_at;
+	Datum		headers;
+	bool		headers_null;
+	Datum		inline_data;
+	bool		inline_null;
+	int64		payload_id;		/* when inline_null */
+} RmsgTaken;
 
-extern int	RmsgLockReadyMessages(int32 queue_id, TimestampTz now, int max,
-								  RmsgCandidate *found);
+extern int	RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now,
+								   TimestampTz lease_end, int32 max_deliveries,
+								   int max, RmsgTaken *taken);
 
 /* insert.c: adding a message with an inline payload, without the executor */
+extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot);
 extern int64 RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
 									 TimestampTz enqueued_at, Datum headers,
 									 bool headers_null, bytea *data);
