@@ -148,7 +148,7 @@ QueueCacheEntry(const char *name, HASHACTION action)
 	return (CachedQueue *) hash_search(queue_cache, name, action, NULL);
 }
 
-void
+static void
 RmsgLockQueueName(const char *name, LOCKMODE mode)
 {
 	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
@@ -157,7 +157,7 @@ RmsgLockQueueName(const char *name, LOCKMODE mode)
 }
 
 /* Reads a queue's catalog row with the latest snapshot; false if none. */
-bool
+static bool
 RmsgLookupQueue(const char *name, RmsgQueue *queue)
 {
 	Datum		arg = CStringGetTextDatum(name);

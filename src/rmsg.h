@@ -27,11 +27,9 @@ extern int	rmsg_max_payload_size;
 extern int	rmsg_inline_payload_max;
 extern bool rmsg_lazy_leases;
 
-/* shmem.c: whether shared memory was set up, i.e. we were preloaded */
-extern bool RmsgShmemReady(void);
+/* shmem.c: shared memory, set up when we are preloaded */
 extern void RmsgRequireShmem(const char *what);
 extern void RmsgShmemRequest(void);
-extern void RmsgShmemStartup(void);
 extern uint64 RmsgCatalogGeneration(void);
 extern void RmsgBumpCatalogGeneration(void);
 
@@ -60,7 +58,6 @@ typedef struct RmsgPlan
 	SPIPlanPtr	plan;
 } RmsgPlan;
 
-extern SPIPlanPtr RmsgPlanGet(RmsgPlan *p);
 extern int	RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 							bool latest_snapshot, long count);
 extern void RmsgSpiConnect(void);
@@ -84,8 +81,6 @@ typedef struct RmsgQueue
 
 extern void RmsgQueueCatalogInit(void);
 extern void RmsgQueueCatalogXactEnd(void);
-extern void RmsgLockQueueName(const char *name, LOCKMODE mode);
-extern bool RmsgLookupQueue(const char *name, RmsgQueue *queue);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
 
 /* relations.c: our tables, for direct access */

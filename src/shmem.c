@@ -41,6 +41,24 @@ RmsgShmemSize(void)
 	return add_size(MAXALIGN(sizeof(RmsgSharedState)), RmsgWakeupShmemSize());
 }
 
+/* Attach to (or create) the shared area and let each concern set up its part. */
+static void
+RmsgShmemStartup(void)
+{
+	bool		found;
+	void	   *area;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	area = ShmemInitStruct("recoverable_msg", RmsgShmemSize(), &found);
+	shared_state = (RmsgSharedState *) area;
+	if (!found)
+		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
+	RmsgWakeupShmemInit((char *) area + MAXALIGN(sizeof(RmsgSharedState)), found);
+	LWLockRelease(AddinShmemInitLock);
+
+	shmem_ready = true;
+}
+
 #if PG_VERSION_NUM >= 150000
 static void
 RmsgShmemRequestHook(void)
@@ -73,24 +91,6 @@ RmsgShmemRequest(void)
 	shmem_startup_hook = RmsgShmemStartupHook;
 }
 
-/* Attach to (or create) the shared area and let each concern set up its part. */
-void
-RmsgShmemStartup(void)
-{
-	bool		found;
-	void	   *area;
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	area = ShmemInitStruct("recoverable_msg", RmsgShmemSize(), &found);
-	shared_state = (RmsgSharedState *) area;
-	if (!found)
-		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
-	RmsgWakeupShmemInit((char *) area + MAXALIGN(sizeof(RmsgSharedState)), found);
-	LWLockRelease(AddinShmemInitLock);
-
-	shmem_ready = true;
-}
-
 /*
  * The queue catalog's generation; 0 when there is no shared memory, which
  * callers take as "cache nothing".
@@ -106,12 +106,6 @@ RmsgBumpCatalogGeneration(void)
 {
 	if (shmem_ready)
 		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
-}
-
-bool
-RmsgShmemReady(void)
-{
-	return shmem_ready;
 }
 
 /*

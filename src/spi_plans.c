@@ -29,7 +29,7 @@
 
 #include "rmsg.h"
 
-SPIPlanPtr
+static SPIPlanPtr
 RmsgPlanGet(RmsgPlan *p)
 {
 	if (p->plan == NULL)
