@@ -208,4 +208,25 @@ SELECT rmsg.drop_queue('err');
 SELECT count(*) AS queues, (SELECT count(*) FROM rmsg.message) AS messages,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows
   FROM rmsg.queue;
+
+-- insufficient privilege: 42501.  Put, get and ack reach the table without
+-- the executor and must check every right a statement would need; a role
+-- that may only read gets none of them, and the message stays untouched.
+CREATE ROLE regress_rmsg_reader;
+GRANT USAGE ON SCHEMA rmsg TO regress_rmsg_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA rmsg TO regress_rmsg_reader;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA rmsg TO regress_rmsg_reader;
+SELECT rmsg.create_queue('err_priv');
+SELECT rmsg.put('err_priv', 'owned'::text) > 0 AS put_by_owner;
+SET ROLE regress_rmsg_reader;
+SELECT sqlstate_of($$SELECT rmsg.put('err_priv', 'x'::text)$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.get('err_priv')$$);
+SELECT sqlstate_of($$SELECT rmsg.ack((SELECT min(msg_id) FROM rmsg.message))$$);
+RESET ROLE;
+SELECT convert_from(inline_data, 'UTF8') AS payload, deliveries, lease_until IS NULL AS not_leased
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'err_priv';
+SELECT rmsg.drop_queue('err_priv');
+DROP OWNED BY regress_rmsg_reader;
+DROP ROLE regress_rmsg_reader;
+
 DROP FUNCTION sqlstate_of(text);

@@ -23,7 +23,7 @@ CREATE TABLE rmsg.queue (
 COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
 
 -- refs counts the live and dead messages that point at the row; the last one
--- to go deletes it.  It is the first column so that an update of refs logs
+-- to go deletes it.  It comes before the data so that an update of refs logs
 -- only a few bytes (PostgreSQL logs the changed middle of a same-page update).
 CREATE TABLE rmsg.payload (
     payload_id      bigint PRIMARY KEY DEFAULT nextval('rmsg.payload_id_seq'),

@@ -7,9 +7,10 @@
  * whose visible_at passed first; a message whose lease ran out keeps its
  * place, a message nacked with a delay goes to the back), locks them,
  * skipping rows other consumers have locked, as FOR UPDATE SKIP LOCKED
- * would, and leases them: deliveries + 1, lease_until = now + visibility.  So two consumers are never handed the same message
- * while its lease runs, and a consumer whose transaction rolls back hands
- * its messages straight back.
+ * would, and leases them: deliveries + 1, lease_until = now + visibility.
+ * So two consumers are never handed the same message while its lease runs,
+ * and a consumer whose transaction rolls back hands its messages straight
+ * back.
  *
  * A message found with its deliveries used up is not leased but
  * dead-lettered: moved to the queue's dead-letter queue, or, without one,
@@ -126,15 +127,14 @@ PayloadOf(const RmsgTaken *t, bool *isnull)
 /*
  * Leases up to max ready messages (ready_scan.c) and adds them to the
  * result, oldest-ready first; returns how many.  Exhausted messages met on
- * the way are dead-lettered and replaced.
+ * the way are dead-lettered and replaced.  found and exhausted have room
+ * for max entries; the caller allocates them once for all passes of a wait.
  */
 static int
 TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
-			 ReturnSetInfo *rsinfo)
+			 RmsgTaken *found, Datum *exhausted, ReturnSetInfo *rsinfo)
 {
 	int			ntaken = 0;
-	RmsgTaken  *found = palloc(sizeof(RmsgTaken) * max);
-	Datum	   *exhausted = palloc(sizeof(Datum) * max);
 
 	while (ntaken < max)
 	{
@@ -210,6 +210,8 @@ rmsg_get(PG_FUNCTION_ARGS)
 	int64		wait;
 	TimestampTz deadline;
 	RmsgQueue	queue;
+	RmsgTaken  *found;
+	Datum	   *exhausted;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -240,6 +242,8 @@ rmsg_get(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueue(queue_name, AccessShareLock);
 	deadline = GetCurrentTimestamp() + wait;
+	found = palloc(sizeof(RmsgTaken) * max);
+	exhausted = palloc(sizeof(Datum) * max);
 
 	for (;;)
 	{
@@ -248,7 +252,8 @@ rmsg_get(PG_FUNCTION_ARGS)
 
 		if (wait > 0)
 			RmsgWaitPrepare(queue.queue_id);
-		if (TakeMessages(&queue, max, visibility, rsinfo) > 0 || wait == 0)
+		if (TakeMessages(&queue, max, visibility, found, exhausted, rsinfo) > 0 ||
+			wait == 0)
 			break;
 		if (GetCurrentTimestamp() >= deadline)
 			break;

@@ -34,10 +34,13 @@
 
 /*
  * Adds the index entries of a row version to every index of the table: for
- * an insert, and for an update that could not be HOT.
+ * an insert, and for an update that could not be HOT.  key_unchanged says
+ * the update changed no indexed column, which lets btree delete the old
+ * versions' entries bottom-up instead of splitting pages, as the executor
+ * arranges for such updates.
  */
 void
-RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot)
+RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -54,7 +57,7 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot)
 		FormIndexDatum(info, slot, NULL, values, isnull);
 		index_insert(index, values, isnull, &slot->tts_tid, rel,
 					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-					 false, info);
+					 key_unchanged, info);
 		index_close(index, NoLock);
 	}
 	list_free(indexes);
@@ -99,7 +102,7 @@ RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
 	slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 	ExecStoreHeapTuple(heap_form_tuple(desc, values, nulls), slot, true);
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	RmsgInsertIndexEntries(rel, slot);
+	RmsgInsertIndexEntries(rel, slot, false);
 
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();

@@ -48,23 +48,24 @@ static RmsgPlan put_payload_row_plan = {
 /*
  * The batch form: payload ids are drawn first, for the elements that need a
  * row, so that messages and payload rows can be matched; msg_ids are drawn
- * in array order and returned in it.  $6 data[], $7 inline limit.
+ * in array order and returned in it.  $1 queue_id, $2 now, $3 headers,
+ * $4 data[], $5 inline limit.
  */
 static RmsgPlan put_batch_plan = {
 	"WITH d AS MATERIALIZED ("
 	"   SELECT ord, data, length(data) AS size,"
-	"          CASE WHEN length(data) > $7 THEN nextval('rmsg.payload_id_seq') END AS pid"
-	"     FROM unnest($6::bytea[]) WITH ORDINALITY AS u (data, ord)),"
+	"          CASE WHEN length(data) > $5 THEN nextval('rmsg.payload_id_seq') END AS pid"
+	"     FROM unnest($4::bytea[]) WITH ORDINALITY AS u (data, ord)),"
 	" p AS (INSERT INTO rmsg.payload (payload_id, refs, data)"
 	"       SELECT pid, 1, data FROM d WHERE pid IS NOT NULL),"
 	" m AS (INSERT INTO rmsg.message"
 	"        (msg_id, queue_id, visible_at, enqueued_at, payload_size, headers, payload_id, inline_data)"
-	"       SELECT nextval('rmsg.msg_id_seq'), $1, $2, $3, size, $5, pid,"
+	"       SELECT nextval('rmsg.msg_id_seq'), $1, $2, $2, size, $3, pid,"
 	"              CASE WHEN pid IS NULL THEN data END"
 	"         FROM (SELECT * FROM d ORDER BY ord) o"
 	"       RETURNING msg_id)"
 	" SELECT msg_id FROM m ORDER BY msg_id",
-	7, {INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, JSONBOID, BYTEAARRAYOID, INT4OID}
+	5, {INT4OID, TIMESTAMPTZOID, JSONBOID, BYTEAARRAYOID, INT4OID}
 };
 
 /* Headers are a JSON object or NULL. */
@@ -197,8 +198,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	int			nelems;
 	TimestampTz now = GetCurrentTimestamp();
 	RmsgQueue	queue;
-	Datum		values[7];
-	bool		isnull[7] = {false, false, false, false, false, false, false};
+	Datum		values[5];
+	bool		isnull[5] = {false, false, false, false, false};
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -233,12 +234,10 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 
 	values[0] = Int32GetDatum(queue.queue_id);
 	values[1] = TimestampTzGetDatum(now);
-	values[2] = TimestampTzGetDatum(now);
-	values[3] = Int32GetDatum(0);	/* unused: sizes come from the data */
-	values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	isnull[4] = PG_ARGISNULL(2);
-	values[5] = PointerGetDatum(payloads);
-	values[6] = Int32GetDatum(rmsg_inline_payload_max);
+	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	isnull[2] = PG_ARGISNULL(2);
+	values[3] = PointerGetDatum(payloads);
+	values[4] = Int32GetDatum(rmsg_inline_payload_max);
 	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
 
 	for (uint64 i = 0; i < SPI_processed; i++)

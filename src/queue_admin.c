@@ -297,8 +297,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	Datum		payload_ids;
 
 	RmsgSpiConnect();
-	RmsgLockQueueName(name, AccessExclusiveLock);
-	catalog_changed_in_xact = true;
+	catalog_changed_in_xact = true;		/* also: read the catalog, not the cache */
 	queue = RmsgOpenQueue(name, AccessExclusiveLock);
 	arg = Int32GetDatum(queue.queue_id);
 

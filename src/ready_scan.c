@@ -4,11 +4,12 @@
  *	  Finding a queue's oldest ready messages, locking and leasing them,
  *	  without the planner or the executor.
  *
- * This is the hot path of every get, and the one statement whose plan the
- * planner gets wrong on a queue table: after heavy churn the statistics say
- * "a few rows in a thousand pages", and a bitmap scan plus sort, which reads
- * every entry of the queue, dead ones included, looks as cheap as the
- * ordered index scan that stops after max rows.  So we walk the ready index
+ * This is the hot path of every get.  As a SQL statement it was the one
+ * whose plan the planner got wrong on a queue table: after heavy churn the
+ * statistics say "a few rows in a thousand pages", and a bitmap scan plus
+ * sort, which reads every entry of the queue, dead ones included, looks as
+ * cheap as the ordered index scan that stops after max rows; and its
+ * executor start and end were a good part of a get's cost.  So we walk the ready index
  * ourselves: btree keys queue_id = q AND visible_at <= now, in index order,
  * stepping over messages whose lease is still running.
  *
@@ -61,7 +62,7 @@ IsReady(TupleTableSlot *slot, const RmsgRelations *rels, int32 queue_id,
 	return isnull || DatumGetTimestampTz(value) <= now;
 }
 
-/* Copies what get returns of a leased (or exhausted) version into taken. */
+/* Copies what get returns of a leased version into taken. */
 static void
 Describe(TupleTableSlot *slot, const RmsgRelations *rels, RmsgTaken *taken)
 {
@@ -123,7 +124,7 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 #else
 	if (update_indexes)
 #endif
-		RmsgInsertIndexEntries(rel, leased);
+		RmsgInsertIndexEntries(rel, leased, true);
 }
 
 /*
@@ -201,10 +202,7 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 		t->exhausted = DatumGetInt32(slot_getattr(locked, rels->att_deliveries, &isnull))
 			>= max_deliveries;
 		if (t->exhausted)
-		{
-			t->tid = locked->tts_tid;
-			Describe(locked, rels, t);
-		}
+			t->tid = locked->tts_tid;	/* all dead-lettering needs */
 		else
 		{
 			Lease(rel, rels, locked, leased, lease_end, cid, snapshot);

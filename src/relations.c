@@ -62,15 +62,14 @@ AttnumOf(Relation rel, const char *name)
 
 /*
  * Direct access skips the executor's permission check, so we make it: the
- * same rights a SQL statement on the table would need.
+ * same rights a SQL statement on the table would need, every one of them
+ * (pg_class_aclcheck would accept a role holding any one bit of the mask).
  */
 void
 RmsgCheckPrivilege(Oid relid, AclMode mode)
 {
-	AclResult	result = pg_class_aclcheck(relid, GetUserId(), mode);
-
-	if (result != ACLCHECK_OK)
-		aclcheck_error(result, OBJECT_TABLE, get_rel_name(relid));
+	if (pg_class_aclmask(relid, GetUserId(), mode, ACLMASK_ALL) != mode)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
 }
 
 const RmsgRelations *

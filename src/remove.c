@@ -29,7 +29,7 @@
 
 #include "rmsg.h"
 
-/* The newest version's tid of the message visible to the snapshot, if any. */
+/* Finds the version of the message the snapshot sees, if any. */
 static bool
 FindMessage(Relation rel, Relation pkey, Snapshot snapshot, int64 msg_id,
 			TupleTableSlot *slot)

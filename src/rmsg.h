@@ -17,10 +17,10 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "storage/itemptr.h"
-#include "utils/relcache.h"
 #include "storage/lockdefs.h"
 #include "utils/acl.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 /* Settings (recoverable_msg.c) */
 extern int	rmsg_max_payload_size;
@@ -111,6 +111,7 @@ typedef struct RmsgTaken
 {
 	bool		exhausted;		/* deliveries used up: locked, not leased */
 	ItemPointerData tid;		/* of the locked version, when exhausted */
+	/* the rest only when leased */
 	int64		msg_id;
 	int32		deliveries;
 	TimestampTz enqueued_at;
@@ -126,7 +127,8 @@ extern int	RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now,
 								   int max, RmsgTaken *taken);
 
 /* insert.c: adding a message with an inline payload, without the executor */
-extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot);
+extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
+								   bool key_unchanged);
 extern int64 RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
 									 TimestampTz enqueued_at, Datum headers,
 									 bool headers_null, bytea *data);

@@ -54,9 +54,10 @@ RmsgPlanGet(RmsgPlan *p)
 /*
  * Run a kept statement.  With latest_snapshot, a transaction-snapshot
  * isolation level (REPEATABLE READ, SERIALIZABLE) still sees the newest
- * committed state: used for the queue catalog, so that a queue dropped after
- * our snapshot was taken is not written to.  READ COMMITTED takes a fresh
- * snapshot per statement anyway.
+ * committed state: for the queue catalog (a queue dropped after our snapshot
+ * is not written to), for drop_queue (which must delete what it waited for)
+ * and for payload reference counts.  READ COMMITTED takes a fresh snapshot
+ * per statement anyway.
  */
 int
 RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
@@ -65,7 +66,6 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	char		nulls[lengthof(p->argtypes)];
 	SPIPlanPtr	plan = RmsgPlanGet(p);
 	int			rc;
-
 	bool		saved_seqscan = enable_seqscan;
 	bool		saved_bitmapscan = enable_bitmapscan;
 
