@@ -22,15 +22,18 @@ CREATE TABLE rmsg.queue (
 );
 COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
 
--- refs counts the live and dead messages that point at the row; the last one
--- to go deletes it.  It comes before the data so that an update of refs logs
--- only a few bytes (PostgreSQL logs the changed middle of a same-page update).
+-- A payload row is written once and referenced by every message (live or
+-- dead) that carries its data; nothing counts the references, so sharing a
+-- row costs a put no write to it.  rmsg.collect_payloads removes the rows no
+-- message references any more (the seed's checkpoint).  hash is set for
+-- rows written by queues with dedup = 'content', which find them by it.
 CREATE TABLE rmsg.payload (
     payload_id      bigint PRIMARY KEY DEFAULT nextval('rmsg.payload_id_seq'),
-    refs            int NOT NULL CHECK (refs >= 0),
+    hash            bigint,
     data            bytea NOT NULL
 );
 ALTER SEQUENCE rmsg.payload_id_seq OWNED BY rmsg.payload.payload_id;
+CREATE INDEX payload_hash_idx ON rmsg.payload (hash) WHERE hash IS NOT NULL;
 COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
 
 -- A message is ready once visible_at has passed and it is not leased.  A
@@ -55,6 +58,9 @@ CREATE TABLE rmsg.message (
 ) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
+-- For rmsg.collect_payloads: which payload rows are still referenced.
+-- Inline messages have no entry.
+CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
 
 -- Messages that used up max_deliveries in a queue without a dead-letter
@@ -72,6 +78,7 @@ CREATE TABLE rmsg.dead_message (
     inline_data     bytea
 );
 CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
+CREATE INDEX dead_message_payload_idx ON rmsg.dead_message (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
 
 -- pg_dump keeps the messages with the extension.
@@ -111,7 +118,7 @@ RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint) IS
-  'put a message; returns its msg_id, unique across all queues';
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL';
 
 -- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
 -- jsonb''s text form), so every consumer reads bytea.
@@ -137,6 +144,38 @@ AS 'MODULE_PATHNAME', 'rmsg_put_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb) IS
   'put one message per array element in one statement; returns the msg_ids in array order';
+
+------------------------------------------------------------------------------
+-- Deduplicated logging (seed 004)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.last_data_token()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_last_data_token'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.last_data_token() IS
+  'the data token of this session''s immediately preceding put or get; NULL after a get that returned nothing';
+
+CREATE FUNCTION rmsg.forward(msg_id bigint, queue text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_forward'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.forward(bigint, text) IS
+  'put the data and headers of an existing message to queue, by reference; returns the new msg_id';
+
+CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 8;
+COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb) IS
+  'put the same payload to every queue of the array, data written once; returns the msg_ids in array order';
+
+CREATE FUNCTION rmsg.collect_payloads()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_collect_payloads'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.collect_payloads() IS
+  'remove the payload rows no message references any more; returns how many';
 
 CREATE FUNCTION rmsg.get(queue text, max int DEFAULT 1,
                          visibility interval DEFAULT '30 seconds',
@@ -180,6 +219,32 @@ COMMENT ON FUNCTION rmsg.extend(bigint, interval) IS
 -- Monitoring
 ------------------------------------------------------------------------------
 
+CREATE FUNCTION rmsg.stat_log(
+    OUT forces bigint, OUT forces_avoided bigint,
+    OUT payload_bytes_written bigint, OUT payload_bytes_referenced bigint,
+    OUT puts_written bigint, OUT puts_referenced bigint,
+    OUT payloads_collected bigint, OUT stats_since timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_log'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_log() IS 'the counters behind rmsg.log_stats';
+
+CREATE FUNCTION rmsg.stat_queues(
+    OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_queues'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_queues() IS 'the per-queue byte counts behind rmsg.queues';
+
+-- Counters since the server started (stats_since).  forces and
+-- forces_avoided belong to the committed interaction contract.
+CREATE VIEW rmsg.log_stats AS
+SELECT s.*,
+       (SELECT count(*) FROM rmsg.payload) AS payload_rows
+  FROM rmsg.stat_log() s;
+COMMENT ON VIEW rmsg.log_stats IS
+  'log activity since server start: payload bytes written and referenced instead of written, payload rows collected';
+
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
 -- lease running), delayed (put or nacked with a delay that has not passed).
 CREATE VIEW rmsg.queues AS
@@ -193,9 +258,12 @@ SELECT q.name AS queue,
        dlq.name AS dead_letter_queue,
        q.dedup,
        coalesce(m.bytes, 0) AS payload_bytes,
-       q.created_at
+       q.created_at,
+       st.bytes_written,
+       st.bytes_referenced
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
+  LEFT JOIN rmsg.stat_queues() st ON st.queue_id = q.queue_id
   LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE mm.visible_at <= now()
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
@@ -212,4 +280,4 @@ SELECT q.name AS queue,
           FROM rmsg.dead_message dm
          WHERE dm.queue_id = q.queue_id) d ON true;
 COMMENT ON VIEW rmsg.queues IS
-  'one row per queue: ready, in-flight, delayed and dead message counts, age of the oldest ready message';
+  'one row per queue: ready, in-flight, delayed and dead message counts, age of the oldest ready message, payload bytes written and referenced since server start';

@@ -13,6 +13,7 @@
 
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "rmsg.h"
@@ -104,4 +105,20 @@ RmsgCheckPayloadSize(Size size)
 				 errmsg("payload of %zu bytes exceeds rmsg.max_payload_size (%d bytes)",
 						size, rmsg_max_payload_size),
 				 errhint("Raise rmsg.max_payload_size, or store large data elsewhere and put a reference to it.")));
+}
+
+/* Headers are a JSON object or NULL. */
+void
+RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno)
+{
+	Jsonb	   *headers;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	headers = PG_GETARG_JSONB_P(argno);
+	if (!JB_ROOT_IS_OBJECT(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object, not %s",
+						JsonbToCString(NULL, &headers->root, VARSIZE(headers)))));
 }

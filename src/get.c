@@ -17,6 +17,9 @@
  * to rmsg.dead_message.  Then the get looks again, so dead messages never
  * cost a consumer an empty answer.
  *
+ * Every message returned comes with a data token (tokens.c), so that the
+ * consumer can put the same data elsewhere by reference.
+ *
  * With a wait, the get sleeps on the queue's condition variable
  * (wakeup.c) until a commit makes a message ready, a delayed message or an
  * expired lease becomes ready, or the wait is over.
@@ -25,6 +28,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -153,7 +157,8 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		{
 			RmsgTaken  *t = &found[i];
 			Datum		values[GET_RESULT_COLUMNS];
-			bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, true};
+			bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, false};
+			RmsgTokenData token;
 
 			if (t->exhausted)
 			{
@@ -166,8 +171,11 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 			nulls[2] = t->headers_null;
 			values[3] = Int32GetDatum(t->deliveries);
 			values[4] = TimestampTzGetDatum(t->enqueued_at);
-			/* data_token: deduplicated logging is not in this version */
-			values[5] = (Datum) 0;
+			/* seed 004, step 503: the session may put this data by reference */
+			token.payload_id = t->inline_null ? t->payload_id : 0;
+			token.msg_id = t->inline_null ? 0 : t->msg_id;
+			token.size = (int32) (toast_raw_datum_size(values[1]) - VARHDRSZ);
+			values[5] = Int64GetDatum(RmsgIssueToken(&token));
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 			ntaken++;
 		}
@@ -242,6 +250,8 @@ rmsg_get(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueue(queue_name, AccessShareLock);
 	deadline = GetCurrentTimestamp() + wait;
+	/* an empty get hands out no data: last_data_token() is then NULL */
+	RmsgClearLastToken();
 	found = palloc(sizeof(RmsgTaken) * max);
 	exhausted = palloc(sizeof(Datum) * max);
 

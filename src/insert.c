@@ -1,17 +1,18 @@
 /*-------------------------------------------------------------------------
  *
  * insert.c
- *	  Adding a message whose payload is inline, without the executor.
+ *	  Adding a message row without the executor.
  *
- * Most puts are this: one row into rmsg.message and an entry in each of its
- * two indexes.  As a SQL statement that costs an executor start and end, a
- * good part of the put.  So we form the row, insert it with
+ * Every single put is this: one row into rmsg.message and an entry in each
+ * of its indexes.  As a SQL statement that costs an executor start and end,
+ * a good part of the put.  So we form the row, insert it with
  * table_tuple_insert, and insert the index entries ourselves.  What the
  * executor would do besides is owed nothing here: the table has no
- * triggers, no partitions, plain-column indexes only, and the row we form
- * always satisfies its constraints (payload_id NULL, inline_data set).  The
- * privilege check we make ourselves.  Puts with a payload row, and batches,
- * stay SQL statements.
+ * triggers, no partitions, plain-column indexes, one partial index whose
+ * predicate we know (message_payload_idx: payload_id IS NOT NULL), and the
+ * row we form always satisfies its constraints (exactly one of payload_id
+ * and inline_data).  The privilege check we make ourselves.  Payload rows
+ * (payload.c) and batches stay SQL statements.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,6 +43,7 @@
 void
 RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 {
+	const RmsgRelations *rels = RmsgGetRelations();
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 
@@ -52,8 +54,28 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 		Datum		values[INDEX_MAX_KEYS];
 		bool		isnull[INDEX_MAX_KEYS];
 
-		/* plain columns only: FormIndexDatum needs no executor state */
-		Assert(info->ii_Expressions == NIL && info->ii_Predicate == NIL);
+		/*
+		 * Evaluating a predicate would need an executor state; the one
+		 * partial index we have says "has a payload row", which we read off
+		 * the row.  Anything else is an index we did not create.
+		 */
+		if (info->ii_Predicate != NIL)
+		{
+			bool		no_payload_row;
+
+			if (RelationGetRelid(index) != rels->message_payload_idx)
+				elog(ERROR, "unexpected partial index \"%s\" on rmsg.message",
+					 RelationGetRelationName(index));
+			(void) slot_getattr(slot, rels->att_payload_id, &no_payload_row);
+			if (no_payload_row)
+			{
+				index_close(index, NoLock);
+				continue;
+			}
+		}
+		if (info->ii_Expressions != NIL)
+			elog(ERROR, "unexpected expression index \"%s\" on rmsg.message",
+				 RelationGetRelationName(index));
 		FormIndexDatum(info, slot, NULL, values, isnull);
 		index_insert(index, values, isnull, &slot->tts_tid, rel,
 					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
@@ -63,11 +85,15 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 	list_free(indexes);
 }
 
-/* Inserts one message with its payload inline; returns its msg_id. */
+/*
+ * Inserts one message; returns its msg_id.  Its data is either inline
+ * (data set) or in the payload row payload_id, which the caller has
+ * written or pinned (payload.c); size is the data's length either way.
+ */
 int64
-RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
-						TimestampTz enqueued_at, Datum headers,
-						bool headers_null, bytea *data)
+RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
+				  TimestampTz enqueued_at, Datum headers, bool headers_null,
+				  const RmsgStoredData *stored)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Relation	rel;
@@ -93,8 +119,11 @@ RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
 	SET_COLUMN(rels->att_deliveries, Int32GetDatum(0));
 	SET_COLUMN(rels->att_visible_at, TimestampTzGetDatum(visible_at));
 	SET_COLUMN(rels->att_enqueued_at, TimestampTzGetDatum(enqueued_at));
-	SET_COLUMN(rels->att_payload_size, Int32GetDatum((int32) VARSIZE_ANY_EXHDR(data)));
-	SET_COLUMN(rels->att_inline_data, PointerGetDatum(data));
+	SET_COLUMN(rels->att_payload_size, Int32GetDatum(stored->size));
+	if (stored->payload_id != 0)
+		SET_COLUMN(rels->att_payload_id, Int64GetDatum(stored->payload_id));
+	else
+		SET_COLUMN(rels->att_inline_data, PointerGetDatum(stored->inline_data));
 	if (!headers_null)
 		SET_COLUMN(rels->att_headers, headers);
 #undef SET_COLUMN

@@ -1,79 +1,304 @@
 /*-------------------------------------------------------------------------
  *
  * payload.c
- *	  Payload rows and their reference counts.
+ *	  Payload rows: writing, finding, pinning, reading and collecting them.
  *
  * A payload row is written once and referenced by every message (live or
- * dead) that carries its data; refs counts those messages.  Releasing a
- * reference deletes the row when it was the last one.  The decision is made
- * by the DELETE's own qualification (refs <= what we release), which
- * PostgreSQL re-checks against the newest row version when another
- * transaction changed refs meanwhile: a concurrent new reference keeps the
- * row alive, and a put that finds the row deleted writes its data again.
- * No lock of ours is needed.  The statements read the newest committed
- * counts (the latest snapshot) whatever the isolation level: a REPEATABLE
- * READ snapshot may predate the references being released, e.g. those of
- * messages a drop_queue deletes after waiting for their puts.
+ * dead) that carries its data.  Nothing counts the references: sharing a
+ * row costs a put no write to the row, and concurrent puts sharing one row
+ * never wait for each other.  rmsg.collect_payloads (the seed's
+ * checkpoint) removes the rows that no message references.
+ *
+ * The race between the two is settled with row locks.  A put that
+ * references a row it did not write first pins it: it finds the row in the
+ * latest snapshot and locks it FOR KEY SHARE, held until the put's
+ * transaction ends.  The collector locks its candidates FOR UPDATE SKIP
+ * LOCKED, then looks for references again with a snapshot taken after its
+ * locks were granted, and deletes only the rows still unreferenced.  So:
+ *  - a pin taken first makes the collector skip the row;
+ *  - a pin whose transaction committed before the collector's lock is seen
+ *    by the second look (its message is committed by then);
+ *  - a pin asked for after the collector's lock waits for the collector,
+ *    then finds the row deleted (or still there, if the collector kept
+ *    it), and a put that finds it deleted writes its data again.
+ * A reference therefore never dangles, and no lock of ours beyond the row
+ * locks is needed.  Neither side ever waits while holding a lock the other
+ * side waits for: the collector skips instead of waiting.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
+#include "access/genam.h"
+#include "access/heaptoast.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "rmsg.h"
 
-static RmsgPlan delete_last_plan = {
-	"DELETE FROM rmsg.payload WHERE payload_id = $1 AND refs <= 1",
+PG_FUNCTION_INFO_V1(rmsg_collect_payloads);
+
+/* How many candidates the collector locks and re-checks at a time. */
+#define COLLECT_BATCH 1000
+
+/* $1 hash (NULL: not findable by content), $2 data */
+static RmsgPlan write_payload_plan = {
+	"INSERT INTO rmsg.payload (hash, data) VALUES ($1, $2) RETURNING payload_id",
+	2, {INT8OID, BYTEAOID}
+};
+
+static RmsgPlan read_payload_plan = {
+	"SELECT data FROM rmsg.payload WHERE payload_id = $1",
 	1, {INT8OID}
 };
 
-static RmsgPlan decrement_plan = {
-	"UPDATE rmsg.payload SET refs = refs - 1 WHERE payload_id = $1",
+static RmsgPlan read_inline_plan = {
+	"SELECT inline_data FROM rmsg.message WHERE msg_id = $1"
+	" UNION ALL SELECT inline_data FROM rmsg.dead_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
-static RmsgPlan delete_last_many_plan = {
-	"WITH c AS (SELECT id, count(*) AS n FROM unnest($1::bigint[]) id GROUP BY id)"
-	" DELETE FROM rmsg.payload p USING c"
-	" WHERE p.payload_id = c.id AND p.refs <= c.n",
+/* Unreferenced rows after $1, locked unless a put has pinned them. */
+static RmsgPlan collect_candidates_plan = {
+	"SELECT p.payload_id FROM rmsg.payload p"
+	" WHERE p.payload_id > $1"
+	"   AND NOT EXISTS (SELECT 1 FROM rmsg.message m WHERE m.payload_id = p.payload_id)"
+	"   AND NOT EXISTS (SELECT 1 FROM rmsg.dead_message d WHERE d.payload_id = p.payload_id)"
+	" ORDER BY p.payload_id LIMIT " CppAsString2(COLLECT_BATCH)
+	" FOR UPDATE OF p SKIP LOCKED",
+	1, {INT8OID}
+};
+
+/* The second look, in a snapshot taken after the locks were granted. */
+static RmsgPlan collect_delete_plan = {
+	"DELETE FROM rmsg.payload p WHERE p.payload_id = ANY($1)"
+	"   AND NOT EXISTS (SELECT 1 FROM rmsg.message m WHERE m.payload_id = p.payload_id)"
+	"   AND NOT EXISTS (SELECT 1 FROM rmsg.dead_message d WHERE d.payload_id = p.payload_id)",
 	1, {INT8ARRAYOID}
 };
 
-static RmsgPlan decrement_many_plan = {
-	"WITH c AS (SELECT id, count(*) AS n FROM unnest($1::bigint[]) id GROUP BY id)"
-	" UPDATE rmsg.payload p SET refs = p.refs - c.n FROM c"
-	" WHERE p.payload_id = c.id",
-	1, {INT8ARRAYOID}
-};
-
-/* One message no longer references this payload.  Call inside SPI. */
-void
-RmsgReleasePayload(int64 payload_id)
+/* The hash by which queues with dedup = 'content' find equal data. */
+static int64
+ContentHash(bytea *data)
 {
-	Datum		arg = Int64GetDatum(payload_id);
-
-	RmsgPlanExecute(&delete_last_plan, &arg, NULL, true, 0);
-	if (SPI_processed == 0)
-		RmsgPlanExecute(&decrement_plan, &arg, NULL, true, 0);
+	return (int64) hash_bytes_extended((const unsigned char *) VARDATA_ANY(data),
+									   VARSIZE_ANY_EXHDR(data), 0);
 }
 
 /*
- * Several references go at once (an id may repeat).  The rows whose last
- * references these were are deleted; the others are decremented.
+ * Writes a payload row holding data; returns its payload_id.  findable:
+ * record its hash, so that puts to queues with dedup = 'content' find it.
+ * Call inside SPI.
  */
-void
-RmsgReleasePayloads(Datum payload_ids)
+int64
+RmsgWritePayload(bytea *data, bool findable)
 {
-	ArrayType  *ids = DatumGetArrayTypeP(payload_ids);
-	int			nids = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	Datum		values[2];
+	bool		isnull[2] = {!findable, false};
+	bool		null;
 
-	if (nids == 0)
-		return;
+	values[0] = findable ? Int64GetDatum(ContentHash(data)) : (Datum) 0;
+	values[1] = PointerGetDatum(data);
+	RmsgPlanExecute(&write_payload_plan, values, isnull, false, 1);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
+}
 
-	RmsgPlanExecute(&delete_last_many_plan, &payload_ids, NULL, true, 0);
-	/* every id was distinct and deleted: nothing left to decrement */
-	if (SPI_processed < (uint64) nids)
-		RmsgPlanExecute(&decrement_many_plan, &payload_ids, NULL, true, 0);
+/*
+ * Locks the row version the slot holds (found in snapshot) FOR KEY SHARE,
+ * following it to its newest version; false when it has been deleted.
+ * Waits for a collector that is deciding about the row.
+ */
+static bool
+PinFoundRow(Relation rel, TupleTableSlot *slot, Snapshot snapshot)
+{
+	TupleTableSlot *locked = table_slot_create(rel, NULL);
+	ItemPointerData tid = slot->tts_tid;
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = table_tuple_lock(rel, &tid, snapshot, locked,
+							  GetCurrentCommandId(false), LockTupleKeyShare,
+							  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							  &tmfd);
+	ExecDropSingleTupleTableSlot(locked);
+	/* TM_Deleted: collected; anything else cannot happen to a payload row */
+	return result == TM_Ok;
+}
+
+/*
+ * Pins the payload row payload_id for a new reference (see the file
+ * header); false when it no longer exists.  The latest snapshot, whatever
+ * the isolation level: what matters is whether the row exists now.
+ */
+bool
+RmsgPinPayload(int64 payload_id)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	Relation	rel;
+	Relation	pkey;
+	Snapshot	snapshot;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	bool		pinned = false;
+
+	/* what SELECT ... FOR KEY SHARE needs */
+	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
+	rel = table_open(rels->payload, RowShareLock);
+	pkey = index_open(rels->payload_pkey, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(payload_id));
+	scan = index_beginscan(rel, pkey, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		pinned = PinFoundRow(rel, slot, snapshot);
+	index_endscan(scan);
+
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(pkey, AccessShareLock);
+	table_close(rel, NoLock);
+	return pinned;
+}
+
+/*
+ * Finds a findable payload row (one with a hash) holding exactly data and
+ * pins it; returns its payload_id, or 0 when there is none.  The hash only
+ * narrows the search: the bytes are compared.
+ */
+int64
+RmsgFindPayload(bytea *data)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	Size		size = VARSIZE_ANY_EXHDR(data);
+	Relation	rel;
+	Relation	index;
+	Snapshot	snapshot;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	int64		found = 0;
+
+	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
+	rel = table_open(rels->payload, RowShareLock);
+	index = index_open(rels->payload_hash_idx, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(ContentHash(data)));
+	scan = index_beginscan(rel, index, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (found == 0 && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		stored = slot_getattr(slot, rels->att_payload_data, &isnull);
+		bytea	   *stored_data;
+
+		/* the size first: it is known without reading a toasted value */
+		if (isnull || toast_raw_datum_size(stored) - VARHDRSZ != size)
+			continue;
+		stored_data = DatumGetByteaPP(stored);
+		if (memcmp(VARDATA_ANY(stored_data), VARDATA_ANY(data), size) != 0)
+			continue;
+		if (PinFoundRow(rel, slot, snapshot))
+			found = DatumGetInt64(slot_getattr(slot, rels->att_payload_payload_id, &isnull));
+	}
+	index_endscan(scan);
+
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(index, AccessShareLock);
+	table_close(rel, NoLock);
+	return found;
+}
+
+/* Runs a one-column, at most one-row read; its value detoasted, or NULL. */
+static bytea *
+ReadOne(RmsgPlan *plan, int64 id)
+{
+	Datum		arg = Int64GetDatum(id);
+	bool		isnull;
+	Datum		value;
+
+	RmsgPlanExecute(plan, &arg, NULL, true, 1);
+	if (SPI_processed == 0)
+		return NULL;
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? NULL : DatumGetByteaPP(value);
+}
+
+/* The data of a payload row, or NULL when it is gone.  Inside SPI. */
+bytea *
+RmsgReadPayload(int64 payload_id)
+{
+	return ReadOne(&read_payload_plan, payload_id);
+}
+
+/*
+ * The inline data of a live or dead message, or NULL when the message is
+ * gone (or keeps its data in a payload row).  Inside SPI.
+ */
+bytea *
+RmsgReadInlineData(int64 msg_id)
+{
+	return ReadOne(&read_inline_plan, msg_id);
+}
+
+/*
+ * rmsg.collect_payloads(): removes the payload rows no message references
+ * any more; returns how many.  In batches, each locked, looked at again and
+ * deleted (see the file header); rows a put has pinned are left for the
+ * next collection.
+ */
+Datum
+rmsg_collect_payloads(PG_FUNCTION_ARGS)
+{
+	int64		collected = 0;
+	int64		after = 0;
+
+	RmsgSpiConnect();
+	for (;;)
+	{
+		Datum		arg = Int64GetDatum(after);
+		Datum	   *ids;
+		int			nids = 0;
+		ArrayType  *array;
+		Datum		array_arg;
+
+		RmsgPlanExecute(&collect_candidates_plan, &arg, NULL, true, 0);
+		if (SPI_processed == 0)
+			break;
+		ids = palloc(sizeof(Datum) * SPI_processed);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			ids[nids++] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		}
+		after = DatumGetInt64(ids[nids - 1]);
+
+		array = construct_array(ids, nids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+		array_arg = PointerGetDatum(array);
+		RmsgPlanExecute(&collect_delete_plan, &array_arg, NULL, true, 0);
+		collected += SPI_processed;
+		if (nids < COLLECT_BATCH)
+			break;
+	}
+	RmsgSpiFinish();
+
+	RmsgCountCollected(collected);
+	PG_RETURN_INT64(collected);
 }

@@ -3,15 +3,12 @@
  * put.c
  *	  rmsg.put and rmsg.put_batch: adding messages to a queue.
  *
- * A payload no larger than rmsg.inline_payload_max (2000 bytes, just below
- * the size at which PostgreSQL would toast the row) is stored in the message
- * row, inserted directly (insert.c); a larger one gets a payload row with
- * refs = 1 that the message references (payload.c), written with the
- * message by one statement.  A payload row
- * costs every put two more WAL records and about 150 bytes, and only pays
- * when the same data is put again: for a 1 KiB put it is 18% of throughput
- * (README, Performance).  Deduplicated logging gives shared data a payload
- * row when it is first shared.
+ * dedup.c decides where the data goes: a reference to a payload row
+ * already logged (named by a data token, or found by content), inline in
+ * the message row (up to rmsg.inline_payload_max, 2000 bytes, just below
+ * the size at which PostgreSQL would toast the row), or a payload row of
+ * its own.  The message row is inserted directly (insert.c).  Each put
+ * hands the session a data token for its data (tokens.c).
  *
  * A put holds its queue's name lock in AccessShareLock until commit
  * (queue_admin.c explains why) and asks for waiting consumers to be woken
@@ -36,139 +33,145 @@ PG_FUNCTION_INFO_V1(rmsg_put_text);
 PG_FUNCTION_INFO_V1(rmsg_put_jsonb);
 PG_FUNCTION_INFO_V1(rmsg_put_batch);
 
-/* $1 queue_id, $2 visible_at, $3 enqueued_at, $4 size, $5 headers, $6 data */
-static RmsgPlan put_payload_row_plan = {
-	"WITH p AS (INSERT INTO rmsg.payload (refs, data) VALUES (1, $6) RETURNING payload_id)"
-	" INSERT INTO rmsg.message"
-	" (queue_id, visible_at, enqueued_at, payload_size, headers, payload_id)"
-	" SELECT $1, $2, $3, $4, $5, p.payload_id FROM p RETURNING msg_id",
-	6, {INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, JSONBOID, BYTEAOID}
-};
-
 /*
- * The batch form: payload ids are drawn first, for the elements that need a
- * row, so that messages and payload rows can be matched; msg_ids are drawn
- * in array order and returned in it.  $1 queue_id, $2 now, $3 headers,
- * $4 data[], $5 inline limit.
+ * The batch form, for queues that do not look for equal content: payload
+ * ids are drawn first, for the elements that need a row, so that messages
+ * and payload rows can be matched; msg_ids are drawn in array order and
+ * returned in it, with where each message keeps its data.  $1 queue_id,
+ * $2 now, $3 headers, $4 data[], $5 inline limit.
  */
 static RmsgPlan put_batch_plan = {
 	"WITH d AS MATERIALIZED ("
 	"   SELECT ord, data, length(data) AS size,"
 	"          CASE WHEN length(data) > $5 THEN nextval('rmsg.payload_id_seq') END AS pid"
 	"     FROM unnest($4::bytea[]) WITH ORDINALITY AS u (data, ord)),"
-	" p AS (INSERT INTO rmsg.payload (payload_id, refs, data)"
-	"       SELECT pid, 1, data FROM d WHERE pid IS NOT NULL),"
+	" p AS (INSERT INTO rmsg.payload (payload_id, data)"
+	"       SELECT pid, data FROM d WHERE pid IS NOT NULL),"
 	" m AS (INSERT INTO rmsg.message"
 	"        (msg_id, queue_id, visible_at, enqueued_at, payload_size, headers, payload_id, inline_data)"
 	"       SELECT nextval('rmsg.msg_id_seq'), $1, $2, $2, size, $3, pid,"
 	"              CASE WHEN pid IS NULL THEN data END"
 	"         FROM (SELECT * FROM d ORDER BY ord) o"
-	"       RETURNING msg_id)"
-	" SELECT msg_id FROM m ORDER BY msg_id",
+	"       RETURNING msg_id, payload_id, payload_size)"
+	" SELECT msg_id, payload_id, payload_size FROM m ORDER BY msg_id",
 	5, {INT4OID, TIMESTAMPTZOID, JSONBOID, BYTEAARRAYOID, INT4OID}
 };
 
-/* Headers are a JSON object or NULL. */
-static void
-CheckHeaders(FunctionCallInfo fcinfo, int argno)
+/*
+ * Hands out the token for the data of message msg_id, stored as stored:
+ * the payload row that now holds it, or the message itself when inline.
+ * from_msg_id: the message whose inline data was moved to that payload
+ * row by this put (0 if none), so that forwarding it again references it.
+ */
+void
+RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored, int64 from_msg_id)
 {
-	Jsonb	   *headers;
+	RmsgTokenData data;
 
-	if (PG_ARGISNULL(argno))
-		return;
-	headers = PG_GETARG_JSONB_P(argno);
-	if (!JB_ROOT_IS_OBJECT(headers))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("headers must be a JSON object, not %s",
-						JsonbToCString(NULL, &headers->root, VARSIZE(headers)))));
+	data.payload_id = stored->payload_id;
+	data.msg_id = stored->payload_id == 0 ? msg_id : from_msg_id;
+	data.size = stored->size;
+	(void) RmsgIssueToken(&data);
 }
 
 /*
- * Data tokens (the deduplicated-logging interface of seed 004) are not
- * implemented in this version; refusing them beats silently storing data
- * the caller expected to be referenced.
+ * What a put's data_token names, when it is given (argument argno).  An
+ * unknown token is an error only when there is no payload to fall back on;
+ * a payload of another size than the token's data is an error.
  */
-static void
-RefuseDataToken(FunctionCallInfo fcinfo, int argno)
+static bool
+TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
+			int64 *token, RmsgTokenData *source)
 {
-	if (PG_NARGS() > argno && !PG_ARGISNULL(argno))
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+	{
+		if (payload == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payload must not be null"),
+					 errhint("Pass the payload, or a data_token naming data this session put or got.")));
+		return false;
+	}
+	*token = PG_GETARG_INT64(argno);
+	if (!RmsgLookupToken(*token, source))
+	{
+		if (payload != NULL)
+			return false;		/* the seed's fallback: write what was given */
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("data tokens are not supported yet"),
-				 errhint("Pass the payload itself and leave data_token NULL.")));
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("data token " INT64_FORMAT " is not known to this session", *token),
+				 errdetail("A data token is valid only in the session that put or got its data, among the last %d tokens it was handed.",
+						   RMSG_SESSION_TOKENS)));
+	}
+	if (payload != NULL && VARSIZE_ANY_EXHDR(payload) != (Size) source->size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload does not match the data of token " INT64_FORMAT, *token),
+				 errdetail("The payload has %zu bytes, the token's data %d.",
+						   VARSIZE_ANY_EXHDR(payload), source->size)));
+	return true;
 }
 
 /*
  * The common part of the put overloads: arguments 0 queue, 2 headers,
- * 3 delay, 4 data_token; the payload comes converted to bytea.
+ * 3 delay, 4 data_token; the payload comes converted to bytea, or NULL.
  */
 static int64
 PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 {
 	char	   *queue_name = RmsgTextArg(fcinfo, 0, "queue name");
 	int64		delay = RmsgIntervalArg(fcinfo, 3, "delay", 0, true);
-	Size		size = VARSIZE_ANY_EXHDR(payload);
 	TimestampTz now = GetCurrentTimestamp();
 	RmsgQueue	queue;
-	Datum		values[6];
-	bool		isnull[6] = {false, false, false, false, false, false};
-	bool		found;
+	RmsgTokenData source;
+	int64		token = 0;
+	bool		by_token;
+	int64		source_msg_id;
+	int64		source_payload_id;
+	RmsgStoredData stored;
 	int64		msg_id;
 
-	CheckHeaders(fcinfo, 2);
-	RefuseDataToken(fcinfo, 4);
-	RmsgCheckPayloadSize(size);
+	RmsgCheckHeaders(fcinfo, 2);
+	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
+	RmsgCheckPayloadSize(payload != NULL ? VARSIZE_ANY_EXHDR(payload) : (Size) source.size);
+	source_msg_id = by_token ? source.msg_id : 0;
+	source_payload_id = by_token ? source.payload_id : 0;
 
 	RmsgSpiConnect();
 	queue = RmsgOpenQueue(queue_name, AccessShareLock);
+	if (!RmsgStoreData(&queue, payload, by_token ? &source : NULL, false, &stored))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the data of token " INT64_FORMAT " is no longer available", token),
+				 errdetail("The messages that held it are gone and its payload row was collected."),
+				 errhint("Pass the payload as well: it is written when the reference cannot be used.")));
+	if (by_token && source.payload_id != source_payload_id)
+		RmsgTokenPromoted(token, source.payload_id);
 
-	if (size <= (Size) rmsg_inline_payload_max)
-		msg_id = RmsgInsertInlineMessage(queue.queue_id, now + delay, now,
-										 PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-										 PG_ARGISNULL(2), payload);
-	else
-	{
-		values[0] = Int32GetDatum(queue.queue_id);
-		values[1] = TimestampTzGetDatum(now + delay);
-		values[2] = TimestampTzGetDatum(now);
-		values[3] = Int32GetDatum((int32) size);
-		values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-		isnull[4] = PG_ARGISNULL(2);
-		values[5] = PointerGetDatum(payload);
-		RmsgPlanExecute(&put_payload_row_plan, values, isnull, false, 1);
-		msg_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &found));
-	}
+	msg_id = RmsgInsertMessage(queue.queue_id, now + delay, now,
+							   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+							   PG_ARGISNULL(2), &stored);
 	RmsgSpiFinish();
 
+	RmsgCountPut(queue.queue_id, &stored);
+	RmsgIssuePutToken(msg_id, &stored,
+					  stored.payload_id != source_payload_id ? source_msg_id : 0);
 	RmsgWakeQueueAtCommit(queue.queue_id);
 	return msg_id;
-}
-
-static void
-RefuseNullPayload(FunctionCallInfo fcinfo)
-{
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("payload must not be null")));
 }
 
 /* rmsg.put(queue, payload bytea, headers, delay, data_token) */
 Datum
 rmsg_put(PG_FUNCTION_ARGS)
 {
-	RefuseNullPayload(fcinfo);
-	PG_RETURN_INT64(PutMessage(fcinfo, PG_GETARG_BYTEA_PP(1)));
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1)));
 }
 
 /* rmsg.put(queue, payload text, ...): text and bytea share a representation */
 Datum
 rmsg_put_text(PG_FUNCTION_ARGS)
 {
-	RefuseNullPayload(fcinfo);
-	PG_RETURN_INT64(PutMessage(fcinfo, (bytea *) PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : (bytea *) PG_GETARG_TEXT_PP(1)));
 }
 
 /* rmsg.put(queue, payload jsonb, ...): stored as the value's text form */
@@ -177,15 +180,81 @@ rmsg_put_jsonb(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *value;
 
-	RefuseNullPayload(fcinfo);
+	if (PG_ARGISNULL(1))
+		PG_RETURN_INT64(PutMessage(fcinfo, NULL));
 	value = PG_GETARG_JSONB_P(1);
 	PG_RETURN_INT64(PutMessage(fcinfo, (bytea *) cstring_to_text(
 										   JsonbToCString(NULL, &value->root, VARSIZE(value)))));
 }
 
 /*
- * rmsg.put_batch(queue, payloads bytea[], headers): one statement for the
- * whole array.  Every element is checked before anything is written.
+ * The batch one message at a time, for queues that look for equal content:
+ * each element may find its data logged already, even by an earlier
+ * element of the same batch.
+ */
+static void
+PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
+			   TimestampTz now, Datum headers, bool headers_null,
+			   ReturnSetInfo *rsinfo)
+{
+	for (int i = 0; i < nelems; i++)
+	{
+		RmsgStoredData stored;
+		Datum		msg_id;
+		bool		null = false;
+
+		(void) RmsgStoreData(queue, DatumGetByteaPP(elems[i]), NULL, false, &stored);
+		msg_id = Int64GetDatum(RmsgInsertMessage(queue->queue_id, now, now,
+												 headers, headers_null, &stored));
+		RmsgCountPut(queue->queue_id, &stored);
+		if (i == nelems - 1)
+			RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
+	}
+}
+
+/*
+ * The batch as one statement (put_batch_plan); every element's data is
+ * written.
+ */
+static void
+PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, TimestampTz now,
+				  Datum headers, bool headers_null, ReturnSetInfo *rsinfo)
+{
+	Datum		values[5];
+	bool		isnull[5] = {false, false, headers_null, false, false};
+	RmsgStoredData stored = {0};
+
+	values[0] = Int32GetDatum(queue->queue_id);
+	values[1] = TimestampTzGetDatum(now);
+	values[2] = headers;
+	values[3] = PointerGetDatum(payloads);
+	values[4] = Int32GetDatum(rmsg_inline_payload_max);
+	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		null;
+		bool		inline_data;
+		Datum		msg_id = SPI_getbinval(row, desc, 1, &null);
+		Datum		payload_id = SPI_getbinval(row, desc, 2, &inline_data);
+
+		stored.payload_id = inline_data ? 0 : DatumGetInt64(payload_id);
+		stored.size = DatumGetInt32(SPI_getbinval(row, desc, 3, &null));
+		RmsgCountPut(queue->queue_id, &stored);
+		if (i == SPI_processed - 1)
+			RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0);
+		null = false;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
+	}
+}
+
+/*
+ * rmsg.put_batch(queue, payloads bytea[], headers): every element is
+ * checked before anything is written.  The session's last data token names
+ * the last element's data.
  */
 Datum
 rmsg_put_batch(PG_FUNCTION_ARGS)
@@ -198,8 +267,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	int			nelems;
 	TimestampTz now = GetCurrentTimestamp();
 	RmsgQueue	queue;
-	Datum		values[5];
-	bool		isnull[5] = {false, false, false, false, false};
+	Datum		headers;
+	bool		headers_null = PG_ARGISNULL(2);
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -220,7 +289,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 					 errmsg("payload %d of the batch is null", i + 1)));
 		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(DatumGetPointer(elems[i])));
 	}
-	CheckHeaders(fcinfo, 2);
+	RmsgCheckHeaders(fcinfo, 2);
+	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
@@ -232,22 +302,10 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	values[0] = Int32GetDatum(queue.queue_id);
-	values[1] = TimestampTzGetDatum(now);
-	values[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
-	isnull[2] = PG_ARGISNULL(2);
-	values[3] = PointerGetDatum(payloads);
-	values[4] = Int32GetDatum(rmsg_inline_payload_max);
-	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
-
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		null;
-		Datum		msg_id = SPI_getbinval(SPI_tuptable->vals[i],
-										   SPI_tuptable->tupdesc, 1, &null);
-
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
-	}
+	if (queue.dedup == 'c')
+		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null, rsinfo);
+	else
+		PutBatchStatement(&queue, payloads, now, headers, headers_null, rsinfo);
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

@@ -82,13 +82,10 @@ static RmsgPlan dlq_users_plan = {
 	1, {INT4OID}
 };
 
-/* Deletes a queue's messages, live and dead; returns their payload ids. */
+/* Deletes a queue's messages, live and dead. */
 static RmsgPlan delete_messages_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING payload_id),"
-	"     dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = $1 RETURNING payload_id)"
-	" SELECT array_agg(payload_id) FROM"
-	"  (SELECT payload_id FROM live UNION ALL SELECT payload_id FROM dead) g"
-	" WHERE payload_id IS NOT NULL",
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1)"
+	" DELETE FROM rmsg.dead_message WHERE queue_id = $1",
 	1, {INT4OID}
 };
 
@@ -284,8 +281,9 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 }
 
 /*
- * rmsg.drop_queue(queue): the queue, its messages and their payload
- * references go in one transaction.
+ * rmsg.drop_queue(queue): the queue and its messages go in one
+ * transaction; payload rows only they referenced wait for
+ * rmsg.collect_payloads.
  */
 Datum
 rmsg_drop_queue(PG_FUNCTION_ARGS)
@@ -293,8 +291,6 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
 	RmsgQueue	queue;
 	Datum		arg;
-	bool		isnull;
-	Datum		payload_ids;
 
 	RmsgSpiConnect();
 	catalog_changed_in_xact = true;		/* also: read the catalog, not the cache */
@@ -315,9 +311,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	 * their messages would outlive the queue.
 	 */
 	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, true, 0);
-	payload_ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		RmsgReleasePayloads(payload_ids);
+	RmsgQueueStatsForget(queue.queue_id);
 
 	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, true, 0);
 	RmsgSpiFinish();

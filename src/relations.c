@@ -56,7 +56,7 @@ AttnumOf(Relation rel, const char *name)
 		if (!attr->attisdropped && strcmp(NameStr(attr->attname), name) == 0)
 			return attr->attnum;
 	}
-	elog(ERROR, "column \"%s\" of rmsg.message is missing", name);
+	elog(ERROR, "column \"%s\" of %s is missing", name, RelationGetRelationName(rel));
 	return InvalidAttrNumber;	/* keep the compiler quiet */
 }
 
@@ -89,6 +89,11 @@ RmsgGetRelations(void)
 		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
 		relations.message_pkey = RelidOf(namespace, "message_pkey");
 		relations.msg_id_seq = RelidOf(namespace, "msg_id_seq");
+		relations.message_payload_idx = RelidOf(namespace, "message_payload_idx");
+		relations.payload = RelidOf(namespace, "payload");
+		relations.payload_pkey = RelidOf(namespace, "payload_pkey");
+		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
+		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
 
 		rel = table_open(relations.message, AccessShareLock);
 		relations.att_msg_id = AttnumOf(rel, "msg_id");
@@ -101,6 +106,12 @@ RmsgGetRelations(void)
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
 		relations.att_headers = AttnumOf(rel, "headers");
 		relations.att_inline_data = AttnumOf(rel, "inline_data");
+		table_close(rel, NoLock);
+
+		rel = table_open(relations.payload, AccessShareLock);
+		relations.att_payload_payload_id = AttnumOf(rel, "payload_id");
+		relations.att_payload_hash = AttnumOf(rel, "hash");
+		relations.att_payload_data = AttnumOf(rel, "data");
 		table_close(rel, NoLock);
 
 		relations_valid = true;

@@ -47,11 +47,10 @@ FindMessage(Relation rel, Relation pkey, Snapshot snapshot, int64 msg_id,
 }
 
 /*
- * Deletes the live message msg_id; false when there is none.  Reports the
- * payload row it referenced, if any, for the caller to release.
+ * Deletes the live message msg_id; false when there is none.
  */
 bool
-RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row)
+RmsgDeleteMessage(int64 msg_id)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Relation	rel;
@@ -84,11 +83,6 @@ RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row)
 							msg_id)));
 		if (result == TM_Ok)
 		{
-			bool		isnull;
-			Datum		value = slot_getattr(locked, rels->att_payload_id, &isnull);
-
-			*has_payload_row = !isnull;
-			*payload_id = isnull ? 0 : DatumGetInt64(value);
 			result = table_tuple_delete(rel, &locked->tts_tid, cid, snapshot,
 										InvalidSnapshot, true, &tmfd, false);
 			if (result != TM_Ok)

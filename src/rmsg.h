@@ -69,6 +69,7 @@ extern void RmsgCheckName(const char *name, const char *what);
 extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
 							 const char *what, int64 if_null, bool allow_zero);
 extern void RmsgCheckPayloadSize(Size size);
+extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
 
 /* queue_admin.c: the queue catalog and its locks */
 typedef struct RmsgQueue
@@ -90,6 +91,11 @@ typedef struct RmsgRelations
 	Oid			message_ready_idx;
 	Oid			message_pkey;
 	Oid			msg_id_seq;
+	Oid			message_payload_idx;	/* partial: rows with a payload_id */
+	Oid			payload;
+	Oid			payload_pkey;
+	Oid			payload_hash_idx;
+	Oid			payload_id_seq;
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
 	AttrNumber	att_deliveries;
@@ -100,6 +106,10 @@ typedef struct RmsgRelations
 	AttrNumber	att_payload_id;
 	AttrNumber	att_headers;
 	AttrNumber	att_inline_data;
+	/* of rmsg.payload */
+	AttrNumber	att_payload_payload_id;
+	AttrNumber	att_payload_hash;
+	AttrNumber	att_payload_data;
 } RmsgRelations;
 
 extern void RmsgCheckPrivilege(Oid relid, AclMode mode);
@@ -126,18 +136,63 @@ extern int	RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now,
 								   TimestampTz lease_end, int32 max_deliveries,
 								   int max, RmsgTaken *taken);
 
-/* insert.c: adding a message with an inline payload, without the executor */
+/* Where a message's data is kept: inline, or in a payload row. */
+typedef struct RmsgStoredData
+{
+	int64		payload_id;		/* 0: inline */
+	bytea	   *inline_data;	/* when inline */
+	int32		size;			/* bytes of data, either way */
+	bool		referenced;		/* a payload row that was already there */
+} RmsgStoredData;
+
+/* insert.c: adding a message row, without the executor */
 extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
 								   bool key_unchanged);
-extern int64 RmsgInsertInlineMessage(int32 queue_id, TimestampTz visible_at,
-									 TimestampTz enqueued_at, Datum headers,
-									 bool headers_null, bytea *data);
+extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
+							   TimestampTz enqueued_at, Datum headers,
+							   bool headers_null, const RmsgStoredData *stored);
 
 /* remove.c: deleting one message by msg_id, without the executor */
-extern bool RmsgDeleteMessage(int64 msg_id, int64 *payload_id, bool *has_payload_row);
+extern bool RmsgDeleteMessage(int64 msg_id);
 
-/* payload.c: payload rows and their reference counts */
-extern void RmsgReleasePayload(int64 payload_id);
-extern void RmsgReleasePayloads(Datum payload_ids);
+/* tokens.c: the session's data tokens */
+#define RMSG_SESSION_TOKENS 256
+
+typedef struct RmsgTokenData
+{
+	int64		payload_id;		/* the payload row holding the data, 0: none known */
+	int64		msg_id;			/* a message holding it inline, 0: none */
+	int32		size;
+} RmsgTokenData;
+
+extern int64 RmsgIssueToken(const RmsgTokenData *data);
+extern bool RmsgLookupToken(int64 token, RmsgTokenData *data);
+extern void RmsgTokenPromoted(int64 token, int64 payload_id);
+extern int64 RmsgPromotedPayloadOf(int64 msg_id);
+extern void RmsgClearLastToken(void);
+
+/* put.c */
+extern void RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored,
+							  int64 from_msg_id);
+
+/* payload.c: payload rows, shared by reference and collected */
+extern int64 RmsgWritePayload(bytea *data, bool findable);
+extern bool RmsgPinPayload(int64 payload_id);
+extern int64 RmsgFindPayload(bytea *data);
+extern bytea *RmsgReadPayload(int64 payload_id);
+extern bytea *RmsgReadInlineData(int64 msg_id);
+
+/* dedup.c: how a put stores its data (seed 004) */
+#define RMSG_MIN_SHARED_SIZE 256
+extern bool RmsgStoreData(const RmsgQueue *queue, bytea *data,
+						  RmsgTokenData *source, bool will_share,
+						  RmsgStoredData *out);
+
+/* stats.c: rmsg.log_stats and the byte counts of rmsg.queues */
+extern Size RmsgStatsShmemSize(void);
+extern void RmsgStatsShmemInit(void *shared, bool found);
+extern void RmsgCountPut(int32 queue_id, const RmsgStoredData *stored);
+extern void RmsgCountCollected(int64 n);
+extern void RmsgQueueStatsForget(int32 queue_id);
 
 #endif							/* RMSG_H */

@@ -4,9 +4,10 @@
  *	  rmsg.ack, rmsg.nack and rmsg.extend: what a consumer does with a
  *	  message it was handed.
  *
- * An ack removes the message, live (remove.c) or dead, and releases its
- * payload reference (payload.c); it commits under the session's
- * synchronous_commit like any write.  A nack or an extend only moves the end of a lease, so it
+ * An ack removes the message, live (remove.c) or dead; a payload row it
+ * referenced stays until rmsg.collect_payloads finds it unreferenced
+ * (payload.c).  An ack commits under the session's synchronous_commit like
+ * any write.  A nack or an extend only moves the end of a lease, so it
  * commits lazily when it is all its transaction wrote (commit_mode.c).
  * Both apply only to a message in flight: its lease_until still ahead.
  *
@@ -26,18 +27,16 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-/* A row when the dead message existed, with its payload_id (NULL: inline). */
 static RmsgPlan ack_dead_plan = {
-	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING payload_id",
+	"DELETE FROM rmsg.dead_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
-/* Returns how many messages went and the payload ids they referenced. */
+/* Returns how many messages went. */
 static RmsgPlan ack_many_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING payload_id),"
-	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING payload_id)"
-	" SELECT count(*)::int, array_agg(payload_id) FILTER (WHERE payload_id IS NOT NULL)"
-	"   FROM (SELECT payload_id FROM live UNION ALL SELECT payload_id FROM dead) g",
+	"WITH live AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING 1),"
+	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING 1)"
+	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead)",
 	1, {INT8ARRAYOID}
 };
 
@@ -60,25 +59,6 @@ static RmsgPlan extend_plan = {
 };
 
 /*
- * Runs a one-row ack statement; true when it removed the message.  Its
- * payload row, if it has one, loses a reference (and goes with the last).
- */
-static bool
-AckFrom(RmsgPlan *plan, Datum msg_id)
-{
-	bool		inline_payload;
-	Datum		payload_id;
-
-	RmsgPlanExecute(plan, &msg_id, NULL, false, 0);
-	if (SPI_processed == 0)
-		return false;
-	payload_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &inline_payload);
-	if (!inline_payload)
-		RmsgReleasePayload(DatumGetInt64(payload_id));
-	return true;
-}
-
-/*
  * rmsg.ack(msg_id): true when the message existed.  A live message is
  * deleted directly (remove.c), the hot path; a dead one by statement.
  */
@@ -86,16 +66,17 @@ Datum
 rmsg_ack(PG_FUNCTION_ARGS)
 {
 	int64		msg_id = PG_GETARG_INT64(0);
-	int64		payload_id;
-	bool		has_payload_row;
 	bool		found;
 
 	RmsgSpiConnect();
-	found = RmsgDeleteMessage(msg_id, &payload_id, &has_payload_row);
-	if (found && has_payload_row)
-		RmsgReleasePayload(payload_id);
+	found = RmsgDeleteMessage(msg_id);
 	if (!found)
-		found = AckFrom(&ack_dead_plan, Int64GetDatum(msg_id));
+	{
+		Datum		arg = Int64GetDatum(msg_id);
+
+		RmsgPlanExecute(&ack_dead_plan, &arg, NULL, false, 0);
+		found = SPI_processed > 0;
+	}
 	RmsgSpiFinish();
 	PG_RETURN_BOOL(found);
 }
@@ -106,17 +87,13 @@ rmsg_ack_many(PG_FUNCTION_ARGS)
 {
 	Datum		msg_ids = PG_GETARG_DATUM(0);
 	bool		isnull;
-	int32		count;
-	Datum		payload_ids;
+	int64		count;
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&ack_many_plan, &msg_ids, NULL, false, 0);
-	count = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	payload_ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	if (!isnull)
-		RmsgReleasePayloads(payload_ids);
+	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	RmsgSpiFinish();
-	PG_RETURN_INT32(count);
+	PG_RETURN_INT32((int32) count);
 }
 
 /*

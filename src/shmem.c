@@ -38,7 +38,9 @@ static bool shmem_ready = false;
 static Size
 RmsgShmemSize(void)
 {
-	return add_size(MAXALIGN(sizeof(RmsgSharedState)), RmsgWakeupShmemSize());
+	return add_size(add_size(MAXALIGN(sizeof(RmsgSharedState)),
+							 MAXALIGN(RmsgWakeupShmemSize())),
+					RmsgStatsShmemSize());
 }
 
 /* Attach to (or create) the shared area and let each concern set up its part. */
@@ -53,7 +55,10 @@ RmsgShmemStartup(void)
 	shared_state = (RmsgSharedState *) area;
 	if (!found)
 		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
-	RmsgWakeupShmemInit((char *) area + MAXALIGN(sizeof(RmsgSharedState)), found);
+	area = (char *) area + MAXALIGN(sizeof(RmsgSharedState));
+	RmsgWakeupShmemInit(area, found);
+	area = (char *) area + MAXALIGN(RmsgWakeupShmemSize());
+	RmsgStatsShmemInit(area, found);
 	LWLockRelease(AddinShmemInitLock);
 
 	shmem_ready = true;
@@ -66,6 +71,7 @@ RmsgShmemRequestHook(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(RmsgShmemSize());
+	RequestNamedLWLockTranche("recoverable_msg", 1);
 }
 #endif
 
@@ -86,6 +92,7 @@ RmsgShmemRequest(void)
 	shmem_request_hook = RmsgShmemRequestHook;
 #else
 	RequestAddinShmemSpace(RmsgShmemSize());
+	RequestNamedLWLockTranche("recoverable_msg", 1);
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = RmsgShmemStartupHook;
