@@ -5,6 +5,12 @@
 -- they are shown relative to an id captured with \gset.
 --
 \pset null '(null)'
+-- Payload rows still in use: the unreferenced ones are collected first.
+CREATE OR REPLACE FUNCTION live_payload_rows() RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+  SELECT rmsg.collect_payloads();
+  SELECT count(*) FROM rmsg.payload;
+$$;
 -- Payloads above rmsg.inline_payload_max get a payload row; the tests need
 -- payloads on both sides of it, so it is set here rather than relied on.
 SET rmsg.inline_payload_max = 256;
@@ -34,11 +40,11 @@ SELECT msg_id - :id0 AS rel, queue_id = (SELECT queue_id FROM rmsg.queue WHERE n
   FROM rmsg.message ORDER BY msg_id;
 SELECT queue, ready, in_flight, delayed, dead, payload_bytes FROM rmsg.queues WHERE queue = 'basic';
 
--- get: oldest ready first, max at a time; data_token is NULL in this version
+-- get: oldest ready first, max at a time; each message comes with a data token
 SELECT msg_id - :id0 AS rel, payload, headers, deliveries,
-       enqueued_at <= now() AS enqueued_before, data_token
+       enqueued_at <= now() AS enqueued_before, data_token IS NOT NULL AS has_token
   FROM rmsg.get('basic', 2);
-SELECT msg_id - :id0 AS rel, convert_from(payload, 'UTF8') AS text, headers, deliveries, data_token
+SELECT msg_id - :id0 AS rel, convert_from(payload, 'UTF8') AS text, headers, deliveries, data_token IS NOT NULL AS has_token
   FROM rmsg.get('basic', 10);
 -- everything is in flight now
 SELECT count(*) AS got FROM rmsg.get('basic', 10);
@@ -81,7 +87,7 @@ SELECT rmsg.ack(array_agg(msg_id)) AS acked FROM rmsg.message;
 -- payloads above rmsg.inline_payload_max get a payload row of their own,
 -- which goes when the last message referencing it is acked
 SHOW rmsg.inline_payload_max;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 SELECT rmsg.put('basic', convert_to(repeat('i', 256), 'UTF8')) AS big0 \gset
 SELECT rmsg.put('basic', convert_to(repeat('p', 257), 'UTF8')) - :big0 AS rel;
 SELECT rmsg.put('basic', repeat('t', 1000)) - :big0 AS rel;
@@ -93,7 +99,7 @@ SELECT n, id - :big0 AS rel
 SELECT msg_id - :big0 AS rel, payload_size, payload_id IS NOT NULL AS has_payload_row,
        inline_data IS NOT NULL AS has_inline
   FROM rmsg.message ORDER BY msg_id;
-SELECT count(*) AS payload_rows, min(refs) AS min_refs, max(refs) AS max_refs,
+SELECT count(*) AS payload_rows, count(hash) AS findable_rows,
        sum(length(data)) AS bytes
   FROM rmsg.payload;
 SELECT msg_id - :big0 AS rel, length(payload) AS bytes,
@@ -108,11 +114,11 @@ SELECT msg_id - :big0 AS rel, length(payload) AS bytes,
                  END AS intact
   FROM rmsg.get('basic', 10);
 SELECT rmsg.ack(:big0 + 1) AS acked;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 SELECT rmsg.ack(ARRAY[:big0, :big0 + 2, :big0 + 3]) AS acked;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 SELECT rmsg.ack(ARRAY[:big0 + 4, :big0 + 5, :big0 + 6]) AS acked;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 -- with the threshold at 0 every non-empty payload gets a row
 SET rmsg.inline_payload_max = 0;
 SELECT rmsg.put('basic', '\x01'::bytea) AS z0 \gset
@@ -121,23 +127,23 @@ SELECT msg_id - :z0 AS rel, payload_size, payload_id IS NOT NULL AS has_payload_
   FROM rmsg.message ORDER BY msg_id;
 SELECT msg_id - :z0 AS rel, payload FROM rmsg.get('basic', 5);
 SELECT rmsg.ack(ARRAY[:z0, :z0 + 1]) AS acked;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 SET rmsg.inline_payload_max = 256;
 
 -- puts and acks are transactional
 BEGIN;
 SELECT rmsg.put('basic', convert_to(repeat('r', 400), 'UTF8')) IS NOT NULL AS put;
 SELECT rmsg.put('basic', 'small'::text) IS NOT NULL AS put;
-SELECT count(*) AS messages, (SELECT count(*) FROM rmsg.payload) AS payload_rows FROM rmsg.message;
+SELECT count(*) AS messages, live_payload_rows() AS payload_rows FROM rmsg.message;
 ROLLBACK;
-SELECT count(*) AS messages, (SELECT count(*) FROM rmsg.payload) AS payload_rows FROM rmsg.message;
+SELECT count(*) AS messages, live_payload_rows() AS payload_rows FROM rmsg.message;
 
 SELECT rmsg.put('basic', convert_to(repeat('k', 400), 'UTF8')) AS kept \gset
 BEGIN;
 SELECT rmsg.ack(:kept) AS acked;
-SELECT count(*) AS messages, (SELECT count(*) FROM rmsg.payload) AS payload_rows FROM rmsg.message;
+SELECT count(*) AS messages, live_payload_rows() AS payload_rows FROM rmsg.message;
 ROLLBACK;
-SELECT count(*) AS messages, (SELECT count(*) FROM rmsg.payload) AS payload_rows FROM rmsg.message;
+SELECT count(*) AS messages, live_payload_rows() AS payload_rows FROM rmsg.message;
 
 -- a get rolled back hands the message back untouched
 BEGIN;
@@ -155,11 +161,11 @@ SELECT count(*) AS rows
                                      convert_to(repeat('e', 300), 'UTF8')]);
 SELECT rmsg.put('basic', repeat('f', 300), delay => '1 hour') IS NOT NULL AS put_delayed;
 SELECT count(*) AS in_flight FROM rmsg.get('basic', 1);
-SELECT count(*) AS messages, (SELECT count(*) FROM rmsg.payload) AS payload_rows FROM rmsg.message;
+SELECT count(*) AS messages, live_payload_rows() AS payload_rows FROM rmsg.message;
 SELECT rmsg.drop_queue('basic');
 SELECT count(*) AS queue_rows FROM rmsg.queue WHERE name = 'basic';
 SELECT count(*) AS basic_messages FROM rmsg.message WHERE queue_id = :basic_id;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;
 SELECT msg_id - :other AS rel, convert_from(coalesce(inline_data, ''), 'UTF8') AS text
   FROM rmsg.message;
 -- the name is free again, for a new queue
@@ -195,4 +201,4 @@ SELECT rmsg.drop_queue('basic_none');
 SELECT rmsg.drop_queue('basic');
 SELECT count(*) AS queues FROM rmsg.queue;
 SELECT count(*) AS messages FROM rmsg.message;
-SELECT count(*) AS payload_rows FROM rmsg.payload;
+SELECT live_payload_rows() AS payload_rows;

@@ -62,6 +62,8 @@ SELECT rmsg.drop_queue('vw_dlq');
 SELECT rmsg.drop_queue('vw_keep');
 SELECT rmsg.drop_queue('vw_empty');
 SELECT count(*) AS queues FROM rmsg.queues;
+-- dropped queues leave their payload rows to the collection
+SELECT rmsg.collect_payloads() > 0 AS collected;
 SELECT count(*) AS queues, (SELECT count(*) FROM rmsg.message) AS messages,
        (SELECT count(*) FROM rmsg.dead_message) AS dead_messages,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows

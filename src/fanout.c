@@ -134,7 +134,7 @@ QueueNames(FunctionCallInfo fcinfo, int argno, int *count)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("queue name %d of the array is null", i + 1)));
 		names[i] = TextDatumGetCString(elems[i]);
-		RmsgCheckName(names[i], "queue name");
+		RmsgCheckName(names[i], "queue");
 	}
 	return names;
 }
@@ -156,6 +156,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	Datum		headers;
 	TimestampTz now = GetCurrentTimestamp();
 	RmsgQueue  *queues;
+	RmsgQueue  *lead = NULL;
 	int			nsharing = 0;
 	RmsgStoredData shared = {0};
 	bool		have_shared = false;
@@ -178,7 +179,18 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	{
 		queues[i] = RmsgOpenQueue(names[i], AccessShareLock);
 		if (queues[i].dedup != 'n')
-			nsharing++;
+		{
+			/* a content queue leads: it finds equal data and writes findably */
+			if (nsharing++ == 0 || queues[i].dedup == 'c')
+				lead = &queues[i];
+		}
+	}
+
+	/* the data once, for every queue that may reference it */
+	if (lead != NULL)
+	{
+		(void) RmsgStoreData(lead, payload, NULL, nsharing > 1, &shared);
+		have_shared = shared.payload_id != 0;
 	}
 
 	for (int i = 0; i < nqueues; i++)
@@ -189,20 +201,12 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 
 		if (queues[i].dedup != 'n' && have_shared)
 		{
-			/* written or pinned by this transaction, a few lines up */
+			/* the first message owns what the lead wrote; the rest refer */
 			stored = shared;
-			stored.referenced = true;
+			shared.referenced = true;
 		}
 		else
-		{
-			(void) RmsgStoreData(&queues[i], payload, NULL,
-								 queues[i].dedup != 'n' && nsharing > 1, &stored);
-			if (queues[i].dedup != 'n' && stored.payload_id != 0)
-			{
-				shared = stored;
-				have_shared = true;
-			}
-		}
+			(void) RmsgStoreData(&queues[i], payload, NULL, false, &stored);
 		msg_id = Int64GetDatum(RmsgInsertMessage(queues[i].queue_id, now, now,
 												 headers, headers_null, &stored));
 		if (i == 0)

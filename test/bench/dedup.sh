@@ -279,8 +279,9 @@ report() {
                 "$(column_median "$workload.$variant" 5)" "$ratio" "$target"
         done
     done
-    printf '\nwritten, referenced: deltas of rmsg.log_stats.payload_bytes_written and\n'
-    printf 'payload_bytes_referenced; ms: wall time, psql round trips included.\n'
+    printf '\neach fan-out is one transaction: put_many one autocommit statement, the others\n'
+    printf 'BEGIN ... COMMIT.  written, referenced: deltas of rmsg.log_stats.payload_bytes_written\n'
+    printf 'and payload_bytes_referenced.  ms: wall time, psql round trips included.\n'
     printf '\nper-round WAL bytes per fan-out (and WAL records per fan-out):\n'
     for workload in "${WORKLOADS[@]}"; do
         for variant in ${VARIANTS[$workload]}; do
