@@ -83,7 +83,49 @@ SELECT msg_id, convert_from(payload, 'UTF8') AS payload, headers, deliveries
 
 ------------------------------------------------------------------------------
 \echo
-\echo '=== 6. Drop the queues (the one that dead-letters first) ==='
+\echo '=== 6. Deduplicated logging: data already logged is referenced, not written again ==='
+SELECT rmsg.create_queue('billing');
+SELECT rmsg.create_queue('shipping');
+SELECT rmsg.create_queue('audit', dedup => 'none');
+SELECT rmsg.create_queue('catalog', dedup => 'content');
+\set QUIET 1
+CREATE TEMP TABLE log_before AS SELECT * FROM rmsg.log_stats;
+\unset QUIET
+\echo '-- an order of 64 KiB of random bytes, put once:'
+SELECT rmsg.put('orders', decode(string_agg(md5(random()::text), ''), 'hex')) AS order_id
+  FROM generate_series(1, 4096) \gset
+SELECT msg_id, length(payload) AS bytes, data_token IS NOT NULL AS has_token
+  FROM rmsg.get('orders');
+\echo '-- the consumer got it with a data token; it passes the data on by reference:'
+SELECT rmsg.put('billing', NULL::bytea, data_token => rmsg.last_data_token()) AS billing_id;
+SELECT rmsg.forward(:order_id, 'shipping') AS shipping_id;
+SELECT rmsg.forward(:order_id, 'audit') AS audit_id;
+SELECT rmsg.ack(:order_id) AS acked;
+\echo '-- one payload row for the order (shared by billing and shipping), one copy for audit:'
+SELECT q.name AS queue, m.payload_size, m.payload_id
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) ORDER BY m.msg_id;
+\echo '-- put_many publishes once to several queues; a content queue finds equal data by itself:'
+SELECT * FROM rmsg.put_many(ARRAY['billing', 'shipping', 'catalog'],
+                            convert_to(repeat('price list 2026; ', 100), 'UTF8'));
+SELECT rmsg.put('catalog', convert_to(repeat('price list 2026; ', 100), 'UTF8')) AS same_again;
+SELECT q.name AS queue, m.payload_size, m.payload_id
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+ WHERE m.payload_size = 1700 ORDER BY m.msg_id;
+\echo '-- what was written and what was referenced instead:'
+SELECT l.payload_bytes_written - b.payload_bytes_written AS bytes_written,
+       l.payload_bytes_referenced - b.payload_bytes_referenced AS bytes_referenced
+  FROM rmsg.log_stats l, log_before b;
+SELECT queue, ready, payload_bytes, bytes_written, bytes_referenced FROM rmsg.queues ORDER BY queue;
+\echo '-- consumers ack; collect_payloads (the seed''s checkpoint) removes the data nobody references:'
+SELECT count(rmsg.ack(msg_id)) AS acked FROM rmsg.message
+ WHERE queue_id IN (SELECT queue_id FROM rmsg.queue WHERE name IN ('billing', 'shipping', 'audit', 'catalog'));
+SELECT rmsg.collect_payloads() AS payload_rows_collected;
+SELECT * FROM rmsg.log_stats;
+SELECT rmsg.drop_queue(q) FROM unnest(ARRAY['billing', 'shipping', 'audit', 'catalog']) q;
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 7. Drop the queues (the one that dead-letters first) ==='
 SELECT rmsg.drop_queue('orders');
 SELECT rmsg.drop_queue('orders_dlq');
 :show_queues
