@@ -376,8 +376,10 @@ is( sorted_lines($drained),
 my $all_ids = join(', ', map { $id{$_} } @survivors);
 is($node->safe_psql('postgres', "SELECT rmsg.ack(ARRAY[$all_ids]::bigint[])"),
 	scalar @survivors, 'all survivors acked');
+is($node->safe_psql('postgres', 'SELECT rmsg.collect_payloads()'),
+	scalar @big_survivors, 'once the survivors are acked, their payload rows are collected');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM rmsg.payload'),
-	'0', 'acking the survivors removes every payload row');
+	'0', 'no payload row is left');
 is($node->safe_psql('postgres', "SELECT count(*) FROM rmsg.get('q')"),
 	'0', 'the queue is empty');
 
