@@ -56,8 +56,8 @@ RmsgPlanGet(RmsgPlan *p)
  * isolation level (REPEATABLE READ, SERIALIZABLE) still sees the newest
  * committed state: for the queue catalog (a queue dropped after our snapshot
  * is not written to), for drop_queue (which must delete what it waited for)
- * and for payload reference counts.  READ COMMITTED takes a fresh snapshot
- * per statement anyway.
+ * and for payload collection, which must see references made after our
+ * snapshot.  READ COMMITTED takes a fresh snapshot per statement anyway.
  */
 int
 RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,

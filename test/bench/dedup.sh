@@ -89,23 +89,13 @@ for v in put_many token none; do LABEL[fan1k.$v]=${LABEL[fan64k.$v]}; done
 for v in token forward none; do LABEL[relay1k.$v]=${LABEL[relay64k.$v]}; done
 
 start_cluster() {
-    local data=$WORK/bench_data
-    PORT=$(free_port)
-    run_as_pg initdb -D "$data" -A trust >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log"; die "initdb failed"; }
-    cat >>"$data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-shared_preload_libraries = 'recoverable_msg'
-synchronous_commit = on
-shared_buffers = 256MB
-max_wal_size = 8GB
-checkpoint_timeout = 1h
-autovacuum = off
-max_connections = 20
-CONF
-    run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null || { cat "$WORK/server.log"; die "the server did not start"; }
-    export PGHOST=$WORK PGPORT=$PORT PGDATABASE=postgres
+    start_bench_cluster \
+        "synchronous_commit = on" \
+        "shared_buffers = 256MB" \
+        "max_wal_size = 8GB" \
+        "checkpoint_timeout = 1h" \
+        "autovacuum = off" \
+        "max_connections = 20"
 }
 
 sql() { run_as_pg psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
@@ -271,7 +261,7 @@ report() {
             ratio=base target=""
             if [[ $variant != none ]]; then
                 ratio=$(awk -v a="$none" -v b="$(column_median "$workload.$variant" 1)" 'BEGIN { printf "%.2fx", a / b }')
-                [[ $workload == fan* ]] && target="  [>= 7x; 8x is the limit]"
+                [[ $workload == fan64k ]] && target="  [>= 7x; 8x is the limit]"
             fi
             printf '  %-36s %10.0f %5d %11.0f %11.0f %8.3f %10s%s\n' "${LABEL[$workload.$variant]}" \
                 "$(column_median "$workload.$variant" 1)" "$(column_max "$workload.$variant" 2)" \

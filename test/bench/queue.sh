@@ -25,22 +25,12 @@ CLIENTS=4
 PAYLOAD_BYTES=1024
 
 start_cluster() {
-    local data=$WORK/bench_data
-    PORT=$(free_port)
-    run_as_pg initdb -D "$data" -A trust >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log"; die "initdb failed"; }
-    cat >>"$data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-shared_preload_libraries = 'recoverable_msg'
-synchronous_commit = on
-shared_buffers = 256MB
-max_wal_size = 4GB
-checkpoint_timeout = 30min
-max_connections = 50
-CONF
-    run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null || { cat "$WORK/server.log"; die "the server did not start"; }
-    export PGHOST=$WORK PGPORT=$PORT PGDATABASE=postgres
+    start_bench_cluster \
+        "synchronous_commit = on" \
+        "shared_buffers = 256MB" \
+        "max_wal_size = 4GB" \
+        "checkpoint_timeout = 30min" \
+        "max_connections = 50"
 }
 
 sql() { run_as_pg psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }

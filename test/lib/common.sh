@@ -139,6 +139,22 @@ make_workdir() {
     export WORK
 }
 
+# Starts a benchmark's server in WORK/bench_data on a free port, socket in
+# WORK, the library preloaded, and points PGHOST/PGPORT/PGDATABASE at it.
+# Each argument is one more postgresql.conf line.  cleanup_workdir stops it.
+start_bench_cluster() {
+    local data=$WORK/bench_data line
+    PORT=$(free_port)
+    run_as_pg initdb -D "$data" -A trust >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log"; die "initdb failed"; }
+    {
+        printf '%s\n' "port = $PORT" "listen_addresses = ''" "unix_socket_directories = '$WORK'" \
+            "shared_preload_libraries = 'recoverable_msg'"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >>"$data/postgresql.conf"
+    run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null || { cat "$WORK/server.log"; die "the server did not start"; }
+    export PGHOST=$WORK PGPORT=$PORT PGDATABASE=postgres
+}
+
 # True when something listens on TCP port $1 or a PostgreSQL socket lock for it
 # exists in /tmp (a unix-socket-only server there would clash by name).
 port_in_use() {
