@@ -143,7 +143,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the data of token " INT64_FORMAT " is no longer available", token),
-				 errdetail("The messages that held it are gone and its payload row was collected."),
+				 errdetail("The payload row and the message that held it are gone: acknowledged and collected, or rolled back."),
 				 errhint("Pass the payload as well: it is written when the reference cannot be used.")));
 	if (by_token && source.payload_id != source_payload_id)
 		RmsgTokenPromoted(token, source.payload_id);
