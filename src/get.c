@@ -43,12 +43,6 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 
 #define GET_RESULT_COLUMNS 6
 
-/* The data of a payload row (ready_scan.c returns inline data itself). */
-static RmsgPlan payload_data_plan = {
-	"SELECT data FROM rmsg.payload WHERE payload_id = $1",
-	1, {INT8OID}
-};
-
 /*
  * Dead-lettering, by the tids of the rows we locked.
  * Into the dead-letter queue, for a fresh start there: $1 tids, $2 dlq, $3 now.
@@ -114,18 +108,18 @@ DeadLetter(const RmsgQueue *queue, Datum *tids, int n)
 
 /* The payload of a leased message: inline, or read from its payload row. */
 static Datum
-PayloadOf(const RmsgTaken *t, bool *isnull)
+PayloadOf(const RmsgTaken *t)
 {
-	Datum		arg = Int64GetDatum(t->payload_id);
+	bytea	   *data;
 
-	*isnull = false;
 	if (!t->inline_null)
 		return t->inline_data;
-	RmsgPlanExecute(&payload_data_plan, &arg, NULL, false, 1);
-	if (SPI_processed == 0)
+	/* we hold the message, so no collection can have removed its row */
+	data = RmsgReadPayload(t->payload_id);
+	if (data == NULL)
 		elog(ERROR, "payload " INT64_FORMAT " of message " INT64_FORMAT " is missing",
 			 t->payload_id, t->msg_id);
-	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	return PointerGetDatum(data);
 }
 
 /*
@@ -166,7 +160,7 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 				continue;
 			}
 			values[0] = Int64GetDatum(t->msg_id);
-			values[1] = PayloadOf(t, &nulls[1]);
+			values[1] = PayloadOf(t);
 			values[2] = t->headers;
 			nulls[2] = t->headers_null;
 			values[3] = Int32GetDatum(t->deliveries);

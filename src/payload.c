@@ -137,40 +137,66 @@ PinFoundRow(Relation rel, TupleTableSlot *slot, Snapshot snapshot)
 }
 
 /*
+ * An index scan of rmsg.payload for one key, in the latest snapshot: what
+ * matters to a new reference is whether a row exists now, whatever the
+ * isolation level.  The privilege check is that of SELECT ... FOR KEY
+ * SHARE, since every caller pins what it finds.
+ */
+typedef struct PayloadScan
+{
+	Relation	rel;
+	Relation	index;
+	Snapshot	snapshot;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+} PayloadScan;
+
+static void
+PayloadScanBegin(PayloadScan *ps, Oid index, int64 key_value)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	ScanKeyData key;
+
+	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
+	ps->rel = table_open(rels->payload, RowShareLock);
+	ps->index = index_open(index, AccessShareLock);
+	ps->snapshot = RegisterSnapshot(GetLatestSnapshot());
+	ps->slot = table_slot_create(ps->rel, NULL);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key_value));
+	ps->scan = index_beginscan(ps->rel, ps->index, ps->snapshot, 1, 0);
+	index_rescan(ps->scan, &key, 1, NULL, 0);
+}
+
+static bool
+PayloadScanNext(PayloadScan *ps)
+{
+	return index_getnext_slot(ps->scan, ForwardScanDirection, ps->slot);
+}
+
+static void
+PayloadScanEnd(PayloadScan *ps)
+{
+	index_endscan(ps->scan);
+	ExecDropSingleTupleTableSlot(ps->slot);
+	UnregisterSnapshot(ps->snapshot);
+	index_close(ps->index, AccessShareLock);
+	table_close(ps->rel, NoLock);
+}
+
+/*
  * Pins the payload row payload_id for a new reference (see the file
- * header); false when it no longer exists.  The latest snapshot, whatever
- * the isolation level: what matters is whether the row exists now.
+ * header); false when it no longer exists.
  */
 bool
 RmsgPinPayload(int64 payload_id)
 {
-	const RmsgRelations *rels = RmsgGetRelations();
-	Relation	rel;
-	Relation	pkey;
-	Snapshot	snapshot;
-	TupleTableSlot *slot;
-	IndexScanDesc scan;
-	ScanKeyData key;
+	PayloadScan ps;
 	bool		pinned = false;
 
-	/* what SELECT ... FOR KEY SHARE needs */
-	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
-	rel = table_open(rels->payload, RowShareLock);
-	pkey = index_open(rels->payload_pkey, AccessShareLock);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	slot = table_slot_create(rel, NULL);
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(payload_id));
-	scan = index_beginscan(rel, pkey, snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
-		pinned = PinFoundRow(rel, slot, snapshot);
-	index_endscan(scan);
-
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(pkey, AccessShareLock);
-	table_close(rel, NoLock);
+	PayloadScanBegin(&ps, RmsgGetRelations()->payload_pkey, payload_id);
+	if (PayloadScanNext(&ps))
+		pinned = PinFoundRow(ps.rel, ps.slot, ps.snapshot);
+	PayloadScanEnd(&ps);
 	return pinned;
 }
 
@@ -184,27 +210,14 @@ RmsgFindPayload(bytea *data)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Size		size = VARSIZE_ANY_EXHDR(data);
-	Relation	rel;
-	Relation	index;
-	Snapshot	snapshot;
-	TupleTableSlot *slot;
-	IndexScanDesc scan;
-	ScanKeyData key;
+	PayloadScan ps;
 	int64		found = 0;
 
-	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
-	rel = table_open(rels->payload, RowShareLock);
-	index = index_open(rels->payload_hash_idx, AccessShareLock);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	slot = table_slot_create(rel, NULL);
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(ContentHash(data)));
-	scan = index_beginscan(rel, index, snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	while (found == 0 && index_getnext_slot(scan, ForwardScanDirection, slot))
+	PayloadScanBegin(&ps, rels->payload_hash_idx, ContentHash(data));
+	while (found == 0 && PayloadScanNext(&ps))
 	{
 		bool		isnull;
-		Datum		stored = slot_getattr(slot, rels->att_payload_data, &isnull);
+		Datum		stored = slot_getattr(ps.slot, rels->att_payload_data, &isnull);
 		bytea	   *stored_data;
 
 		/* the size first: it is known without reading a toasted value */
@@ -213,15 +226,10 @@ RmsgFindPayload(bytea *data)
 		stored_data = DatumGetByteaPP(stored);
 		if (memcmp(VARDATA_ANY(stored_data), VARDATA_ANY(data), size) != 0)
 			continue;
-		if (PinFoundRow(rel, slot, snapshot))
-			found = DatumGetInt64(slot_getattr(slot, rels->att_payload_payload_id, &isnull));
+		if (PinFoundRow(ps.rel, ps.slot, ps.snapshot))
+			found = DatumGetInt64(slot_getattr(ps.slot, rels->att_payload_payload_id, &isnull));
 	}
-	index_endscan(scan);
-
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(index, AccessShareLock);
-	table_close(rel, NoLock);
+	PayloadScanEnd(&ps);
 	return found;
 }
 
