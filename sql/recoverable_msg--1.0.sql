@@ -81,6 +81,47 @@ CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
 CREATE INDEX dead_message_payload_idx ON rmsg.dead_message (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
 
+-- The committed interaction contract (seeds 000, 003).  A caller's log:
+-- its row here (next call id, last checkpoint) and its calls since that
+-- checkpoint in rmsg.call_log.  Written by the contract functions only, and
+-- committed lazily: prepare_call forces the WAL when a callee is about to
+-- release a reply the log does not hold stably yet.
+CREATE TABLE rmsg.caller (
+    caller              text PRIMARY KEY,
+    next_call_id        bigint NOT NULL CHECK (next_call_id > 0),
+    checkpoint_call_id  bigint NOT NULL DEFAULT 0,
+    state               jsonb,
+    checkpointed_at     timestamptz,
+    -- when the shared memory the caller was last (re)started in was made:
+    -- a newer one means the server restarted and the caller must restart
+    incarnation         timestamptz NOT NULL
+);
+COMMENT ON TABLE rmsg.caller IS 'callers of the committed interaction contract: next call id and last checkpoint';
+
+CREATE TABLE rmsg.call_log (
+    caller          text NOT NULL,
+    call_id         bigint NOT NULL,
+    callee          text NOT NULL,
+    request         bytea,
+    reply           bytea,          -- NULL until rmsg.record_reply
+    PRIMARY KEY (caller, call_id)
+);
+-- prepare_call checks that the previous call to the same callee has its reply
+CREATE INDEX call_log_callee_idx ON rmsg.call_log (caller, callee, call_id);
+COMMENT ON TABLE rmsg.call_log IS 'the calls of each caller since its last checkpoint, with their replies';
+
+-- A callee's last replies per caller (rmsg.last_call_depth of them), kept
+-- stably until the caller calls again.
+CREATE TABLE rmsg.last_call (
+    callee          text NOT NULL,
+    caller          text NOT NULL,
+    call_id         bigint NOT NULL,
+    reply           bytea NOT NULL,
+    stored_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (callee, caller, call_id)
+);
+COMMENT ON TABLE rmsg.last_call IS 'the replies each callee keeps for its callers';
+
 -- pg_dump keeps the messages with the extension.
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
@@ -88,9 +129,13 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.caller', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.call_log', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.last_call', '');
 
 -- The tables are reached through the functions below; nobody else writes them.
-REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message FROM PUBLIC;
+REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
+              rmsg.caller, rmsg.call_log, rmsg.last_call FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Queues
@@ -216,6 +261,77 @@ COMMENT ON FUNCTION rmsg.extend(bigint, interval) IS
   'keep a delivered message invisible for visibility from now; false when it is not in flight';
 
 ------------------------------------------------------------------------------
+-- The committed interaction contract (seeds 000, 003)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.prepare_call(caller text, callee text, request bytea DEFAULT NULL,
+                                  OUT call_id bigint, OUT forced boolean,
+                                  OUT logged_reply bytea)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rmsg_prepare_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.prepare_call(text, text, bytea) IS
+  'the caller''s next call id; forces the WAL first iff callee would release a reply not yet stable here. During replay, logged_reply is the reply the log kept: do not send the call';
+
+CREATE FUNCTION rmsg.record_reply(caller text, call_id bigint, reply bytea)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_record_reply'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.record_reply(text, bigint, bytea) IS
+  'log the reply to a call, lazily (its transaction commits without waiting for the WAL flush)';
+
+CREATE FUNCTION rmsg.force_log(caller text)
+RETURNS pg_lsn
+AS 'MODULE_PATHNAME', 'rmsg_force_log'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.force_log(text) IS
+  'make everything logged so far stable (after non-determinism); returns the flushed LSN';
+
+CREATE FUNCTION rmsg.checkpoint(caller text, state jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_checkpoint'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.checkpoint(text, jsonb) IS
+  'save the caller''s state as of its last call; restart returns to it';
+
+CREATE FUNCTION rmsg.restart(caller text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'rmsg_restart'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.restart(text) IS
+  'after a crash: rewind the caller to its checkpoint and return the state saved there (NULL: start afresh)';
+
+CREATE FUNCTION rmsg.replay(caller text)
+RETURNS TABLE(call_id bigint, callee text, request bytea, reply bytea)
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT l.call_id, l.callee, l.request, l.reply
+      FROM rmsg.call_log l
+      JOIN rmsg.caller c ON c.caller = l.caller
+     WHERE l.caller = replay.caller
+       AND l.call_id > c.checkpoint_call_id
+     ORDER BY l.call_id;
+END;
+COMMENT ON FUNCTION rmsg.replay(text) IS
+  'the calls the caller''s log holds since its checkpoint, in order; reply is NULL for a call whose reply was not logged';
+
+CREATE FUNCTION rmsg.accept_call(callee text, caller text, call_id bigint,
+                                 request bytea DEFAULT NULL,
+                                 OUT status text, OUT reply bytea)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rmsg_accept_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.accept_call(text, text, bigint, bytea) IS
+  'callee side: ''new'' (do the work and rmsg.reply in this transaction) or ''duplicate'' with the saved reply';
+
+CREATE FUNCTION rmsg.reply(callee text, caller text, call_id bigint, reply bytea)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_reply'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.reply(text, text, bigint, bytea) IS
+  'callee side: store the reply with the call''s work; stable when the transaction commits, whatever synchronous_commit';
+
+------------------------------------------------------------------------------
 -- Monitoring
 ------------------------------------------------------------------------------
 
@@ -236,14 +352,50 @@ AS 'MODULE_PATHNAME', 'rmsg_stat_queues'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rmsg.stat_queues() IS 'the per-queue byte counts behind rmsg.queues';
 
--- Counters since the server started (stats_since).  forces and
--- forces_avoided belong to the committed interaction contract.
+-- Counters since the server started (stats_since).  forces: WAL flushes
+-- the contract made (prepare_call, force_log); forces_avoided: calls sent
+-- without a force although the caller's session had a commit not yet
+-- flushed, which the prior art (force before every send) would have made.
 CREATE VIEW rmsg.log_stats AS
 SELECT s.*,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows
   FROM rmsg.stat_log() s;
 COMMENT ON VIEW rmsg.log_stats IS
-  'log activity since server start: payload bytes written and referenced instead of written, payload rows collected';
+  'log activity since server start: forces of the contract and those avoided, payload bytes written and referenced instead of written, payload rows collected';
+
+CREATE FUNCTION rmsg.stat_components(
+    OUT caller text, OUT callee text, OUT clsn pg_lsn, OUT flushed_lsn pg_lsn,
+    OUT stable boolean, OUT calls bigint, OUT forces bigint,
+    OUT replies_tracked int, OUT last_call_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_components'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_components() IS 'the called-component table behind rmsg.called_components';
+
+-- The called-component table (shared memory, empty after a restart): per
+-- caller and callee, the CLSN of the newest reply logged, whether it is
+-- stable (at or before the flushed LSN), sends prepared and forces made
+-- before them.
+CREATE VIEW rmsg.called_components AS
+SELECT * FROM rmsg.stat_components();
+COMMENT ON VIEW rmsg.called_components IS
+  'per caller and callee: CLSN of the newest logged reply, flushed LSN, whether the reply is stable, calls and forces since server start';
+
+CREATE VIEW rmsg.last_calls AS
+SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
+  FROM rmsg.last_call;
+COMMENT ON VIEW rmsg.last_calls IS
+  'the replies each callee keeps per caller until the caller calls again';
+
+CREATE VIEW rmsg.callers AS
+SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.call_id > c.checkpoint_call_id) AS logged_calls,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.reply IS NULL) AS calls_without_reply
+  FROM rmsg.caller c;
+COMMENT ON VIEW rmsg.callers IS
+  'each caller''s next call id, last checkpoint and the calls logged since';
 
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
 -- lease running), delayed (put or nacked with a delay that has not passed).

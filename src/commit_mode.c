@@ -1,22 +1,34 @@
 /*-------------------------------------------------------------------------
  *
  * commit_mode.c
- *	  Lazy commits for transactions whose only writes are leases.
+ *	  How a transaction's commit reaches disk: lazily for writes a crash may
+ *	  lose, stably for replies a crash must not lose.
  *
- * A get, nack or extend changes when a message is visible, nothing more.
- * If the server crashes before such a commit reaches disk, the lease is
- * forgotten and the message is ready again, which is what the expiry of the
- * lease would have done anyway: delivery is at least once either way.  So a
- * transaction that wrote nothing but leases need not wait for its WAL flush;
- * it commits as if synchronous_commit were off.  PostgreSQL keeps such
- * commits consistent: any later synchronous commit (an ack, say) flushes
- * the WAL past them first.
+ * Two kinds of our writes may be lost in a crash without harm:
  *
- * A transaction that wrote anything else, before or after a lease, commits
- * under the session's own synchronous_commit.  We tell the two apart by the
- * transaction id (assigned on the first write) and by XactLastRecEnd, this
- * backend's end of WAL, noted after each lease write: if it moved since,
- * someone else wrote.
+ * - A lease (get, nack, extend) changes when a message is visible, nothing
+ *	 more.  A forgotten lease leaves the message ready again, which is what
+ *	 the lease's expiry would have done anyway: delivery is at least once
+ *	 either way.  (rmsg.lazy_leases = off turns this off.)
+ * - A caller's log write (prepare_call, record_reply, checkpoint, restart)
+ *	 is the "memory buffer" of the committed interaction contract (seeds
+ *	 000, 003): the callee keeps its reply stably until the caller calls it
+ *	 again, and the caller forces its log before that (caller.c), so a lost
+ *	 log write is recovered by replay.  (rmsg.lazy_caller_log = off turns
+ *	 this off, to measure what it saves.)
+ *
+ * A transaction that wrote nothing but such writes commits as if
+ * synchronous_commit were off, whatever the session's setting.  PostgreSQL
+ * keeps such commits consistent: any later synchronous commit flushes the
+ * WAL past them first.  A transaction that wrote anything else, before or
+ * after, commits under the session's own synchronous_commit: we never make
+ * someone else's write lazy.  We tell the two apart by the transaction id
+ * (assigned on the first write) and by XactLastRecEnd, this backend's end of
+ * WAL, noted after each lazy write: if it moved since, someone else wrote.
+ *
+ * The opposite case is a callee's reply (callee.c), which the contract
+ * requires to be stable once its transaction commits: if the session has
+ * synchronous_commit off, that transaction commits with it set to local.
  *
  * State is backend-local and reset at every transaction end.
  *
@@ -30,52 +42,75 @@
 
 #include "rmsg.h"
 
-typedef enum LeaseOnlyState
+typedef enum LazyOnlyState
 {
-	LEASE_NONE,					/* no lease written in this transaction */
-	LEASE_ONLY,					/* nothing but leases written so far */
-	LEASE_MIXED					/* other writes too: commit as configured */
-} LeaseOnlyState;
+	LAZY_NONE,					/* no lazy write in this transaction */
+	LAZY_ONLY,					/* nothing but lazy writes so far */
+	LAZY_MIXED					/* other writes too: commit as configured */
+} LazyOnlyState;
 
-static LeaseOnlyState lease_state = LEASE_NONE;
-static XLogRecPtr wal_end_after_lease = InvalidXLogRecPtr;
+static LazyOnlyState lazy_state = LAZY_NONE;
+static XLogRecPtr wal_end_after_lazy = InvalidXLogRecPtr;
+static bool wrote_lease = false;
+static bool wrote_caller_log = false;
+static bool stable_required = false;
 
-/* Called before a lease write. */
+/* Called before a write a crash may lose (see the banner). */
 void
-RmsgLeaseWriteBegin(void)
+RmsgLazyWriteBegin(RmsgLazyKind kind)
 {
-	switch (lease_state)
+	if (kind == RMSG_LAZY_LEASE)
+		wrote_lease = true;
+	else
+		wrote_caller_log = true;
+	switch (lazy_state)
 	{
-		case LEASE_NONE:
-			lease_state = TransactionIdIsValid(GetTopTransactionIdIfAny())
-				? LEASE_MIXED : LEASE_ONLY;
+		case LAZY_NONE:
+			lazy_state = TransactionIdIsValid(GetTopTransactionIdIfAny())
+				? LAZY_MIXED : LAZY_ONLY;
 			break;
-		case LEASE_ONLY:
-			if (XactLastRecEnd != wal_end_after_lease)
-				lease_state = LEASE_MIXED;
+		case LAZY_ONLY:
+			if (XactLastRecEnd != wal_end_after_lazy)
+				lazy_state = LAZY_MIXED;
 			break;
-		case LEASE_MIXED:
+		case LAZY_MIXED:
 			break;
 	}
 }
 
-/* Called after a lease write: remember where our WAL ended. */
+/* Called after such a write: remember where our WAL ended. */
 void
-RmsgLeaseWriteEnd(void)
+RmsgLazyWriteEnd(void)
 {
-	if (lease_state == LEASE_ONLY)
-		wal_end_after_lease = XactLastRecEnd;
+	if (lazy_state == LAZY_ONLY)
+		wal_end_after_lazy = XactLastRecEnd;
+}
+
+/* This transaction stored a reply: its commit must be flushed. */
+void
+RmsgRequireStableCommit(void)
+{
+	stable_required = true;
 }
 
 /*
- * Before the commit record: a lease-only transaction commits lazily.  The
- * setting is LOCAL, so it ends with the transaction.
+ * Before the commit record.  The settings are LOCAL, so they end with the
+ * transaction.
  */
 void
 RmsgCommitModePreCommit(void)
 {
-	if (lease_state == LEASE_ONLY && rmsg_lazy_leases &&
-		XactLastRecEnd == wal_end_after_lease)
+	if (stable_required)
+	{
+		if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+			(void) set_config_option("synchronous_commit", "local",
+									 PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
+		return;
+	}
+	if (lazy_state == LAZY_ONLY && XactLastRecEnd == wal_end_after_lazy &&
+		(!wrote_lease || rmsg_lazy_leases) &&
+		(!wrote_caller_log || rmsg_lazy_caller_log))
 		(void) set_config_option("synchronous_commit", "off",
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
@@ -84,6 +119,9 @@ RmsgCommitModePreCommit(void)
 void
 RmsgCommitModeXactEnd(void)
 {
-	lease_state = LEASE_NONE;
-	wal_end_after_lease = InvalidXLogRecPtr;
+	lazy_state = LAZY_NONE;
+	wal_end_after_lazy = InvalidXLogRecPtr;
+	wrote_lease = false;
+	wrote_caller_log = false;
+	stable_required = false;
 }

@@ -140,10 +140,10 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		int			nfound;
 		int			nexhausted = 0;
 
-		RmsgLeaseWriteBegin();
+		RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 		nfound = RmsgLeaseReadyMessages(queue->queue_id, now, now + visibility,
 										queue->max_deliveries, max - ntaken, found);
-		RmsgLeaseWriteEnd();
+		RmsgLazyWriteEnd();
 		if (nfound == 0)
 			break;
 

@@ -24,6 +24,9 @@ PG_MODULE_MAGIC;
 int			rmsg_max_payload_size = 1024 * 1024;
 int			rmsg_inline_payload_max = 2000;
 bool		rmsg_lazy_leases = true;
+bool		rmsg_lazy_caller_log = true;
+int			rmsg_last_call_depth = 1;
+int			rmsg_max_components = 1024;
 
 void		_PG_init(void);
 
@@ -49,17 +52,34 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(true);
+			RmsgComponentsXactEnd(true);
 			RmsgCommitModeXactEnd();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(false);
+			/*
+			 * A prepared reply's CLSN is not ours to learn, and need not
+			 * be: COMMIT PREPARED always flushes its commit record.
+			 */
+			RmsgComponentsXactEnd(false);
 			RmsgCommitModeXactEnd();
 			break;
 		default:
 			break;
 	}
+}
+
+/* Replies recorded in a subtransaction live and die with it. */
+static void
+RmsgSubXactCallback(SubXactEvent event, SubTransactionId subxid,
+					SubTransactionId parent, void *arg)
+{
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		RmsgComponentsSubXactEnd(true, subxid, parent);
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+		RmsgComponentsSubXactEnd(false, subxid, parent);
 }
 
 static void
@@ -89,6 +109,30 @@ DefineSettings(void)
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("rmsg.lazy_caller_log",
+							 "Commit the caller's log writes of the contract without waiting for the WAL flush.",
+							 "On (the contract): prepare_call forces the WAL only when a callee would release a reply that is not yet stable. Off: those transactions commit under synchronous_commit, for comparison.",
+							 &rmsg_lazy_caller_log,
+							 true,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.last_call_depth",
+							"Replies a callee keeps per caller, and a caller counts on its callees keeping.",
+							"A caller may call a callee this many times before it must force its log; set the same value on every server of a conversation.",
+							&rmsg_last_call_depth,
+							1, 1, RMSG_MAX_CALL_DEPTH,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.max_components",
+							"Entries in the shared called-component table.",
+							"One entry per caller and callee called since the server started; an entry whose replies are stable may be evicted.",
+							&rmsg_max_components,
+							1024, 16, 1024 * 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("rmsg");
 #else
@@ -106,4 +150,5 @@ _PG_init(void)
 
 	RmsgQueueCatalogInit();
 	RegisterXactCallback(RmsgXactCallback, NULL);
+	RegisterSubXactCallback(RmsgSubXactCallback, NULL);
 }

@@ -13,11 +13,13 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "storage/itemptr.h"
 #include "storage/lockdefs.h"
+#include "storage/lwlock.h"
 #include "utils/acl.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
@@ -26,12 +28,26 @@
 extern int	rmsg_max_payload_size;
 extern int	rmsg_inline_payload_max;
 extern bool rmsg_lazy_leases;
+extern bool rmsg_lazy_caller_log;
+extern int	rmsg_last_call_depth;
+extern int	rmsg_max_components;
+
+/* The most replies per caller a callee can be told to keep. */
+#define RMSG_MAX_CALL_DEPTH 32
 
 /* shmem.c: shared memory, set up when we are preloaded */
+typedef enum RmsgLockId
+{
+	RMSG_LOCK_STATS,			/* stats.c: the per-queue counters */
+	RMSG_LOCK_COMPONENTS,		/* components.c: the called-component table */
+	RMSG_LOCK_COUNT
+} RmsgLockId;
+
 extern void RmsgRequireShmem(const char *what);
 extern void RmsgShmemRequest(void);
 extern uint64 RmsgCatalogGeneration(void);
 extern void RmsgBumpCatalogGeneration(void);
+extern TimestampTz RmsgIncarnation(void);
 
 /* wakeup.c: long polling, woken by committed puts */
 extern Size RmsgWakeupShmemSize(void);
@@ -43,9 +59,16 @@ extern void RmsgWaitPrepare(int32 queue_id);
 extern bool RmsgWaitSleep(int32 queue_id, TimestampTz until);
 extern void RmsgWaitCancel(void);
 
-/* commit_mode.c: transactions whose only writes are leases commit lazily */
-extern void RmsgLeaseWriteBegin(void);
-extern void RmsgLeaseWriteEnd(void);
+/* commit_mode.c: lazy commits for losable writes, stable ones for replies */
+typedef enum RmsgLazyKind
+{
+	RMSG_LAZY_LEASE,			/* get, nack, extend (rmsg.lazy_leases) */
+	RMSG_LAZY_CALLER_LOG		/* the caller's log of the contract */
+} RmsgLazyKind;
+
+extern void RmsgLazyWriteBegin(RmsgLazyKind kind);
+extern void RmsgLazyWriteEnd(void);
+extern void RmsgRequireStableCommit(void);
 extern void RmsgCommitModePreCommit(void);
 extern void RmsgCommitModeXactEnd(void);
 
@@ -60,6 +83,7 @@ typedef struct RmsgPlan
 
 extern int	RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 							bool latest_snapshot, long count);
+extern Datum RmsgSpiCopyVarlena(HeapTuple row, int col, bool *isnull);
 extern void RmsgSpiConnect(void);
 extern void RmsgSpiFinish(void);
 
@@ -190,9 +214,21 @@ extern bool RmsgStoreData(const RmsgQueue *queue, bytea *data,
 
 /* stats.c: rmsg.log_stats and the byte counts of rmsg.queues */
 extern Size RmsgStatsShmemSize(void);
-extern void RmsgStatsShmemInit(void *shared, bool found);
+extern void RmsgStatsShmemInit(void *shared, bool found, LWLock *lock);
 extern void RmsgCountPut(int32 queue_id, const RmsgStoredData *stored);
 extern void RmsgCountCollected(int64 n);
+extern void RmsgCountForce(void);
+extern void RmsgCountForceAvoided(void);
 extern void RmsgQueueStatsForget(int32 queue_id);
+
+/* components.c: the called-component table of the contract (seeds 000, 003) */
+extern Size RmsgComponentsShmemSize(void);
+extern void RmsgComponentsShmemInit(LWLock *lock);
+extern bool RmsgBeforeSend(const char *caller, const char *callee);
+extern void RmsgReplyRecorded(const char *caller, const char *callee, int64 call_id);
+extern void RmsgComponentsXactEnd(bool committed);
+extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
+									 SubTransactionId parent);
+extern XLogRecPtr RmsgForceLog(void);
 
 #endif							/* RMSG_H */

@@ -118,9 +118,9 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, int64 interval, bool wake)
 	values[2] = TimestampTzGetDatum(now + interval);
 
 	RmsgSpiConnect();
-	RmsgLeaseWriteBegin();
+	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 	RmsgPlanExecute(plan, values, NULL, false, 0);
-	RmsgLeaseWriteEnd();
+	RmsgLazyWriteEnd();
 	if (SPI_processed == 0)
 	{
 		RmsgSpiFinish();

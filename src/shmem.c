@@ -17,6 +17,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #include "rmsg.h"
 
@@ -30,6 +31,8 @@ typedef struct RmsgSharedState
 {
 	/* bumped at the end of every transaction that changed the queue catalog */
 	pg_atomic_uint64 catalog_generation;
+	/* when this shared memory was made: it is made anew after every crash */
+	TimestampTz incarnation;
 } RmsgSharedState;
 
 static RmsgSharedState *shared_state = NULL;
@@ -38,9 +41,11 @@ static bool shmem_ready = false;
 static Size
 RmsgShmemSize(void)
 {
-	return add_size(add_size(MAXALIGN(sizeof(RmsgSharedState)),
-							 MAXALIGN(RmsgWakeupShmemSize())),
-					RmsgStatsShmemSize());
+	Size		size = MAXALIGN(sizeof(RmsgSharedState));
+
+	size = add_size(size, MAXALIGN(RmsgWakeupShmemSize()));
+	size = add_size(size, MAXALIGN(RmsgStatsShmemSize()));
+	return size;
 }
 
 /* Attach to (or create) the shared area and let each concern set up its part. */
@@ -49,16 +54,22 @@ RmsgShmemStartup(void)
 {
 	bool		found;
 	void	   *area;
+	LWLockPadded *locks = GetNamedLWLockTranche("recoverable_msg");
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	area = ShmemInitStruct("recoverable_msg", RmsgShmemSize(), &found);
 	shared_state = (RmsgSharedState *) area;
 	if (!found)
+	{
 		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
+		shared_state->incarnation = GetCurrentTimestamp();
+	}
 	area = (char *) area + MAXALIGN(sizeof(RmsgSharedState));
 	RmsgWakeupShmemInit(area, found);
 	area = (char *) area + MAXALIGN(RmsgWakeupShmemSize());
-	RmsgStatsShmemInit(area, found);
+	RmsgStatsShmemInit(area, found, &locks[RMSG_LOCK_STATS].lock);
+	/* a hash table of its own: ShmemInitHash places it */
+	RmsgComponentsShmemInit(&locks[RMSG_LOCK_COMPONENTS].lock);
 	LWLockRelease(AddinShmemInitLock);
 
 	shmem_ready = true;
@@ -70,8 +81,8 @@ RmsgShmemRequestHook(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(RmsgShmemSize());
-	RequestNamedLWLockTranche("recoverable_msg", 1);
+	RequestAddinShmemSpace(add_size(RmsgShmemSize(), RmsgComponentsShmemSize()));
+	RequestNamedLWLockTranche("recoverable_msg", RMSG_LOCK_COUNT);
 }
 #endif
 
@@ -91,8 +102,8 @@ RmsgShmemRequest(void)
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = RmsgShmemRequestHook;
 #else
-	RequestAddinShmemSpace(RmsgShmemSize());
-	RequestNamedLWLockTranche("recoverable_msg", 1);
+	RequestAddinShmemSpace(add_size(RmsgShmemSize(), RmsgComponentsShmemSize()));
+	RequestNamedLWLockTranche("recoverable_msg", RMSG_LOCK_COUNT);
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = RmsgShmemStartupHook;
@@ -106,6 +117,18 @@ uint64
 RmsgCatalogGeneration(void)
 {
 	return shmem_ready ? pg_atomic_read_u64(&shared_state->catalog_generation) : 0;
+}
+
+/*
+ * When this server's shared memory was made, which happens at start and
+ * again after every crash: a caller that was restarted in an earlier
+ * incarnation may have lost log writes since (caller.c).
+ */
+TimestampTz
+RmsgIncarnation(void)
+{
+	RmsgRequireShmem("the committed interaction contract");
+	return shared_state->incarnation;
 }
 
 void

@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "fmgr.h"
 #include "optimizer/cost.h"
 #include "utils/snapmgr.h"
 
@@ -109,4 +110,19 @@ RmsgSpiFinish(void)
 {
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
+}
+
+/*
+ * A varlena column (bytea, jsonb) of an SPI result row, detoasted and
+ * copied out of SPI's memory so that it outlives SPI_finish.
+ */
+Datum
+RmsgSpiCopyVarlena(HeapTuple row, int col, bool *isnull)
+{
+	Datum		value = SPI_getbinval(row, SPI_tuptable->tupdesc, col, isnull);
+
+	if (*isnull)
+		return (Datum) 0;
+	return SPI_datumTransfer(PointerGetDatum(PG_DETOAST_DATUM_PACKED(value)),
+							 false, -1);
 }

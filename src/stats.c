@@ -65,14 +65,14 @@ RmsgStatsShmemSize(void)
 
 /* Called under AddinShmemInitLock with our part of the shared area. */
 void
-RmsgStatsShmemInit(void *shared, bool found)
+RmsgStatsShmemInit(void *shared, bool found, LWLock *lock)
 {
 	HASHCTL		info;
 
 	stats = (RmsgLogCounters *) shared;
 	if (!found)
 	{
-		stats->lock = &(GetNamedLWLockTranche("recoverable_msg"))->lock;
+		stats->lock = lock;
 		stats->since = GetCurrentTimestamp();
 		pg_atomic_init_u64(&stats->forces, 0);
 		pg_atomic_init_u64(&stats->forces_avoided, 0);
@@ -141,6 +141,22 @@ RmsgCountPut(int32 queue_id, const RmsgStoredData *stored)
 		if (entry != NULL)
 			pg_atomic_fetch_add_u64(&entry->bytes_written, stored->size);
 	}
+}
+
+/* The WAL was forced for the contract (components.c). */
+void
+RmsgCountForce(void)
+{
+	if (stats != NULL)
+		pg_atomic_fetch_add_u64(&stats->forces, 1);
+}
+
+/* A call was sent without a force the prior art would have made. */
+void
+RmsgCountForceAvoided(void)
+{
+	if (stats != NULL)
+		pg_atomic_fetch_add_u64(&stats->forces_avoided, 1);
 }
 
 void
