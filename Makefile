@@ -9,11 +9,12 @@ DATA = $(wildcard sql/recoverable_msg--*.sql)
 
 # pg_regress inputs live in sql/, their outputs in expected/; the tests need
 # the library preloaded, which test/check.sh arranges through --temp-config.
-REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view dedup_tokens dedup_fanout
+REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view dedup_tokens dedup_fanout \
+          contract_caller contract_callee
 REGRESS_OPTS = --load-extension=recoverable_msg
 
 # Isolation specs for races, kept under test/ with their expected outputs.
-ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put
+ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put contract_race
 ISOLATION_OPTS = --inputdir=test
 
 TAP_TESTS = 1
