@@ -10,6 +10,7 @@
 #   free_port                        print a TCP port nobody listens on
 #   run_as_pg CMD...                 run CMD as the postgres OS user when root
 #   build_and_install [MAKE_ARG...]  clean, build (-Werror by default), install
+#   start_bench_cluster, start_named_cluster: scratch servers for benchmarks
 #
 # Everything a run creates (data directories, sockets, logs, copies of the
 # source tree) lives under WORK, so runs never touch the Debian default
@@ -153,6 +154,36 @@ start_bench_cluster() {
     } >>"$data/postgresql.conf"
     run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null || { cat "$WORK/server.log"; die "the server did not start"; }
     export PGHOST=$WORK PGPORT=$PORT PGDATABASE=postgres
+}
+
+# Like start_bench_cluster, for a script that runs more than one server:
+# starts cluster NAME in WORK/NAME_data, with its socket in a directory of
+# its own (WORK/NAME_sock, so two servers never share a socket path even on
+# the same port number), logs in WORK/NAME-initdb.log and WORK/NAME-server.log,
+# the library preloaded.  Each argument after NAME is one more
+# postgresql.conf line.  Sets PGHOST_NAME and PGPORT_NAME (NAME must be a
+# valid shell identifier) and leaves PGHOST, PGPORT and PGDATABASE alone:
+# the script points each command at its server.  cleanup_workdir stops it.
+start_named_cluster() {
+    local name=$1 data sock port line
+    shift
+    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "cluster name '$name' is not a shell identifier"
+    data=$WORK/${name}_data
+    sock=$WORK/${name}_sock
+    port=$(free_port)
+    mkdir -p "$sock"
+    give_to_pg "$sock"
+    run_as_pg initdb -D "$data" -A trust >"$WORK/$name-initdb.log" 2>&1 ||
+        { cat "$WORK/$name-initdb.log"; die "initdb failed for cluster $name"; }
+    {
+        printf '%s\n' "port = $port" "listen_addresses = ''" "unix_socket_directories = '$sock'" \
+            "shared_preload_libraries = 'recoverable_msg'"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >>"$data/postgresql.conf"
+    run_as_pg pg_ctl -D "$data" -l "$WORK/$name-server.log" -w start >/dev/null ||
+        { cat "$WORK/$name-server.log"; die "the server of cluster $name did not start"; }
+    printf -v "PGHOST_$name" '%s' "$sock"
+    printf -v "PGPORT_$name" '%s' "$port"
 }
 
 # True when something listens on TCP port $1 or a PostgreSQL socket lock for it
