@@ -213,13 +213,13 @@ measure_script() {
     # pg_stat_wal now, and again after the calls, so that the readings
     # bracket exactly the measured calls.
     echo 'SELECT pg_stat_force_next_flush();'
-    echo "SELECT dblink_exec('callee', 'SELECT pg_stat_force_next_flush()');"
+    echo "SELECT x FROM dblink('callee', 'SELECT 1 FROM pg_stat_force_next_flush()') AS t(x int);"
     echo "SELECT s AS s0, f AS f0, a AS a0, pf AS pf0, cs AS cs0, cck AS cck0, ck AS ck0,
                  extract(epoch FROM clock_timestamp()) AS t0 FROM ($counters) x \\gset"
     echo "CALL run_calls('$caller', $n, $WARMUP, $CALLS, '$mode');"
     echo "SELECT extract(epoch FROM clock_timestamp()) AS t1 \\gset"
     echo 'SELECT pg_stat_force_next_flush();'
-    echo "SELECT dblink_exec('callee', 'SELECT pg_stat_force_next_flush()');"
+    echo "SELECT x FROM dblink('callee', 'SELECT 1 FROM pg_stat_force_next_flush()') AS t(x int);"
     echo '\o'
     echo "SELECT s - :s0, f - :f0, a - :a0, pf - :pf0, cs - :cs0, :t1 - :t0,
                  (SELECT n FROM dblink('callee', 'SELECT count(*) FROM work WHERE caller = ''$caller''')
@@ -233,7 +233,7 @@ measure_script() {
 # "wal_sync/call forces/call avoided/call prepare_call-forces/call
 #  callee-wal_sync/call calls/s".
 measure() {
-    local round=$1 n=$2 mode=$3 caller f out sync forces avoided pforces csync secs done logged ckpt
+    local round=$1 n=$2 mode=$3 caller f out sync forces avoided pforces csync secs ndone logged ckpt
     caller=c${round}_n${n}_$mode
     f=$WORK/scripts/$caller.sql
     measure_script "$caller" "$n" "$mode" >"$f"
@@ -243,11 +243,11 @@ measure() {
         cat "$WORK/psql.err" >&2
         die "psql failed for $caller (script $f; RMSG_KEEP_WORK=1 keeps it)"
     }
-    read -r sync forces avoided pforces csync secs done logged ckpt <<<"$out"
+    read -r sync forces avoided pforces csync secs ndone logged ckpt <<<"$out"
     # Every call must have been done once by the callee and have its reply
     # logged, or the figures are not those of the calls we think.
-    [[ $done == $((WARMUP + CALLS)) && $logged == $((WARMUP + CALLS)) ]] ||
-        die "$caller: the callee did $done calls and the caller logged $logged replies, not $((WARMUP + CALLS))"
+    [[ $ndone == $((WARMUP + CALLS)) && $logged == $((WARMUP + CALLS)) ]] ||
+        die "$caller: the callee did $ndone calls and the caller logged $logged replies, not $((WARMUP + CALLS))"
     [[ $ckpt == f ]] || printf 'WARNING: a checkpoint started during %s; its syncs are in the figures\n' "$caller"
     awk -v c="$CALLS" -v s="$sync" -v f="$forces" -v a="$avoided" -v p="$pforces" -v cs="$csync" -v t="$secs" 'BEGIN {
         printf "%.4f %.4f %.4f %.4f %.4f %.1f\n", s / c, f / c, a / c, p / c, cs / c, c / t }' \
