@@ -7,7 +7,7 @@
 -- in the TAP test 005.
 --
 \pset null '(null)'
-CREATE FUNCTION sqlstate_of(statement text) RETURNS text
+CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE statement;

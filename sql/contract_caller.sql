@@ -7,7 +7,7 @@
 -- vary (after force_log); the TAP test 005 covers the forces.
 --
 \pset null '(null)'
-CREATE FUNCTION sqlstate_of(statement text) RETURNS text
+CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE statement;

@@ -32,8 +32,10 @@ void		_PG_init(void);
 
 /*
  * One callback for every transaction end, so that the files it concerns do
- * not each register their own: lease-only commits go lazy before the commit
- * record is written, and waiters are woken once the commit is visible.
+ * not each register their own: a commit's mode (lazy or stable) is settled
+ * before its commit record is written, the contract notes the CLSNs of the
+ * replies it logged once it is written, and waiters are woken once the
+ * commit is visible.
  * Nothing here may raise an error after PRE_COMMIT.
  *
  * A prepared transaction ends in this backend at PREPARE and is committed
@@ -125,13 +127,18 @@ DefineSettings(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("rmsg.max_components",
-							"Entries in the shared called-component table.",
-							"One entry per caller and callee called since the server started; an entry whose replies are stable may be evicted.",
-							&rmsg_max_components,
-							1024, 16, 1024 * 1024,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
+	/*
+	 * It sizes shared memory, so it exists only when we are preloaded (a
+	 * PGC_POSTMASTER setting defined later is a FATAL error).
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("rmsg.max_components",
+								"Entries in the shared called-component table.",
+								"One entry per caller and callee called since the server started; an entry whose replies are stable may be evicted.",
+								&rmsg_max_components,
+								1024, 16, 1024 * 1024,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("rmsg");
