@@ -105,7 +105,7 @@ CREATE TABLE rmsg.call_log (
     request         bytea,
     reply           bytea,          -- NULL until rmsg.record_reply
     PRIMARY KEY (caller, call_id)
-);
+) WITH (fillfactor = 70);           -- room for record_reply's HOT update
 -- prepare_call checks that the previous call to the same callee has its reply
 CREATE INDEX call_log_callee_idx ON rmsg.call_log (caller, callee, call_id);
 COMMENT ON TABLE rmsg.call_log IS 'the calls of each caller since its last checkpoint, with their replies';

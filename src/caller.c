@@ -53,17 +53,30 @@ PG_FUNCTION_INFO_V1(rmsg_force_log);
 PG_FUNCTION_INFO_V1(rmsg_checkpoint);
 PG_FUNCTION_INFO_V1(rmsg_restart);
 
-/* Takes the next call id and the caller's row lock.  $1 caller */
+/*
+ * Takes the next call id and the caller's row lock, and reads what the log
+ * holds under that id and the caller's previous call to the callee.
+ * $1 caller, $2 callee
+ */
 static RmsgPlan take_call_id_plan = {
-	"UPDATE rmsg.caller SET next_call_id = next_call_id + 1"
-	" WHERE caller = $1 RETURNING next_call_id - 1, incarnation",
-	1, {TEXTOID}
+	"WITH taken AS ("
+	"  UPDATE rmsg.caller SET next_call_id = next_call_id + 1"
+	"   WHERE caller = $1 RETURNING next_call_id - 1 AS call_id, incarnation)"
+	" SELECT t.call_id, t.incarnation, l.callee, l.request, l.reply,"
+	"        p.call_id, p.replied"
+	"   FROM taken t"
+	"   LEFT JOIN rmsg.call_log l ON l.caller = $1 AND l.call_id = t.call_id"
+	"   LEFT JOIN LATERAL ("
+	"        SELECT c.call_id, c.reply IS NOT NULL AS replied FROM rmsg.call_log c"
+	"         WHERE c.caller = $1 AND c.callee = $2 AND c.call_id < t.call_id"
+	"         ORDER BY c.call_id DESC LIMIT 1) p ON true",
+	2, {TEXTOID, TEXTOID}
 };
 
 /* A caller's first call.  $1 caller, $2 incarnation */
 static RmsgPlan new_caller_plan = {
 	"INSERT INTO rmsg.caller (caller, next_call_id, incarnation)"
-	" VALUES ($1, 2, $2) ON CONFLICT (caller) DO NOTHING",
+	" VALUES ($1, 1, $2) ON CONFLICT (caller) DO NOTHING",
 	2, {TEXTOID, TIMESTAMPTZOID}
 };
 
@@ -72,14 +85,6 @@ static RmsgPlan logged_call_plan = {
 	"SELECT callee, request, reply FROM rmsg.call_log"
 	" WHERE caller = $1 AND call_id = $2",
 	2, {TEXTOID, INT8OID}
-};
-
-/* The caller's previous call to a callee.  $1 caller, $2 callee, $3 call_id */
-static RmsgPlan previous_call_plan = {
-	"SELECT call_id, reply IS NOT NULL FROM rmsg.call_log"
-	" WHERE caller = $1 AND callee = $2 AND call_id < $3"
-	" ORDER BY call_id DESC LIMIT 1",
-	3, {TEXTOID, TEXTOID, INT8OID}
 };
 
 /* $1 caller, $2 call_id, $3 callee, $4 request */
@@ -95,11 +100,18 @@ static RmsgPlan incarnation_plan = {
 	1, {TEXTOID}
 };
 
-/* $1 caller, $2 call_id, $3 reply */
+/*
+ * The common case in one statement: a call without a reply, of a caller
+ * restarted in this incarnation.  $1 caller, $2 call_id, $3 reply,
+ * $4 incarnation
+ */
 static RmsgPlan record_reply_plan = {
-	"UPDATE rmsg.call_log SET reply = $3"
-	" WHERE caller = $1 AND call_id = $2 AND reply IS NULL RETURNING callee",
-	3, {TEXTOID, INT8OID, BYTEAOID}
+	"UPDATE rmsg.call_log l SET reply = $3"
+	"  FROM rmsg.caller c"
+	" WHERE l.caller = $1 AND l.call_id = $2 AND l.reply IS NULL"
+	"   AND c.caller = $1 AND c.incarnation = $4"
+	" RETURNING l.callee",
+	4, {TEXTOID, INT8OID, BYTEAOID, TIMESTAMPTZOID}
 };
 
 /* $1 caller, $2 state */
@@ -145,16 +157,25 @@ static RmsgPlan new_caller_restart_plan = {
 	2, {TEXTOID, TIMESTAMPTZOID}
 };
 
-/* Runs a statement that writes the caller's log: lazily committed. */
-static int
-LogWrite(RmsgPlan *plan, Datum *values, const bool *isnull)
+/*
+ * Everything a contract function writes is the caller's log, committed
+ * lazily (commit_mode.c): its statements, and the WAL their reads may write
+ * as a side effect, such as pruning old row versions of rmsg.call_log.
+ * Each function connects to SPI and marks the start of its log writes in
+ * one go, and marks their end as it finishes.
+ */
+static void
+LogBegin(void)
 {
-	int			rc;
-
+	RmsgSpiConnect();
 	RmsgLazyWriteBegin(RMSG_LAZY_CALLER_LOG);
-	rc = RmsgPlanExecute(plan, values, isnull, false, 0);
+}
+
+static void
+LogEnd(void)
+{
 	RmsgLazyWriteEnd();
-	return rc;
+	RmsgSpiFinish();
 }
 
 /* Column col of the first result row; *isnull says whether it is NULL. */
@@ -218,19 +239,8 @@ CheckSameCall(const char *caller, int64 call_id, const char *callee,
  * that reply for good.
  */
 static void
-CheckPreviousCallReplied(const char *caller, const char *callee, int64 call_id)
+ReportUnrepliedCall(const char *caller, const char *callee, int64 previous)
 {
-	Datum		values[3];
-	bool		isnull;
-	int64		previous;
-
-	values[0] = CStringGetTextDatum(caller);
-	values[1] = CStringGetTextDatum(callee);
-	values[2] = Int64GetDatum(call_id);
-	RmsgPlanExecute(&previous_call_plan, values, NULL, false, 0);
-	if (SPI_processed == 0 || DatumGetBool(ResultValue(2, &isnull)))
-		return;
-	previous = DatumGetInt64(ResultValue(1, &isnull));
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("call " INT64_FORMAT " of caller \"%s\" to \"%s\" has no recorded reply",
@@ -275,35 +285,34 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	RmsgSpiConnect();
+	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
-	values[1] = TimestampTzGetDatum(RmsgIncarnation());
-	LogWrite(&take_call_id_plan, values, NULL);
+	values[1] = CStringGetTextDatum(callee);
+	RmsgPlanExecute(&take_call_id_plan, values, NULL, false, 0);
 	if (SPI_processed == 0)
 	{
-		LogWrite(&new_caller_plan, values, NULL);
-		if (SPI_processed == 0) /* another session made it just now */
-			LogWrite(&take_call_id_plan, values, NULL);
-	}
-	if (SPI_tuptable != NULL && SPI_processed > 0)
-	{
-		call_id = DatumGetInt64(ResultValue(1, &isnull));
-		CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(2, &isnull)));
-	}
-	else
-		call_id = 1;
+		Datum		new_caller[2];
 
-	values[1] = Int64GetDatum(call_id);
-	RmsgPlanExecute(&logged_call_plan, values, NULL, false, 0);
-	logged = SPI_processed > 0;
+		new_caller[0] = values[0];
+		new_caller[1] = TimestampTzGetDatum(RmsgIncarnation());
+		RmsgPlanExecute(&new_caller_plan, new_caller, NULL, false, 0);
+		RmsgPlanExecute(&take_call_id_plan, values, NULL, false, 0);
+		if (SPI_processed == 0)
+			elog(ERROR, "caller \"%s\" vanished while its first call was prepared", caller);
+	}
+	call_id = DatumGetInt64(ResultValue(1, &isnull));
+	CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(2, &isnull)));
+
+	(void) ResultValue(3, &isnull);
+	logged = !isnull;
 	if (logged)
 	{
 		bool		logged_request_null;
-		Datum		logged_request = ResultValue(2, &logged_request_null);
-		Datum		reply = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 3, &result_nulls[2]);
+		Datum		logged_request = ResultValue(4, &logged_request_null);
+		Datum		reply = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 5, &result_nulls[2]);
 
 		CheckSameCall(caller, call_id, callee,
-					  TextDatumGetCString(ResultValue(1, &isnull)),
+					  TextDatumGetCString(ResultValue(3, &isnull)),
 					  request, request_null, logged_request, logged_request_null);
 		result[2] = reply;
 	}
@@ -311,17 +320,23 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	/* Not replayed: this call is sent. */
 	if (result_nulls[2])
 	{
-		CheckPreviousCallReplied(caller, callee, call_id);
+		bool		no_previous;
+		bool		previous_replied = DatumGetBool(ResultValue(7, &no_previous));
+
+		if (!no_previous && !previous_replied)
+			ReportUnrepliedCall(caller, callee,
+								DatumGetInt64(ResultValue(6, &isnull)));
 		forced = RmsgBeforeSend(caller, callee);
 		if (!logged)
 		{
+			values[1] = Int64GetDatum(call_id);
 			values[2] = CStringGetTextDatum(callee);
 			values[3] = request;
 			nulls[3] = request_null;
-			LogWrite(&log_call_plan, values, nulls);
+			RmsgPlanExecute(&log_call_plan, values, nulls, false, 0);
 		}
 	}
-	RmsgSpiFinish();
+	LogEnd();
 
 	result[0] = Int64GetDatum(call_id);
 	result[1] = BoolGetDatum(forced);
@@ -340,7 +355,7 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
 	int64		call_id;
 	Datum		reply;
-	Datum		values[3];
+	Datum		values[4];
 	bool		isnull;
 
 	RmsgCheckName(caller, "caller");
@@ -358,26 +373,24 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(2)));
 	RmsgRequireShmem("the committed interaction contract");
 
-	RmsgSpiConnect();
+	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = Int64GetDatum(call_id);
 	values[2] = reply;
-	RmsgPlanExecute(&incarnation_plan, values, NULL, false, 0);
+	values[3] = TimestampTzGetDatum(RmsgIncarnation());
+	RmsgPlanExecute(&record_reply_plan, values, NULL, false, 0);
 	if (SPI_processed > 0)
-		CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(1, &isnull)));
-
-	LogWrite(&record_reply_plan, values, NULL);
-	if (SPI_processed > 0)
-	{
-		char	   *callee = TextDatumGetCString(ResultValue(1, &isnull));
-
-		RmsgReplyRecorded(caller, callee, call_id);
-	}
+		RmsgReplyRecorded(caller, TextDatumGetCString(ResultValue(1, &isnull)),
+						  call_id);
 	else
 	{
+		/* Why not: the caller needs a restart, or the call is unknown or replied. */
 		Datum		logged_reply;
 		bool		logged_null;
 
+		RmsgPlanExecute(&incarnation_plan, values, NULL, false, 0);
+		if (SPI_processed > 0)
+			CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(1, &isnull)));
 		RmsgPlanExecute(&logged_call_plan, values, NULL, false, 0);
 		if (SPI_processed == 0)
 			ereport(ERROR,
@@ -391,7 +404,7 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 					 errmsg("call " INT64_FORMAT " of caller \"%s\" already has a different reply",
 							call_id, caller)));
 	}
-	RmsgSpiFinish();
+	LogEnd();
 	PG_RETURN_VOID();
 }
 
@@ -431,20 +444,20 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 				 errmsg("state must not be null")));
 	RmsgRequireShmem("the committed interaction contract");
 
-	RmsgSpiConnect();
+	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = PG_GETARG_DATUM(1);
 	values[2] = TimestampTzGetDatum(RmsgIncarnation());
-	LogWrite(&checkpoint_plan, values, NULL);
+	RmsgPlanExecute(&checkpoint_plan, values, NULL, false, 0);
 	if (SPI_processed == 0)
 	{
-		LogWrite(&new_caller_checkpoint_plan, values, NULL);
+		RmsgPlanExecute(&new_caller_checkpoint_plan, values, NULL, false, 0);
 		if (SPI_processed == 0)
-			LogWrite(&checkpoint_plan, values, NULL);
+			RmsgPlanExecute(&checkpoint_plan, values, NULL, false, 0);
 	}
 	if (SPI_tuptable == NULL || SPI_processed == 0)
 	{
-		RmsgSpiFinish();
+		LogEnd();
 		PG_RETURN_VOID();		/* a new caller: nothing to cover */
 	}
 	covered = DatumGetInt64(ResultValue(1, &isnull));
@@ -458,8 +471,8 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 				 errmsg("call " INT64_FORMAT " of caller \"%s\" has no recorded reply",
 						DatumGetInt64(ResultValue(1, &isnull)), caller),
 				 errhint("Record its reply with rmsg.record_reply before the checkpoint.")));
-	LogWrite(&forget_calls_plan, values, NULL);
-	RmsgSpiFinish();
+	RmsgPlanExecute(&forget_calls_plan, values, NULL, false, 0);
+	LogEnd();
 	PG_RETURN_VOID();
 }
 
@@ -480,21 +493,21 @@ rmsg_restart(PG_FUNCTION_ARGS)
 	RmsgCheckName(caller, "caller");
 	RmsgRequireShmem("the committed interaction contract");
 
-	RmsgSpiConnect();
+	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = TimestampTzGetDatum(RmsgIncarnation());
-	LogWrite(&restart_plan, values, NULL);
+	RmsgPlanExecute(&restart_plan, values, NULL, false, 0);
 	if (SPI_processed == 0)
 	{
-		LogWrite(&new_caller_restart_plan, values, NULL);
+		RmsgPlanExecute(&new_caller_restart_plan, values, NULL, false, 0);
 		if (SPI_processed == 0)
-			LogWrite(&restart_plan, values, NULL);
+			RmsgPlanExecute(&restart_plan, values, NULL, false, 0);
 	}
 	if (SPI_tuptable != NULL && SPI_processed > 0)
 	{
 		state = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 1, &state_null);
 	}
-	RmsgSpiFinish();
+	LogEnd();
 	if (state_null)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(state);

@@ -34,6 +34,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -129,6 +130,25 @@ FlushedLsn(void)
 }
 
 /*
+ * The end of all WAL inserted so far, as a flush target.  The insert
+ * position is kept in "start of the next record" form: at a page boundary it
+ * points past the next page's header, at WAL that does not exist yet, and
+ * XLogFlush refuses a request beyond what exists.  The same position as an
+ * end of record is the page boundary itself.
+ */
+static XLogRecPtr
+InsertedEnd(void)
+{
+	XLogRecPtr	ptr = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(ptr, wal_segment_size) == SizeOfXLogLongPHD)
+		return ptr - SizeOfXLogLongPHD;
+	if (ptr % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return ptr - SizeOfXLogShortPHD;
+	return ptr;
+}
+
+/*
  * Removes the entry called longest ago among those that may be forgotten.
  * Returns false when none may.  Lock held exclusively.
  */
@@ -154,7 +174,7 @@ EvictOne(XLogRecPtr flushed)
 }
 
 /*
- * Flushes all WAL inserted so far.  Returns true when that took a write to
+ * Flushes the WAL up to target.  Returns true when that took a write to
  * disk, and counts it as a force then.
  */
 static bool
@@ -211,7 +231,7 @@ EnterComponent(const ComponentKey *key)
 					 errdetail("All %d entries belong to transactions that are recording replies.",
 							   rmsg_max_components),
 					 errhint("Increase rmsg.max_components.")));
-		(void) ForceUpTo(GetXLogInsertRecPtr());
+		(void) ForceUpTo(InsertedEnd());
 	}
 }
 
@@ -391,7 +411,7 @@ RmsgForceLog(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot force the log during recovery")));
-	(void) ForceUpTo(GetXLogInsertRecPtr());
+	(void) ForceUpTo(InsertedEnd());
 	return GetFlushRecPtr(NULL);
 }
 

@@ -123,5 +123,33 @@ is($node->safe_psql('postgres',
 is(call_once('p17'), 'f', 'after the rollback a new pair gets an entry');
 is(entries(), 16, 'the table stays at 16 entries');
 
+# force_log with the WAL insert position exactly at a page boundary, where
+# it points past the next page's header: the flush must stop at the
+# boundary, not ask for WAL that does not exist yet (an error then).
+my $boundary = $node->safe_psql('postgres', q{
+DO $$
+DECLARE
+    room int;
+BEGIN
+    FOR tries IN 1 .. 50 LOOP
+        room := 8192 - ((pg_current_wal_insert_lsn() - '0/0')::numeric % 8192)::int;
+        IF room < 400 THEN
+            PERFORM pg_logical_emit_message(false, 'pad', repeat('a', 300));
+            CONTINUE;
+        END IF;
+        -- record header 24, data header 5, message header 24, prefix 4
+        PERFORM pg_logical_emit_message(false, 'pad', repeat('a', room - 57));
+        IF (pg_current_wal_insert_lsn() - '0/0')::numeric % 8192 = 24 THEN
+            PERFORM rmsg.force_log('edge');
+            RAISE NOTICE 'at boundary';
+            RETURN;
+        END IF;
+    END LOOP;
+    RAISE EXCEPTION 'the WAL never reached a page boundary here';
+END $$;
+SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() - 24;
+});
+is($boundary, 't', 'force_log at a WAL page boundary flushes up to it');
+
 $node->stop;
 done_testing();
