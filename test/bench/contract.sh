@@ -48,17 +48,9 @@
 # one per call in every mode).  Force counts barely depend on the machine;
 # wall time does, so the table quotes medians of the rounds.  wal_sync minus
 # rmsg forces ("other syncs") is the walwriter's share, bounded in the
-# table, plus the caller's commits that flushed although the mode asked for
-# lazy ones: the extension commits a log write synchronously when its
-# transaction wrote other WAL between or after its log writes, and heap
-# pruning of rmsg.call_log by prepare_call's own reads is such WAL.
-#
-# rmsg.force_log flushes up to pg_current_wal_insert_lsn(), which at an
-# 8 kB page boundary points past the next page's header, at WAL that does
-# not exist: XLogFlush then flushes all there is and fails with "xlog flush
-# request ... is not satisfied".  'send' mode catches exactly that error
-# (the flush happened, only its count in rmsg.log_stats.forces is lost) and
-# counts it, so that a run completes; the report says how often it struck.
+# table, plus any caller commit that flushed although the mode asked for a
+# lazy one (the extension commits a log write under synchronous_commit when
+# its transaction wrote anything else).
 #
 # Targets (issue): with N callees the caller forces at most 1/N + 0.05
 # times per call (checked on the worst round, for rmsg.log_stats.forces and
@@ -174,19 +166,8 @@ setup_caller() {
                         v_callee := 's' || (i % ncallees);
                         req := convert_to(format('call %s to %s', i, v_callee), 'UTF8');
                         IF mode = 'send' THEN
-                            -- rmsg.force_log fails when the WAL insert
-                            -- position is at a page boundary, after flushing
-                            -- all there is (see the header): counted, and
-                            -- the force stands.
-                            BEGIN
-                                PERFORM rmsg.force_log(p_caller);
-                            EXCEPTION WHEN internal_error THEN
-                                IF SQLERRM NOT LIKE 'xlog flush request % is not satisfied%' THEN
-                                    RAISE;
-                                END IF;
-                                PERFORM set_config('bench.force_log_errors',
-                                    (current_setting('bench.force_log_errors')::int + 1)::text, false);
-                            END;
+                            -- one force: everything logged so far
+                            PERFORM rmsg.force_log(p_caller);
                         END IF;
                         SELECT p.call_id, p.logged_reply INTO cid, logged
                           FROM rmsg.prepare_call(p_caller, v_callee, req) p;
@@ -216,7 +197,7 @@ reset_state() {
 # callee, warm up, then CALLS calls between two readings of the counters.
 # Prints one line: caller wal_sync, rmsg forces, forces avoided,
 # prepare_call forces (called-component table), callee wal_sync (all
-# deltas), seconds, force_log errors caught, calls the callee did, replies
+# deltas), seconds, calls the callee did, replies
 # the caller logged, whether a checkpoint started meanwhile on either
 # cluster.
 measure_script() {
@@ -233,7 +214,6 @@ measure_script() {
     echo '\set ON_ERROR_STOP 1'
     echo '\o /dev/null'
     [[ $mode == every ]] && echo 'SET rmsg.lazy_caller_log = off;'
-    echo 'SET bench.force_log_errors = 0;'
     echo "SELECT dblink_connect('callee', '$conn');"
     echo "CALL run_calls('$caller', $n, 0, $WARMUP, '$mode');"
     # Our own pending statistics and those of the callee's backend go to
@@ -243,14 +223,12 @@ measure_script() {
     echo "SELECT x FROM dblink('callee', 'SELECT 1 FROM pg_stat_force_next_flush()') AS t(x int);"
     echo "SELECT s AS s0, f AS f0, a AS a0, pf AS pf0, cs AS cs0, cck AS cck0, ck AS ck0,
                  extract(epoch FROM clock_timestamp()) AS t0 FROM ($counters) x \\gset"
-    echo 'SET bench.force_log_errors = 0;'
     echo "CALL run_calls('$caller', $n, $WARMUP, $CALLS, '$mode');"
     echo "SELECT extract(epoch FROM clock_timestamp()) AS t1 \\gset"
     echo 'SELECT pg_stat_force_next_flush();'
     echo "SELECT x FROM dblink('callee', 'SELECT 1 FROM pg_stat_force_next_flush()') AS t(x int);"
     echo '\o'
     echo "SELECT s - :s0, f - :f0, a - :a0, pf - :pf0, cs - :cs0, :t1 - :t0,
-                 current_setting('bench.force_log_errors'),
                  (SELECT n FROM dblink('callee', 'SELECT count(*) FROM work WHERE caller = ''$caller''')
                                  AS w(n bigint)),
                  (SELECT count(reply) FROM rmsg.call_log WHERE caller = '$caller'),
@@ -262,10 +240,9 @@ measure_script() {
 # call unless said: "1 wal_sync 2 rmsg-forces 3 avoided 4 prepare_call-forces
 # 5 callee-wal_sync 6 calls/s 7 other-syncs (wal_sync - rmsg forces)
 # 8 walwriter-bound (the most background flushes the walwriter can have
-# made in the time: one per wal_writer_delay, plus one) 9 force_log errors
-# (a count) 10 seconds".
+# made in the time: one per wal_writer_delay, plus one) 9 seconds".
 measure() {
-    local round=$1 n=$2 mode=$3 caller f out sync forces avoided pforces csync secs flerr ndone logged ckpt
+    local round=$1 n=$2 mode=$3 caller f out sync forces avoided pforces csync secs ndone logged ckpt
     caller=c${round}_n${n}_$mode
     f=$WORK/scripts/$caller.sql
     measure_script "$caller" "$n" "$mode" >"$f"
@@ -275,17 +252,16 @@ measure() {
         cat "$WORK/psql.err" >&2
         die "psql failed for $caller (script $f; RMSG_KEEP_WORK=1 keeps it)"
     }
-    read -r sync forces avoided pforces csync secs flerr ndone logged ckpt <<<"$out"
+    read -r sync forces avoided pforces csync secs ndone logged ckpt <<<"$out"
     # Every call must have been done once by the callee and have its reply
     # logged, or the figures are not those of the calls we think.
     [[ $ndone == $((WARMUP + CALLS)) && $logged == $((WARMUP + CALLS)) ]] ||
         die "$caller: the callee did $ndone calls and the caller logged $logged replies, not $((WARMUP + CALLS))"
     [[ $ckpt == f ]] || printf 'WARNING: a checkpoint started during %s; its syncs are in the figures\n' "$caller"
-    [[ $flerr == 0 ]] || printf 'NOTE: rmsg.force_log failed %s time(s) in %s at a WAL page boundary (caught, see the header)\n' "$flerr" "$caller"
     awk -v c="$CALLS" -v s="$sync" -v f="$forces" -v a="$avoided" -v p="$pforces" -v cs="$csync" -v t="$secs" \
-        -v e="$flerr" -v d="$WALWRITER_DELAY_MS" 'BEGIN {
-        printf "%.4f %.4f %.4f %.4f %.4f %.1f %.4f %.4f %d %.3f\n", s / c, f / c, a / c, p / c, cs / c, c / t,
-            (s - f) / c, (int(t * 1000 / d) + 1) / c, e, t }' >>"$WORK/results/$n.$mode"
+        -v d="$WALWRITER_DELAY_MS" 'BEGIN {
+        printf "%.4f %.4f %.4f %.4f %.4f %.1f %.4f %.4f %.3f\n", s / c, f / c, a / c, p / c, cs / c, c / t,
+            (s - f) / c, (int(t * 1000 / d) + 1) / c, t }' >>"$WORK/results/$n.$mode"
     tail -n 1 "$WORK/results/$n.$mode" | awk -v n="$n" -v m="$mode" '{
         printf "  N=%d %-9s %6.3f wal_sync/call  %6.3f rmsg forces/call  %7.0f calls/s\n", n, m, $1, $2, $6 }'
 }
@@ -298,7 +274,7 @@ column_max() { awk -v c="$2" 'NR == 1 || $c > m { m = $c } END { print m }' "$WO
 mark_at_most() { awk -v v="$1" -v l="$2" 'BEGIN { print (v <= l + 1e-9) ? "target met" : "target MISSED" }'; }
 
 report() {
-    local n mode limit worst_f worst_s ratio_every ratio_send mark flerr
+    local n mode limit worst_f worst_s ratio_every ratio_send mark
     printf '\nper call, median of %d round(s) of %d calls after %d warm-up calls; caller cluster\n' \
         "$ROUNDS" "$CALLS" "$WARMUP"
     printf 'unless marked callee.  Target: caller forces/call <= 1/N + 0.05, checked on the worst\n'
@@ -336,8 +312,6 @@ report() {
     printf '  session'"'"'s last commit was not yet flushed.\n'
     printf 'callee wal_sync: the callee cluster'"'"'s fsyncs per call (its replies are stable).\n'
     printf 'calls/s: wall time of the CALL, dblink round trips and the callee'"'"'s work included.\n'
-    flerr=$(cat "$WORK"/results/*.send | awk '{ e += $9 } END { print e + 0 }')
-    printf 'rmsg.force_log failed at a WAL page boundary %d time(s) in the measured calls (caught).\n' "$flerr"
 
     printf '\ncalls per second, ratios of the medians (target in brackets):\n'
     for n in "${NS[@]}"; do
