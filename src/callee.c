@@ -53,20 +53,32 @@ static RmsgPlan kept_replies_plan = {
 	2, {TEXTOID, TEXTOID}
 };
 
-/* $1 callee, $2 caller, $3 call_id, $4 reply */
+/*
+ * Stores a reply and releases the replies beyond the newest $5 + 1, in one
+ * statement: the callee's hot path.  It stores nothing when the pair has a
+ * reply to this call or a newer one; it returns the newest call answered
+ * before and whether this one was, for rmsg.reply to raise the error (which
+ * takes any write back).  The CTEs share one snapshot, in which the new row
+ * is not yet there: keeping $5 of the earlier replies keeps $5 + 1 in all.
+ * $1 callee, $2 caller, $3 call_id, $4 reply, $5 depth - 1
+ */
 static RmsgPlan store_reply_plan = {
-	"INSERT INTO rmsg.last_call (callee, caller, call_id, reply)"
-	" VALUES ($1, $2, $3, $4)",
-	4, {TEXTOID, TEXTOID, INT8OID, BYTEAOID}
-};
-
-/* Keeps the newest $3 replies of the pair.  $1 callee, $2 caller, $3 depth */
-static RmsgPlan release_replies_plan = {
-	"DELETE FROM rmsg.last_call WHERE callee = $1 AND caller = $2"
-	"   AND call_id <= (SELECT call_id FROM rmsg.last_call"
-	"                    WHERE callee = $1 AND caller = $2"
-	"                    ORDER BY call_id DESC OFFSET $3 LIMIT 1)",
-	3, {TEXTOID, TEXTOID, INT8OID}
+	"WITH kept AS ("
+	"  SELECT max(call_id) AS newest, coalesce(bool_or(call_id = $3), false) AS answered"
+	"    FROM rmsg.last_call WHERE callee = $1 AND caller = $2),"
+	" stored AS ("
+	"  INSERT INTO rmsg.last_call (callee, caller, call_id, reply)"
+	"  SELECT $1, $2, $3, $4 FROM kept WHERE coalesce(newest, 0) < $3"
+	"  RETURNING 1),"
+	" released AS ("
+	"  DELETE FROM rmsg.last_call"
+	"   WHERE callee = $1 AND caller = $2 AND EXISTS (SELECT 1 FROM stored)"
+	"     AND call_id <= (SELECT call_id FROM rmsg.last_call"
+	"                      WHERE callee = $1 AND caller = $2"
+	"                      ORDER BY call_id DESC OFFSET $5 LIMIT 1)"
+	"  RETURNING 1)"
+	" SELECT newest, answered, (SELECT count(*) FROM released) FROM kept",
+	5, {TEXTOID, TEXTOID, INT8OID, BYTEAOID, INT8OID}
 };
 
 /* Waits for any other transaction answering this caller at this callee. */
@@ -205,6 +217,20 @@ rmsg_accept_call(PG_FUNCTION_ARGS)
 													  result, result_nulls)));
 }
 
+/* The oldest reply kept for the pair, for an error message. */
+static int64
+OldestKept(Datum *pair)
+{
+	bool		isnull;
+	int64		oldest = 0;
+
+	RmsgPlanExecute(&kept_replies_plan, pair, NULL, true, 0);
+	if (SPI_processed > 0)
+		oldest = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[SPI_processed - 1],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	return oldest;
+}
+
 /*
  * rmsg.reply(callee, caller, call_id, reply): stores the reply with the
  * work of this transaction, stably, and releases the replies to that
@@ -216,7 +242,10 @@ rmsg_reply(PG_FUNCTION_ARGS)
 	char	   *callee = RmsgTextArg(fcinfo, 0, "callee");
 	char	   *caller = RmsgTextArg(fcinfo, 1, "caller");
 	int64		call_id = CallIdArg(fcinfo, 2);
-	Datum		values[4];
+	Datum		values[5];
+	Datum		newest;
+	bool		no_reply_yet;
+	bool		isnull;
 
 	RmsgCheckName(callee, "callee");
 	RmsgCheckName(caller, "caller");
@@ -233,15 +262,18 @@ rmsg_reply(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(caller);
 	values[2] = Int64GetDatum(call_id);
 	values[3] = PG_GETARG_DATUM(3);
-	if (KeptReply(values, callee, caller, call_id) != NULL)
+	values[4] = Int64GetDatum((int64) rmsg_last_call_depth - 1);
+	/* the newest committed replies, even under REPEATABLE READ */
+	RmsgPlanExecute(&store_reply_plan, values, NULL, true, 0);
+	newest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_reply_yet);
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("call " INT64_FORMAT " from caller \"%s\" already has a reply from callee \"%s\"",
 						call_id, caller, callee),
 				 errhint("Check rmsg.accept_call before doing a call's work.")));
-	RmsgPlanExecute(&store_reply_plan, values, NULL, false, 0);
-	values[2] = Int64GetDatum((int64) rmsg_last_call_depth);
-	RmsgPlanExecute(&release_replies_plan, values, NULL, false, 0);
+	if (!no_reply_yet && DatumGetInt64(newest) > call_id)
+		ReportNotKept(callee, caller, call_id, OldestKept(values), DatumGetInt64(newest));
 	RmsgSpiFinish();
 
 	RmsgRequireStableCommit();

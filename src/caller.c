@@ -54,23 +54,33 @@ PG_FUNCTION_INFO_V1(rmsg_checkpoint);
 PG_FUNCTION_INFO_V1(rmsg_restart);
 
 /*
- * Takes the next call id and the caller's row lock, and reads what the log
- * holds under that id and the caller's previous call to the callee.
- * $1 caller, $2 callee
+ * Takes the next call id and the caller's row lock, reads what the log
+ * holds under that id and the caller's previous call to the callee, and
+ * logs the call unless the log has it already, all in one statement: it is
+ * the caller's hot path.  Should a check of the results fail, the error
+ * takes the insert back with it.  The CTEs share one snapshot, so the reads
+ * never see the row the insert adds.  $1 caller, $2 callee, $3 request
  */
 static RmsgPlan take_call_id_plan = {
 	"WITH taken AS ("
 	"  UPDATE rmsg.caller SET next_call_id = next_call_id + 1"
-	"   WHERE caller = $1 RETURNING next_call_id - 1 AS call_id, incarnation)"
+	"   WHERE caller = $1 RETURNING next_call_id - 1 AS call_id, incarnation),"
+	" logged AS ("
+	"  SELECT l.callee, l.request, l.reply FROM taken t"
+	"    JOIN rmsg.call_log l ON l.caller = $1 AND l.call_id = t.call_id),"
+	" added AS ("
+	"  INSERT INTO rmsg.call_log (caller, call_id, callee, request)"
+	"  SELECT $1, t.call_id, $2, $3 FROM taken t"
+	"   WHERE NOT EXISTS (SELECT 1 FROM logged) RETURNING 1)"
 	" SELECT t.call_id, t.incarnation, l.callee, l.request, l.reply,"
-	"        p.call_id, p.replied"
+	"        p.call_id, p.replied, (SELECT count(*) FROM added)"
 	"   FROM taken t"
-	"   LEFT JOIN rmsg.call_log l ON l.caller = $1 AND l.call_id = t.call_id"
+	"   LEFT JOIN logged l ON true"
 	"   LEFT JOIN LATERAL ("
 	"        SELECT c.call_id, c.reply IS NOT NULL AS replied FROM rmsg.call_log c"
 	"         WHERE c.caller = $1 AND c.callee = $2 AND c.call_id < t.call_id"
 	"         ORDER BY c.call_id DESC LIMIT 1) p ON true",
-	2, {TEXTOID, TEXTOID}
+	3, {TEXTOID, TEXTOID, BYTEAOID}
 };
 
 /* A caller's first call.  $1 caller, $2 incarnation */
@@ -85,13 +95,6 @@ static RmsgPlan logged_call_plan = {
 	"SELECT callee, request, reply FROM rmsg.call_log"
 	" WHERE caller = $1 AND call_id = $2",
 	2, {TEXTOID, INT8OID}
-};
-
-/* $1 caller, $2 call_id, $3 callee, $4 request */
-static RmsgPlan log_call_plan = {
-	"INSERT INTO rmsg.call_log (caller, call_id, callee, request)"
-	" VALUES ($1, $2, $3, $4)",
-	4, {TEXTOID, INT8OID, TEXTOID, BYTEAOID}
 };
 
 /* $1 caller */
@@ -256,9 +259,9 @@ ReportUnrepliedCall(const char *caller, const char *callee, int64 previous)
  *
  * The caller's next call id.  When the log already holds a reply under it
  * (the caller is replaying after rmsg.restart), that reply is returned and
- * the call must not be sent.  Otherwise the call is logged and the WAL is
- * forced first iff the callee is about to release a reply that is not yet
- * stable here.
+ * the call must not be sent.  Otherwise the call is logged (if it is not
+ * already) and the WAL is forced first iff the callee is about to release a
+ * reply that is not yet stable here.
  */
 Datum
 rmsg_prepare_call(PG_FUNCTION_ARGS)
@@ -268,8 +271,8 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	bool		request_null = PG_ARGISNULL(2);
 	Datum		request = request_null ? (Datum) 0 : PG_GETARG_DATUM(2);
 	TupleDesc	tupdesc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
 	Datum		result[3];
 	bool		result_nulls[3] = {false, false, true};
 	int64		call_id;
@@ -288,7 +291,9 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = CStringGetTextDatum(callee);
-	RmsgPlanExecute(&take_call_id_plan, values, NULL, false, 0);
+	values[2] = request;
+	nulls[2] = request_null;
+	RmsgPlanExecute(&take_call_id_plan, values, nulls, false, 0);
 	if (SPI_processed == 0)
 	{
 		Datum		new_caller[2];
@@ -296,7 +301,7 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 		new_caller[0] = values[0];
 		new_caller[1] = TimestampTzGetDatum(RmsgIncarnation());
 		RmsgPlanExecute(&new_caller_plan, new_caller, NULL, false, 0);
-		RmsgPlanExecute(&take_call_id_plan, values, NULL, false, 0);
+		RmsgPlanExecute(&take_call_id_plan, values, nulls, false, 0);
 		if (SPI_processed == 0)
 			elog(ERROR, "caller \"%s\" vanished while its first call was prepared", caller);
 	}
@@ -327,14 +332,6 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 			ReportUnrepliedCall(caller, callee,
 								DatumGetInt64(ResultValue(6, &isnull)));
 		forced = RmsgBeforeSend(caller, callee);
-		if (!logged)
-		{
-			values[1] = Int64GetDatum(call_id);
-			values[2] = CStringGetTextDatum(callee);
-			values[3] = request;
-			nulls[3] = request_null;
-			RmsgPlanExecute(&log_call_plan, values, nulls, false, 0);
-		}
 	}
 	LogEnd();
 
