@@ -18,7 +18,8 @@
 # in turn, s0, s1, ..., sN-1, s0, ...  One call, in a PL/pgSQL procedure on
 # the caller, each numbered step its own transaction:
 #   1. rmsg.prepare_call(caller, callee, request); COMMIT
-#   2. reply := the callee's handle() over dblink: rmsg.accept_call, a row
+#   2. reply := the callee's handle() over dblink (a prepared statement on
+#      the callee, prepared once per connection): rmsg.accept_call, a row
 #      of work and rmsg.reply in one transaction, flushed there;
 #      rmsg.record_reply(caller, call_id, reply); COMMIT
 # Modes:
@@ -176,7 +177,7 @@ setup_caller() {
                             RAISE EXCEPTION 'call % of % was replayed', cid, p_caller;
                         END IF;
                         SELECT t.r INTO rep
-                          FROM dblink('callee', format('SELECT handle(%L, %L, %s, %L::bytea)',
+                          FROM dblink('callee', format('EXECUTE handle_call(%L, %L, %s, %L::bytea)',
                                                        v_callee, p_caller, cid, req)) AS t(r bytea);
                         PERFORM rmsg.record_reply(p_caller, cid, rep);
                         COMMIT;
@@ -215,6 +216,9 @@ measure_script() {
     echo '\o /dev/null'
     [[ $mode == every ]] && echo 'SET rmsg.lazy_caller_log = off;'
     echo "SELECT dblink_connect('callee', '$conn');"
+    # The callee's entry point as a prepared statement, as a client that
+    # calls it over and over would have it: no parse and plan per call.
+    echo "SELECT dblink_exec('callee', 'PREPARE handle_call(text, text, bigint, bytea) AS SELECT handle(\$1, \$2, \$3, \$4)');"
     echo "CALL run_calls('$caller', $n, 0, $WARMUP, '$mode');"
     # Our own pending statistics and those of the callee's backend go to
     # pg_stat_wal now, and again after the calls, so that the readings
