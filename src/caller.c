@@ -29,7 +29,8 @@
  * acted on, so its in-memory state can be ahead of the log.  prepare_call
  * and the other writers therefore refuse a caller that was not restarted
  * in the current incarnation of shared memory, which is made anew at every
- * server start and after every crash.
+ * server start and after every crash.  For that the caller's row must
+ * survive any crash: the transaction that makes it commits stably.
  *
  * Two sessions acting for one caller are serialized by the row lock on the
  * caller's row, which every prepare_call takes by updating it.
@@ -181,6 +182,21 @@ LogEnd(void)
 	RmsgSpiFinish();
 }
 
+/*
+ * The statement just run may have made the caller's row.  Its creation is
+ * the one log write that must not be lazy: a row lost in a crash would
+ * make the caller look new, and a new caller is not asked to restart, so
+ * an application whose state is ahead of the log would go on with call
+ * ids the log no longer knows.  So the transaction that makes the row
+ * commits stably, once in a caller's life.
+ */
+static void
+CallerCreated(void)
+{
+	if (SPI_processed > 0)
+		RmsgRequireStableCommit();
+}
+
 /* Column col of the first result row; *isnull says whether it is NULL. */
 static Datum
 ResultValue(int col, bool *isnull)
@@ -301,6 +317,7 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 		new_caller[0] = values[0];
 		new_caller[1] = TimestampTzGetDatum(RmsgIncarnation());
 		RmsgPlanExecute(&new_caller_plan, new_caller, NULL, false, 0);
+		CallerCreated();
 		RmsgPlanExecute(&take_call_id_plan, values, nulls, false, 0);
 		if (SPI_processed == 0)
 			elog(ERROR, "caller \"%s\" vanished while its first call was prepared", caller);
@@ -449,6 +466,7 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 	if (SPI_processed == 0)
 	{
 		RmsgPlanExecute(&new_caller_checkpoint_plan, values, NULL, false, 0);
+		CallerCreated();
 		if (SPI_processed == 0)
 			RmsgPlanExecute(&checkpoint_plan, values, NULL, false, 0);
 	}
@@ -497,6 +515,7 @@ rmsg_restart(PG_FUNCTION_ARGS)
 	if (SPI_processed == 0)
 	{
 		RmsgPlanExecute(&new_caller_restart_plan, values, NULL, false, 0);
+		CallerCreated();
 		if (SPI_processed == 0)
 			RmsgPlanExecute(&restart_plan, values, NULL, false, 0);
 	}
