@@ -60,6 +60,14 @@ CREATE TABLE warm AS SELECT g FROM generate_series(1, 5000) g;
 SELECT pg_sleep(1);
 ));
 
+# The callers exist before the measurements: the transaction that makes a
+# caller's row commits flushed, which would make the earlier replies stable.
+$node->safe_psql('postgres', q{
+SELECT rmsg.restart(c) FROM unnest(ARRAY['c17', 'd1', 'd2', 'd3']
+       || ARRAY(SELECT 'c' || i FROM generate_series(1, 16) i)
+       || ARRAY(SELECT 'p' || i FROM generate_series(1, 16) i)) c;
+});
+
 # Fill the table: 16 callers, each with a reply that is not yet flushed.
 # Nothing forces: every call is a first call.
 $node->safe_psql('postgres', 'SELECT rmsg.force_log(\'setup\')');
