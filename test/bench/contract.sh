@@ -7,7 +7,7 @@
 # the same calls with every log write forced, and against forcing the log
 # before each send (the prior art the contract improves on).
 #
-#   test/bench/contract.sh                       # 5 rounds of 1000 calls per case
+#   test/bench/contract.sh                       # 7 rounds of 1000 calls per case
 #   ROUNDS=1 CALLS=200 test/bench/contract.sh    # a quick look
 #   BUILD=0 test/bench/contract.sh               # use the build already installed
 #
@@ -74,7 +74,7 @@ set -euo pipefail
 # shellcheck source=test/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-7}
 CALLS=${CALLS:-1000}
 BUILD=${BUILD:-1}
 WARMUP=16   # a multiple of every N: the measured calls start at s0
@@ -328,6 +328,12 @@ report() {
             mark="  [>= 1.5x: $(awk -v r="$ratio_every" 'BEGIN { print (r >= 1.5) ? "target met" : "target MISSED" }')]"
         fi
         printf '  N=%d  contract / every write forced:     %5sx%s\n' "$n" "$ratio_every" "$mark"
+        # The same ratio within each round, whose cases ran back to back:
+        # the machine's drift between rounds cancels out of it.
+        paste <(awk '{ print $6 }' "$WORK/results/$n.contract") <(awk '{ print $6 }' "$WORK/results/$n.every") |
+            awk '{ printf "%.2f\n", $1 / $2 }' >"$WORK/results/$n.paired"
+        printf '       the same, round by round:           %5sx median of %s\n' \
+            "$(median <"$WORK/results/$n.paired")" "$(sort -g "$WORK/results/$n.paired" | tr '\n' ' ' | sed 's/ $//')"
         printf '       contract / force before each send: %5sx\n' "$ratio_send"
         # What a caller fsync costs here, from the two ends: the wall time
         # the contract saves per wal_sync it saves against "every".
