@@ -14,7 +14,7 @@ use IPC::Run;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(session_open session_send session_wait session_query session_kill);
+our @EXPORT = qw(session_open session_send session_wait session_query session_sqlstate session_kill);
 
 
 sub session_open
@@ -74,6 +74,18 @@ sub session_query
 	}
 	is($err, '', "$what: no error");
 	return $out;
+}
+
+# Runs SQL in the session and returns the SQLSTATE of the error it raised
+# (the sessions print errors in verbose form), or what it printed when
+# there was none.
+sub session_sqlstate
+{
+	my ($s, $sql) = @_;
+	my ($out, $err) = session_wait($s, session_send($s, $sql), 60);
+	return 'timeout' unless defined $out;
+	return $1 if $err =~ /ERROR:\s+([0-9A-Z]{5}):/;
+	return "no error (output '$out')";
 }
 
 sub session_kill

@@ -146,16 +146,6 @@ my $dangling_sql = "$refs_sql SELECT count(*) FROM r WHERE NOT EXISTS
 my $orphans_sql = "$refs_sql SELECT string_agg(md5(p.data), E'\\n') FROM rmsg.payload p
 	WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.payload_id = p.payload_id)";
 
-# SQLSTATE of the error a statement raised in a session, or what it printed.
-sub sqlstate_of
-{
-	my ($s, $q) = @_;
-	my ($out, $err) = session_wait($s, session_send($s, $q), 60);
-	return 'timeout' unless defined $out;
-	return $1 if $err =~ /ERROR:\s+([0-9A-Z]{5}):/;
-	return "no error (output '$out')";
-}
-
 #---------------------------------------------------------------------------
 # 1. Committed sharing, in one session (tokens are the session's)
 #---------------------------------------------------------------------------
@@ -440,9 +430,9 @@ is(named(join("\n", @got)), named(join("\n", @want)),
 
 #--- 4. tokens do not survive the restart -----------------------------------
 my $t = session_open($node, 'after_restart');
-is(sqlstate_of($t, "SELECT rmsg.put('after', NULL::bytea, data_token => $tokA);"),
+is(session_sqlstate($t, "SELECT rmsg.put('after', NULL::bytea, data_token => $tokA);"),
 	'22023', 'the pre-crash token of A with a NULL payload fails with 22023');
-is(sqlstate_of($t, "SELECT rmsg.put('after', NULL::bytea, data_token => $tokC);"),
+is(session_sqlstate($t, "SELECT rmsg.put('after', NULL::bytea, data_token => $tokC);"),
 	'22023', 'the pre-crash token of C with a NULL payload fails with 22023');
 my $after_a = session_query($t, "SELECT rmsg.put('after', " . src('A') . ", data_token => $tokA);",
 	'the pre-crash token of A with the payload');
@@ -469,7 +459,7 @@ my $qsrc = session_query($t, "SELECT rmsg.put('q_src', " . src('Q') . ");", 'put
 my $tokQ = session_query($t, 'SELECT rmsg.last_data_token();', 'token of Q');
 is(session_query($t, "SELECT rmsg.ack($qsrc);", 'ack Q'), 't', 'the message of Q acked');
 is(session_query($t, 'SELECT rmsg.collect_payloads();', 'collect Q'), '1', 'the row of Q collected');
-is(sqlstate_of($t, "SELECT rmsg.put('q_tok', NULL::bytea, data_token => $tokQ);"),
+is(session_sqlstate($t, "SELECT rmsg.put('q_tok', NULL::bytea, data_token => $tokQ);"),
 	'55000', 'a live token whose data was collected fails with 55000, not 22023');
 session_kill($t);
 

@@ -137,16 +137,6 @@ sub run_sql
 	return $out;
 }
 
-# SQLSTATE of the error a statement raised in a session, or what it printed.
-sub sqlstate_of
-{
-	my ($s, $q) = @_;
-	my ($out, $err) = session_wait($s, session_send($s, $q), 60);
-	return 'timeout' unless defined $out;
-	return $1 if $err =~ /ERROR:\s+([0-9A-Z]{5}):/;
-	return "no error (output '$out')";
-}
-
 sub hex_of { my ($bytes) = @_; return '\\x' . unpack('H*', $bytes); }
 
 sub bytes_of
@@ -515,7 +505,7 @@ sub probe_and_restart
 	{
 		# in a transaction rolled back, so that a probe let through changes nothing
 		run_sql($cs, 'BEGIN;');
-		push @probes, sqlstate_of($cs, $q);
+		push @probes, session_sqlstate($cs, $q);
 		run_sql($cs, 'ROLLBACK;');
 	}
 	push @{ $r->{probes} }, join(',', @probes);
@@ -655,7 +645,7 @@ note('callee crash: the plain write after the reply was '
 
 my $old = session_open($callee, 'old_calls');
 run_sql($old, "SELECT o_status FROM handle('s1', 'old', $_, '\\x01');") for 1 .. 2;
-is(sqlstate_of($old, "SELECT * FROM rmsg.accept_call('s1', 'old', 1, '\\x01');"), '55000',
+is(session_sqlstate($old, "SELECT * FROM rmsg.accept_call('s1', 'old', 1, '\\x01');"), '55000',
 	'depth 1: after call 2 to s1, call 1 is refused with 55000');
 is(run_sql($old, "SELECT status FROM rmsg.accept_call('s1', 'old', 2, '\\x01');"), 'duplicate',
 	'depth 1: call 2 is still answered');
@@ -719,7 +709,7 @@ is( $callee->safe_psql('postgres',
 		"SELECT string_agg(call_id::text, ',' ORDER BY call_id) FROM rmsg.last_calls
 		  WHERE callee = 's1' AND caller = '$deep_name'"),
 	'2,3,4', 'depth 3: s1 keeps the replies to the last 3 calls');
-is(sqlstate_of($deep_es, "SELECT * FROM rmsg.accept_call('s1', '$deep_name', 1, '\\x01');"), '55000',
+is(session_sqlstate($deep_es, "SELECT * FROM rmsg.accept_call('s1', '$deep_name', 1, '\\x01');"), '55000',
 	'depth 3: call 1, older than the kept replies, is refused with 55000');
 is(run_sql($deep_es, "SELECT status FROM rmsg.accept_call('s1', '$deep_name', 2, '\\x02');"),
 	'duplicate', 'depth 3: call 2 is still answered');
