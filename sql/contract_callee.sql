@@ -7,15 +7,7 @@
 -- in the TAP test 005.
 --
 \pset null '(null)'
-CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE statement;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
+\i test/lib/regress_helpers.sql
 
 -- A callee's work: one row per executed call.
 CREATE TABLE shipments (caller text, call_id bigint, item text);

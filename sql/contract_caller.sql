@@ -7,16 +7,8 @@
 -- vary (after force_log); the TAP test 005 covers the forces.
 --
 \pset null '(null)'
-CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE statement;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 -- What the caller's log holds, without timestamps.
+\i test/lib/regress_helpers.sql
 CREATE FUNCTION log_of(who text)
 RETURNS TABLE(call_id bigint, callee text, request text, reply text)
 LANGUAGE sql AS $$
@@ -149,5 +141,3 @@ SELECT sqlstate_of($$SET rmsg.last_call_depth = 2$$);
 SELECT sqlstate_of($$SET rmsg.max_components = 10$$);
 SHOW rmsg.lazy_caller_log;
 
--- log_stats counts forces and forces avoided; they only grow.
-SELECT forces >= 0 AS forces, forces_avoided >= 0 AS avoided FROM rmsg.log_stats;

@@ -2,15 +2,7 @@
 -- dedup_fanout: put_many, forward, dedup = 'content' and collect_payloads.
 --
 \pset null '(null)'
-CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE statement;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
+\i test/lib/regress_helpers.sql
 CREATE TEMP TABLE data AS
 SELECT convert_to(repeat('big-', 1250), 'UTF8') AS big,
        convert_to(repeat('mid-', 250), 'UTF8') AS mid,

@@ -6,16 +6,8 @@
 --
 \pset null '(null)'
 -- tokens are random: error messages show them as N
-CREATE OR REPLACE FUNCTION sqlstate_of(statement text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE statement;
-  RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, '[0-9]{6,}', 'N', 'g');
-END
-$$;
 -- 5000 and 1000 distinct bytes: above and below rmsg.inline_payload_max
+\i test/lib/regress_helpers.sql
 CREATE TEMP TABLE data AS
 SELECT convert_to(repeat('big-', 1250), 'UTF8') AS big,
        convert_to(repeat('mid-', 250), 'UTF8') AS mid,

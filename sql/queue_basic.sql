@@ -5,14 +5,9 @@
 -- they are shown relative to an id captured with \gset.
 --
 \pset null '(null)'
--- Payload rows still in use: the unreferenced ones are collected first.
-CREATE OR REPLACE FUNCTION live_payload_rows() RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
-  SELECT rmsg.collect_payloads();
-  SELECT count(*) FROM rmsg.payload;
-$$;
 -- Payloads above rmsg.inline_payload_max get a payload row; the tests need
 -- payloads on both sides of it, so it is set here rather than relied on.
+\i test/lib/regress_helpers.sql
 SET rmsg.inline_payload_max = 256;
 
 -- create_queue with its defaults, and with every argument

@@ -3,12 +3,7 @@
 -- max_deliveries with and without a dead-letter queue.
 --
 \pset null '(null)'
--- Payload rows still in use: the unreferenced ones are collected first.
-CREATE OR REPLACE FUNCTION live_payload_rows() RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
-  SELECT rmsg.collect_payloads();
-  SELECT count(*) FROM rmsg.payload;
-$$;
+\i test/lib/regress_helpers.sql
 SET rmsg.inline_payload_max = 256;   -- 300-byte payloads below get a payload row
 
 SELECT rmsg.create_queue('dlv');

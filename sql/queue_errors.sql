@@ -3,24 +3,8 @@
 -- that nothing changed after it.
 --
 \pset null '(null)'
--- Payload rows still in use: the unreferenced ones are collected first.
-CREATE OR REPLACE FUNCTION live_payload_rows() RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
-  SELECT rmsg.collect_payloads();
-  SELECT count(*) FROM rmsg.payload;
-$$;
+\i test/lib/regress_helpers.sql
 SET rmsg.inline_payload_max = 256;   -- 300-byte payloads below get a payload row
-
--- Runs a statement and shows the error it raised as 'SQLSTATE: message'.
-CREATE FUNCTION sqlstate_of(stmt text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE stmt;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 SELECT rmsg.create_queue('err');
 SELECT rmsg.create_queue('err_dlq');
@@ -236,4 +220,3 @@ SELECT rmsg.drop_queue('err_priv');
 DROP OWNED BY regress_rmsg_reader;
 DROP ROLE regress_rmsg_reader;
 
-DROP FUNCTION sqlstate_of(text);

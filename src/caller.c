@@ -84,7 +84,7 @@ static RmsgPlan take_call_id_plan = {
 	3, {TEXTOID, TEXTOID, BYTEAOID}
 };
 
-/* A caller's first call.  $1 caller, $2 incarnation */
+/* A new caller's row.  $1 caller, $2 incarnation */
 static RmsgPlan new_caller_plan = {
 	"INSERT INTO rmsg.caller (caller, next_call_id, incarnation)"
 	" VALUES ($1, 1, $2) ON CONFLICT (caller) DO NOTHING",
@@ -126,13 +126,6 @@ static RmsgPlan checkpoint_plan = {
 	2, {TEXTOID, JSONBOID}
 };
 
-/* A caller whose first act is a checkpoint.  $1 caller, $2 state, $3 incarnation */
-static RmsgPlan new_caller_checkpoint_plan = {
-	"INSERT INTO rmsg.caller (caller, next_call_id, state, checkpointed_at, incarnation)"
-	" VALUES ($1, 1, $2, now(), $3) ON CONFLICT (caller) DO NOTHING",
-	3, {TEXTOID, JSONBOID, TIMESTAMPTZOID}
-};
-
 /* $1 caller, $2 checkpoint call id */
 static RmsgPlan unreplied_call_plan = {
 	"SELECT call_id FROM rmsg.call_log"
@@ -151,13 +144,6 @@ static RmsgPlan forget_calls_plan = {
 static RmsgPlan restart_plan = {
 	"UPDATE rmsg.caller SET next_call_id = checkpoint_call_id + 1, incarnation = $2"
 	" WHERE caller = $1 RETURNING state",
-	2, {TEXTOID, TIMESTAMPTZOID}
-};
-
-/* $1 caller, $2 incarnation */
-static RmsgPlan new_caller_restart_plan = {
-	"INSERT INTO rmsg.caller (caller, next_call_id, incarnation)"
-	" VALUES ($1, 1, $2) ON CONFLICT (caller) DO NOTHING",
 	2, {TEXTOID, TIMESTAMPTZOID}
 };
 
@@ -183,18 +169,31 @@ LogEnd(void)
 }
 
 /*
- * The statement just run may have made the caller's row.  Its creation is
- * the one log write that must not be lazy: a row lost in a crash would
- * make the caller look new, and a new caller is not asked to restart, so
- * an application whose state is ahead of the log would go on with call
- * ids the log no longer knows.  So the transaction that makes the row
- * commits stably, once in a caller's life.
+ * Runs a statement on the caller's row ($1), making the row first when the
+ * caller is new; the result is in SPI_tuptable.  The row's creation is the
+ * one log write that must not be lazy: a row lost in a crash would make the
+ * caller look new, and a new caller is not asked to restart, so an
+ * application whose state is ahead of the log would go on with call ids
+ * the log no longer knows.  So the transaction that makes the row commits
+ * stably, once in a caller's life.
  */
 static void
-CallerCreated(void)
+ExecuteForCaller(RmsgPlan *plan, Datum *values, const bool *nulls)
 {
+	Datum		new_caller[2];
+
+	RmsgPlanExecute(plan, values, nulls, false, 0);
+	if (SPI_processed > 0)
+		return;
+	new_caller[0] = values[0];
+	new_caller[1] = TimestampTzGetDatum(RmsgIncarnation());
+	RmsgPlanExecute(&new_caller_plan, new_caller, NULL, false, 0);
 	if (SPI_processed > 0)
 		RmsgRequireStableCommit();
+	RmsgPlanExecute(plan, values, nulls, false, 0);
+	if (SPI_processed == 0)
+		elog(ERROR, "caller \"%s\" vanished while it was being made",
+			 TextDatumGetCString(values[0]));
 }
 
 /* Column col of the first result row; *isnull says whether it is NULL. */
@@ -309,19 +308,7 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(callee);
 	values[2] = request;
 	nulls[2] = request_null;
-	RmsgPlanExecute(&take_call_id_plan, values, nulls, false, 0);
-	if (SPI_processed == 0)
-	{
-		Datum		new_caller[2];
-
-		new_caller[0] = values[0];
-		new_caller[1] = TimestampTzGetDatum(RmsgIncarnation());
-		RmsgPlanExecute(&new_caller_plan, new_caller, NULL, false, 0);
-		CallerCreated();
-		RmsgPlanExecute(&take_call_id_plan, values, nulls, false, 0);
-		if (SPI_processed == 0)
-			elog(ERROR, "caller \"%s\" vanished while its first call was prepared", caller);
-	}
+	ExecuteForCaller(&take_call_id_plan, values, nulls);
 	call_id = DatumGetInt64(ResultValue(1, &isnull));
 	CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(2, &isnull)));
 
@@ -447,7 +434,7 @@ Datum
 rmsg_checkpoint(PG_FUNCTION_ARGS)
 {
 	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
-	Datum		values[3];
+	Datum		values[2];
 	bool		isnull;
 	int64		covered;
 
@@ -461,20 +448,7 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = PG_GETARG_DATUM(1);
-	values[2] = TimestampTzGetDatum(RmsgIncarnation());
-	RmsgPlanExecute(&checkpoint_plan, values, NULL, false, 0);
-	if (SPI_processed == 0)
-	{
-		RmsgPlanExecute(&new_caller_checkpoint_plan, values, NULL, false, 0);
-		CallerCreated();
-		if (SPI_processed == 0)
-			RmsgPlanExecute(&checkpoint_plan, values, NULL, false, 0);
-	}
-	if (SPI_tuptable == NULL || SPI_processed == 0)
-	{
-		LogEnd();
-		PG_RETURN_VOID();		/* a new caller: nothing to cover */
-	}
+	ExecuteForCaller(&checkpoint_plan, values, NULL);
 	covered = DatumGetInt64(ResultValue(1, &isnull));
 	CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(2, &isnull)));
 
@@ -502,8 +476,8 @@ rmsg_restart(PG_FUNCTION_ARGS)
 {
 	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
 	Datum		values[2];
-	Datum		state = (Datum) 0;
-	bool		state_null = true;
+	Datum		state;
+	bool		state_null;
 
 	RmsgCheckName(caller, "caller");
 	RmsgRequireShmem("the committed interaction contract");
@@ -511,18 +485,8 @@ rmsg_restart(PG_FUNCTION_ARGS)
 	LogBegin();
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = TimestampTzGetDatum(RmsgIncarnation());
-	RmsgPlanExecute(&restart_plan, values, NULL, false, 0);
-	if (SPI_processed == 0)
-	{
-		RmsgPlanExecute(&new_caller_restart_plan, values, NULL, false, 0);
-		CallerCreated();
-		if (SPI_processed == 0)
-			RmsgPlanExecute(&restart_plan, values, NULL, false, 0);
-	}
-	if (SPI_tuptable != NULL && SPI_processed > 0)
-	{
-		state = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 1, &state_null);
-	}
+	ExecuteForCaller(&restart_plan, values, NULL);
+	state = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 1, &state_null);
 	LogEnd();
 	if (state_null)
 		PG_RETURN_NULL();

@@ -140,24 +140,16 @@ make_workdir() {
     export WORK
 }
 
-# Starts a benchmark's server in WORK/bench_data on a free port, socket in
-# WORK, the library preloaded, and points PGHOST/PGPORT/PGDATABASE at it.
-# Each argument is one more postgresql.conf line.  cleanup_workdir stops it.
+# Starts a benchmark's one server, cluster "bench" of start_named_cluster,
+# and points PGHOST/PGPORT/PGDATABASE at it.  Each argument is one more
+# postgresql.conf line.  cleanup_workdir stops it.
 start_bench_cluster() {
-    local data=$WORK/bench_data line
-    PORT=$(free_port)
-    run_as_pg initdb -D "$data" -A trust >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log"; die "initdb failed"; }
-    {
-        printf '%s\n' "port = $PORT" "listen_addresses = ''" "unix_socket_directories = '$WORK'" \
-            "shared_preload_libraries = 'recoverable_msg'"
-        for line in "$@"; do printf '%s\n' "$line"; done
-    } >>"$data/postgresql.conf"
-    run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null || { cat "$WORK/server.log"; die "the server did not start"; }
-    export PGHOST=$WORK PGPORT=$PORT PGDATABASE=postgres
+    start_named_cluster bench "$@"
+    # shellcheck disable=SC2154  # set by start_named_cluster
+    export PGHOST=$PGHOST_bench PGPORT=$PGPORT_bench PGDATABASE=postgres
 }
 
-# Like start_bench_cluster, for a script that runs more than one server:
-# starts cluster NAME in WORK/NAME_data, with its socket in a directory of
+# Starts cluster NAME in WORK/NAME_data, with its socket in a directory of
 # its own (WORK/NAME_sock, so two servers never share a socket path even on
 # the same port number), logs in WORK/NAME-initdb.log and WORK/NAME-server.log,
 # the library preloaded.  Each argument after NAME is one more
