@@ -140,4 +140,3 @@ SHOW rmsg.last_call_depth;
 SELECT sqlstate_of($$SET rmsg.last_call_depth = 2$$);
 SELECT sqlstate_of($$SET rmsg.max_components = 10$$);
 SHOW rmsg.lazy_caller_log;
-
