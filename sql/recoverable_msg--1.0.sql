@@ -122,6 +122,43 @@ CREATE TABLE rmsg.last_call (
 );
 COMMENT ON TABLE rmsg.last_call IS 'the replies each callee keeps for its callers';
 
+-- Recovery-mode instances (seeds 001, 002).  An instance governs one
+-- conversation: its mode, the application's state, and a line of messages
+-- in arrival order.  While it recovers, its normal messages wait in that
+-- line ("deferred"); nothing marks them, so completing recovery releases
+-- them all by changing the mode alone, and none can be left behind.
+CREATE TABLE rmsg.instance (
+    instance_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    mode            text NOT NULL DEFAULT 'normal' CHECK (mode IN ('normal', 'recovery')),
+    recovery_since  timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    state_saved_at  timestamptz NOT NULL DEFAULT now(),
+    state           jsonb NOT NULL,
+    CHECK ((mode = 'recovery') = (recovery_since IS NOT NULL))
+);
+COMMENT ON TABLE rmsg.instance IS 'one row per instance: mode and saved state; use rmsg.create_instance and rmsg.drop_instance';
+
+-- An instance's messages, in msg_id order: deliveries to one instance are
+-- serialized (instance.c), so that is also the order they committed in.
+-- Taking a lease is a HOT update (no index holds lease_until).  The partial
+-- index finds a recovering instance's recovery messages without walking
+-- past its deferred normal ones.
+CREATE TABLE rmsg.instance_message (
+    msg_id          bigint PRIMARY KEY,     -- from rmsg.msg_id_seq
+    instance_id     bigint NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('normal', 'recovery')),
+    deliveries      int NOT NULL DEFAULT 0,
+    lease_until     timestamptz,
+    enqueued_at     timestamptz NOT NULL,
+    headers         jsonb,
+    payload         bytea NOT NULL
+) WITH (fillfactor = 70);
+CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, msg_id);
+CREATE INDEX instance_message_recovery_idx ON rmsg.instance_message (instance_id, msg_id)
+    WHERE kind = 'recovery';
+COMMENT ON TABLE rmsg.instance_message IS 'the messages delivered to instances and not yet acked';
+
 -- pg_dump keeps the messages with the extension.
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
@@ -132,10 +169,13 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.caller', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.call_log', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.last_call', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_message', '');
 
 -- The tables are reached through the functions below; nobody else writes them.
 REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
-              rmsg.caller, rmsg.call_log, rmsg.last_call FROM PUBLIC;
+              rmsg.caller, rmsg.call_log, rmsg.last_call,
+              rmsg.instance, rmsg.instance_message FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Queues
@@ -332,6 +372,76 @@ COMMENT ON FUNCTION rmsg.reply(text, text, bigint, bytea) IS
   'callee side: store the reply with the call''s work; stable when the transaction commits, whatever synchronous_commit';
 
 ------------------------------------------------------------------------------
+-- Recovery-mode instances (seeds 001, 002)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.create_instance(instance text, state jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_instance(text, jsonb) IS
+  'create an instance in normal mode with its initial state';
+
+CREATE FUNCTION rmsg.drop_instance(instance text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_drop_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.drop_instance(text) IS
+  'drop an instance with its state and every message delivered to it';
+
+CREATE FUNCTION rmsg.begin_recovery(instance text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_begin_recovery'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.begin_recovery(text) IS
+  'put an instance in recovery mode: from now on only its recovery messages are received, normal ones are deferred';
+
+CREATE FUNCTION rmsg.deliver(instance text, payload bytea, kind text DEFAULT 'normal',
+                             headers jsonb DEFAULT NULL)
+RETURNS TABLE(msg_id bigint, disposition text)
+AS 'MODULE_PATHNAME', 'rmsg_deliver'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.deliver(text, bytea, text, jsonb) IS
+  'append a message to an instance''s line: ''ready'', or ''deferred'' when it is normal and the instance recovers';
+
+CREATE FUNCTION rmsg.receive(instance text, max int DEFAULT 1,
+                             visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(msg_id bigint, kind text, payload bytea, headers jsonb, deliveries int)
+AS 'MODULE_PATHNAME', 'rmsg_receive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive(text, int, interval) IS
+  'lease up to max messages from the head of an instance''s line, unless some are in flight; in recovery only recovery messages';
+
+CREATE FUNCTION rmsg.receive_any(max int DEFAULT 1,
+                                 visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(instance text, msg_id bigint, kind text, payload bytea, headers jsonb, deliveries int)
+AS 'MODULE_PATHNAME', 'rmsg_receive_any'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive_any(int, interval) IS
+  'lease the next message of up to max instances that have none in flight and no other receiver, one per instance';
+
+CREATE FUNCTION rmsg.save_state(instance text, state jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_save_state'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.save_state(text, jsonb) IS
+  'save an instance''s state; it commits with the transaction that handled the message';
+
+CREATE FUNCTION rmsg.load_state(instance text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'rmsg_load_state'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rmsg.load_state(text) IS
+  'an instance''s last saved state';
+
+CREATE FUNCTION rmsg.complete_recovery(instance text, state jsonb DEFAULT NULL)
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_complete_recovery'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.complete_recovery(text, jsonb) IS
+  'save the mode as normal (and the state, if given); returns how many deferred messages that released, first in line';
+
+------------------------------------------------------------------------------
 -- Monitoring
 ------------------------------------------------------------------------------
 
@@ -433,3 +543,30 @@ SELECT q.name AS queue,
          WHERE dm.queue_id = q.queue_id) d ON true;
 COMMENT ON VIEW rmsg.queues IS
   'one row per queue: ready, in-flight, delayed and dead message counts, age of the oldest ready message, payload bytes written and referenced since server start';
+
+-- One scan of each instance's line.  A normal message of a recovering
+-- instance is deferred, whether it arrived before recovery began or since.
+CREATE VIEW rmsg.instances AS
+SELECT i.name AS instance,
+       i.mode,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.deferred, 0) AS deferred,
+       coalesce(m.in_flight, 0) AS in_flight,
+       i.recovery_since,
+       m.oldest_age,
+       i.state_saved_at,
+       i.created_at,
+       coalesce(m.recovery_messages, 0) AS recovery_messages
+  FROM rmsg.instance i
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND (i.mode = 'normal' OR mm.kind = 'recovery')) AS ready,
+               count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND i.mode = 'recovery' AND mm.kind = 'normal') AS deferred,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.kind = 'recovery') AS recovery_messages,
+               now() - min(mm.enqueued_at) AS oldest_age
+          FROM rmsg.instance_message mm
+         WHERE mm.instance_id = i.instance_id) m ON true;
+COMMENT ON VIEW rmsg.instances IS
+  'one row per instance: mode, messages ready, deferred by recovery and in flight, since when it recovers';

@@ -45,10 +45,6 @@
 
 #include "rmsg.h"
 
-/* Class id of our object locks ('RMSG'); sub ids tell the lock kinds apart. */
-#define RMSG_LOCK_CLASS			0x524D5347
-#define RMSG_LOCK_QUEUE_NAME	1
-
 typedef struct CachedQueue
 {
 	char		name[NAMEDATALEN];	/* hash key */

@@ -27,6 +27,7 @@ bool		rmsg_lazy_leases = true;
 bool		rmsg_lazy_caller_log = true;
 int			rmsg_last_call_depth = 1;
 int			rmsg_max_components = 1024;
+bool		rmsg_instance_cache = true;
 
 void		_PG_init(void);
 
@@ -55,6 +56,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			RmsgQueueCatalogXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
+			RmsgInstanceCacheXactEnd();
 			RmsgCommitModeXactEnd();
 			break;
 		case XACT_EVENT_ABORT:
@@ -66,6 +68,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			 * be: COMMIT PREPARED always flushes its commit record.
 			 */
 			RmsgComponentsXactEnd(false);
+			RmsgInstanceCacheXactEnd();
 			RmsgCommitModeXactEnd();
 			break;
 		default:
@@ -126,6 +129,14 @@ DefineSettings(void)
 							1, 1, RMSG_MAX_CALL_DEPTH,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("rmsg.instance_cache",
+							 "Keep the ids and modes of instances in shared memory.",
+							 "Off: every delivery reads its instance's row, for measuring what the cache saves.",
+							 &rmsg_instance_cache,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 
 	/*
 	 * It sizes shared memory, so it exists only when we are preloaded (a

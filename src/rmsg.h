@@ -31,6 +31,7 @@ extern bool rmsg_lazy_leases;
 extern bool rmsg_lazy_caller_log;
 extern int	rmsg_last_call_depth;
 extern int	rmsg_max_components;
+extern bool rmsg_instance_cache;
 
 /* The most replies per caller a callee can be told to keep. */
 #define RMSG_MAX_CALL_DEPTH 32
@@ -40,6 +41,7 @@ typedef enum RmsgLockId
 {
 	RMSG_LOCK_STATS,			/* stats.c: the per-queue counters */
 	RMSG_LOCK_COMPONENTS,		/* components.c: the called-component table */
+	RMSG_LOCK_INSTANCES,		/* instance_catalog.c: the instance cache */
 	RMSG_LOCK_COUNT
 } RmsgLockId;
 
@@ -94,6 +96,16 @@ extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
 							 const char *what, int64 if_null, bool allow_zero);
 extern void RmsgCheckPayloadSize(Size size);
 extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
+
+/*
+ * Our heavyweight locks on names: object locks with a class id of our own
+ * ('RMSG') and the name's hash; the sub id tells the kinds apart.  Two names
+ * sharing a hash only wait for each other needlessly.
+ */
+#define RMSG_LOCK_CLASS				0x524D5347
+#define RMSG_LOCK_QUEUE_NAME		1	/* queue_admin.c */
+#define RMSG_LOCK_INSTANCE_ARRIVAL	2	/* instance_catalog.c */
+#define RMSG_LOCK_INSTANCE_TAKE		3	/* instance_catalog.c */
 
 /* queue_admin.c: the queue catalog and its locks */
 typedef struct RmsgQueue
@@ -230,5 +242,22 @@ extern void RmsgComponentsXactEnd(bool committed);
 extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
 									 SubTransactionId parent);
 extern XLogRecPtr RmsgForceLog(void);
+
+/* instance_catalog.c: instances, their locks and the shared mode cache */
+typedef struct RmsgInstance
+{
+	int64		instance_id;
+	bool		recovering;
+} RmsgInstance;
+
+extern Size RmsgInstanceCacheShmemSize(void);
+extern void RmsgInstanceCacheShmemInit(LWLock *lock);
+extern void RmsgLockInstance(const char *name, int lock_kind);
+extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind);
+extern bool RmsgTryOpenInstanceById(int64 instance_id, char *name,
+									RmsgInstance *instance);
+extern void RmsgInstanceChanged(const char *name);
+extern void RmsgInstanceCacheXactEnd(void);
+extern void RmsgReportNoInstance(const char *name);
 
 #endif							/* RMSG_H */

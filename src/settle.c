@@ -4,7 +4,10 @@
  *	  rmsg.ack, rmsg.nack and rmsg.extend: what a consumer does with a
  *	  message it was handed.
  *
- * An ack removes the message, live (remove.c) or dead; a payload row it
+ * They apply to the messages of queues and of instances alike: msg_ids are
+ * unique across both.
+ *
+ * An ack removes the message, live (remove.c), dead or an instance's; a payload row it
  * referenced stays until rmsg.collect_payloads finds it unreferenced
  * (payload.c).  An ack commits under the session's synchronous_commit like
  * any write.  A nack or an extend only moves the end of a lease, so it
@@ -27,16 +30,21 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-static RmsgPlan ack_dead_plan = {
-	"DELETE FROM rmsg.dead_message WHERE msg_id = $1",
+/* Not a queue's live message: a dead one, or an instance's. */
+static RmsgPlan ack_other_plan = {
+	"WITH dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING 1),"
+	"     instance AS (DELETE FROM rmsg.instance_message WHERE msg_id = $1 RETURNING 1)"
+	" SELECT (SELECT count(*) FROM dead) + (SELECT count(*) FROM instance)",
 	1, {INT8OID}
 };
 
 /* Returns how many messages went. */
 static RmsgPlan ack_many_plan = {
 	"WITH live AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING 1),"
-	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING 1)"
-	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead)",
+	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING 1),"
+	"     instance AS (DELETE FROM rmsg.instance_message WHERE msg_id = ANY($1) RETURNING 1)"
+	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead)"
+	"      + (SELECT count(*) FROM instance)",
 	1, {INT8ARRAYOID}
 };
 
@@ -59,8 +67,26 @@ static RmsgPlan extend_plan = {
 };
 
 /*
- * rmsg.ack(msg_id): true when the message existed.  A live message is
- * deleted directly (remove.c), the hot path; a dead one by statement.
+ * An instance's message has no place in line to lose, and must keep it:
+ * with a delay, the lease just runs until then, which holds the instance's
+ * line (receive.c) as its order requires.  $1 msg_id, $2 now, $3 now + delay
+ */
+static RmsgPlan instance_nack_plan = {
+	"UPDATE rmsg.instance_message"
+	"   SET lease_until = CASE WHEN $3 > $2 THEN $3 END"
+	" WHERE msg_id = $1 AND lease_until > $2",
+	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
+static RmsgPlan instance_extend_plan = {
+	"UPDATE rmsg.instance_message SET lease_until = $3"
+	" WHERE msg_id = $1 AND lease_until > $2",
+	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
+/*
+ * rmsg.ack(msg_id): true when the message existed.  A queue's live message
+ * is deleted directly (remove.c), the hot path; others by statement.
  */
 Datum
 rmsg_ack(PG_FUNCTION_ARGS)
@@ -73,9 +99,10 @@ rmsg_ack(PG_FUNCTION_ARGS)
 	if (!found)
 	{
 		Datum		arg = Int64GetDatum(msg_id);
+		bool		isnull;
 
-		RmsgPlanExecute(&ack_dead_plan, &arg, NULL, false, 0);
-		found = SPI_processed > 0;
+		RmsgPlanExecute(&ack_other_plan, &arg, NULL, false, 0);
+		found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0;
 	}
 	RmsgSpiFinish();
 	PG_RETURN_BOOL(found);
@@ -102,7 +129,8 @@ rmsg_ack_many(PG_FUNCTION_ARGS)
  * again at that time, and consumers waiting for it are woken.
  */
 static bool
-MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, int64 interval, bool wake)
+MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
+			 int64 interval, bool wake)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	Datum		values[3];
@@ -120,12 +148,18 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, int64 interval, bool wake)
 	RmsgSpiConnect();
 	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 	RmsgPlanExecute(plan, values, NULL, false, 0);
-	RmsgLazyWriteEnd();
 	if (SPI_processed == 0)
 	{
+		/* an instance's message, if any: nobody waits on those */
+		bool		moved;
+
+		RmsgPlanExecute(instance_plan, values, NULL, false, 0);
+		moved = SPI_processed > 0;
+		RmsgLazyWriteEnd();
 		RmsgSpiFinish();
-		return false;
+		return moved;
 	}
+	RmsgLazyWriteEnd();
 	queue_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	RmsgSpiFinish();
 
@@ -140,7 +174,7 @@ rmsg_nack(PG_FUNCTION_ARGS)
 {
 	int64		delay = RmsgIntervalArg(fcinfo, 1, "delay", 0, true);
 
-	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &nack_plan, delay, true));
+	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &nack_plan, &instance_nack_plan, delay, true));
 }
 
 /* rmsg.extend(msg_id, visibility) */
@@ -154,5 +188,5 @@ rmsg_extend(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("visibility must not be null")));
 	visibility = RmsgIntervalArg(fcinfo, 1, "visibility", 0, false);
-	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &extend_plan, visibility, false));
+	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &extend_plan, &instance_extend_plan, visibility, false));
 }

@@ -48,6 +48,14 @@ RmsgShmemSize(void)
 	return size;
 }
 
+/* With the hash tables, which ShmemInitHash lays out itself. */
+static Size
+RmsgShmemTotalSize(void)
+{
+	return add_size(RmsgShmemSize(),
+					add_size(RmsgComponentsShmemSize(), RmsgInstanceCacheShmemSize()));
+}
+
 /* Attach to (or create) the shared area and let each concern set up its part. */
 static void
 RmsgShmemStartup(void)
@@ -68,8 +76,9 @@ RmsgShmemStartup(void)
 	RmsgWakeupShmemInit(area, found);
 	area = (char *) area + MAXALIGN(RmsgWakeupShmemSize());
 	RmsgStatsShmemInit(area, found, &locks[RMSG_LOCK_STATS].lock);
-	/* a hash table of its own: ShmemInitHash places it */
+	/* hash tables of their own: ShmemInitHash places them */
 	RmsgComponentsShmemInit(&locks[RMSG_LOCK_COMPONENTS].lock);
+	RmsgInstanceCacheShmemInit(&locks[RMSG_LOCK_INSTANCES].lock);
 	LWLockRelease(AddinShmemInitLock);
 
 	shmem_ready = true;
@@ -81,7 +90,7 @@ RmsgShmemRequestHook(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(add_size(RmsgShmemSize(), RmsgComponentsShmemSize()));
+	RequestAddinShmemSpace(RmsgShmemTotalSize());
 	RequestNamedLWLockTranche("recoverable_msg", RMSG_LOCK_COUNT);
 }
 #endif
@@ -102,7 +111,7 @@ RmsgShmemRequest(void)
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = RmsgShmemRequestHook;
 #else
-	RequestAddinShmemSpace(add_size(RmsgShmemSize(), RmsgComponentsShmemSize()));
+	RequestAddinShmemSpace(RmsgShmemTotalSize());
 	RequestNamedLWLockTranche("recoverable_msg", RMSG_LOCK_COUNT);
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;

@@ -1,0 +1,241 @@
+/*-------------------------------------------------------------------------
+ *
+ * instance_admin.c
+ *	  The life of an instance (seeds 001, 002): create_instance,
+ *	  drop_instance, begin_recovery, complete_recovery, and its state.
+ *
+ * An instance's mode is saved in its row and nowhere else that matters:
+ * its normal messages that arrive while it recovers are not marked, they
+ * merely are not received while the mode says recovery (receive.c).  So
+ * complete_recovery releases them all by saving the mode as normal (claim
+ * 8), and none can be stranded however deliveries race it; they are first
+ * in the instance's line, as they arrived first.  The mode changes under
+ * the instance's arrival lock (instance_catalog.c), which deliveries hold
+ * too: a delivery that reported 'deferred' committed before the completion
+ * that released it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+PG_FUNCTION_INFO_V1(rmsg_create_instance);
+PG_FUNCTION_INFO_V1(rmsg_drop_instance);
+PG_FUNCTION_INFO_V1(rmsg_begin_recovery);
+PG_FUNCTION_INFO_V1(rmsg_complete_recovery);
+PG_FUNCTION_INFO_V1(rmsg_save_state);
+PG_FUNCTION_INFO_V1(rmsg_load_state);
+
+static RmsgPlan create_plan = {
+	"INSERT INTO rmsg.instance (name, state) VALUES ($1, $2)"
+	" ON CONFLICT (name) DO NOTHING RETURNING instance_id",
+	2, {TEXTOID, JSONBOID}
+};
+
+/* Returns how many messages went with it.  $1 instance_id */
+static RmsgPlan drop_plan = {
+	"WITH gone AS (DELETE FROM rmsg.instance WHERE instance_id = $1),"
+	"     messages AS (DELETE FROM rmsg.instance_message WHERE instance_id = $1 RETURNING 1)"
+	" SELECT count(*) FROM messages",
+	1, {INT8OID}
+};
+
+/* $1 instance_id, $2 now */
+static RmsgPlan begin_plan = {
+	"UPDATE rmsg.instance SET mode = 'recovery', recovery_since = $2"
+	" WHERE instance_id = $1 AND mode = 'normal'",
+	2, {INT8OID, TIMESTAMPTZOID}
+};
+
+/*
+ * Saves the mode as normal, and the state when given; returns whether the
+ * instance was recovering and how many normal messages were waiting (not in
+ * flight) and so are released.  $1 instance_id, $2 state or NULL, $3 now
+ */
+static RmsgPlan complete_plan = {
+	"WITH completed AS ("
+	"  UPDATE rmsg.instance SET mode = 'normal', recovery_since = NULL,"
+	"         state = coalesce($2, state),"
+	"         state_saved_at = CASE WHEN $2 IS NULL THEN state_saved_at ELSE $3 END"
+	"   WHERE instance_id = $1 AND mode = 'recovery' RETURNING 1)"
+	" SELECT EXISTS (SELECT 1 FROM completed),"
+	"        (SELECT count(*) FROM rmsg.instance_message"
+	"          WHERE instance_id = $1 AND kind = 'normal'"
+	"            AND (lease_until IS NULL OR lease_until <= $3))",
+	3, {INT8OID, JSONBOID, TIMESTAMPTZOID}
+};
+
+/* $1 name, $2 state, $3 now */
+static RmsgPlan save_state_plan = {
+	"UPDATE rmsg.instance SET state = $2, state_saved_at = $3 WHERE name = $1",
+	3, {TEXTOID, JSONBOID, TIMESTAMPTZOID}
+};
+
+static RmsgPlan load_state_plan = {
+	"SELECT state FROM rmsg.instance WHERE name = $1",
+	1, {TEXTOID}
+};
+
+/* The instance name argument, checked; unknown names fail later with 42704. */
+static char *
+InstanceNameArg(FunctionCallInfo fcinfo)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "instance");
+
+	RmsgCheckName(name, "instance");
+	return name;
+}
+
+static Datum
+StateArg(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("state must not be null"),
+				 errhint("Pass '{}' for an empty state.")));
+	return PG_GETARG_DATUM(argno);
+}
+
+/* rmsg.create_instance(instance, state): in normal mode */
+Datum
+rmsg_create_instance(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = StateArg(fcinfo, 1);
+
+	RmsgLockInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	RmsgSpiConnect();
+	RmsgPlanExecute(&create_plan, values, NULL, true, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("instance \"%s\" already exists", name)));
+	RmsgSpiFinish();
+	RmsgInstanceChanged(name);
+	PG_RETURN_VOID();
+}
+
+/* rmsg.drop_instance(instance): with every message delivered to it */
+Datum
+rmsg_drop_instance(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	RmsgInstance instance;
+	Datum		arg;
+
+	/* no delivery may add to the line, nor a receiver lease from it */
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	RmsgLockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+	arg = Int64GetDatum(instance.instance_id);
+	RmsgSpiConnect();
+	RmsgPlanExecute(&drop_plan, &arg, NULL, true, 0);
+	RmsgSpiFinish();
+	RmsgInstanceChanged(name);
+	PG_RETURN_VOID();
+}
+
+/* rmsg.begin_recovery(instance): from now on its normal messages wait */
+Datum
+rmsg_begin_recovery(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	RmsgInstance instance;
+	Datum		values[2];
+
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	values[0] = Int64GetDatum(instance.instance_id);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	RmsgSpiConnect();
+	RmsgPlanExecute(&begin_plan, values, NULL, true, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("instance \"%s\" is already in recovery", name)));
+	RmsgSpiFinish();
+	RmsgInstanceChanged(name);
+	PG_RETURN_VOID();
+}
+
+/*
+ * rmsg.complete_recovery(instance, state): saves the mode as normal (claim
+ * 8), which releases the deferred messages first in line (claim 9);
+ * returns how many.
+ */
+Datum
+rmsg_complete_recovery(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	RmsgInstance instance;
+	Datum		values[3];
+	bool		nulls[3] = {false, PG_ARGISNULL(1), false};
+	bool		isnull;
+	bool		completed;
+	int64		released;
+
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	values[0] = Int64GetDatum(instance.instance_id);
+	values[1] = nulls[1] ? (Datum) 0 : PG_GETARG_DATUM(1);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	RmsgSpiConnect();
+	RmsgPlanExecute(&complete_plan, values, nulls, true, 0);
+	completed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	released = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (!completed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("instance \"%s\" is not in recovery", name)));
+	RmsgSpiFinish();
+	RmsgInstanceChanged(name);
+	PG_RETURN_INT32((int32) Min(released, PG_INT32_MAX));
+}
+
+/*
+ * rmsg.save_state(instance, state): it commits with the transaction that
+ * handled the message (claims 3, 6).  It takes no instance lock, so saving
+ * never holds up deliveries; two saves of one instance wait on its row.
+ */
+Datum
+rmsg_save_state(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	Datum		values[3];
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = StateArg(fcinfo, 1);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	RmsgSpiConnect();
+	RmsgPlanExecute(&save_state_plan, values, NULL, true, 0);
+	if (SPI_processed == 0)
+		RmsgReportNoInstance(name);
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}
+
+/* rmsg.load_state(instance): the state last saved (claims 2, 5) */
+Datum
+rmsg_load_state(PG_FUNCTION_ARGS)
+{
+	char	   *name = InstanceNameArg(fcinfo);
+	Datum		arg = CStringGetTextDatum(name);
+	Datum		state;
+	bool		isnull;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&load_state_plan, &arg, NULL, false, 1);
+	if (SPI_processed == 0)
+		RmsgReportNoInstance(name);
+	state = RmsgSpiCopyVarlena(SPI_tuptable->vals[0], 1, &isnull);
+	RmsgSpiFinish();
+	PG_RETURN_DATUM(state);
+}

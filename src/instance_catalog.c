@@ -1,0 +1,303 @@
+/*-------------------------------------------------------------------------
+ *
+ * instance_catalog.c
+ *	  Finding and locking instances (seeds 001, 002), and the cache of
+ *	  their modes in shared memory.
+ *
+ * Locking.  Two heavyweight locks per instance name, each held until the
+ * end of the transaction:
+ *	- the arrival lock, taken by deliver, begin_recovery, complete_recovery,
+ *	  create_instance and drop_instance.  Deliveries to one instance are
+ *	  therefore serialized, and each takes its msg_id after the one before
+ *	  it committed: msg_id order is the order of arrival.  And a delivery
+ *	  reads the mode only once no mode change is in progress, so it can
+ *	  never file a message under a mode that is being changed.
+ *	- the take lock, taken by receive (and receive_any, without waiting)
+ *	  and drop_instance, so that two receivers never hand out the same line.
+ *	  Receivers do not block deliveries, and deliveries do not block them.
+ * The locks are taken before the instance row is read, and the row is read
+ * with the latest snapshot, so whoever waited sees what the holder did.
+ *
+ * Cache (claims 2 and 3: the state is brought into memory when a message
+ * arrives).  Every delivery needs its instance's id and mode; the shared
+ * hash table instance_cache keeps them by name, so that a delivery reads
+ * no row but its own insert.  The table is the truth; the cache is only
+ * ever filled by a transaction holding the instance's arrival lock, from a
+ * fresh read of the row.  A transaction that changes an instance removes its
+ * entry at once and again when it ends, in the transaction callback, which
+ * runs before its locks are released: the next holder of the arrival lock
+ * finds no entry and reads the committed row.  A rolled-back change thus
+ * leaves no trace, and a transaction never uses the cache for an instance
+ * it changed itself (its view of the row may yet roll back).  Readers that
+ * hold only the take lock may use an entry but never add one.  The cache
+ * starts empty after a restart; when it is full, instances beyond it are
+ * simply read from the table.  rmsg.instance_cache = off bypasses it, for
+ * measuring what it buys.
+ *
+ * instance_lock guards the hash table: shared to look up, exclusive to add
+ * or remove an entry.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "storage/lock.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "rmsg.h"
+
+/* More instances than this are read from the table each time. */
+#define RMSG_INSTANCE_CACHE_SIZE 16384
+
+typedef struct CachedInstance
+{
+	char		name[NAMEDATALEN];	/* hash key, zero-padded */
+	RmsgInstance instance;
+} CachedInstance;
+
+static LWLock *instance_lock = NULL;
+static HTAB *instance_cache = NULL;
+
+/* names of instances this transaction changed, in TopTransactionContext */
+static List *changed_names = NIL;
+
+static RmsgPlan find_plan = {
+	"SELECT instance_id, mode = 'recovery' FROM rmsg.instance WHERE name = $1",
+	1, {TEXTOID}
+};
+
+static RmsgPlan name_plan = {
+	"SELECT name FROM rmsg.instance WHERE instance_id = $1",
+	1, {INT8OID}
+};
+
+Size
+RmsgInstanceCacheShmemSize(void)
+{
+	return hash_estimate_size(RMSG_INSTANCE_CACHE_SIZE, sizeof(CachedInstance));
+}
+
+/* Called under AddinShmemInitLock. */
+void
+RmsgInstanceCacheShmemInit(LWLock *lock)
+{
+	HASHCTL		info;
+
+	instance_lock = lock;
+	info.keysize = NAMEDATALEN;
+	info.entrysize = sizeof(CachedInstance);
+	instance_cache = ShmemInitHash("recoverable_msg instance cache",
+								   RMSG_INSTANCE_CACHE_SIZE, RMSG_INSTANCE_CACHE_SIZE,
+								   &info, HASH_ELEM | HASH_BLOBS);
+}
+
+void
+RmsgReportNoInstance(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("instance \"%s\" does not exist", name)));
+}
+
+static void
+MakeKey(char *key, const char *name)
+{
+	memset(key, 0, NAMEDATALEN);
+	strlcpy(key, name, NAMEDATALEN);
+}
+
+static bool
+ChangedHere(const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, changed_names)
+	{
+		if (strcmp((const char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool
+CacheUsable(const char *name)
+{
+	return instance_cache != NULL && rmsg_instance_cache && !ChangedHere(name);
+}
+
+static bool
+CacheLookup(const char *name, RmsgInstance *out)
+{
+	char		key[NAMEDATALEN];
+	CachedInstance *entry;
+
+	MakeKey(key, name);
+	LWLockAcquire(instance_lock, LW_SHARED);
+	entry = hash_search(instance_cache, key, HASH_FIND, NULL);
+	if (entry != NULL)
+		*out = entry->instance;
+	LWLockRelease(instance_lock);
+	return entry != NULL;
+}
+
+/* Adds an entry if there is room; a full cache just caches nothing more. */
+static void
+CacheStore(const char *name, const RmsgInstance *instance)
+{
+	char		key[NAMEDATALEN];
+	CachedInstance *entry;
+
+	MakeKey(key, name);
+	LWLockAcquire(instance_lock, LW_EXCLUSIVE);
+	entry = hash_search(instance_cache, key, HASH_ENTER_NULL, NULL);
+	if (entry != NULL)
+		entry->instance = *instance;
+	LWLockRelease(instance_lock);
+}
+
+static void
+CacheRemove(const char *name)
+{
+	char		key[NAMEDATALEN];
+
+	if (instance_cache == NULL)
+		return;
+	MakeKey(key, name);
+	LWLockAcquire(instance_lock, LW_EXCLUSIVE);
+	hash_search(instance_cache, key, HASH_REMOVE, NULL);
+	LWLockRelease(instance_lock);
+}
+
+/* Takes one of the instance's locks; false when busy and told not to wait. */
+static bool
+LockInstanceName(const char *name, int lock_kind, bool wait)
+{
+	LOCKTAG		tag;
+	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
+
+	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, RMSG_LOCK_CLASS, hash, lock_kind);
+	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* Takes one of the instance's locks, waiting if need be. */
+void
+RmsgLockInstance(const char *name, int lock_kind)
+{
+	(void) LockInstanceName(name, lock_kind, true);
+}
+
+/* The instance's row as last committed (or as this transaction changed it). */
+static bool
+ReadInstance(const char *name, RmsgInstance *out)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	bool		found;
+	bool		isnull;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&find_plan, &arg, NULL, true, 1);
+	found = SPI_processed > 0;
+	if (found)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		out->instance_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		out->recovering = DatumGetBool(SPI_getbinval(row, desc, 2, &isnull));
+	}
+	RmsgSpiFinish();
+	return found;
+}
+
+/*
+ * Locks the instance (RMSG_LOCK_INSTANCE_ARRIVAL or _TAKE) and returns its
+ * id and mode as of now; 42704 when there is no such instance.
+ */
+RmsgInstance
+RmsgOpenInstance(const char *name, int lock_kind)
+{
+	RmsgInstance instance;
+	bool		usable;
+
+	RmsgLockInstance(name, lock_kind);
+
+	usable = CacheUsable(name);
+	if (usable && CacheLookup(name, &instance))
+		return instance;
+	if (!ReadInstance(name, &instance))
+		RmsgReportNoInstance(name);
+	if (usable && lock_kind == RMSG_LOCK_INSTANCE_ARRIVAL)
+		CacheStore(name, &instance);
+	return instance;
+}
+
+/*
+ * For receive_any: takes the take lock of the instance with this id without
+ * waiting.  False when it is held by another transaction, or the instance is
+ * gone; else its name (NAMEDATALEN bytes) and mode.
+ */
+bool
+RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance)
+{
+	Datum		arg = Int64GetDatum(instance_id);
+	bool		isnull;
+	bool		found;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&name_plan, &arg, NULL, true, 1);
+	found = SPI_processed > 0;
+	if (found)
+		text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[0],
+															 SPI_tuptable->tupdesc,
+															 1, &isnull)),
+							   name, NAMEDATALEN);
+	RmsgSpiFinish();
+	if (!found || !LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false))
+		return false;
+
+	/* dropped (and perhaps made again) before we had the lock? */
+	if (CacheUsable(name) && CacheLookup(name, instance))
+		return instance->instance_id == instance_id;
+	return ReadInstance(name, instance) && instance->instance_id == instance_id;
+}
+
+/*
+ * The caller (holding the arrival lock) changed the instance's row: forget
+ * the cached entry now, and again when the transaction ends.
+ */
+void
+RmsgInstanceChanged(const char *name)
+{
+	if (!ChangedHere(name))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		changed_names = lappend(changed_names, pstrdup(name));
+		MemoryContextSwitchTo(old);
+	}
+	CacheRemove(name);
+}
+
+/*
+ * Transaction callback, at commit or abort, before the locks are released.
+ * It must not fail: removing an entry allocates nothing.
+ */
+void
+RmsgInstanceCacheXactEnd(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, changed_names)
+		CacheRemove((const char *) lfirst(lc));
+	/* the list itself goes with TopTransactionContext */
+	changed_names = NIL;
+}

@@ -1,0 +1,238 @@
+/*-------------------------------------------------------------------------
+ *
+ * receive.c
+ *	  rmsg.receive and rmsg.receive_any: handing out an instance's messages
+ *	  in order, one batch at a time (seeds 001, 002).
+ *
+ * An instance's line is its messages in msg_id order.  A receive leases up
+ * to max messages from the head of the line, and none while any message of
+ * the instance is in flight (its lease running): an instance handles one
+ * batch at a time, and with max = 1 one message at a time.  In recovery only
+ * recovery messages are received (claim 4); the normal ones wait where they
+ * are, and come first once the mode is normal again (claim 9).
+ *
+ * Finding what is in flight takes two probes, not a scan, because leases are
+ * only ever taken from the head: the messages in flight are always at the
+ * head of the line, or (when they were taken in recovery) at the head of
+ * the instance's recovery messages.  The partial index on recovery messages
+ * lets a recovering instance reach them without walking past its deferred
+ * ones.
+ *
+ * A receiver holds the instance's take lock until its transaction ends, so
+ * two receivers never lease from one line at once; receive_any skips an
+ * instance whose lock is held, as SKIP LOCKED would.  It visits instances
+ * in the order of their ids, round-robin from where this backend left off,
+ * so every instance with work gets its turn.  A lease is a losable write,
+ * committed lazily like rmsg.get's (commit_mode.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+PG_FUNCTION_INFO_V1(rmsg_receive);
+PG_FUNCTION_INFO_V1(rmsg_receive_any);
+
+/*
+ * Leases up to $4 messages from the head of instance $1's line, unless the
+ * head of the line or of its recovery messages is in flight.  $2 now, $3 the
+ * lease's end.  The two statements differ only in the line they take from:
+ * all messages, or (in recovery) the recovery ones.
+ */
+#define IN_FLIGHT_CHECK \
+	"WITH busy AS (" \
+	"  SELECT coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
+	"                    WHERE instance_id = $1 ORDER BY msg_id LIMIT 1), false)" \
+	"      OR coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
+	"                    WHERE instance_id = $1 AND kind = 'recovery'" \
+	"                    ORDER BY msg_id LIMIT 1), false) AS busy),"
+#define LEASE_PICKED \
+	" leased AS (" \
+	"  UPDATE rmsg.instance_message m" \
+	"     SET lease_until = $3, deliveries = m.deliveries + 1" \
+	"    FROM picked WHERE m.msg_id = picked.msg_id" \
+	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries)" \
+	" SELECT * FROM leased ORDER BY msg_id"
+
+static RmsgPlan receive_plan = {
+	IN_FLIGHT_CHECK
+	" picked AS ("
+	"  SELECT msg_id FROM rmsg.instance_message"
+	"   WHERE instance_id = $1 AND NOT (SELECT busy FROM busy)"
+	"     AND (lease_until IS NULL OR lease_until <= $2)"
+	"   ORDER BY msg_id LIMIT $4),"
+	LEASE_PICKED,
+	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+};
+
+static RmsgPlan receive_recovery_plan = {
+	IN_FLIGHT_CHECK
+	" picked AS ("
+	"  SELECT msg_id FROM rmsg.instance_message"
+	"   WHERE instance_id = $1 AND kind = 'recovery' AND NOT (SELECT busy FROM busy)"
+	"     AND (lease_until IS NULL OR lease_until <= $2)"
+	"   ORDER BY msg_id LIMIT $4),"
+	LEASE_PICKED,
+	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+};
+
+/* The next instance with messages after $1, by id. */
+static RmsgPlan next_instance_plan = {
+	"SELECT instance_id FROM rmsg.instance_message"
+	" WHERE instance_id > $1 ORDER BY instance_id LIMIT 1",
+	1, {INT8OID}
+};
+
+/* The last instance receive_any visited in this backend: it goes on after it. */
+static int64 last_visited = 0;
+
+#define RECEIVE_COLUMNS 5
+
+/*
+ * Leases up to max messages of the instance and adds them to the result,
+ * prefixed by the instance's name when given (receive_any).  Returns how
+ * many.  The caller holds the instance's take lock and an SPI connection.
+ */
+static int
+LeaseFromLine(const RmsgInstance *instance, const char *name, int max,
+			  int64 visibility, ReturnSetInfo *rsinfo)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		args[4];
+	int			first = (name != NULL) ? 1 : 0;
+
+	args[0] = Int64GetDatum(instance->instance_id);
+	args[1] = TimestampTzGetDatum(now);
+	args[2] = TimestampTzGetDatum(now + visibility);
+	args[3] = Int32GetDatum(max);
+	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
+	RmsgPlanExecute(instance->recovering ? &receive_recovery_plan : &receive_plan,
+					args, NULL, true, 0);
+	RmsgLazyWriteEnd();
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		values[RECEIVE_COLUMNS + 1];
+		bool		nulls[RECEIVE_COLUMNS + 1];
+
+		if (name != NULL)
+		{
+			values[0] = CStringGetTextDatum(name);
+			nulls[0] = false;
+		}
+		for (int col = 0; col < RECEIVE_COLUMNS; col++)
+			values[first + col] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												col + 1, &nulls[first + col]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (int) SPI_processed;
+}
+
+/* max and visibility, the arguments both functions share */
+static void
+BatchArgs(FunctionCallInfo fcinfo, int argno, int32 *max, int64 *visibility)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max must not be null")));
+	*max = PG_GETARG_INT32(argno);
+	if (*max < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max must be at least 1, not %d", *max)));
+	if (PG_ARGISNULL(argno + 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("visibility must not be null")));
+	*visibility = RmsgIntervalArg(fcinfo, argno + 1, "visibility", 0, false);
+}
+
+/* rmsg.receive(instance, max, visibility) */
+Datum
+rmsg_receive(PG_FUNCTION_ARGS)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "instance");
+	int32		max;
+	int64		visibility;
+	RmsgInstance instance;
+
+	RmsgCheckName(name, "instance");
+	BatchArgs(fcinfo, 1, &max, &visibility);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+	RmsgSpiConnect();
+	(void) LeaseFromLine(&instance, NULL, max, visibility,
+						 (ReturnSetInfo *) fcinfo->resultinfo);
+	RmsgSpiFinish();
+	return (Datum) 0;
+}
+
+/* The next instance id after `after` that has messages; 0 when none. */
+static int64
+NextInstanceWithMessages(int64 after)
+{
+	Datum		arg = Int64GetDatum(after);
+	bool		isnull;
+
+	RmsgPlanExecute(&next_instance_plan, &arg, NULL, true, 1);
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * rmsg.receive_any(max, visibility): the next message of up to max
+ * instances, one each, skipping instances another receiver holds.  One
+ * round over the instances with messages, starting after the last one this
+ * backend visited.
+ */
+Datum
+rmsg_receive_any(PG_FUNCTION_ARGS)
+{
+	int32		max;
+	int64		visibility;
+	int64		start;
+	int64		id;
+	bool		wrapped = false;
+	int			taken = 0;
+
+	BatchArgs(fcinfo, 0, &max, &visibility);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	RmsgSpiConnect();
+	start = last_visited;
+	id = start;
+	while (taken < max)
+	{
+		char		name[NAMEDATALEN];
+		RmsgInstance instance;
+
+		id = NextInstanceWithMessages(id);
+		if (id == 0)
+		{
+			if (wrapped || start == 0)
+				break;
+			wrapped = true;
+			continue;			/* from the lowest id again */
+		}
+		if (wrapped && id > start)
+			break;				/* been round once */
+		last_visited = id;
+
+		if (!RmsgTryOpenInstanceById(id, name, &instance))
+			continue;
+		taken += LeaseFromLine(&instance, name, 1, visibility,
+							   (ReturnSetInfo *) fcinfo->resultinfo);
+	}
+	RmsgSpiFinish();
+	return (Datum) 0;
+}
