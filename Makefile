@@ -14,7 +14,8 @@ REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view dedup_to
 REGRESS_OPTS = --load-extension=recoverable_msg
 
 # Isolation specs for races, kept under test/ with their expected outputs.
-ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put contract_race
+ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put contract_race \
+            deliver_vs_complete instance_receivers
 ISOLATION_OPTS = --inputdir=test
 
 TAP_TESTS = 1
