@@ -153,6 +153,44 @@ SELECT count(*) AS charges, count(DISTINCT call_id) AS distinct_calls FROM charg
 SQL
 }
 
+# Recovery-mode instances (README, "A worked example" under "Recovery-mode
+# instances"): an order recovers while its customer keeps writing; the
+# server crashes in the middle; after the restart the order is still in
+# recovery with the deferred messages, and completing recovery releases
+# them in the order they arrived.
+instance_demo() {
+    local psql=(psql -X -v ON_ERROR_STOP=1)
+    log "recovery-mode instances: an order recovers, a crash in the middle"
+    run_as_pg "${psql[@]}" -q -c "CREATE DATABASE orders"
+    run_as_pg "${psql[@]}" -q -d orders -f - <"$ROOT/test/examples/order_conversation.sql"
+    run_as_pg "${psql[@]}" -d orders -e <<'SQL'
+SELECT rmsg.create_instance('order-42', '{"status": "new", "paid": false}');
+SELECT * FROM rmsg.deliver('order-42', 'placed');
+CALL drain('order-42');
+-- the payment provider reports a mismatch: the order must recover
+SELECT rmsg.begin_recovery('order-42');
+-- the customer keeps writing: those messages are deferred
+SELECT * FROM rmsg.deliver('order-42', 'address changed');
+SELECT * FROM rmsg.deliver('order-42', 'gift wrap');
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+SQL
+    log "pg_ctl stop -m immediate while order-42 recovers"
+    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
+    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
+    run_as_pg "${psql[@]}" -d orders -e <<'SQL'
+-- after the crash: still in recovery, its state and both deferred messages kept
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+SELECT rmsg.load_state('order-42');
+-- the recovery message: handling it completes recovery, then the deferred
+-- messages are handled in the order they arrived
+SELECT * FROM rmsg.deliver('order-42', 'resync: paid', 'recovery');
+CALL drain('order-42');
+SELECT seq, mode, kind, message, status FROM order_events ORDER BY seq;
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+SELECT rmsg.load_state('order-42');
+SQL
+}
+
 main() {
     # shellcheck disable=SC2086  # a space-separated package list
     ensure_packages $DEMO_PACKAGES || die "could not install the required packages"
@@ -163,6 +201,7 @@ main() {
     run_walkthrough
     crash_and_recover
     contract_demo
+    instance_demo
     stop_cluster   # the EXIT trap stops it too, should anything above fail
     log "demo finished"
 }

@@ -431,13 +431,16 @@ drain_counters() {
 # check_empty INSTANCE: after its drain, nothing is left of the instance's
 # line and nothing is receivable.  Times receives on the empty line in one
 # session, after one on another instance has prepared the session's plans:
-# two before any VACUUM (they walk past the index entries of the messages
-# acked) and one after; appends "1 instance 2 ms 3 ms 4 ms after VACUUM" to
-# results/empty.
+# two before any VACUUM (they may walk past the index entries of the
+# messages acked) and one after; a receive on an empty line should cost
+# next to nothing whatever else the table holds, so the number of the other
+# instances' messages is printed beside.  Appends "1 instance 2 ms 3 ms
+# 4 ms after VACUUM 5 other messages" to results/empty.
 check_empty() {
-    local left got r1 r2 r3 timed
+    local left others got r1 r2 r3 timed
     left=$(sql "SELECT ready || ' ready, ' || deferred || ' deferred, ' || in_flight || ' in flight'
                   FROM rmsg.instances WHERE instance = '$1'")
+    others=$(sql "SELECT coalesce(sum(ready + deferred + in_flight), 0) FROM rmsg.instances WHERE instance <> '$1'")
     timed="SELECT count(*), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::numeric, 2)
              FROM rmsg.receive('$1', 1000);"
     { read -r got r1; read -r _ r2; read -r _ r3; } < <(run_as_pg psql -X -q -v ON_ERROR_STOP=1 -At -F ' ' <<SQL
@@ -450,9 +453,10 @@ VACUUM rmsg.instance_message;
 $timed
 SQL
 )
-    printf '    %-30s left afterwards: %s; receive(max=>1000) got %s in %s ms, again %s ms, after VACUUM %s ms\n' "" \
-        "$left" "$got" "$r1" "$r2" "$r3"
-    printf '%s %s %s %s\n' "$1" "$r1" "$r2" "$r3" >>"$WORK/results/empty"
+    printf '    %-30s left afterwards: %s; receive(max=>1000) got %s\n' "" "$left" "$got"
+    printf '    %-30s in %s ms, again %s ms, after VACUUM %s ms (other instances'"'"' messages: %s)\n' "" \
+        "$r1" "$r2" "$r3" "$others"
+    printf '%s %s %s %s %s\n' "$1" "$r1" "$r2" "$r3" "$others" >>"$WORK/results/empty"
     [[ $left == "0 ready, 0 deferred, 0 in flight" && $got == 0 ]] ||
         printf 'WARNING: instance %s is not empty after its drain\n' "$1"
 }
@@ -477,6 +481,10 @@ drain_median() {
     [[ $expr == rate ]] && expr="msgs / nullif(secs, 0)"
     sql "SELECT $expr FROM drain_result WHERE run LIKE '$1'" | median
 }
+
+# empty_stat a|b COLUMN: median of a column of results/empty over the
+# rounds, for instance A or B.
+empty_stat() { awk -v re="^bl_$1_r" -v c="$2" '$1 ~ re { print $c }' "$WORK/results/empty" | median; }
 
 # drain_stat REGEX COLUMN: median of a column of results/drain over the
 # runs matching REGEX.
@@ -550,9 +558,10 @@ report() {
                      WHERE f.chunk = 1 AND l.chunk = $CHUNKS AND f.run LIKE 'bl_a_r%'" | median)
     printf '  (a) last tenth / first tenth:  %sx msgs/s (about 1x when the rate does not depend on what was acked before)\n' \
         "$r_tenths"
-    printf '  receive on the drained line:   %.2f ms, again %.2f ms, after VACUUM %.2f ms\n' \
-        "$(awk '{ print $2 }' "$WORK/results/empty" | median)" "$(awk '{ print $3 }' "$WORK/results/empty" | median)" \
-        "$(awk '{ print $4 }' "$WORK/results/empty" | median)"
+    printf '  receive on a drained line:     A %.2f ms, again %.2f ms, after VACUUM %.2f ms (%s messages of B in the table)\n' \
+        "$(empty_stat a 2)" "$(empty_stat a 3)" "$(empty_stat a 4)" "$(empty_stat a 5)"
+    printf '                                 B %.2f ms, again %.2f ms, after VACUUM %.2f ms (%s other messages)\n' \
+        "$(empty_stat b 2)" "$(empty_stat b 3)" "$(empty_stat b 4)" "$(empty_stat b 5)"
 
     printf '\n3. summary (medians)\n'
     printf '  %-52s %s\n' "deliver, none in recovery" "$(column_median zero 1 | xargs printf '%.0f/s')"
@@ -571,8 +580,10 @@ report() {
     printf '  %-52s %s\n' "drain, receive max=>$BATCH + ack(array)" "$(drain_median 'bl_a_r%' rate | xargs printf '%.0f msgs/s')"
     printf '  %-52s %s\n' "drain, receive max=>1 + ack(id)" "$(drain_median 'bl_b_r%.1' rate | xargs printf '%.0f msgs/s')"
     printf '  %-52s %s\n' "drain rate, last tenth / first tenth of (a)" "${r_tenths}x"
-    printf '  %-52s %s\n' "receive on the drained line, before / after VACUUM" \
-        "$(awk '{ print $3 }' "$WORK/results/empty" | median | xargs printf '%.2f') / $(awk '{ print $4 }' "$WORK/results/empty" | median | xargs printf '%.2f') ms"
+    printf '  %-52s %s\n' "receive on empty A, B's $BACKLOG in the table" \
+        "$(empty_stat a 3 | xargs printf '%.2f') ms, after VACUUM $(empty_stat a 4 | xargs printf '%.2f') ms"
+    printf '  %-52s %s\n' "receive on empty B, table empty" \
+        "$(empty_stat b 3 | xargs printf '%.2f') ms, after VACUUM $(empty_stat b 4 | xargs printf '%.2f') ms"
     printf '  %-52s %s\n' "order inversions / messages received" \
         "$(($(drain_sum 'bl_%' id_inversions) + $(drain_sum 'bl_%' seq_inversions))) / $(drain_sum 'bl_%' msgs) of $((2 * BACKLOG * BACKLOG_ROUNDS))"
 }
