@@ -51,9 +51,10 @@ synchronous_commit = on
 wal_writer_delay = '10s'
 autovacuum = off
 # The WAL writer also wakes when an asynchronous commit crosses a WAL page
-# boundary; full-page images after the checkpoint below would make that
-# certain and flush the last transactions before the crash.  Without them
-# a lazy commit at the end is most likely still unflushed at the crash.
+# boundary; the full-page images written after the checkpoint below would
+# almost always make the last transactions before the crash cross one, and
+# get flushed.  Without them a lazy commit at the end is most likely still
+# unflushed at the crash.
 # (An immediate shutdown tears no page: the files stay in the OS cache.)
 full_page_writes = off
 });
