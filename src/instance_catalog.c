@@ -177,15 +177,22 @@ CacheRemove(const char *name)
 	LWLockRelease(instance_lock);
 }
 
-/* Takes one of the instance's locks; false when busy and told not to wait. */
-static bool
+static void
+SetInstanceLockTag(LOCKTAG *tag, const char *name, int lock_kind)
+{
+	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
+
+	SET_LOCKTAG_OBJECT(*tag, MyDatabaseId, RMSG_LOCK_CLASS, hash, lock_kind);
+}
+
+/* Takes one of the instance's locks; without waiting, it may be unavailable. */
+static LockAcquireResult
 LockInstanceName(const char *name, int lock_kind, bool wait)
 {
 	LOCKTAG		tag;
-	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
 
-	SET_LOCKTAG_OBJECT(tag, MyDatabaseId, RMSG_LOCK_CLASS, hash, lock_kind);
-	return LockAcquire(&tag, ExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	SetInstanceLockTag(&tag, name, lock_kind);
+	return LockAcquire(&tag, ExclusiveLock, false, !wait);
 }
 
 /* Takes one of the instance's locks, waiting if need be. */
@@ -243,14 +250,19 @@ RmsgOpenInstance(const char *name, int lock_kind)
 /*
  * For receive_any: takes the take lock of the instance with this id without
  * waiting.  False when it is held by another transaction, or the instance is
- * gone; else its name (NAMEDATALEN bytes) and mode.
+ * gone; else its name (NAMEDATALEN bytes) and mode.  *fresh says whether
+ * the lock is new to this transaction, so that the caller may let it go
+ * again if it takes nothing.
  */
 bool
-RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance)
+RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance,
+						bool *fresh)
 {
 	Datum		arg = Int64GetDatum(instance_id);
+	LockAcquireResult locked;
 	bool		isnull;
 	bool		found;
+	bool		same;
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&name_plan, &arg, NULL, true, 1);
@@ -261,13 +273,34 @@ RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance)
 															 1, &isnull)),
 							   name, NAMEDATALEN);
 	RmsgSpiFinish();
-	if (!found || !LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false))
+	if (!found)
 		return false;
+	locked = LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false);
+	if (locked == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	*fresh = (locked == LOCKACQUIRE_OK);
 
 	/* dropped (and perhaps made again) before we had the lock? */
 	if (CacheUsable(name) && CacheLookup(name, instance))
-		return instance->instance_id == instance_id;
-	return ReadInstance(name, instance) && instance->instance_id == instance_id;
+		same = instance->instance_id == instance_id;
+	else
+		same = ReadInstance(name, instance) && instance->instance_id == instance_id;
+	if (!same && *fresh)
+		RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+	return same;
+}
+
+/*
+ * Lets go of a lock this transaction took and has not used to change
+ * anything (receive_any, on an instance it took nothing from).
+ */
+void
+RmsgUnlockInstance(const char *name, int lock_kind)
+{
+	LOCKTAG		tag;
+
+	SetInstanceLockTag(&tag, name, lock_kind);
+	LockRelease(&tag, ExclusiveLock, false);
 }
 
 /*

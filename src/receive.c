@@ -20,7 +20,8 @@
  *
  * A receiver holds the instance's take lock until its transaction ends, so
  * two receivers never lease from one line at once; receive_any skips an
- * instance whose lock is held, as SKIP LOCKED would.  It visits instances
+ * instance whose lock is held, as SKIP LOCKED would, and lets go at once of
+ * the lock of an instance it took nothing from.  It visits instances
  * in the order of their ids, round-robin from where this backend left off,
  * so every instance with work gets its turn.  A lease is a losable write,
  * committed lazily like rmsg.get's (commit_mode.c).
@@ -215,6 +216,8 @@ rmsg_receive_any(PG_FUNCTION_ARGS)
 	{
 		char		name[NAMEDATALEN];
 		RmsgInstance instance;
+		bool		fresh;
+		int			leased;
 
 		id = NextInstanceWithMessages(id);
 		if (id == 0)
@@ -228,10 +231,14 @@ rmsg_receive_any(PG_FUNCTION_ARGS)
 			break;				/* been round once */
 		last_visited = id;
 
-		if (!RmsgTryOpenInstanceById(id, name, &instance))
+		if (!RmsgTryOpenInstanceById(id, name, &instance, &fresh))
 			continue;
-		taken += LeaseFromLine(&instance, name, 1, visibility,
+		leased = LeaseFromLine(&instance, name, 1, visibility,
 							   (ReturnSetInfo *) fcinfo->resultinfo);
+		/* nothing taken: other receivers need not skip it for our sake */
+		if (leased == 0 && fresh)
+			RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+		taken += leased;
 	}
 	RmsgSpiFinish();
 	return (Datum) 0;

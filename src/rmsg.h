@@ -255,7 +255,8 @@ extern void RmsgInstanceCacheShmemInit(LWLock *lock);
 extern void RmsgLockInstance(const char *name, int lock_kind);
 extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind);
 extern bool RmsgTryOpenInstanceById(int64 instance_id, char *name,
-									RmsgInstance *instance);
+									RmsgInstance *instance, bool *fresh);
+extern void RmsgUnlockInstance(const char *name, int lock_kind);
 extern void RmsgInstanceChanged(const char *name);
 extern void RmsgInstanceCacheXactEnd(void);
 extern void RmsgReportNoInstance(const char *name);
