@@ -46,19 +46,28 @@ PG_FUNCTION_INFO_V1(rmsg_receive_any);
  * head of the line or of its recovery messages is in flight.  $2 now, $3 the
  * lease's end.  The two statements differ only in the line they take from:
  * all messages, or (in recovery) the recovery ones.
+ *
+ * Each part is written so that only the line's index serves it.  With an
+ * equality on instance_id, the planner takes the wanted order to be msg_id
+ * order, and when few instances hold messages the statistics make a scan of
+ * the primary key, filtering on instance_id, look cheap: every receive then
+ * walked all other instances' messages.  A range of one value asks for the
+ * same rows but keeps instance_id in the order, which only the line's
+ * indexes give; the lease then goes by msg_id.
  */
 #define IN_FLIGHT_CHECK \
 	"WITH busy AS (" \
 	"  SELECT coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
-	"                    WHERE instance_id = $1 ORDER BY msg_id LIMIT 1), false)" \
+	"                    WHERE instance_id BETWEEN $1 AND $1" \
+	"                    ORDER BY instance_id, msg_id LIMIT 1), false)" \
 	"      OR coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
-	"                    WHERE instance_id = $1 AND kind = 'recovery'" \
-	"                    ORDER BY msg_id LIMIT 1), false) AS busy),"
+	"                    WHERE instance_id BETWEEN $1 AND $1 AND kind = 'recovery'" \
+	"                    ORDER BY instance_id, msg_id LIMIT 1), false) AS busy),"
 #define LEASE_PICKED \
 	" leased AS (" \
 	"  UPDATE rmsg.instance_message m" \
 	"     SET lease_until = $3, deliveries = m.deliveries + 1" \
-	"    FROM picked WHERE m.msg_id = picked.msg_id" \
+	"   WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM picked))" \
 	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries)" \
 	" SELECT * FROM leased ORDER BY msg_id"
 
@@ -66,9 +75,9 @@ static RmsgPlan receive_plan = {
 	IN_FLIGHT_CHECK
 	" picked AS ("
 	"  SELECT msg_id FROM rmsg.instance_message"
-	"   WHERE instance_id = $1 AND NOT (SELECT busy FROM busy)"
+	"   WHERE instance_id BETWEEN $1 AND $1 AND NOT (SELECT busy FROM busy)"
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
-	"   ORDER BY msg_id LIMIT $4),"
+	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
 	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };
@@ -77,9 +86,10 @@ static RmsgPlan receive_recovery_plan = {
 	IN_FLIGHT_CHECK
 	" picked AS ("
 	"  SELECT msg_id FROM rmsg.instance_message"
-	"   WHERE instance_id = $1 AND kind = 'recovery' AND NOT (SELECT busy FROM busy)"
+	"   WHERE instance_id BETWEEN $1 AND $1 AND kind = 'recovery'"
+	"     AND NOT (SELECT busy FROM busy)"
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
-	"   ORDER BY msg_id LIMIT $4),"
+	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
 	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };

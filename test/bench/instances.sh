@@ -162,8 +162,11 @@ setup_schema() {
     # Drop every instance, create n fresh ones named i1 .. in, and put r of
     # them, spread evenly over the names, in recovery.  A commit every 1000
     # instances: each call holds a heavyweight lock on its instance's name
-    # until the end of the transaction, so 10,000 in one transaction run the
-    # lock table out of shared memory (max_locks_per_transaction).
+    # until the end of the transaction, and 10,000 of them in one
+    # transaction run the lock table out of shared memory ("out of shared
+    # memory": the lock table is sized for max_locks_per_transaction = 64
+    # per backend slot, some 4,600 locks at max_connections = 50, plus what
+    # spare shared memory there is).
     sql "CREATE PROCEDURE reset_instances(n int, r int) LANGUAGE plpgsql AS \$\$
          DECLARE
              names text[] := ARRAY(SELECT instance FROM rmsg.instances);
@@ -432,7 +435,7 @@ drain_counters() {
 # line and nothing is receivable.  Times receives on the empty line in one
 # session, after one on another instance has prepared the session's plans:
 # two before any VACUUM (they may walk past the index entries of the
-# messages acked) and one after; a receive on an empty line should cost
+# messages acked) and one after (the second after it); a receive on an empty line should cost
 # next to nothing whatever else the table holds, so the number of the other
 # instances' messages is printed beside.  Appends "1 instance 2 ms 3 ms
 # 4 ms after VACUUM 5 other messages" to results/empty.
@@ -443,6 +446,8 @@ check_empty() {
     others=$(sql "SELECT coalesce(sum(ready + deferred + in_flight), 0) FROM rmsg.instances WHERE instance <> '$1'")
     timed="SELECT count(*), round((1000 * extract(epoch FROM clock_timestamp() - statement_timestamp()))::numeric, 2)
              FROM rmsg.receive('$1', 1000);"
+    # The VACUUM makes the session plan its statements again: one receive
+    # after it, untimed, pays for that.
     { read -r got r1; read -r _ r2; read -r _ r3; } < <(run_as_pg psql -X -q -v ON_ERROR_STOP=1 -At -F ' ' <<SQL
 \\o /dev/null
 SELECT count(*) FROM rmsg.receive('bench_warm', 1000);
@@ -450,6 +455,9 @@ SELECT count(*) FROM rmsg.receive('bench_warm', 1000);
 $timed
 $timed
 VACUUM rmsg.instance_message;
+\\o /dev/null
+$timed
+\\o
 $timed
 SQL
 )
