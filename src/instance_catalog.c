@@ -58,17 +58,33 @@
 /* More instances than this are read from the table each time. */
 #define RMSG_INSTANCE_CACHE_SIZE 16384
 
+/*
+ * The table's OID is part of the key: the cache is shared by every database,
+ * and an extension dropped and made again starts its instances afresh
+ * (entries of the old table are never found again).
+ */
+typedef struct InstanceKey
+{
+	Oid			database;
+	Oid			table;			/* rmsg.instance */
+	char		name[NAMEDATALEN];	/* zero-padded */
+} InstanceKey;
+
 typedef struct CachedInstance
 {
-	char		name[NAMEDATALEN];	/* hash key, zero-padded */
+	InstanceKey key;			/* hash key */
 	RmsgInstance instance;
 } CachedInstance;
 
 static LWLock *instance_lock = NULL;
 static HTAB *instance_cache = NULL;
 
-/* names of instances this transaction changed, in TopTransactionContext */
-static List *changed_names = NIL;
+/*
+ * Keys of the instances this transaction changed, in TopTransactionContext:
+ * made while the transaction could still read the catalog, so that the
+ * callback at its end needs no catalog access.
+ */
+static List *changed_keys = NIL;
 
 static RmsgPlan find_plan = {
 	"SELECT instance_id, mode = 'recovery' FROM rmsg.instance WHERE name = $1",
@@ -93,7 +109,7 @@ RmsgInstanceCacheShmemInit(LWLock *lock)
 	HASHCTL		info;
 
 	instance_lock = lock;
-	info.keysize = NAMEDATALEN;
+	info.keysize = sizeof(InstanceKey);
 	info.entrysize = sizeof(CachedInstance);
 	instance_cache = ShmemInitHash("recoverable_msg instance cache",
 								   RMSG_INSTANCE_CACHE_SIZE, RMSG_INSTANCE_CACHE_SIZE,
@@ -109,20 +125,22 @@ RmsgReportNoInstance(const char *name)
 }
 
 static void
-MakeKey(char *key, const char *name)
+MakeKey(InstanceKey *key, const char *name)
 {
-	memset(key, 0, NAMEDATALEN);
-	strlcpy(key, name, NAMEDATALEN);
+	memset(key, 0, sizeof(*key));
+	key->database = MyDatabaseId;
+	key->table = RmsgGetRelations()->instance;
+	strlcpy(key->name, name, NAMEDATALEN);
 }
 
 static bool
-ChangedHere(const char *name)
+ChangedHere(const InstanceKey *key)
 {
 	ListCell   *lc;
 
-	foreach(lc, changed_names)
+	foreach(lc, changed_keys)
 	{
-		if (strcmp((const char *) lfirst(lc), name) == 0)
+		if (memcmp(lfirst(lc), key, sizeof(InstanceKey)) == 0)
 			return true;
 	}
 	return false;
@@ -131,18 +149,23 @@ ChangedHere(const char *name)
 static bool
 CacheUsable(const char *name)
 {
-	return instance_cache != NULL && rmsg_instance_cache && !ChangedHere(name);
+	InstanceKey key;
+
+	if (instance_cache == NULL || !rmsg_instance_cache)
+		return false;
+	MakeKey(&key, name);
+	return !ChangedHere(&key);
 }
 
 static bool
 CacheLookup(const char *name, RmsgInstance *out)
 {
-	char		key[NAMEDATALEN];
+	InstanceKey key;
 	CachedInstance *entry;
 
-	MakeKey(key, name);
+	MakeKey(&key, name);
 	LWLockAcquire(instance_lock, LW_SHARED);
-	entry = hash_search(instance_cache, key, HASH_FIND, NULL);
+	entry = hash_search(instance_cache, &key, HASH_FIND, NULL);
 	if (entry != NULL)
 		*out = entry->instance;
 	LWLockRelease(instance_lock);
@@ -153,25 +176,22 @@ CacheLookup(const char *name, RmsgInstance *out)
 static void
 CacheStore(const char *name, const RmsgInstance *instance)
 {
-	char		key[NAMEDATALEN];
+	InstanceKey key;
 	CachedInstance *entry;
 
-	MakeKey(key, name);
+	MakeKey(&key, name);
 	LWLockAcquire(instance_lock, LW_EXCLUSIVE);
-	entry = hash_search(instance_cache, key, HASH_ENTER_NULL, NULL);
+	entry = hash_search(instance_cache, &key, HASH_ENTER_NULL, NULL);
 	if (entry != NULL)
 		entry->instance = *instance;
 	LWLockRelease(instance_lock);
 }
 
 static void
-CacheRemove(const char *name)
+CacheRemove(const InstanceKey *key)
 {
-	char		key[NAMEDATALEN];
-
 	if (instance_cache == NULL)
 		return;
-	MakeKey(key, name);
 	LWLockAcquire(instance_lock, LW_EXCLUSIVE);
 	hash_search(instance_cache, key, HASH_REMOVE, NULL);
 	LWLockRelease(instance_lock);
@@ -310,14 +330,19 @@ RmsgUnlockInstance(const char *name, int lock_kind)
 void
 RmsgInstanceChanged(const char *name)
 {
-	if (!ChangedHere(name))
+	InstanceKey key;
+
+	MakeKey(&key, name);
+	if (!ChangedHere(&key))
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		InstanceKey *copy = palloc(sizeof(key));
 
-		changed_names = lappend(changed_names, pstrdup(name));
+		*copy = key;
+		changed_keys = lappend(changed_keys, copy);
 		MemoryContextSwitchTo(old);
 	}
-	CacheRemove(name);
+	CacheRemove(&key);
 }
 
 /*
@@ -329,8 +354,8 @@ RmsgInstanceCacheXactEnd(void)
 {
 	ListCell   *lc;
 
-	foreach(lc, changed_names)
-		CacheRemove((const char *) lfirst(lc));
+	foreach(lc, changed_keys)
+		CacheRemove((const InstanceKey *) lfirst(lc));
 	/* the list itself goes with TopTransactionContext */
-	changed_names = NIL;
+	changed_keys = NIL;
 }

@@ -94,6 +94,7 @@ RmsgGetRelations(void)
 		relations.payload_pkey = RelidOf(namespace, "payload_pkey");
 		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
 		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
+		relations.instance = RelidOf(namespace, "instance");
 
 		rel = table_open(relations.message, AccessShareLock);
 		relations.att_msg_id = AttnumOf(rel, "msg_id");

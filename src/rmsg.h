@@ -132,6 +132,7 @@ typedef struct RmsgRelations
 	Oid			payload_pkey;
 	Oid			payload_hash_idx;
 	Oid			payload_id_seq;
+	Oid			instance;
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
 	AttrNumber	att_deliveries;
