@@ -26,6 +26,10 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Every file includes the one header, whose structs they share: rebuild
+# them all when it changes (PGXS tracks no header dependencies by itself).
+$(OBJS): src/rmsg.h
+
 # test/check.sh reads the lists above through this, so they are stated once.
 print-%:
 	@echo '$($*)'

@@ -107,6 +107,21 @@ RmsgCheckPayloadSize(Size size)
 				 errhint("Raise rmsg.max_payload_size, or store large data elsewhere and put a reference to it.")));
 }
 
+/* A payload argument that must not be NULL, within rmsg.max_payload_size. */
+bytea *
+RmsgPayloadArg(FunctionCallInfo fcinfo, int argno)
+{
+	bytea	   *payload;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("payload must not be null")));
+	payload = PG_GETARG_BYTEA_PP(argno);
+	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(payload));
+	return payload;
+}
+
 /* Headers are a JSON object or NULL. */
 void
 RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno)

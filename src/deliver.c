@@ -71,12 +71,7 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	bool		result_nulls[2] = {false, false};
 
 	RmsgCheckName(name, "instance");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("payload must not be null")));
-	payload = PG_GETARG_BYTEA_PP(1);
-	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(payload));
+	payload = RmsgPayloadArg(fcinfo, 1);
 	recovery_kind = KindArg(fcinfo, 2);
 	RmsgCheckHeaders(fcinfo, 3);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)

@@ -163,12 +163,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	RmsgStoredData first = {0};
 	int64		first_msg_id = 0;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("payload must not be null")));
-	payload = PG_GETARG_BYTEA_PP(1);
-	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(payload));
+	payload = RmsgPayloadArg(fcinfo, 1);
 	RmsgCheckHeaders(fcinfo, 2);
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
 

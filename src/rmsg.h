@@ -95,6 +95,7 @@ extern void RmsgCheckName(const char *name, const char *what);
 extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
 							 const char *what, int64 if_null, bool allow_zero);
 extern void RmsgCheckPayloadSize(Size size);
+extern bytea *RmsgPayloadArg(FunctionCallInfo fcinfo, int argno);
 extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
 
 /*

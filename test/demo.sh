@@ -185,7 +185,7 @@ SELECT rmsg.load_state('order-42');
 -- messages are handled in the order they arrived
 SELECT * FROM rmsg.deliver('order-42', 'resync: paid', 'recovery');
 CALL drain('order-42');
-SELECT seq, mode, kind, message, status FROM order_events ORDER BY seq;
+SELECT mode, kind, message, status FROM order_events ORDER BY seq;
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
 SELECT rmsg.load_state('order-42');
 SQL
