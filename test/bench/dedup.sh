@@ -284,9 +284,7 @@ report() {
 main() {
     ensure_packages
     init_pg_env
-    if [[ $BUILD == 1 ]]; then
-        BUILD_WERROR=0 build_and_install >"/tmp/rmsg-dedup-build.log" 2>&1 || { cat /tmp/rmsg-dedup-build.log; die "build failed"; }
-    fi
+    bench_build dedup
     make_workdir
     mkdir -p "$WORK/results" "$WORK/scripts"
     give_to_pg "$WORK/results"

@@ -600,10 +600,7 @@ main() {
     local round name order
     ensure_packages
     init_pg_env
-    if [[ $BUILD == 1 ]]; then
-        BUILD_WERROR=0 build_and_install >"/tmp/rmsg-instances-build.log" 2>&1 ||
-            { cat /tmp/rmsg-instances-build.log; die "build failed"; }
-    fi
+    bench_build instances
     make_workdir
     mkdir -p "$WORK/results"
     give_to_pg "$WORK/results"

@@ -6,6 +6,7 @@
 #
 #   test/bench/queue.sh                 # 5 rounds of 10 s per workload
 #   ROUNDS=3 DURATION=5 test/bench/queue.sh
+#   BUILD=0 test/bench/queue.sh         # use the build already installed
 #
 # pgbench, 4 clients, 1 KiB payloads, synchronous_commit = on, prepared
 # statements.  The workloads run interleaved, round after round, each after
@@ -135,7 +136,7 @@ report() {
 main() {
     ensure_packages postgresql-15-pgq3 bc
     init_pg_env
-    BUILD_WERROR=0 build_and_install >"/tmp/rmsg-bench-build.log" 2>&1 || { cat /tmp/rmsg-bench-build.log; die "build failed"; }
+    bench_build queue
     make_workdir
     mkdir -p "$WORK/results"
     give_to_pg "$WORK/results"

@@ -213,7 +213,9 @@ free_port() {
 
 # Builds from scratch and installs the extension. COPT=-Werror turns warnings
 # into errors unless BUILD_WERROR=0. Written without relying on `set -e`,
-# which bash ignores inside a function called from an `if`.
+# which bash ignores inside a function called from an `if`.  Arguments go to
+# make; the callers here pass none.
+# shellcheck disable=SC2120
 build_and_install() {
     local copt=()
     [[ ${BUILD_WERROR:-1} == 1 ]] && copt=(COPT=-Werror)
@@ -222,6 +224,16 @@ build_and_install() {
     make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "${copt[@]}" "$@" || return 1
     log "installing"
     as_root make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "$@" install >/dev/null || return 1
+}
+
+# A benchmark's build: unless BUILD=0, builds and installs the extension
+# (warnings allowed), its output in /tmp/rmsg-NAME-build.log, shown if the
+# build fails.
+bench_build() {
+    local log=/tmp/rmsg-$1-build.log
+    [[ ${BUILD:-1} == 1 ]] || return 0
+    # shellcheck disable=SC2119  # it takes make's arguments, none needed here
+    BUILD_WERROR=0 build_and_install >"$log" 2>&1 || { cat "$log"; die "build failed"; }
 }
 
 # Prints a Makefile variable (through its print-% target) of the tree at $1.
