@@ -147,25 +147,12 @@ ChangedHere(const InstanceKey *key)
 }
 
 static bool
-CacheUsable(const char *name)
+CacheLookup(const InstanceKey *key, RmsgInstance *out)
 {
-	InstanceKey key;
-
-	if (instance_cache == NULL || !rmsg_instance_cache)
-		return false;
-	MakeKey(&key, name);
-	return !ChangedHere(&key);
-}
-
-static bool
-CacheLookup(const char *name, RmsgInstance *out)
-{
-	InstanceKey key;
 	CachedInstance *entry;
 
-	MakeKey(&key, name);
 	LWLockAcquire(instance_lock, LW_SHARED);
-	entry = hash_search(instance_cache, &key, HASH_FIND, NULL);
+	entry = hash_search(instance_cache, key, HASH_FIND, NULL);
 	if (entry != NULL)
 		*out = entry->instance;
 	LWLockRelease(instance_lock);
@@ -174,14 +161,12 @@ CacheLookup(const char *name, RmsgInstance *out)
 
 /* Adds an entry if there is room; a full cache just caches nothing more. */
 static void
-CacheStore(const char *name, const RmsgInstance *instance)
+CacheStore(const InstanceKey *key, const RmsgInstance *instance)
 {
-	InstanceKey key;
 	CachedInstance *entry;
 
-	MakeKey(&key, name);
 	LWLockAcquire(instance_lock, LW_EXCLUSIVE);
-	entry = hash_search(instance_cache, &key, HASH_ENTER_NULL, NULL);
+	entry = hash_search(instance_cache, key, HASH_ENTER_NULL, NULL);
 	if (entry != NULL)
 		entry->instance = *instance;
 	LWLockRelease(instance_lock);
@@ -246,6 +231,31 @@ ReadInstance(const char *name, RmsgInstance *out)
 }
 
 /*
+ * The instance's id and mode: from the cache where this transaction may use
+ * it, else from its row.  With may_store (the caller holds the arrival
+ * lock) what the row said is cached.
+ */
+static bool
+FindInstance(const char *name, bool may_store, RmsgInstance *out)
+{
+	InstanceKey key;
+	bool		usable = false;
+
+	if (instance_cache != NULL && rmsg_instance_cache)
+	{
+		MakeKey(&key, name);
+		usable = !ChangedHere(&key);
+	}
+	if (usable && CacheLookup(&key, out))
+		return true;
+	if (!ReadInstance(name, out))
+		return false;
+	if (usable && may_store)
+		CacheStore(&key, out);
+	return true;
+}
+
+/*
  * Locks the instance (RMSG_LOCK_INSTANCE_ARRIVAL or _TAKE) and returns its
  * id and mode as of now; 42704 when there is no such instance.
  */
@@ -253,17 +263,10 @@ RmsgInstance
 RmsgOpenInstance(const char *name, int lock_kind)
 {
 	RmsgInstance instance;
-	bool		usable;
 
 	RmsgLockInstance(name, lock_kind);
-
-	usable = CacheUsable(name);
-	if (usable && CacheLookup(name, &instance))
-		return instance;
-	if (!ReadInstance(name, &instance))
+	if (!FindInstance(name, lock_kind == RMSG_LOCK_INSTANCE_ARRIVAL, &instance))
 		RmsgReportNoInstance(name);
-	if (usable && lock_kind == RMSG_LOCK_INSTANCE_ARRIVAL)
-		CacheStore(name, &instance);
 	return instance;
 }
 
@@ -301,10 +304,7 @@ RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance,
 	*fresh = (locked == LOCKACQUIRE_OK);
 
 	/* dropped (and perhaps made again) before we had the lock? */
-	if (CacheUsable(name) && CacheLookup(name, instance))
-		same = instance->instance_id == instance_id;
-	else
-		same = ReadInstance(name, instance) && instance->instance_id == instance_id;
+	same = FindInstance(name, false, instance) && instance->instance_id == instance_id;
 	if (!same && *fresh)
 		RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
 	return same;
