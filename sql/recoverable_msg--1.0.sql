@@ -159,6 +159,36 @@ CREATE INDEX instance_message_recovery_idx ON rmsg.instance_message (instance_id
     WHERE kind = 'recovery';
 COMMENT ON TABLE rmsg.instance_message IS 'the messages delivered to instances and not yet acked';
 
+-- Handlers (the background worker).  A queue has at most one, dropped with
+-- the queue; an instance is handled by the handler of the longest prefix
+-- of its name.  A handler runs as owner, the role that registered it.
+-- The worker writes the error columns in the transaction that records a
+-- failed message's retry or dead letter.
+CREATE TABLE rmsg.subscription (
+    queue_id        int PRIMARY KEY REFERENCES rmsg.queue (queue_id) ON DELETE CASCADE,
+    handler         regprocedure NOT NULL,
+    batch           int NOT NULL CHECK (batch > 0),
+    owner           regrole NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    errors          bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    last_error_msg_id bigint
+);
+COMMENT ON TABLE rmsg.subscription IS 'the handler of each subscribed queue; use rmsg.subscribe and rmsg.unsubscribe';
+
+CREATE TABLE rmsg.instance_handler (
+    prefix          text PRIMARY KEY,
+    handler         regprocedure NOT NULL,
+    owner           regrole NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    errors          bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    last_error_msg_id bigint
+);
+COMMENT ON TABLE rmsg.instance_handler IS 'the handlers of instances by name prefix; use rmsg.set_handler and rmsg.remove_handler';
+
 -- pg_dump keeps the messages with the extension.
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
@@ -171,11 +201,14 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.call_log', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.last_call', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.instance', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.subscription', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_handler', '');
 
 -- The tables are reached through the functions below; nobody else writes them.
 REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
               rmsg.caller, rmsg.call_log, rmsg.last_call,
-              rmsg.instance, rmsg.instance_message FROM PUBLIC;
+              rmsg.instance, rmsg.instance_message,
+              rmsg.subscription, rmsg.instance_handler FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Queues
@@ -442,6 +475,38 @@ COMMENT ON FUNCTION rmsg.complete_recovery(text, jsonb) IS
   'save the mode as normal (and the state, if given); returns how many deferred messages that released, first in line';
 
 ------------------------------------------------------------------------------
+-- Handlers, called by the background worker
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.subscribe(queue text, handler regprocedure, batch int DEFAULT 1)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_subscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.subscribe(text, regprocedure, int) IS
+  'have the worker call handler(payload bytea [, headers jsonb [, msg_id bigint]]) for each ready message of queue, up to batch per transaction; replaces the queue''s handler';
+
+CREATE FUNCTION rmsg.unsubscribe(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_unsubscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.unsubscribe(text) IS
+  'stop calling the queue''s handler; its messages stay in the queue';
+
+CREATE FUNCTION rmsg.set_handler(instance_prefix text, handler regprocedure)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_set_handler'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.set_handler(text, regprocedure) IS
+  'have the worker call handler(instance text, payload bytea [, kind text [, headers jsonb [, msg_id bigint]]]) for the messages of instances whose name starts with instance_prefix, one at a time, in order';
+
+CREATE FUNCTION rmsg.remove_handler(instance_prefix text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_remove_handler'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.remove_handler(text) IS
+  'stop calling the handler of instance_prefix; the messages stay in their lines';
+
+------------------------------------------------------------------------------
 -- Monitoring
 ------------------------------------------------------------------------------
 
@@ -570,3 +635,35 @@ SELECT i.name AS instance,
          WHERE mm.instance_id = i.instance_id) m ON true;
 COMMENT ON VIEW rmsg.instances IS
   'one row per instance: mode, messages ready, deferred by recovery and in flight, since when it recovers';
+
+CREATE FUNCTION rmsg.stat_worker(
+    OUT pid int, OUT state text, OUT last_activity timestamptz,
+    OUT processed bigint, OUT errors bigint, OUT worker int, OUT database text,
+    OUT current text, OUT retried bigint, OUT dead_lettered bigint,
+    OUT last_error text, OUT last_error_at timestamptz, OUT started_at timestamptz,
+    OUT maintained_at timestamptz, OUT payloads_collected bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_worker'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_worker() IS 'the shared worker slots behind rmsg.worker';
+
+-- One row per worker (rmsg.worker_count), running or not; counters since
+-- the server started.  processed: handler calls that succeeded (and were
+-- acked); errors: handler calls that failed, and errors of the worker
+-- itself; dead_lettered: by failed handlers and by the maintenance sweep.
+CREATE VIEW rmsg.worker AS
+SELECT * FROM rmsg.stat_worker();
+COMMENT ON VIEW rmsg.worker IS
+  'the background workers: state, what they handle now, messages handled, errors, the last error, maintenance';
+
+-- Every handler with its error count and last error.
+CREATE VIEW rmsg.handlers AS
+SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
+       s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+UNION ALL
+SELECT 'instance', h.prefix, h.handler, 1, h.owner,
+       h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+  FROM rmsg.instance_handler h;
+COMMENT ON VIEW rmsg.handlers IS
+  'one row per queue handler and instance handler (target: the queue, or the instance name prefix), with its error count and last error';

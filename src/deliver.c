@@ -89,6 +89,8 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&deliver_plan, values, nulls, false, 0);
 	msg_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	RmsgSpiFinish();
+	if (!deferred)
+		RmsgWakeWorkersAtCommit();
 
 	result[0] = Int64GetDatum(msg_id);
 	result[1] = CStringGetTextDatum(deferred ? "deferred" : "ready");

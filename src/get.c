@@ -13,9 +13,8 @@
  * back.
  *
  * A message found with its deliveries used up is not leased but
- * dead-lettered: moved to the queue's dead-letter queue, or, without one,
- * to rmsg.dead_message.  Then the get looks again, so dead messages never
- * cost a consumer an empty answer.
+ * dead-lettered (dead_letter.c).  Then the get looks again, so dead
+ * messages never cost a consumer an empty answer.
  *
  * Every message returned comes with a data token (tokens.c), so that the
  * consumer can put the same data elsewhere by reference.
@@ -44,27 +43,6 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 #define GET_RESULT_COLUMNS 6
 
 /*
- * Dead-lettering, by the tids of the rows we locked.
- * Into the dead-letter queue, for a fresh start there: $1 tids, $2 dlq, $3 now.
- */
-static RmsgPlan move_to_dlq_plan = {
-	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0,"
-	"       visible_at = $3"
-	" WHERE ctid = ANY($1)",
-	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
-};
-
-/* No dead-letter queue: keep the message, payload reference and all. */
-static RmsgPlan keep_dead_plan = {
-	"WITH gone AS (DELETE FROM rmsg.message WHERE ctid = ANY($1) RETURNING *)"
-	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at,"
-	"        died_at, payload_size, payload_id, headers, inline_data)"
-	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size,"
-	"        payload_id, headers, inline_data FROM gone",
-	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
-};
-
-/*
  * When the next delayed message or running lease of the queue comes due.
  * Only future times: a ready message that another consumer has locked is
  * that consumer's, and its commit or rollback wakes us.
@@ -76,39 +54,9 @@ static RmsgPlan next_visible_plan = {
 	2, {INT4OID, TIMESTAMPTZOID}
 };
 
-/* An array of tids for a statement's ANY($n). */
-static Datum
-TidArray(Datum *tids, int n)
-{
-	return PointerGetDatum(construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
-										   false, TYPALIGN_SHORT));
-}
-
-/*
- * Dead-letters the given messages of a queue (their rows are locked by the
- * caller).  Durable like any other write: this is not a lease.
- */
-static void
-DeadLetter(const RmsgQueue *queue, Datum *tids, int n)
-{
-	Datum		values[3];
-
-	values[0] = TidArray(tids, n);
-	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
-	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-
-	if (queue->dead_letter_queue_id != 0)
-	{
-		RmsgPlanExecute(&move_to_dlq_plan, values, NULL, false, 0);
-		RmsgWakeQueueAtCommit(queue->dead_letter_queue_id);
-	}
-	else
-		RmsgPlanExecute(&keep_dead_plan, values, NULL, false, 0);
-}
-
 /* The payload of a leased message: inline, or read from its payload row. */
-static Datum
-PayloadOf(const RmsgTaken *t)
+Datum
+RmsgTakenPayload(const RmsgTaken *t)
 {
 	bytea	   *data;
 
@@ -123,22 +71,26 @@ PayloadOf(const RmsgTaken *t)
 }
 
 /*
- * Leases up to max ready messages (ready_scan.c) and adds them to the
- * result, oldest-ready first; returns how many.  Exhausted messages met on
- * the way are dead-lettered and replaced.  found and exhausted have room
- * for max entries; the caller allocates them once for all passes of a wait.
+ * Leases up to max ready messages of the queue (ready_scan.c) into taken[],
+ * oldest-ready first; returns how many.  Exhausted messages met on the way
+ * are dead-lettered and replaced.  taken has room for max entries.  Used by
+ * rmsg.get and by the worker (dispatch_queue.c).
  */
-static int
-TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
-			 RmsgTaken *found, Datum *exhausted, ReturnSetInfo *rsinfo)
+int
+RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
+				 RmsgTaken *taken)
 {
 	int			ntaken = 0;
+	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * max);
+	Datum	   *exhausted = palloc(sizeof(Datum) * max);
 
 	while (ntaken < max)
 	{
 		TimestampTz now = GetCurrentTimestamp();
+		RmsgTaken  *found = &taken[ntaken];
 		int			nfound;
 		int			nexhausted = 0;
+		int			nleased = 0;
 
 		RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 		nfound = RmsgLeaseReadyMessages(queue->queue_id, now, now + visibility,
@@ -147,41 +99,56 @@ TakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		if (nfound == 0)
 			break;
 
+		/* leased ones to the front, exhausted ones aside by their tids */
 		for (int i = 0; i < nfound; i++)
 		{
-			RmsgTaken  *t = &found[i];
-			Datum		values[GET_RESULT_COLUMNS];
-			bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, false};
-			RmsgTokenData token;
-
-			if (t->exhausted)
+			if (found[i].exhausted)
 			{
-				exhausted[nexhausted++] = PointerGetDatum(&t->tid);
-				continue;
+				tids[nexhausted] = found[i].tid;
+				exhausted[nexhausted] = PointerGetDatum(&tids[nexhausted]);
+				nexhausted++;
 			}
-			values[0] = Int64GetDatum(t->msg_id);
-			values[1] = PayloadOf(t);
-			values[2] = t->headers;
-			nulls[2] = t->headers_null;
-			values[3] = Int32GetDatum(t->deliveries);
-			values[4] = TimestampTzGetDatum(t->enqueued_at);
-			/* seed 004, step 503: the session may put this data by reference */
-			token.payload_id = t->inline_null ? t->payload_id : 0;
-			token.msg_id = t->inline_null ? 0 : t->msg_id;
-			token.size = (int32) (toast_raw_datum_size(values[1]) - VARHDRSZ);
-			values[5] = Int64GetDatum(RmsgIssueToken(&token));
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-			ntaken++;
+			else
+				found[nleased++] = found[i];
 		}
+		ntaken += nleased;
 
 		if (nexhausted == 0)
 			break;				/* the queue had no more ready messages */
-		DeadLetter(queue, exhausted, nexhausted);
+		RmsgDeadLetterLocked(queue, exhausted, nexhausted);
 	}
 
 	if (ntaken > 0)
 		RmsgWakeQueueAtEnd(queue->queue_id);
+	pfree(tids);
+	pfree(exhausted);
 	return ntaken;
+}
+
+/* Adds leased messages to get's result, each with a data token. */
+static void
+ReturnMessages(RmsgTaken *taken, int n, ReturnSetInfo *rsinfo)
+{
+	for (int i = 0; i < n; i++)
+	{
+		RmsgTaken  *t = &taken[i];
+		Datum		values[GET_RESULT_COLUMNS];
+		bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, false};
+		RmsgTokenData token;
+
+		values[0] = Int64GetDatum(t->msg_id);
+		values[1] = RmsgTakenPayload(t);
+		values[2] = t->headers;
+		nulls[2] = t->headers_null;
+		values[3] = Int32GetDatum(t->deliveries);
+		values[4] = TimestampTzGetDatum(t->enqueued_at);
+		/* seed 004, step 503: the session may put this data by reference */
+		token.payload_id = t->inline_null ? t->payload_id : 0;
+		token.msg_id = t->inline_null ? 0 : t->msg_id;
+		token.size = (int32) (toast_raw_datum_size(values[1]) - VARHDRSZ);
+		values[5] = Int64GetDatum(RmsgIssueToken(&token));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
 }
 
 /* When the next message of the queue becomes ready, or 0 if none is due. */
@@ -212,8 +179,7 @@ rmsg_get(PG_FUNCTION_ARGS)
 	int64		wait;
 	TimestampTz deadline;
 	RmsgQueue	queue;
-	RmsgTaken  *found;
-	Datum	   *exhausted;
+	RmsgTaken  *taken;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -246,18 +212,23 @@ rmsg_get(PG_FUNCTION_ARGS)
 	deadline = GetCurrentTimestamp() + wait;
 	/* an empty get hands out no data: last_data_token() is then NULL */
 	RmsgClearLastToken();
-	found = palloc(sizeof(RmsgTaken) * max);
-	exhausted = palloc(sizeof(Datum) * max);
+	taken = palloc(sizeof(RmsgTaken) * max);
 
 	for (;;)
 	{
 		TimestampTz until;
 		TimestampTz next;
+		int			ntaken;
 
 		if (wait > 0)
 			RmsgWaitPrepare(queue.queue_id);
-		if (TakeMessages(&queue, max, visibility, found, exhausted, rsinfo) > 0 ||
-			wait == 0)
+		ntaken = RmsgTakeMessages(&queue, max, visibility, taken);
+		if (ntaken > 0)
+		{
+			ReturnMessages(taken, ntaken, rsinfo);
+			break;
+		}
+		if (wait == 0)
 			break;
 		if (GetCurrentTimestamp() >= deadline)
 			break;

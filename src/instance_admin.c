@@ -197,6 +197,7 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 				 errmsg("instance \"%s\" is not in recovery", name)));
 	RmsgSpiFinish();
 	RmsgInstanceChanged(name);
+	RmsgWakeWorkersAtCommit();	/* the released messages are ready */
 	PG_RETURN_INT32((int32) Min(released, PG_INT32_MAX));
 }
 

@@ -271,24 +271,25 @@ RmsgOpenInstance(const char *name, int lock_kind)
 }
 
 /*
- * For receive_any: takes the take lock of the instance with this id without
- * waiting.  False when it is held by another transaction, or the instance is
- * gone; else its name (NAMEDATALEN bytes) and mode.  *fresh says whether
- * the lock is new to this transaction, so that the caller may let it go
- * again if it takes nothing.
+ * For receive_any and the worker: takes the take lock of the instance with
+ * this id without waiting.  False when it is held by another transaction,
+ * the instance is gone, or `wanted` (if given) refuses its name; else its
+ * name (NAMEDATALEN bytes) and mode.  *fresh says whether the lock is new
+ * to this transaction, so that the caller may let it go again if it takes
+ * nothing.
  */
 bool
-RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance,
-						bool *fresh)
+RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
+						char *name, RmsgInstance *instance, bool *fresh)
 {
-	Datum		arg = Int64GetDatum(instance_id);
+	Datum		id_arg = Int64GetDatum(instance_id);
 	LockAcquireResult locked;
 	bool		isnull;
 	bool		found;
 	bool		same;
 
 	RmsgSpiConnect();
-	RmsgPlanExecute(&name_plan, &arg, NULL, true, 1);
+	RmsgPlanExecute(&name_plan, &id_arg, NULL, true, 1);
 	found = SPI_processed > 0;
 	if (found)
 		text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[0],
@@ -296,7 +297,7 @@ RmsgTryOpenInstanceById(int64 instance_id, char *name, RmsgInstance *instance,
 															 1, &isnull)),
 							   name, NAMEDATALEN);
 	RmsgSpiFinish();
-	if (!found)
+	if (!found || (wanted != NULL && !wanted(name, arg)))
 		return false;
 	locked = LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false);
 	if (locked == LOCKACQUIRE_NOT_AVAIL)

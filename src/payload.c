@@ -266,13 +266,13 @@ RmsgReadInlineData(int64 msg_id)
 }
 
 /*
- * rmsg.collect_payloads(): removes the payload rows no message references
- * any more; returns how many.  In batches, each locked, looked at again and
+ * rmsg.collect_payloads() and the worker's maintenance: removes the payload
+ * rows no message references any more; returns how many.  In batches, each locked, looked at again and
  * deleted (see the file header); rows a put has pinned are left for the
  * next collection.
  */
-Datum
-rmsg_collect_payloads(PG_FUNCTION_ARGS)
+int64
+RmsgCollectPayloads(void)
 {
 	int64		collected = 0;
 	int64		after = 0;
@@ -308,5 +308,12 @@ rmsg_collect_payloads(PG_FUNCTION_ARGS)
 	RmsgSpiFinish();
 
 	RmsgCountCollected(collected);
-	PG_RETURN_INT64(collected);
+	return collected;
+}
+
+/* rmsg.collect_payloads() */
+Datum
+rmsg_collect_payloads(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(RmsgCollectPayloads());
 }

@@ -175,12 +175,12 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue)
 
 /*
  * Checks the name, locks it and looks the queue up, in the cache when it is
- * current; an unknown queue is an error.  Call inside SPI.
+ * current; false when there is no such queue (the lock is kept all the
+ * same).  Call inside SPI.
  */
-RmsgQueue
-RmsgOpenQueue(const char *name, LOCKMODE mode)
+bool
+RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue)
 {
-	RmsgQueue	queue;
 	uint64		generation;
 	bool		cacheable;
 	CachedQueue *cached;
@@ -195,20 +195,34 @@ RmsgOpenQueue(const char *name, LOCKMODE mode)
 	{
 		cached = QueueCacheEntry(name, HASH_FIND);
 		if (cached != NULL && cached->generation == generation)
-			return cached->queue;
+		{
+			*queue = cached->queue;
+			return true;
+		}
 	}
 
-	if (!RmsgLookupQueue(name, &queue))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("queue \"%s\" does not exist", name)));
+	if (!RmsgLookupQueue(name, queue))
+		return false;
 
 	if (cacheable)
 	{
 		cached = QueueCacheEntry(name, HASH_ENTER);
 		cached->generation = generation;
-		cached->queue = queue;
+		cached->queue = *queue;
 	}
+	return true;
+}
+
+/* As RmsgTryOpenQueue, but an unknown queue is an error. */
+RmsgQueue
+RmsgOpenQueue(const char *name, LOCKMODE mode)
+{
+	RmsgQueue	queue;
+
+	if (!RmsgTryOpenQueue(name, mode, &queue))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("queue \"%s\" does not exist", name)));
 	return queue;
 }
 

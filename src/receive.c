@@ -33,6 +33,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -107,17 +108,15 @@ static int64 last_visited = 0;
 #define RECEIVE_COLUMNS 5
 
 /*
- * Leases up to max messages of the instance and adds them to the result,
- * prefixed by the instance's name when given (receive_any).  Returns how
- * many.  The caller holds the instance's take lock and an SPI connection.
+ * Leases up to max messages of the instance, leaving them in SPI_tuptable
+ * in the columns of receive_plan; returns how many.  The caller holds the
+ * instance's take lock and an SPI connection.
  */
 static int
-LeaseFromLine(const RmsgInstance *instance, const char *name, int max,
-			  int64 visibility, ReturnSetInfo *rsinfo)
+LeaseFromLine(const RmsgInstance *instance, int max, int64 visibility)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	Datum		args[4];
-	int			first = (name != NULL) ? 1 : 0;
 
 	args[0] = Int64GetDatum(instance->instance_id);
 	args[1] = TimestampTzGetDatum(now);
@@ -127,6 +126,17 @@ LeaseFromLine(const RmsgInstance *instance, const char *name, int max,
 	RmsgPlanExecute(instance->recovering ? &receive_recovery_plan : &receive_plan,
 					args, NULL, true, 0);
 	RmsgLazyWriteEnd();
+	return (int) SPI_processed;
+}
+
+/*
+ * Adds the messages LeaseFromLine leased to the result, prefixed by the
+ * instance's name when given (receive_any).
+ */
+static void
+ReturnLeased(const char *name, ReturnSetInfo *rsinfo)
+{
+	int			first = (name != NULL) ? 1 : 0;
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -143,7 +153,69 @@ LeaseFromLine(const RmsgInstance *instance, const char *name, int max,
 												col + 1, &nulls[first + col]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	return (int) SPI_processed;
+}
+
+/* The next instance id after `after` that has messages; 0 when none. */
+static int64
+NextInstanceWithMessages(int64 after)
+{
+	Datum		arg = Int64GetDatum(after);
+	bool		isnull;
+
+	RmsgPlanExecute(&next_instance_plan, &arg, NULL, true, 1);
+	if (SPI_processed == 0)
+		return 0;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Leases from a line the round below has locked; returns how many. */
+typedef int (*LineTaker) (const RmsgInstance *instance, const char *name, void *arg);
+
+/*
+ * One round over the instances with messages, in id order from after
+ * *cursor, taking each one's lock without waiting (skipping those another
+ * receiver holds, and those `wanted` refuses) and letting `take` lease from
+ * its line, until `want` messages are taken.  The lock of an instance it
+ * took nothing from is let go at once.  Returns how many were taken.
+ */
+static int
+TakeRoundRobin(int64 *cursor, int want, RmsgInstanceFilter wanted,
+			   void *wanted_arg, LineTaker take, void *take_arg)
+{
+	int64		start = *cursor;
+	int64		id = start;
+	bool		wrapped = false;
+	int			taken = 0;
+
+	while (taken < want)
+	{
+		char		name[NAMEDATALEN];
+		RmsgInstance instance;
+		bool		fresh;
+		int			leased;
+
+		CHECK_FOR_INTERRUPTS();
+		id = NextInstanceWithMessages(id);
+		if (id == 0)
+		{
+			if (wrapped || start == 0)
+				break;
+			wrapped = true;
+			continue;			/* from the lowest id again */
+		}
+		if (wrapped && id > start)
+			break;				/* been round once */
+		*cursor = id;
+
+		if (!RmsgTryOpenInstanceById(id, wanted, wanted_arg, name, &instance, &fresh))
+			continue;
+		leased = take(&instance, name, take_arg);
+		/* nothing taken: other receivers need not skip it for our sake */
+		if (leased == 0 && fresh)
+			RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+		taken += leased;
+	}
+	return taken;
 }
 
 /* max and visibility, the arguments both functions share */
@@ -181,23 +253,27 @@ rmsg_receive(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_TAKE);
 	RmsgSpiConnect();
-	(void) LeaseFromLine(&instance, NULL, max, visibility,
-						 (ReturnSetInfo *) fcinfo->resultinfo);
+	(void) LeaseFromLine(&instance, max, visibility);
+	ReturnLeased(NULL, (ReturnSetInfo *) fcinfo->resultinfo);
 	RmsgSpiFinish();
 	return (Datum) 0;
 }
 
-/* The next instance id after `after` that has messages; 0 when none. */
-static int64
-NextInstanceWithMessages(int64 after)
+/* receive_any's share of the round: the head message of each line */
+typedef struct ReceiveAnyArgs
 {
-	Datum		arg = Int64GetDatum(after);
-	bool		isnull;
+	int64		visibility;
+	ReturnSetInfo *rsinfo;
+} ReceiveAnyArgs;
 
-	RmsgPlanExecute(&next_instance_plan, &arg, NULL, true, 1);
-	if (SPI_processed == 0)
-		return 0;
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+static int
+ReceiveAnyTake(const RmsgInstance *instance, const char *name, void *arg)
+{
+	ReceiveAnyArgs *args = (ReceiveAnyArgs *) arg;
+	int			leased = LeaseFromLine(instance, 1, args->visibility);
+
+	ReturnLeased(name, args->rsinfo);
+	return leased;
 }
 
 /*
@@ -210,46 +286,53 @@ Datum
 rmsg_receive_any(PG_FUNCTION_ARGS)
 {
 	int32		max;
-	int64		visibility;
-	int64		start;
-	int64		id;
-	bool		wrapped = false;
-	int			taken = 0;
+	ReceiveAnyArgs args;
 
-	BatchArgs(fcinfo, 0, &max, &visibility);
+	BatchArgs(fcinfo, 0, &max, &args.visibility);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	args.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	RmsgSpiConnect();
-	start = last_visited;
-	id = start;
-	while (taken < max)
-	{
-		char		name[NAMEDATALEN];
-		RmsgInstance instance;
-		bool		fresh;
-		int			leased;
-
-		id = NextInstanceWithMessages(id);
-		if (id == 0)
-		{
-			if (wrapped || start == 0)
-				break;
-			wrapped = true;
-			continue;			/* from the lowest id again */
-		}
-		if (wrapped && id > start)
-			break;				/* been round once */
-		last_visited = id;
-
-		if (!RmsgTryOpenInstanceById(id, name, &instance, &fresh))
-			continue;
-		leased = LeaseFromLine(&instance, name, 1, visibility,
-							   (ReturnSetInfo *) fcinfo->resultinfo);
-		/* nothing taken: other receivers need not skip it for our sake */
-		if (leased == 0 && fresh)
-			RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
-		taken += leased;
-	}
+	(void) TakeRoundRobin(&last_visited, max, NULL, NULL, ReceiveAnyTake, &args);
 	RmsgSpiFinish();
 	return (Datum) 0;
+}
+
+/* The worker's share of the round: the head message of one line, copied out. */
+static int
+WorkerTake(const RmsgInstance *instance, const char *name, void *arg)
+{
+	RmsgInstanceMessage *out = (RmsgInstanceMessage *) arg;
+	HeapTuple	row;
+	bool		isnull;
+
+	if (LeaseFromLine(instance, 1, out->visibility) == 0)
+		return 0;
+	row = SPI_tuptable->vals[0];
+	strlcpy(out->instance, name, NAMEDATALEN);
+	out->msg_id = DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull));
+	out->kind = RmsgSpiCopyVarlena(row, 2, &isnull);
+	out->payload = RmsgSpiCopyVarlena(row, 3, &isnull);
+	out->headers = RmsgSpiCopyVarlena(row, 4, &out->headers_null);
+	out->deliveries = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 5, &isnull));
+	return 1;
+}
+
+/*
+ * For the worker: leases the head message of the next instance, round-robin
+ * after *cursor, whose name `wanted` accepts and whose line no other
+ * receiver holds; true with the message in *out, whose visibility the
+ * caller sets.  The instance's take lock stays held until the transaction
+ * ends, so no other worker handles the instance meanwhile.
+ */
+bool
+RmsgTakeInstanceMessage(int64 *cursor, RmsgInstanceFilter wanted, void *arg,
+						RmsgInstanceMessage *out)
+{
+	bool		taken;
+
+	RmsgSpiConnect();
+	taken = TakeRoundRobin(cursor, 1, wanted, arg, WorkerTake, out) > 0;
+	RmsgSpiFinish();
+	return taken;
 }

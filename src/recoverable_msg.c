@@ -28,6 +28,11 @@ bool		rmsg_lazy_caller_log = true;
 int			rmsg_last_call_depth = 1;
 int			rmsg_max_components = 1024;
 bool		rmsg_instance_cache = true;
+char	   *rmsg_database = NULL;
+int			rmsg_worker_count = 1;
+int			rmsg_worker_naptime = 10000;
+int			rmsg_retry_delay = 1000;
+int			rmsg_max_retry_delay = 600000;
 
 void		_PG_init(void);
 
@@ -42,7 +47,8 @@ void		_PG_init(void);
  * A prepared transaction ends in this backend at PREPARE and is committed
  * later, perhaps by another backend, which knows nothing of our lists: its
  * catalog change is published now, and its wakeups are dropped (a waiting
- * get finds the messages at its next wakeup or when its wait ends).
+ * get or worker finds the messages at its next wakeup or when its wait
+ * ends).
  */
 static void
 RmsgXactCallback(XactEvent event, void *arg)
@@ -57,6 +63,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
 			RmsgInstanceCacheXactEnd();
+			RmsgWorkerXactEnd(true);
 			RmsgCommitModeXactEnd();
 			break;
 		case XACT_EVENT_ABORT:
@@ -69,6 +76,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			 */
 			RmsgComponentsXactEnd(false);
 			RmsgInstanceCacheXactEnd();
+			RmsgWorkerXactEnd(false);
 			RmsgCommitModeXactEnd();
 			break;
 		default:
@@ -138,10 +146,54 @@ DefineSettings(void)
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);
 
+	DefineCustomStringVariable("rmsg.database",
+							   "Database the background workers connect to.",
+							   "The workers handle the messages and run the maintenance of the extension installed there; a change restarts them.",
+							   &rmsg_database,
+							   "postgres",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.worker_naptime",
+							"Longest time a background worker sleeps, and the period of its maintenance.",
+							"Workers are woken by commits that give them work; this bounds how late they notice anything else, such as a lease running out.",
+							&rmsg_worker_naptime,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.retry_delay",
+							"Delay before a message whose handler failed is tried again.",
+							"The delay doubles with each further failure, up to rmsg.max_retry_delay.",
+							&rmsg_retry_delay,
+							1000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("rmsg.max_retry_delay",
+							"Longest delay before a message whose handler failed is tried again.",
+							NULL,
+							&rmsg_max_retry_delay,
+							600000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	/*
-	 * It sizes shared memory, so it exists only when we are preloaded (a
-	 * PGC_POSTMASTER setting defined later is a FATAL error).
+	 * These size shared memory or register workers, so they exist only when
+	 * we are preloaded (a PGC_POSTMASTER setting defined later is a FATAL
+	 * error).
 	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("rmsg.worker_count",
+								"Background workers that call handlers.",
+								"0 starts none: no handlers are called and no maintenance runs.",
+								&rmsg_worker_count,
+								1, 0, 32,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+	else
+		rmsg_worker_count = 0;
+
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomIntVariable("rmsg.max_components",
 								"Entries in the shared called-component table.",
@@ -164,7 +216,10 @@ _PG_init(void)
 	DefineSettings();
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		RmsgShmemRequest();
+		RmsgRegisterWorkers();
+	}
 
 	RmsgQueueCatalogInit();
 	RegisterXactCallback(RmsgXactCallback, NULL);

@@ -17,6 +17,7 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
+#include "nodes/pg_list.h"
 #include "storage/itemptr.h"
 #include "storage/lockdefs.h"
 #include "storage/lwlock.h"
@@ -32,6 +33,11 @@ extern bool rmsg_lazy_caller_log;
 extern int	rmsg_last_call_depth;
 extern int	rmsg_max_components;
 extern bool rmsg_instance_cache;
+extern char *rmsg_database;
+extern int	rmsg_worker_count;
+extern int	rmsg_worker_naptime;	/* ms */
+extern int	rmsg_retry_delay;	/* ms */
+extern int	rmsg_max_retry_delay;	/* ms */
 
 /* The most replies per caller a callee can be told to keep. */
 #define RMSG_MAX_CALL_DEPTH 32
@@ -120,6 +126,7 @@ typedef struct RmsgQueue
 extern void RmsgQueueCatalogInit(void);
 extern void RmsgQueueCatalogXactEnd(void);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
+extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
 
 /* relations.c: our tables, for direct access */
 typedef struct RmsgRelations
@@ -174,6 +181,15 @@ extern int	RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now,
 								   TimestampTz lease_end, int32 max_deliveries,
 								   int max, RmsgTaken *taken);
 
+/* get.c: taking ready messages, for rmsg.get and the worker */
+extern int	RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
+							 RmsgTaken *taken);
+extern Datum RmsgTakenPayload(const RmsgTaken *t);
+
+/* dead_letter.c */
+extern void RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n);
+extern int	RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n);
+
 /* Where a message's data is kept: inline, or in a payload row. */
 typedef struct RmsgStoredData
 {
@@ -219,6 +235,7 @@ extern bool RmsgPinPayload(int64 payload_id);
 extern int64 RmsgFindPayload(bytea *data);
 extern bytea *RmsgReadPayload(int64 payload_id);
 extern bytea *RmsgReadInlineData(int64 msg_id);
+extern int64 RmsgCollectPayloads(void);
 
 /* dedup.c: how a put stores its data (seed 004) */
 #define RMSG_MIN_SHARED_SIZE 256
@@ -256,11 +273,100 @@ extern Size RmsgInstanceCacheShmemSize(void);
 extern void RmsgInstanceCacheShmemInit(LWLock *lock);
 extern void RmsgLockInstance(const char *name, int lock_kind);
 extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind);
-extern bool RmsgTryOpenInstanceById(int64 instance_id, char *name,
+typedef bool (*RmsgInstanceFilter) (const char *name, void *arg);
+extern bool RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted,
+									void *arg, char *name,
 									RmsgInstance *instance, bool *fresh);
 extern void RmsgUnlockInstance(const char *name, int lock_kind);
 extern void RmsgInstanceChanged(const char *name);
 extern void RmsgInstanceCacheXactEnd(void);
 extern void RmsgReportNoInstance(const char *name);
+
+/* receive.c: an instance's head message, for the worker */
+typedef struct RmsgInstanceMessage
+{
+	int64		visibility;		/* set by the caller: the lease's length */
+	char		instance[NAMEDATALEN];
+	int64		msg_id;
+	Datum		kind;			/* text */
+	Datum		payload;		/* bytea */
+	Datum		headers;		/* jsonb */
+	bool		headers_null;
+	int32		deliveries;
+} RmsgInstanceMessage;
+
+extern bool RmsgTakeInstanceMessage(int64 *cursor, RmsgInstanceFilter wanted,
+									void *arg, RmsgInstanceMessage *out);
+
+/* handlers.c: which function handles which messages */
+#define RMSG_HANDLER_MAX_ARGS 5
+
+typedef struct RmsgHandler
+{
+	bool		for_instances;
+	char		target[NAMEDATALEN];	/* the queue, or the instance prefix */
+	int32		queue_id;
+	Oid			handler;		/* pg_proc */
+	Oid			owner;			/* the role it runs as */
+	int32		batch;
+	bool		usable;			/* function and role exist (worker.c) */
+} RmsgHandler;
+
+extern int	RmsgCheckHandler(Oid handler, bool for_instances);
+extern List *RmsgLoadHandlers(MemoryContext into);
+extern void RmsgRecordHandlerError(const RmsgHandler *h, int64 msg_id,
+								   const char *message);
+
+/* handler_call.c */
+extern bool RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls,
+							char **error);
+extern TimestampTz RmsgRetryAt(int32 deliveries);
+
+/* What one unit of the worker's work did, for its counters. */
+typedef struct RmsgWorkCounts
+{
+	int64		processed;
+	int64		failed;
+	int64		retried;
+	int64		dead_lettered;
+} RmsgWorkCounts;
+
+/* dispatch_queue.c, dispatch_instance.c: one transaction's work */
+extern int	RmsgDispatchQueue(const RmsgHandler *h, RmsgWorkCounts *counts,
+							  TimestampTz *retry_at);
+extern bool RmsgDispatchInstance(List *handlers, int64 *cursor,
+								 RmsgWorkCounts *counts, TimestampTz *retry_at);
+
+/* maintenance.c */
+extern int64 RmsgSweepExhausted(void);
+
+/* worker_state.c: the workers' shared slots and wakeups */
+typedef enum RmsgWorkerState
+{
+	RMSG_WORKER_STARTING,
+	RMSG_WORKER_IDLE,
+	RMSG_WORKER_HANDLING,
+	RMSG_WORKER_MAINTAINING,
+	RMSG_WORKER_NO_EXTENSION,
+	RMSG_WORKER_FAILED
+} RmsgWorkerState;
+
+extern Size RmsgWorkerShmemSize(void);
+extern void RmsgWorkerShmemInit(void *shared, bool found);
+extern void RmsgWorkerAttach(int index, const char *database);
+extern void RmsgWorkerReport(RmsgWorkerState state, const char *current);
+extern void RmsgWorkerCount(const RmsgWorkCounts *counts);
+extern void RmsgWorkerReportError(const char *message);
+extern void RmsgWorkerNoteHandlerError(const char *message);
+extern void RmsgWorkerMaintained(int64 collected, int64 dead_lettered);
+extern void RmsgWorkersPublishTargets(uint64 queue_mask, bool instances);
+extern uint64 RmsgHandlerGeneration(void);
+extern void RmsgWakeWorkersForQueue(int32 queue_id);
+extern void RmsgWakeWorkersAtCommit(void);
+extern void RmsgHandlersChangedAtCommit(void);
+extern void RmsgWorkerXactEnd(bool committed);
+
+/* worker.c */
+extern void RmsgRegisterWorkers(void);
 
 #endif							/* RMSG_H */

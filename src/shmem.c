@@ -45,6 +45,7 @@ RmsgShmemSize(void)
 
 	size = add_size(size, MAXALIGN(RmsgWakeupShmemSize()));
 	size = add_size(size, MAXALIGN(RmsgStatsShmemSize()));
+	size = add_size(size, MAXALIGN(RmsgWorkerShmemSize()));
 	return size;
 }
 
@@ -76,6 +77,8 @@ RmsgShmemStartup(void)
 	RmsgWakeupShmemInit(area, found);
 	area = (char *) area + MAXALIGN(RmsgWakeupShmemSize());
 	RmsgStatsShmemInit(area, found, &locks[RMSG_LOCK_STATS].lock);
+	area = (char *) area + MAXALIGN(RmsgStatsShmemSize());
+	RmsgWorkerShmemInit(area, found);
 	/* hash tables of their own: ShmemInitHash places them */
 	RmsgComponentsShmemInit(&locks[RMSG_LOCK_COMPONENTS].lock);
 	RmsgInstanceCacheShmemInit(&locks[RMSG_LOCK_INSTANCES].lock);

@@ -10,7 +10,8 @@
  *
  * A backend remembers which queues its transaction made ready (puts, and
  * leases that a rollback hands back) and broadcasts on their slots when the
- * transaction ends: only then can a waiter see the change.  The list is
+ * transaction ends: only then can a waiter see the change.  The background
+ * workers hear of the same queues (worker_state.c).  The list is
  * backend-local and bounded; when it overflows every slot is woken.
  *
  *-------------------------------------------------------------------------
@@ -125,6 +126,12 @@ RmsgWakeupXactEnd(bool committed)
 				if (committed || pending[i].also_on_abort)
 					ConditionVariableBroadcast(SlotFor(pending[i].queue_id));
 		}
+		/* and the background workers, if a handler serves the queue */
+		for (int i = 0; i < npending; i++)
+			if (committed || pending[i].also_on_abort)
+				RmsgWakeWorkersForQueue(pending[i].queue_id);
+		if (pending_overflow)
+			RmsgWakeWorkersForQueue(-1);
 	}
 	npending = 0;
 	pending_overflow = false;

@@ -1,0 +1,129 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch_instance.c
+ *	  The worker's work on instances (seeds 001, 002): one transaction
+ *	  takes the head message of one instance that has a handler and calls
+ *	  the handler for it.
+ *
+ * The message is received as rmsg.receive_any would receive it
+ * (receive.c): the next instance round-robin whose line no other receiver
+ * holds, in recovery only its recovery messages, never while a message of
+ * the instance is in flight.  The instance's take lock is held until the
+ * transaction ends, so no two workers handle one instance at once, and
+ * one message at a time keeps the line's order: the messages deferred
+ * while the instance recovered are handled first once it completes, in
+ * arrival order.
+ *
+ * On success the message is acked in the handler's transaction.  On
+ * failure it keeps its place at the head: its lease is set to run out when
+ * it is to be tried again (exponential backoff), which holds the line until
+ * then, as a nack with a delay does.  Instance messages have no
+ * max_deliveries: dead-lettering one would break its conversation's order,
+ * so a message that keeps failing holds its instance until an operator
+ * acks it (its error is in rmsg.handlers and the log).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "nodes/pg_list.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+#define WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
+
+static RmsgPlan ack_plan = {
+	"DELETE FROM rmsg.instance_message WHERE msg_id = $1",
+	1, {INT8OID}
+};
+
+/* $1 msg_id, $2 when to try again */
+static RmsgPlan hold_plan = {
+	"UPDATE rmsg.instance_message SET lease_until = $2 WHERE msg_id = $1",
+	2, {INT8OID, TIMESTAMPTZOID}
+};
+
+/* The handler of the longest prefix of name, or NULL. */
+static const RmsgHandler *
+HandlerFor(const char *name, List *handlers)
+{
+	const RmsgHandler *best = NULL;
+	ListCell   *lc;
+
+	foreach(lc, handlers)
+	{
+		const RmsgHandler *h = (const RmsgHandler *) lfirst(lc);
+		size_t		len = strlen(h->target);
+
+		if (h->for_instances && strncmp(name, h->target, len) == 0 &&
+			(best == NULL || len > strlen(best->target)))
+			best = h;
+	}
+	return best;
+}
+
+static bool
+HasHandler(const char *name, void *arg)
+{
+	return HandlerFor(name, (List *) arg) != NULL;
+}
+
+/*
+ * Handles the head message of the next instance with a handler in the
+ * current transaction, counting into *counts; false when no instance had
+ * one to take.  *cursor is where the round-robin goes on; *retry_at is
+ * moved earlier to a retry this schedules.
+ */
+bool
+RmsgDispatchInstance(List *handlers, int64 *cursor, RmsgWorkCounts *counts,
+					 TimestampTz *retry_at)
+{
+	RmsgInstanceMessage m;
+	const RmsgHandler *h;
+	Datum		args[RMSG_HANDLER_MAX_ARGS];
+	bool		nulls[RMSG_HANDLER_MAX_ARGS] = {false};
+	char	   *error = NULL;
+	Datum		values[2];
+
+	m.visibility = WORKER_LEASE_USECS;
+	if (!RmsgTakeInstanceMessage(cursor, HasHandler, handlers, &m))
+		return false;
+	h = HandlerFor(m.instance, handlers);
+
+	args[0] = CStringGetTextDatum(m.instance);
+	args[1] = m.payload;
+	args[2] = m.kind;
+	args[3] = m.headers;
+	nulls[3] = m.headers_null;
+	args[4] = Int64GetDatum(m.msg_id);
+
+	values[0] = Int64GetDatum(m.msg_id);
+	RmsgSpiConnect();
+	if (RmsgCallHandler(h, args, nulls, &error))
+	{
+		RmsgPlanExecute(&ack_plan, values, NULL, false, 0);
+		counts->processed++;
+	}
+	else
+	{
+		TimestampTz at = RmsgRetryAt(m.deliveries);
+
+		counts->failed++;
+		counts->retried++;
+		ereport(LOG,
+				(errmsg("handler of instance \"%s\" failed on message " INT64_FORMAT " (delivery %d): %s",
+						m.instance, m.msg_id, m.deliveries, error)));
+		RmsgWorkerNoteHandlerError(error);
+		RmsgRecordHandlerError(h, m.msg_id, error);
+		values[1] = TimestampTzGetDatum(at);
+		RmsgPlanExecute(&hold_plan, values, NULL, false, 0);
+		if (*retry_at == 0 || at < *retry_at)
+			*retry_at = at;
+	}
+	RmsgSpiFinish();
+	return true;
+}

@@ -1,0 +1,118 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch_queue.c
+ *	  The worker's work on a subscribed queue: one transaction takes up to
+ *	  the subscription's batch of ready messages and calls the handler for
+ *	  each of them.
+ *
+ * The messages are leased as a get leases them (get.c), so exhausted ones
+ * are dead-lettered on the way and two workers never take the same one:
+ * each holds the rows it leased locked until it commits.  Then, per
+ * message:
+ *	- the handler returns: the message is acked, in the same transaction;
+ *	- the handler fails (handler_call.c): its work is undone, and the
+ *	  message is dead-lettered if this was its last allowed delivery, or
+ *	  else given back to be tried again later (exponential backoff).  The
+ *	  error is written to the subscription's row.
+ * One commit covers the whole batch.  A crash before it loses nothing: the
+ * lease, the handler's work and the ack all roll back, and the messages
+ * are handled again.  A crash after it repeats nothing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+/*
+ * The worker's lease only matters while its transaction runs, and the row
+ * locks protect it then; it commits only for messages handed back, and the
+ * give-back plan below ends it.
+ */
+#define WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
+
+/* $1 msg_id, $2 when to try again.  The message goes to the back of its line. */
+static RmsgPlan give_back_plan = {
+	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
+	" WHERE msg_id = $1",
+	2, {INT8OID, TIMESTAMPTZOID}
+};
+
+/*
+ * Handles up to h->batch ready messages of the subscribed queue in the
+ * current transaction, counting what happened into *counts.  Returns how
+ * many messages it took; *retry_at is moved earlier to the first retry it
+ * scheduled.  False-y (0) also when the queue is gone.
+ */
+int
+RmsgDispatchQueue(const RmsgHandler *h, RmsgWorkCounts *counts,
+				  TimestampTz *retry_at)
+{
+	RmsgQueue	queue;
+	RmsgTaken  *taken;
+	int			ntaken;
+
+	RmsgSpiConnect();
+	if (!RmsgTryOpenQueue(h->target, AccessShareLock, &queue) ||
+		queue.queue_id != h->queue_id)
+	{
+		/* dropped, or dropped and made again, since we read the handlers */
+		RmsgSpiFinish();
+		return 0;
+	}
+
+	taken = palloc(sizeof(RmsgTaken) * h->batch);
+	ntaken = RmsgTakeMessages(&queue, h->batch, WORKER_LEASE_USECS, taken);
+
+	for (int i = 0; i < ntaken; i++)
+	{
+		RmsgTaken  *t = &taken[i];
+		Datum		args[RMSG_HANDLER_MAX_ARGS];
+		bool		nulls[RMSG_HANDLER_MAX_ARGS] = {false};
+		char	   *error = NULL;
+
+		CHECK_FOR_INTERRUPTS();
+		args[0] = RmsgTakenPayload(t);
+		args[1] = t->headers;
+		nulls[1] = t->headers_null;
+		args[2] = Int64GetDatum(t->msg_id);
+
+		if (RmsgCallHandler(h, args, nulls, &error))
+		{
+			(void) RmsgDeleteMessage(t->msg_id);
+			counts->processed++;
+			continue;
+		}
+
+		counts->failed++;
+		ereport(LOG,
+				(errmsg("handler of queue \"%s\" failed on message " INT64_FORMAT " (delivery %d of %d): %s",
+						h->target, t->msg_id, t->deliveries, queue.max_deliveries, error)));
+		RmsgWorkerNoteHandlerError(error);
+		RmsgRecordHandlerError(h, t->msg_id, error);
+		if (t->deliveries >= queue.max_deliveries)
+		{
+			counts->dead_lettered += RmsgDeadLetterById(&queue, &t->msg_id, 1);
+		}
+		else
+		{
+			Datum		values[2];
+			TimestampTz at = RmsgRetryAt(t->deliveries);
+
+			values[0] = Int64GetDatum(t->msg_id);
+			values[1] = TimestampTzGetDatum(at);
+			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
+			counts->retried++;
+			if (*retry_at == 0 || at < *retry_at)
+				*retry_at = at;
+		}
+	}
+
+	RmsgSpiFinish();
+	return ntaken;
+}

@@ -1,0 +1,344 @@
+/*-------------------------------------------------------------------------
+ *
+ * handlers.c
+ *	  Which SQL function handles which messages: rmsg.subscribe,
+ *	  rmsg.unsubscribe, rmsg.set_handler and rmsg.remove_handler, and the
+ *	  list the worker reads them into.
+ *
+ * A queue has at most one handler (rmsg.subscription, dropped with the
+ * queue); an instance is handled by the handler of the longest prefix of its
+ * name (rmsg.instance_handler).  A handler is a plain function whose own
+ * arguments say what it gets, from the front of a fixed list:
+ *	queue:	  (payload bytea [, headers jsonb [, msg_id bigint]])
+ *	instance: (instance text, payload bytea [, kind text [, headers jsonb
+ *			  [, msg_id bigint]]])
+ * It runs as the role that registered it, which must be allowed to execute
+ * it.  Registering one commits like any write; the workers read the
+ * handlers again when such a transaction commits (worker_state.c).  The
+ * tables also keep each handler's error count and last error, which the
+ * worker writes in the transaction that records the failure.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+PG_FUNCTION_INFO_V1(rmsg_subscribe);
+PG_FUNCTION_INFO_V1(rmsg_unsubscribe);
+PG_FUNCTION_INFO_V1(rmsg_set_handler);
+PG_FUNCTION_INFO_V1(rmsg_remove_handler);
+
+/* The most messages a queue handler's transaction takes at once. */
+#define MAX_BATCH 1000
+
+static const Oid queue_convention[] = {BYTEAOID, JSONBOID, INT8OID};
+static const Oid instance_convention[] = {TEXTOID, BYTEAOID, TEXTOID, JSONBOID, INT8OID};
+
+#define QUEUE_CONVENTION "handler(payload bytea [, headers jsonb [, msg_id bigint]])"
+#define INSTANCE_CONVENTION "handler(instance text, payload bytea [, kind text [, headers jsonb [, msg_id bigint]]])"
+
+/* $1 queue_id, $2 handler, $3 batch, $4 owner */
+static RmsgPlan subscribe_plan = {
+	"INSERT INTO rmsg.subscription (queue_id, handler, batch, owner)"
+	" VALUES ($1, $2, $3, $4)"
+	" ON CONFLICT (queue_id) DO UPDATE"
+	"   SET handler = excluded.handler, batch = excluded.batch, owner = excluded.owner",
+	4, {INT4OID, REGPROCEDUREOID, INT4OID, REGROLEOID}
+};
+
+static RmsgPlan unsubscribe_plan = {
+	"DELETE FROM rmsg.subscription WHERE queue_id = $1",
+	1, {INT4OID}
+};
+
+/* $1 prefix, $2 handler, $3 owner */
+static RmsgPlan set_handler_plan = {
+	"INSERT INTO rmsg.instance_handler (prefix, handler, owner)"
+	" VALUES ($1, $2, $3)"
+	" ON CONFLICT (prefix) DO UPDATE"
+	"   SET handler = excluded.handler, owner = excluded.owner",
+	3, {TEXTOID, REGPROCEDUREOID, REGROLEOID}
+};
+
+static RmsgPlan remove_handler_plan = {
+	"DELETE FROM rmsg.instance_handler WHERE prefix = $1",
+	1, {TEXTOID}
+};
+
+/* Every handler: queues first, then instance prefixes. */
+static RmsgPlan load_plan = {
+	"SELECT false, q.name, s.queue_id, s.handler::oid, s.owner::oid, s.batch"
+	"  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)"
+	" UNION ALL"
+	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1"
+	"  FROM rmsg.instance_handler h"
+	" ORDER BY 1, 2",
+	0, {InvalidOid}
+};
+
+/* $1 queue_id or $1 prefix, $2 error, $3 at, $4 msg_id */
+static RmsgPlan queue_error_plan = {
+	"UPDATE rmsg.subscription SET errors = errors + 1, last_error = $2,"
+	"       last_error_at = $3, last_error_msg_id = $4"
+	" WHERE queue_id = $1",
+	4, {INT4OID, TEXTOID, TIMESTAMPTZOID, INT8OID}
+};
+
+static RmsgPlan instance_error_plan = {
+	"UPDATE rmsg.instance_handler SET errors = errors + 1, last_error = $2,"
+	"       last_error_at = $3, last_error_msg_id = $4"
+	" WHERE prefix = $1",
+	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID}
+};
+
+/*
+ * Checks that the function fits the calling convention of queue or instance
+ * handlers; returns how many arguments it takes.  Errors name the function.
+ */
+int
+RmsgCheckHandler(Oid handler, bool for_instances)
+{
+	const Oid  *convention = for_instances ? instance_convention : queue_convention;
+	int			max_args = for_instances ? lengthof(instance_convention) : lengthof(queue_convention);
+	int			min_args = for_instances ? 2 : 1;
+	int			headers_at = for_instances ? 3 : 1;
+	const char *usage = for_instances ? INSTANCE_CONVENTION : QUEUE_CONVENTION;
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	char	   *name;
+	int			nargs;
+
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler function %u does not exist", handler)));
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	name = format_procedure(handler);
+	nargs = proc->pronargs;
+
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("handler %s is not a plain function", name),
+				 errhint("A handler is called as %s.", usage)));
+	if (proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler %s must not return a set", name)));
+	if (nargs < min_args || nargs > max_args)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler %s takes %d arguments, not %d to %d",
+						name, nargs, min_args, max_args),
+				 errhint("A handler is called as %s.", usage)));
+	for (int i = 0; i < nargs; i++)
+	{
+		if (proc->proargtypes.values[i] != convention[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("argument %d of handler %s must be of type %s, not %s",
+							i + 1, name, format_type_be(convention[i]),
+							format_type_be(proc->proargtypes.values[i])),
+					 errhint("A handler is called as %s.", usage)));
+	}
+	/* a strict function would silently not be called for a message without headers */
+	if (proc->proisstrict && nargs > headers_at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler %s must not be STRICT", name),
+				 errdetail("Messages put without headers pass NULL headers, and a strict function is then not called at all."),
+				 errhint("Declare it CALLED ON NULL INPUT.")));
+	ReleaseSysCache(tuple);
+	return nargs;
+}
+
+/* The role registering a handler must be able to run it. */
+static void
+CheckMayExecute(Oid handler)
+{
+	if (pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(handler));
+}
+
+static Oid
+HandlerArg(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("handler must not be null")));
+	return PG_GETARG_OID(argno);
+}
+
+/* An instance prefix: empty (every instance) or the start of a valid name. */
+static char *
+PrefixArg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *prefix = RmsgTextArg(fcinfo, argno, "instance prefix");
+
+	if (prefix[0] != '\0')
+		RmsgCheckName(prefix, "instance prefix");
+	return prefix;
+}
+
+/* rmsg.subscribe(queue, handler, batch) */
+Datum
+rmsg_subscribe(PG_FUNCTION_ARGS)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	Oid			handler = HandlerArg(fcinfo, 1);
+	int32		batch;
+	RmsgQueue	queue;
+	Datum		values[4];
+
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("batch must not be null")));
+	batch = PG_GETARG_INT32(2);
+	if (batch < 1 || batch > MAX_BATCH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be between 1 and %d, not %d", MAX_BATCH, batch)));
+	(void) RmsgCheckHandler(handler, false);
+	CheckMayExecute(handler);
+
+	RmsgSpiConnect();
+	/* as a put does: a concurrent drop_queue waits for us, or we for it */
+	queue = RmsgOpenQueue(name, AccessShareLock);
+	values[0] = Int32GetDatum(queue.queue_id);
+	values[1] = ObjectIdGetDatum(handler);
+	values[2] = Int32GetDatum(batch);
+	values[3] = ObjectIdGetDatum(GetUserId());
+	RmsgPlanExecute(&subscribe_plan, values, NULL, true, 0);
+	RmsgSpiFinish();
+	RmsgHandlersChangedAtCommit();
+	PG_RETURN_VOID();
+}
+
+/* rmsg.unsubscribe(queue) */
+Datum
+rmsg_unsubscribe(PG_FUNCTION_ARGS)
+{
+	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	RmsgQueue	queue;
+	Datum		arg;
+
+	RmsgSpiConnect();
+	queue = RmsgOpenQueue(name, AccessShareLock);
+	arg = Int32GetDatum(queue.queue_id);
+	RmsgPlanExecute(&unsubscribe_plan, &arg, NULL, true, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("queue \"%s\" has no handler", name)));
+	RmsgSpiFinish();
+	RmsgHandlersChangedAtCommit();
+	PG_RETURN_VOID();
+}
+
+/* rmsg.set_handler(instance_prefix, handler) */
+Datum
+rmsg_set_handler(PG_FUNCTION_ARGS)
+{
+	char	   *prefix = PrefixArg(fcinfo, 0);
+	Oid			handler = HandlerArg(fcinfo, 1);
+	Datum		values[3];
+
+	(void) RmsgCheckHandler(handler, true);
+	CheckMayExecute(handler);
+
+	values[0] = CStringGetTextDatum(prefix);
+	values[1] = ObjectIdGetDatum(handler);
+	values[2] = ObjectIdGetDatum(GetUserId());
+	RmsgSpiConnect();
+	RmsgPlanExecute(&set_handler_plan, values, NULL, true, 0);
+	RmsgSpiFinish();
+	RmsgHandlersChangedAtCommit();
+	PG_RETURN_VOID();
+}
+
+/* rmsg.remove_handler(instance_prefix) */
+Datum
+rmsg_remove_handler(PG_FUNCTION_ARGS)
+{
+	char	   *prefix = PrefixArg(fcinfo, 0);
+	Datum		arg = CStringGetTextDatum(prefix);
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&remove_handler_plan, &arg, NULL, true, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no handler for instance prefix \"%s\"", prefix)));
+	RmsgSpiFinish();
+	RmsgHandlersChangedAtCommit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * Reads every handler into a list of RmsgHandler, allocated in memory
+ * context `into`.  Call inside SPI.
+ */
+List *
+RmsgLoadHandlers(MemoryContext into)
+{
+	List	   *handlers = NIL;
+
+	RmsgPlanExecute(&load_plan, NULL, NULL, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		RmsgHandler *h;
+		MemoryContext old = MemoryContextSwitchTo(into);
+
+		h = palloc0(sizeof(RmsgHandler));
+		MemoryContextSwitchTo(old);
+		h->for_instances = DatumGetBool(SPI_getbinval(row, desc, 1, &isnull));
+		text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(row, desc, 2, &isnull)),
+							   h->target, sizeof(h->target));
+		h->queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+		h->handler = DatumGetObjectId(SPI_getbinval(row, desc, 4, &isnull));
+		h->owner = DatumGetObjectId(SPI_getbinval(row, desc, 5, &isnull));
+		h->batch = DatumGetInt32(SPI_getbinval(row, desc, 6, &isnull));
+
+		old = MemoryContextSwitchTo(into);
+		handlers = lappend(handlers, h);
+		MemoryContextSwitchTo(old);
+	}
+	return handlers;
+}
+
+/*
+ * Keeps a handler's failure on message msg_id in its row, in the
+ * transaction that records the retry or the dead letter.  Call inside SPI.
+ */
+void
+RmsgRecordHandlerError(const RmsgHandler *h, int64 msg_id, const char *message)
+{
+	Datum		values[4];
+
+	values[0] = h->for_instances ? CStringGetTextDatum(h->target) : Int32GetDatum(h->queue_id);
+	values[1] = CStringGetTextDatum(message);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[3] = Int64GetDatum(msg_id);
+	RmsgPlanExecute(h->for_instances ? &instance_error_plan : &queue_error_plan,
+					values, NULL, false, 0);
+}

@@ -1,0 +1,461 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background workers: registered at server start, connected to the
+ *	  database rmsg.database names, they call the handlers of ready
+ *	  messages and run the maintenance.
+ *
+ * rmsg.worker_count workers are registered while shared_preload_libraries
+ * is processed; the postmaster starts them once the server accepts
+ * connections and restarts one that dies, after RESTART_SECONDS.  A worker
+ * stops at once on SIGTERM (die: the transaction in progress rolls back),
+ * and reads the configuration again on SIGHUP; if rmsg.database changed,
+ * it exits and comes back connected to the new database.
+ *
+ * Each worker goes round in passes.  A pass makes sure the handlers it
+ * knows are current, then gives every subscribed queue one transaction (up
+ * to its batch of messages, dispatch_queue.c) and instances up to
+ * INSTANCE_TURNS transactions of one message each (dispatch_instance.c).
+ * Worker 0 also runs the maintenance (maintenance.c) once per
+ * rmsg.worker_naptime.  When a pass found nothing to do, the worker sleeps
+ * on its latch until a commit gives it work (worker_state.c), a delayed
+ * message or a retry comes due, or rmsg.worker_naptime has passed.
+ * Several workers share the work without coordinating: leases and row locks
+ * keep them off each other's messages, take locks off each other's
+ * instances.
+ *
+ * An error outside a handler (the extension dropped under it, say) is
+ * logged and kept in the worker's slot; the worker rolls back, waits a
+ * second, reads the handlers again and goes on.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "rmsg.h"
+
+#define RESTART_SECONDS 5
+/* instance messages handled per pass before the queues get their turn again */
+#define INSTANCE_TURNS 100
+/* how long a worker pauses after an error outside a handler */
+#define ERROR_PAUSE_MS 1000
+
+PGDLLEXPORT void rmsg_worker_main(Datum main_arg);
+
+/* A worker's own state, kept across its passes. */
+static int	worker_index;
+static char connected_database[NAMEDATALEN];
+static MemoryContext handlers_context = NULL;
+static List *handlers = NIL;	/* of RmsgHandler */
+static bool handlers_valid = false;
+static uint64 handlers_generation = 0;
+static uint64 handlers_catalog_generation = 0;
+static int64 instance_cursor = 0;
+static TimestampTz earliest_retry = 0;	/* of the retries we scheduled */
+static TimestampTz next_maintenance = 0;
+
+/* $1 subscribed queue ids, $2 now: when the first delayed message comes due */
+static RmsgPlan next_due_plan = {
+	"SELECT min(n.visible_at) FROM unnest($1) q(id)"
+	" CROSS JOIN LATERAL (SELECT visible_at FROM rmsg.message"
+	"                      WHERE queue_id = q.id AND visible_at > $2"
+	"                      ORDER BY queue_id, visible_at LIMIT 1) n",
+	2, {INT4ARRAYOID, TIMESTAMPTZOID}
+};
+
+/* Registers the workers; called from _PG_init at preload. */
+void
+RmsgRegisterWorkers(void)
+{
+	for (int i = 0; i < rmsg_worker_count; i++)
+	{
+		BackgroundWorker worker;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = RESTART_SECONDS;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "recoverable_msg");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "rmsg_worker_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "recoverable_msg worker %d", i);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "recoverable_msg worker");
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
+/* Starts a transaction for one unit of work, as a statement would run. */
+static void
+BeginUnit(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+EndUnit(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Whether a handler can be called: its function and its role still exist.
+ * One that cannot is skipped, its messages untouched, and said so once.
+ */
+static void
+CheckUsable(RmsgHandler *h)
+{
+	bool		usable = SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(h->handler)) &&
+		SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(h->owner));
+
+	if (!usable && h->usable)
+	{
+		char		message[256];
+
+		snprintf(message, sizeof(message),
+				 "the handler of %s \"%s\" (function %u, role %u) no longer exists",
+				 h->for_instances ? "instance prefix" : "queue", h->target,
+				 h->handler, h->owner);
+		ereport(WARNING, (errmsg("%s; its messages wait", message),
+						  errhint("Register the handler again.")));
+		RmsgWorkerReportError(message);
+	}
+	h->usable = usable;
+}
+
+/*
+ * Makes sure the handlers are current: read again when a handler or the
+ * queue catalog changed since.  False when the extension is not (or no
+ * longer) installed in our database.
+ */
+static bool
+PrepareHandlers(void)
+{
+	uint64		generation = RmsgHandlerGeneration();
+	uint64		catalog_generation = RmsgCatalogGeneration();
+	bool		installed;
+	ListCell   *lc;
+
+	BeginUnit("recoverable_msg: reading handlers");
+	installed = OidIsValid(get_extension_oid("recoverable_msg", true));
+	if (installed && (!handlers_valid || generation != handlers_generation ||
+					  catalog_generation != handlers_catalog_generation))
+	{
+		uint64		mask = 0;
+		bool		instances = false;
+
+		MemoryContextReset(handlers_context);
+		RmsgSpiConnect();
+		handlers = RmsgLoadHandlers(handlers_context);
+		RmsgSpiFinish();
+
+		foreach(lc, handlers)
+		{
+			RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+
+			h->usable = true;
+			if (h->for_instances)
+				instances = true;
+			else
+				mask |= UINT64CONST(1) << ((uint32) h->queue_id % 64);
+		}
+		RmsgWorkersPublishTargets(mask, instances);
+		handlers_generation = generation;
+		handlers_catalog_generation = catalog_generation;
+		handlers_valid = true;
+	}
+	if (installed)
+	{
+		foreach(lc, handlers)
+			CheckUsable((RmsgHandler *) lfirst(lc));
+	}
+	EndUnit();
+
+	if (!installed)
+	{
+		handlers_valid = false;
+		RmsgWorkerReport(RMSG_WORKER_NO_EXTENSION, NULL);
+	}
+	return installed;
+}
+
+/* One transaction on one subscribed queue; true if it took messages. */
+static bool
+QueueTurn(RmsgHandler *h)
+{
+	RmsgWorkCounts counts = {0};
+	char		activity[2 * NAMEDATALEN];
+	int			taken;
+
+	snprintf(activity, sizeof(activity), "queue %s", h->target);
+	RmsgWorkerReport(RMSG_WORKER_HANDLING, activity);
+	BeginUnit("recoverable_msg: handling queue messages");
+	taken = RmsgDispatchQueue(h, &counts, &earliest_retry);
+	EndUnit();
+	RmsgWorkerCount(&counts);
+	return taken > 0;
+}
+
+/* One transaction on one instance's message; true if it took one. */
+static bool
+InstanceTurn(void)
+{
+	RmsgWorkCounts counts = {0};
+	bool		taken;
+
+	RmsgWorkerReport(RMSG_WORKER_HANDLING, "instances");
+	BeginUnit("recoverable_msg: handling instance messages");
+	taken = RmsgDispatchInstance(handlers, &instance_cursor, &counts, &earliest_retry);
+	EndUnit();
+	RmsgWorkerCount(&counts);
+	return taken;
+}
+
+/* Worker 0's schedule: collect payloads, sweep exhausted messages. */
+static void
+Maintain(void)
+{
+	int64		swept;
+	int64		collected;
+
+	RmsgWorkerReport(RMSG_WORKER_MAINTAINING, NULL);
+	BeginUnit("recoverable_msg: dead-lettering exhausted messages");
+	swept = RmsgSweepExhausted();
+	EndUnit();
+	BeginUnit("recoverable_msg: collecting payloads");
+	collected = RmsgCollectPayloads();
+	EndUnit();
+	RmsgWorkerMaintained(collected, swept);
+	if (swept > 0 || collected > 0)
+		elog(DEBUG1, "recoverable_msg maintenance: " INT64_FORMAT " messages dead-lettered, " INT64_FORMAT " payloads collected",
+			 swept, collected);
+}
+
+/* When the first delayed message of a subscribed queue comes due, or 0. */
+static TimestampTz
+NextDelayedMessage(void)
+{
+	Datum	   *ids;
+	int			n = 0;
+	ListCell   *lc;
+	Datum		values[2];
+	bool		isnull;
+	Datum		next;
+	TimestampTz due = 0;
+
+	foreach(lc, handlers)
+	{
+		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+
+		if (!h->for_instances && h->usable)
+			n++;
+	}
+	if (n == 0)
+		return 0;
+
+	BeginUnit("recoverable_msg: looking for delayed messages");
+	ids = palloc(sizeof(Datum) * n);	/* in the transaction's memory */
+	n = 0;
+	foreach(lc, handlers)
+	{
+		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+
+		if (!h->for_instances && h->usable)
+			ids[n++] = Int32GetDatum(h->queue_id);
+	}
+	values[0] = PointerGetDatum(construct_array(ids, n, INT4OID, sizeof(int32),
+												true, TYPALIGN_INT));
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	RmsgSpiConnect();
+	RmsgPlanExecute(&next_due_plan, values, NULL, false, 1);
+	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		due = DatumGetTimestampTz(next);
+	RmsgSpiFinish();
+	EndUnit();
+	return due;
+}
+
+/*
+ * One pass over everything there is to do; true if it did something, else
+ * *wake_at is when something comes due.
+ */
+static bool
+RunPass(TimestampTz *wake_at)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz due;
+	bool		worked = false;
+	bool		any_instances = false;
+	ListCell   *lc;
+
+	*wake_at = now + (int64) rmsg_worker_naptime * 1000;
+	if (!PrepareHandlers())
+		return false;
+
+	foreach(lc, handlers)
+	{
+		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+
+		CHECK_FOR_INTERRUPTS();
+		if (!h->usable)
+			continue;
+		if (h->for_instances)
+			any_instances = true;
+		else if (QueueTurn(h))
+			worked = true;
+	}
+	for (int turn = 0; any_instances && turn < INSTANCE_TURNS; turn++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!InstanceTurn())
+			break;
+		worked = true;
+	}
+
+	if (worker_index == 0 && GetCurrentTimestamp() >= next_maintenance)
+	{
+		Maintain();
+		next_maintenance = GetCurrentTimestamp() + (int64) rmsg_worker_naptime * 1000;
+	}
+
+	RmsgWorkerReport(RMSG_WORKER_IDLE, NULL);
+	if (worked)
+		return true;
+
+	/* asleep until the first of: naptime, a retry, a delayed message, maintenance */
+	now = GetCurrentTimestamp();
+	if (earliest_retry != 0 && earliest_retry <= now)
+		earliest_retry = 0;		/* due: this pass has seen to it */
+	if (earliest_retry != 0 && earliest_retry < *wake_at)
+		*wake_at = earliest_retry;
+	due = NextDelayedMessage();
+	if (due != 0 && due < *wake_at)
+		*wake_at = due;
+	if (worker_index == 0 && next_maintenance < *wake_at)
+		*wake_at = next_maintenance;
+	return false;
+}
+
+/* SIGHUP: read the configuration; a new rmsg.database takes a restart. */
+static void
+ReloadConfiguration(void)
+{
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	if (strcmp(rmsg_database, connected_database) != 0)
+	{
+		ereport(LOG,
+				(errmsg("recoverable_msg worker %d restarting: rmsg.database changed from \"%s\" to \"%s\"",
+						worker_index, connected_database, rmsg_database)));
+		proc_exit(1);			/* the postmaster starts us again */
+	}
+}
+
+/* Sleeps until the latch is set or the time comes. */
+static void
+SleepUntil(TimestampTz wake_at)
+{
+	long		timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), wake_at);
+
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 Max(timeout, 1), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
+ * After an error outside a handler: log it, keep it in our slot, roll back,
+ * and read the handlers again after a pause.
+ */
+static void
+RecoverFromError(MemoryContext error_context)
+{
+	ErrorData  *edata;
+
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	EmitErrorReport();
+	MemoryContextSwitchTo(error_context);
+	edata = CopyErrorData();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	MemoryContextSwitchTo(TopMemoryContext);
+	RmsgWorkerReportError(edata->message ? edata->message : "unknown error");
+	RmsgWorkerReport(RMSG_WORKER_FAILED, NULL);
+	MemoryContextReset(error_context);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	handlers_valid = false;
+	RESUME_INTERRUPTS();
+
+	SleepUntil(GetCurrentTimestamp() + ERROR_PAUSE_MS * 1000);
+}
+
+void
+rmsg_worker_main(Datum main_arg)
+{
+	sigjmp_buf	local_sigjmp_buf;
+	MemoryContext error_context;
+
+	worker_index = DatumGetInt32(main_arg);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	strlcpy(connected_database, rmsg_database, NAMEDATALEN);
+	BackgroundWorkerInitializeConnection(connected_database, NULL, 0);
+	RmsgWorkerAttach(worker_index, connected_database);
+	ereport(LOG,
+			(errmsg("recoverable_msg worker %d started in database \"%s\"",
+					worker_index, connected_database)));
+
+	handlers_context = AllocSetContextCreate(TopMemoryContext,
+											 "recoverable_msg handlers",
+											 ALLOCSET_SMALL_SIZES);
+	error_context = AllocSetContextCreate(TopMemoryContext,
+										  "recoverable_msg worker errors",
+										  ALLOCSET_SMALL_SIZES);
+	next_maintenance = GetCurrentTimestamp() + (int64) rmsg_worker_naptime * 1000;
+
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+		RecoverFromError(error_context);
+	PG_exception_stack = &local_sigjmp_buf;
+
+	for (;;)
+	{
+		TimestampTz wake_at;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			ReloadConfiguration();
+		if (!RunPass(&wake_at))
+		{
+			pgstat_report_stat(true);
+			SleepUntil(wake_at);
+		}
+	}
+}
