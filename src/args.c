@@ -18,9 +18,6 @@
 
 #include "rmsg.h"
 
-/* Longest name of a queue or instance, in bytes: that of an identifier. */
-#define RMSG_NAME_MAX (NAMEDATALEN - 1)
-
 /* A text argument that must not be NULL, as a C string. */
 char *
 RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what)

@@ -143,8 +143,8 @@ RmsgCheckHandler(Oid handler, bool for_instances)
 	if (nargs < min_args || nargs > max_args)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler %s takes %d arguments, not %d to %d",
-						name, nargs, min_args, max_args),
+				 errmsg("handler %s must take %d to %d arguments, not %d",
+						name, min_args, max_args, nargs),
 				 errhint("A handler is called as %s.", usage)));
 	for (int i = 0; i < nargs; i++)
 	{
@@ -191,8 +191,13 @@ PrefixArg(FunctionCallInfo fcinfo, int argno)
 {
 	char	   *prefix = RmsgTextArg(fcinfo, argno, "instance prefix");
 
-	if (prefix[0] != '\0')
-		RmsgCheckName(prefix, "instance prefix");
+	if (strlen(prefix) > RMSG_NAME_MAX ||
+		strspn(prefix, RMSG_NAME_CHARS) != strlen(prefix))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid instance prefix \"%s\"", prefix),
+				 errdetail("A prefix is the start of an instance name: up to %d ASCII letters, digits, \"_\", \"-\" and \".\".",
+						   RMSG_NAME_MAX)));
 	return prefix;
 }
 

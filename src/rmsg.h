@@ -95,6 +95,11 @@ extern Datum RmsgSpiCopyVarlena(HeapTuple row, int col, bool *isnull);
 extern void RmsgSpiConnect(void);
 extern void RmsgSpiFinish(void);
 
+/* Names of queues and instances: 1 to RMSG_NAME_MAX of RMSG_NAME_CHARS. */
+#define RMSG_NAME_MAX (NAMEDATALEN - 1)
+#define RMSG_NAME_CHARS \
+	"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
+
 /* args.c: argument checks shared by every SQL-callable function */
 extern char *RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void RmsgCheckName(const char *name, const char *what);

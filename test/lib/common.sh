@@ -152,9 +152,11 @@ start_bench_cluster() {
 # Starts cluster NAME in WORK/NAME_data, with its socket in a directory of
 # its own (WORK/NAME_sock, so two servers never share a socket path even on
 # the same port number), logs in WORK/NAME-initdb.log and WORK/NAME-server.log,
-# the library preloaded.  Each argument after NAME is one more
-# postgresql.conf line.  Sets PGHOST_NAME and PGPORT_NAME (NAME must be a
-# valid shell identifier) and leaves PGHOST, PGPORT and PGDATABASE alone:
+# the library preloaded and no background worker (its maintenance would run
+# in the middle of a measurement; pass "rmsg.worker_count = N" to have
+# some).  Each argument after NAME is one more postgresql.conf line.  Sets
+# PGHOST_NAME and PGPORT_NAME (NAME must be a valid shell identifier) and
+# leaves PGHOST, PGPORT and PGDATABASE alone:
 # the script points each command at its server.  cleanup_workdir stops it.
 start_named_cluster() {
     local name=$1 data sock port line
@@ -169,7 +171,7 @@ start_named_cluster() {
         { cat "$WORK/$name-initdb.log"; die "initdb failed for cluster $name"; }
     {
         printf '%s\n' "port = $port" "listen_addresses = ''" "unix_socket_directories = '$sock'" \
-            "shared_preload_libraries = 'recoverable_msg'"
+            "shared_preload_libraries = 'recoverable_msg'" "rmsg.worker_count = 0"
         for line in "$@"; do printf '%s\n' "$line"; done
     } >>"$data/postgresql.conf"
     run_as_pg pg_ctl -D "$data" -l "$WORK/$name-server.log" -w start >/dev/null ||

@@ -32,6 +32,10 @@ my $node = PostgreSQL::Test::Cluster->new('visibility');
 $node->init;
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'recoverable_msg'");
+# No background worker: its maintenance would collect payloads and
+# dead-letter messages on a schedule of its own, where this file checks what
+# the SQL functions do by themselves (011 and 012 test the worker).
+$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
 # Lazily committed transactions stay in memory until the crash: only a
 # durable commit (or this slow WAL writer) would write them out.
 $node->append_conf('postgresql.conf', "synchronous_commit = on");
