@@ -22,6 +22,8 @@
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -51,8 +53,14 @@ RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls, char **error)
 		int			saved_context;
 		int			nargs;
 
-		/* replaced since it was registered?  Then it is this call's error. */
+		/*
+		 * Changed since it was registered?  Then that is this call's error,
+		 * as it would be a statement's: the convention, and the owner's
+		 * right to execute it, which fmgr does not check.
+		 */
 		nargs = RmsgCheckHandler(h->handler, h->for_instances);
+		if (pg_proc_aclcheck(h->handler, h->owner, ACL_EXECUTE) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(h->handler));
 		fmgr_info(h->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, nargs, InvalidOid, NULL, NULL);
 		for (int i = 0; i < nargs; i++)

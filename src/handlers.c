@@ -107,7 +107,8 @@ static RmsgPlan instance_error_plan = {
 
 /*
  * Checks that the function fits the calling convention of queue or instance
- * handlers; returns how many arguments it takes.  Errors name the function.
+ * handlers; returns how many arguments it takes.  Errors name the function
+ * (formatted only then: the worker checks before every call).
  */
 int
 RmsgCheckHandler(Oid handler, bool for_instances)
@@ -119,7 +120,6 @@ RmsgCheckHandler(Oid handler, bool for_instances)
 	const char *usage = for_instances ? INSTANCE_CONVENTION : QUEUE_CONVENTION;
 	HeapTuple	tuple;
 	Form_pg_proc proc;
-	char	   *name;
 	int			nargs;
 
 	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
@@ -128,23 +128,22 @@ RmsgCheckHandler(Oid handler, bool for_instances)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("handler function %u does not exist", handler)));
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
-	name = format_procedure(handler);
 	nargs = proc->pronargs;
 
 	if (proc->prokind != PROKIND_FUNCTION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("handler %s is not a plain function", name),
+				 errmsg("handler %s is not a plain function", format_procedure(handler)),
 				 errhint("A handler is called as %s.", usage)));
 	if (proc->proretset)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler %s must not return a set", name)));
+				 errmsg("handler %s must not return a set", format_procedure(handler))));
 	if (nargs < min_args || nargs > max_args)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("handler %s must take %d to %d arguments, not %d",
-						name, min_args, max_args, nargs),
+						format_procedure(handler), min_args, max_args, nargs),
 				 errhint("A handler is called as %s.", usage)));
 	for (int i = 0; i < nargs; i++)
 	{
@@ -152,7 +151,7 @@ RmsgCheckHandler(Oid handler, bool for_instances)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 					 errmsg("argument %d of handler %s must be of type %s, not %s",
-							i + 1, name, format_type_be(convention[i]),
+							i + 1, format_procedure(handler), format_type_be(convention[i]),
 							format_type_be(proc->proargtypes.values[i])),
 					 errhint("A handler is called as %s.", usage)));
 	}
@@ -160,7 +159,7 @@ RmsgCheckHandler(Oid handler, bool for_instances)
 	if (proc->proisstrict && nargs > headers_at)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler %s must not be STRICT", name),
+				 errmsg("handler %s must not be STRICT", format_procedure(handler)),
 				 errdetail("Messages put without headers pass NULL headers, and a strict function is then not called at all."),
 				 errhint("Declare it CALLED ON NULL INPUT.")));
 	ReleaseSysCache(tuple);
