@@ -40,6 +40,8 @@ listen_addresses = ''
 unix_socket_directories = '$WORK'
 shared_preload_libraries = '${lib:-recoverable_msg}'
 max_prepared_transactions = 10
+rmsg.worker_count = 2
+rmsg.worker_naptime = '1min'
 CONF
     log "starting the cluster on port $port"
     if ! run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null; then
@@ -191,6 +193,85 @@ SELECT rmsg.load_state('order-42');
 SQL
 }
 
+# Waits (up to 30 s) until query $2 in database $1 prints 't'.
+wait_for() {
+    local db=$1 query=$2 i
+    for ((i = 0; i < 300; i++)); do
+        [[ $(run_as_pg psql -X -Atq -d "$db" -c "$query" 2>/dev/null) == t ]] && return 0
+        sleep 0.1
+    done
+    die "gave up waiting for: $query"
+}
+
+# The background worker (README, "Background worker"): the workers move to
+# a database of their own on a reload, bill orders through a queue handler
+# (one order fails until it is dead-lettered), and handle an order
+# conversation through an instance handler: nothing while it recovers, a
+# crash in the middle, and the deferred messages in order once the recovery
+# message completes it.
+worker_demo() {
+    local psql=(psql -X -v ON_ERROR_STOP=1)
+    log "background worker: handlers for a queue and for instances"
+    run_as_pg "${psql[@]}" -q -c "CREATE DATABASE shipping"
+    run_as_pg "${psql[@]}" -q -d shipping -c "CREATE EXTENSION recoverable_msg"
+    run_as_pg "${psql[@]}" -e <<'SQL'
+-- the workers serve the database rmsg.database names; a reload moves them
+ALTER SYSTEM SET rmsg.database = 'shipping';
+ALTER SYSTEM SET rmsg.worker_naptime = '1s';
+ALTER SYSTEM SET rmsg.retry_delay = '200ms';
+SELECT pg_reload_conf();
+SQL
+    wait_for postgres "SELECT count(*) = 2 FROM rmsg.worker WHERE database = 'shipping' AND state = 'idle'"
+    run_as_pg "${psql[@]}" -q -d shipping -f - <"$ROOT/test/examples/worker_handlers.sql" >/dev/null
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+SELECT worker, pid IS NOT NULL AS running, state, database FROM rmsg.worker;
+SELECT kind, target, handler, batch FROM rmsg.handlers;
+-- three orders; the second has no amount: its handler fails
+SELECT rmsg.put('billing', '{"id": 1, "amount": 20}'::jsonb) AS msg_id;
+SELECT rmsg.put('billing', '{"id": 2, "amount": 0}'::jsonb) AS msg_id;
+SELECT rmsg.put('billing', '{"id": 3, "amount": 5}'::jsonb) AS msg_id;
+SQL
+    wait_for shipping "SELECT ready = 1 FROM rmsg.queues WHERE queue = 'billing_dead'"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+-- 1 and 3 billed at once, each in the transaction that acked it;
+-- 2 was tried three times (200 ms, then 400 ms later) and dead-lettered
+SELECT order_id, amount FROM invoices ORDER BY order_id;
+SELECT queue, ready, in_flight, delayed, dead FROM rmsg.queues ORDER BY queue;
+SELECT kind, target, errors, last_error FROM rmsg.handlers;
+SELECT worker, state, processed, errors, retried, dead_lettered, last_error FROM rmsg.worker;
+-- an order conversation: placed, then the provider reports a mismatch
+SELECT rmsg.create_instance('order-7', '{"status": "new", "paid": false}');
+SELECT * FROM rmsg.deliver('order-7', 'placed');
+SQL
+    wait_for shipping "SELECT count(*) = 1 FROM order_events"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+SELECT rmsg.begin_recovery('order-7');
+SELECT * FROM rmsg.deliver('order-7', 'address changed');   -- deferred
+SELECT * FROM rmsg.deliver('order-7', 'gift wrap');         -- deferred
+SELECT pg_sleep(1);
+-- the workers leave them alone while the order recovers:
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+SQL
+    log "pg_ctl stop -m immediate while order-7 recovers"
+    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
+    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
+    wait_for postgres "SELECT count(*) = 2 FROM rmsg.worker WHERE database = 'shipping' AND state = 'idle'"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+-- after the crash: still recovering, both messages deferred
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+-- the provider's answer: its handler completes recovery
+SELECT * FROM rmsg.deliver('order-7', 'resync: paid', 'recovery');
+SQL
+    wait_for shipping "SELECT count(*) = 4 FROM order_events"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+-- handled in order: the deferred messages right after the recovery
+SELECT kind, message, status FROM order_events ORDER BY seq;
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
+SELECT rmsg.load_state('order-7');
+SELECT worker, state, processed, errors FROM rmsg.worker;
+SQL
+}
+
 main() {
     # shellcheck disable=SC2086  # a space-separated package list
     ensure_packages $DEMO_PACKAGES || die "could not install the required packages"
@@ -202,6 +283,7 @@ main() {
     crash_and_recover
     contract_demo
     instance_demo
+    worker_demo
     stop_cluster   # the EXIT trap stops it too, should anything above fail
     log "demo finished"
 }
