@@ -66,10 +66,17 @@ HandlerFor(const char *name, List *handlers)
 	return best;
 }
 
+/*
+ * Whether the instance's messages are ours to handle now.  When its handler
+ * cannot be called (worker.c), they wait: a shorter prefix's handler does
+ * not stand in for it.
+ */
 static bool
 HasHandler(const char *name, void *arg)
 {
-	return HandlerFor(name, (List *) arg) != NULL;
+	const RmsgHandler *h = HandlerFor(name, (List *) arg);
+
+	return h != NULL && h->usable;
 }
 
 /*

@@ -69,6 +69,7 @@ static char connected_database[NAMEDATALEN];
 static MemoryContext handlers_context = NULL;
 static List *handlers = NIL;	/* of RmsgHandler */
 static bool handlers_valid = false;
+static bool handlers_checked = false;	/* since the last sleep */
 static uint64 handlers_generation = 0;
 static uint64 handlers_catalog_generation = 0;
 static int64 instance_cursor = 0;
@@ -151,7 +152,10 @@ CheckUsable(RmsgHandler *h)
 /*
  * Makes sure the handlers are current: read again when a handler or the
  * queue catalog changed since.  False when the extension is not (or no
- * longer) installed in our database.
+ * longer) installed in our database.  Looking for the extension costs a
+ * catalog scan, so a busy worker does this only when something changed;
+ * an extension dropped meanwhile makes its next statement fail, and the
+ * error sends it here.
  */
 static bool
 PrepareHandlers(void)
@@ -189,11 +193,6 @@ PrepareHandlers(void)
 		handlers_catalog_generation = catalog_generation;
 		handlers_valid = true;
 	}
-	if (installed)
-	{
-		foreach(lc, handlers)
-			CheckUsable((RmsgHandler *) lfirst(lc));
-	}
 	EndUnit();
 
 	if (!installed)
@@ -201,6 +200,7 @@ PrepareHandlers(void)
 		handlers_valid = false;
 		RmsgWorkerReport(RMSG_WORKER_NO_EXTENSION, NULL);
 	}
+	handlers_checked = installed;
 	return installed;
 }
 
@@ -215,7 +215,8 @@ QueueTurn(RmsgHandler *h)
 	snprintf(activity, sizeof(activity), "queue %s", h->target);
 	RmsgWorkerReport(RMSG_WORKER_HANDLING, activity);
 	BeginUnit("recoverable_msg: handling queue messages");
-	taken = RmsgDispatchQueue(h, &counts, &earliest_retry);
+	CheckUsable(h);
+	taken = h->usable ? RmsgDispatchQueue(h, &counts, &earliest_retry) : 0;
 	EndUnit();
 	RmsgWorkerCount(&counts);
 	return taken > 0;
@@ -227,9 +228,17 @@ InstanceTurn(void)
 {
 	RmsgWorkCounts counts = {0};
 	bool		taken;
+	ListCell   *lc;
 
 	RmsgWorkerReport(RMSG_WORKER_HANDLING, "instances");
 	BeginUnit("recoverable_msg: handling instance messages");
+	foreach(lc, handlers)
+	{
+		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+
+		if (h->for_instances)
+			CheckUsable(h);
+	}
 	taken = RmsgDispatchInstance(handlers, &instance_cursor, &counts, &earliest_retry);
 	EndUnit();
 	RmsgWorkerCount(&counts);
@@ -315,7 +324,10 @@ RunPass(TimestampTz *wake_at)
 	ListCell   *lc;
 
 	*wake_at = now + (int64) rmsg_worker_naptime * 1000;
-	if (!PrepareHandlers())
+	if ((!handlers_checked || !handlers_valid ||
+		 RmsgHandlerGeneration() != handlers_generation ||
+		 RmsgCatalogGeneration() != handlers_catalog_generation) &&
+		!PrepareHandlers())
 		return false;
 
 	foreach(lc, handlers)
@@ -323,8 +335,6 @@ RunPass(TimestampTz *wake_at)
 		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
 
 		CHECK_FOR_INTERRUPTS();
-		if (!h->usable)
-			continue;
 		if (h->for_instances)
 			any_instances = true;
 		else if (QueueTurn(h))
@@ -456,6 +466,7 @@ rmsg_worker_main(Datum main_arg)
 		{
 			pgstat_report_stat(true);
 			SleepUntil(wake_at);
+			handlers_checked = false;	/* look for the extension again */
 		}
 	}
 }
