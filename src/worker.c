@@ -372,12 +372,20 @@ RunPass(TimestampTz *wake_at)
 	return false;
 }
 
-/* SIGHUP: read the configuration; a new rmsg.database takes a restart. */
+/*
+ * SIGHUP: read the configuration; a new rmsg.database takes a restart, and
+ * a shorter rmsg.worker_naptime brings the next maintenance forward.
+ */
 static void
 ReloadConfiguration(void)
 {
+	TimestampTz latest_maintenance;
+
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
+	latest_maintenance = GetCurrentTimestamp() + (int64) rmsg_worker_naptime * 1000;
+	if (next_maintenance > latest_maintenance)
+		next_maintenance = latest_maintenance;
 	if (strcmp(rmsg_database, connected_database) != 0)
 	{
 		ereport(LOG,
