@@ -12,7 +12,8 @@ use warnings FATAL => 'all';
 #  2. rmsg.database pointing at a database without the extension: the
 #     workers restart there and wait for it; once it is created they handle
 #     its queues; pointed back, they come back to 'postgres';
-#  3. a reload of rmsg.retry_delay changes the backoff without a restart;
+#  3. a reload of rmsg.retry_delay changes the backoff without a restart, and
+#     one of rmsg.worker_naptime the maintenance's schedule;
 #  4. an idle worker terminated: back with a new pid after the restart
 #     time, the other worker untouched, counters kept, handling again;
 #  5. a worker terminated in a handler (pg_sleep): it stops at once, the
@@ -314,6 +315,22 @@ sql(q{
 	ALTER SYSTEM RESET rmsg.retry_delay;
 	SELECT pg_reload_conf();
 });
+
+# A reload of rmsg.worker_naptime: a long one holds the maintenance off, a
+# short one brings it forward at once (not an hour later).
+$node->poll_query_until('postgres', 'SELECT maintained_at IS NOT NULL FROM rmsg.worker WHERE worker = 0')
+  or die 'no maintenance under worker_naptime 1s';
+reload_setting('rmsg.worker_naptime', '1h', '1h');
+usleep(1_500_000);    # a maintenance already due under the old naptime comes and goes
+my $maintained = sql('SELECT maintained_at FROM rmsg.worker WHERE worker = 0');
+usleep(2_500_000);
+is(sql('SELECT maintained_at FROM rmsg.worker WHERE worker = 0'), $maintained,
+	'worker_naptime 1h after a reload: no maintenance meanwhile');
+reload_setting('rmsg.worker_naptime', '1s', '1s');
+$took = wait_secs("SELECT maintained_at > '$maintained' FROM rmsg.worker WHERE worker = 0", 't', 20);
+ok(defined $took && $took < 5,
+	'worker_naptime back to 1s: the next maintenance comes within seconds')
+  or diag('took ' . ($took // 'too long'));
 
 #---------------------------------------------------------------------------
 # 4. An idle worker terminated
