@@ -81,13 +81,14 @@ HasHandler(const char *name, void *arg)
 
 /*
  * Handles the head message of the next instance with a handler in the
- * current transaction, counting into *counts; false when no instance had
- * one to take.  *cursor is where the round-robin goes on; *retry_at is
- * moved earlier to a retry this schedules.
+ * current transaction, counting into *counts.  Returns 1, 0 when no
+ * instance had a message to take, or RMSG_HANDLERS_STALE (rmsg.h).
+ * *cursor is where the round-robin goes on; *retry_at is moved earlier to
+ * a retry this schedules.
  */
-bool
-RmsgDispatchInstance(List *handlers, int64 *cursor, RmsgWorkCounts *counts,
-					 TimestampTz *retry_at)
+int
+RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
+					 RmsgWorkCounts *counts, TimestampTz *retry_at)
 {
 	RmsgInstanceMessage m;
 	const RmsgHandler *h;
@@ -98,7 +99,10 @@ RmsgDispatchInstance(List *handlers, int64 *cursor, RmsgWorkCounts *counts,
 
 	m.visibility = WORKER_LEASE_USECS;
 	if (!RmsgTakeInstanceMessage(cursor, HasHandler, handlers, &m))
-		return false;
+		return 0;
+	/* taken after a handler change committed: it may not be the right one */
+	if (RmsgHandlerGeneration() != generation)
+		return RMSG_HANDLERS_STALE;
 	h = HandlerFor(m.instance, handlers);
 
 	args[0] = CStringGetTextDatum(m.instance);
@@ -132,5 +136,5 @@ RmsgDispatchInstance(List *handlers, int64 *cursor, RmsgWorkCounts *counts,
 			*retry_at = at;
 	}
 	RmsgSpiFinish();
-	return true;
+	return 1;
 }

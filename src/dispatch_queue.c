@@ -46,12 +46,12 @@ static RmsgPlan give_back_plan = {
 /*
  * Handles up to h->batch ready messages of the subscribed queue in the
  * current transaction, counting what happened into *counts.  Returns how
- * many messages it took; *retry_at is moved earlier to the first retry it
- * scheduled.  False-y (0) also when the queue is gone.
+ * many messages it took (0 when the queue is gone), or RMSG_HANDLERS_STALE
+ * (rmsg.h); *retry_at is moved earlier to the first retry it scheduled.
  */
 int
-RmsgDispatchQueue(const RmsgHandler *h, RmsgWorkCounts *counts,
-				  TimestampTz *retry_at)
+RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
+				  RmsgWorkCounts *counts, TimestampTz *retry_at)
 {
 	RmsgQueue	queue;
 	RmsgTaken  *taken;
@@ -68,6 +68,12 @@ RmsgDispatchQueue(const RmsgHandler *h, RmsgWorkCounts *counts,
 
 	taken = palloc(sizeof(RmsgTaken) * h->batch);
 	ntaken = RmsgTakeMessages(&queue, h->batch, WORKER_LEASE_USECS, taken);
+	/* taken after an unsubscribe or a new handler committed? */
+	if (ntaken > 0 && RmsgHandlerGeneration() != generation)
+	{
+		RmsgSpiFinish();
+		return RMSG_HANDLERS_STALE;
+	}
 
 	for (int i = 0; i < ntaken; i++)
 	{

@@ -336,10 +336,17 @@ typedef struct RmsgWorkCounts
 	int64		dead_lettered;
 } RmsgWorkCounts;
 
-/* dispatch_queue.c, dispatch_instance.c: one transaction's work */
-extern int	RmsgDispatchQueue(const RmsgHandler *h, RmsgWorkCounts *counts,
-							  TimestampTz *retry_at);
-extern bool RmsgDispatchInstance(List *handlers, int64 *cursor,
+/*
+ * dispatch_queue.c, dispatch_instance.c: one transaction's work.  They
+ * return how many messages they took, or RMSG_HANDLERS_STALE when the
+ * handlers changed since `generation` (when the worker read them): the
+ * caller must then roll back, so that no message goes to a handler that
+ * was replaced or removed.
+ */
+#define RMSG_HANDLERS_STALE (-1)
+extern int	RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
+							  RmsgWorkCounts *counts, TimestampTz *retry_at);
+extern int	RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 								 RmsgWorkCounts *counts, TimestampTz *retry_at);
 
 /* maintenance.c */

@@ -204,30 +204,65 @@ PrepareHandlers(void)
 	return installed;
 }
 
-/* One transaction on one subscribed queue; true if it took messages. */
+/* What one turn (one transaction) came to. */
+typedef enum TurnResult
+{
+	TURN_IDLE,					/* nothing to take */
+	TURN_WORKED,				/* took messages */
+	TURN_STALE					/* the handlers changed: read them again */
+} TurnResult;
+
+/*
+ * Ends a turn: commits, or, when it took messages after the handlers
+ * changed, rolls back, which hands the messages back untouched.
+ */
+static TurnResult
+EndTurn(int taken, const RmsgWorkCounts *counts)
+{
+	if (taken == RMSG_HANDLERS_STALE)
+	{
+		PopActiveSnapshot();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		handlers_valid = false;
+		return TURN_STALE;
+	}
+	EndUnit();
+	RmsgWorkerCount(counts);
+	return taken > 0 ? TURN_WORKED : TURN_IDLE;
+}
+
+/* Whether the handlers changed since we read them. */
 static bool
+HandlersChanged(void)
+{
+	return RmsgHandlerGeneration() != handlers_generation ||
+		RmsgCatalogGeneration() != handlers_catalog_generation;
+}
+
+/* One transaction on one subscribed queue. */
+static TurnResult
 QueueTurn(RmsgHandler *h)
 {
 	RmsgWorkCounts counts = {0};
 	char		activity[2 * NAMEDATALEN];
-	int			taken;
+	int			taken = 0;
 
 	snprintf(activity, sizeof(activity), "queue %s", h->target);
 	RmsgWorkerReport(RMSG_WORKER_HANDLING, activity);
 	BeginUnit("recoverable_msg: handling queue messages");
 	CheckUsable(h);
-	taken = h->usable ? RmsgDispatchQueue(h, &counts, &earliest_retry) : 0;
-	EndUnit();
-	RmsgWorkerCount(&counts);
-	return taken > 0;
+	if (h->usable)
+		taken = RmsgDispatchQueue(h, handlers_generation, &counts, &earliest_retry);
+	return EndTurn(taken, &counts);
 }
 
-/* One transaction on one instance's message; true if it took one. */
-static bool
+/* One transaction on one instance's message. */
+static TurnResult
 InstanceTurn(void)
 {
 	RmsgWorkCounts counts = {0};
-	bool		taken;
+	int			taken;
 	ListCell   *lc;
 
 	RmsgWorkerReport(RMSG_WORKER_HANDLING, "instances");
@@ -239,10 +274,9 @@ InstanceTurn(void)
 		if (h->for_instances)
 			CheckUsable(h);
 	}
-	taken = RmsgDispatchInstance(handlers, &instance_cursor, &counts, &earliest_retry);
-	EndUnit();
-	RmsgWorkerCount(&counts);
-	return taken;
+	taken = RmsgDispatchInstance(handlers, handlers_generation, &instance_cursor,
+								 &counts, &earliest_retry);
+	return EndTurn(taken, &counts);
 }
 
 /* Worker 0's schedule: collect payloads, sweep exhausted messages. */
@@ -324,26 +358,44 @@ RunPass(TimestampTz *wake_at)
 	ListCell   *lc;
 
 	*wake_at = now + (int64) rmsg_worker_naptime * 1000;
-	if ((!handlers_checked || !handlers_valid ||
-		 RmsgHandlerGeneration() != handlers_generation ||
-		 RmsgCatalogGeneration() != handlers_catalog_generation) &&
+	if ((!handlers_checked || !handlers_valid || HandlersChanged()) &&
 		!PrepareHandlers())
 		return false;
 
+	/*
+	 * A change of the handlers ends the pass, so that the next one reads
+	 * them again: a message put after an unsubscribe committed never goes
+	 * to the old handler (the turns check again once they have taken one).
+	 */
 	foreach(lc, handlers)
 	{
 		RmsgHandler *h = (RmsgHandler *) lfirst(lc);
+		TurnResult	result;
 
 		CHECK_FOR_INTERRUPTS();
+		if (HandlersChanged())
+			return true;
 		if (h->for_instances)
+		{
 			any_instances = true;
-		else if (QueueTurn(h))
-			worked = true;
+			continue;
+		}
+		result = QueueTurn(h);
+		if (result == TURN_STALE)
+			return true;
+		worked |= (result == TURN_WORKED);
 	}
 	for (int turn = 0; any_instances && turn < INSTANCE_TURNS; turn++)
 	{
+		TurnResult	result;
+
 		CHECK_FOR_INTERRUPTS();
-		if (!InstanceTurn())
+		if (HandlersChanged())
+			return true;
+		result = InstanceTurn();
+		if (result == TURN_STALE)
+			return true;
+		if (result == TURN_IDLE)
 			break;
 		worked = true;
 	}
