@@ -14,10 +14,14 @@
  * page beats any index, and the plan it caches then scans the whole table
  * on every call as the queue fills again.  So our statements run with
  * enable_seqscan and enable_bitmapscan off, for the execution only:
- * whenever the plan cache replans, it picks the index scans.  Both are plain
- * booleans without hooks, read only by the planner, so we set the variables
- * themselves and put them back, even on error; going through the GUC
- * machinery would cost every put, get and ack an allocation or two.
+ * whenever the plan cache replans, it picks the index scans.  A scan that
+ * has no index to use (the worker's read of its handlers) then costs as
+ * much as a disabled plan, which would cross jit_above_cost and have every
+ * execution compiled, so JIT is off too: none of our statements reads
+ * enough rows to gain from it.  All three are plain booleans without hooks,
+ * so we set the variables themselves and put them back, even on error;
+ * going through the GUC machinery would cost every put, get and ack an
+ * allocation or two.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +29,7 @@
 
 #include "access/xact.h"
 #include "fmgr.h"
+#include "jit/jit.h"
 #include "optimizer/cost.h"
 #include "utils/snapmgr.h"
 
@@ -69,6 +74,7 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	int			rc;
 	bool		saved_seqscan = enable_seqscan;
 	bool		saved_bitmapscan = enable_bitmapscan;
+	bool		saved_jit = jit_enabled;
 
 	Assert(p->nargs <= lengthof(p->argtypes));
 	for (int i = 0; i < p->nargs; i++)
@@ -76,6 +82,7 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 
 	enable_seqscan = false;
 	enable_bitmapscan = false;
+	jit_enabled = false;
 	PG_TRY();
 	{
 		if (latest_snapshot && IsolationUsesXactSnapshot())
@@ -89,6 +96,7 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	{
 		enable_seqscan = saved_seqscan;
 		enable_bitmapscan = saved_bitmapscan;
+		jit_enabled = saved_jit;
 	}
 	PG_END_TRY();
 
