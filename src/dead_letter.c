@@ -24,38 +24,32 @@
 
 #include "rmsg.h"
 
-/* $1 tids, $2 dead-letter queue, $3 now */
+/*
+ * The two ways, for rows named by `rows`: $1 the rows' tids or msg_ids, $2
+ * the dead-letter queue, $3 now.
+ */
+#define MOVE_TO_DLQ(rows) \
+	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0," \
+	"       visible_at = $3" \
+	" WHERE " rows
+#define KEEP_DEAD(rows) \
+	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)" \
+	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
+	"        died_at, payload_size, payload_id, headers, inline_data)" \
+	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size," \
+	"        payload_id, headers, inline_data FROM gone"
+
 static RmsgPlan move_to_dlq_by_tid_plan = {
-	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0,"
-	"       visible_at = $3"
-	" WHERE ctid = ANY($1)",
-	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
+	MOVE_TO_DLQ("ctid = ANY($1)"), 3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
-
 static RmsgPlan keep_dead_by_tid_plan = {
-	"WITH gone AS (DELETE FROM rmsg.message WHERE ctid = ANY($1) RETURNING *)"
-	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at,"
-	"        died_at, payload_size, payload_id, headers, inline_data)"
-	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size,"
-	"        payload_id, headers, inline_data FROM gone",
-	3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
+	KEEP_DEAD("ctid = ANY($1)"), 3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
-
-/* $1 msg_ids, $2 dead-letter queue, $3 now */
 static RmsgPlan move_to_dlq_by_id_plan = {
-	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0,"
-	"       visible_at = $3"
-	" WHERE msg_id = ANY($1)",
-	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+	MOVE_TO_DLQ("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
-
 static RmsgPlan keep_dead_by_id_plan = {
-	"WITH gone AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING *)"
-	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at,"
-	"        died_at, payload_size, payload_id, headers, inline_data)"
-	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size,"
-	"        payload_id, headers, inline_data FROM gone",
-	3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+	KEEP_DEAD("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 
 /* Runs one of the pairs above on an array of row identifiers; returns how many rows went. */

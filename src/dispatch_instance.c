@@ -34,8 +34,6 @@
 
 #include "rmsg.h"
 
-#define WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
-
 static RmsgPlan ack_plan = {
 	"DELETE FROM rmsg.instance_message WHERE msg_id = $1",
 	1, {INT8OID}
@@ -97,7 +95,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 	char	   *error = NULL;
 	Datum		values[2];
 
-	m.visibility = WORKER_LEASE_USECS;
+	m.visibility = RMSG_WORKER_LEASE_USECS;
 	if (!RmsgTakeInstanceMessage(cursor, HasHandler, handlers, &m))
 		return 0;
 	/* taken after a handler change committed: it may not be the right one */

@@ -29,13 +29,6 @@
 
 #include "rmsg.h"
 
-/*
- * The worker's lease only matters while its transaction runs, and the row
- * locks protect it then; it commits only for messages handed back, and the
- * give-back plan below ends it.
- */
-#define WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
-
 /* $1 msg_id, $2 when to try again.  The message goes to the back of its line. */
 static RmsgPlan give_back_plan = {
 	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
@@ -67,7 +60,7 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 	}
 
 	taken = palloc(sizeof(RmsgTaken) * h->batch);
-	ntaken = RmsgTakeMessages(&queue, h->batch, WORKER_LEASE_USECS, taken);
+	ntaken = RmsgTakeMessages(&queue, h->batch, RMSG_WORKER_LEASE_USECS, taken);
 	/* taken after an unsubscribe or a new handler committed? */
 	if (ntaken > 0 && RmsgHandlerGeneration() != generation)
 	{

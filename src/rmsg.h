@@ -344,6 +344,14 @@ typedef struct RmsgWorkCounts
  * was replaced or removed.
  */
 #define RMSG_HANDLERS_STALE (-1)
+
+/*
+ * The length of the worker's leases.  They matter only while its
+ * transaction runs, when its row and take locks protect them anyway; on
+ * success the message is acked in the same commit, on failure the lease is
+ * replaced by the retry's.
+ */
+#define RMSG_WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
 extern int	RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 							  RmsgWorkCounts *counts, TimestampTz *retry_at);
 extern int	RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,

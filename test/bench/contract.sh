@@ -270,8 +270,6 @@ measure() {
         printf "  N=%d %-9s %6.3f wal_sync/call  %6.3f rmsg forces/call  %7.0f calls/s\n", n, m, $1, $2, $6 }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
-column_median() { awk -v c="$2" '{ print $c }' "$WORK/results/$1" | median; }
 column_max() { awk -v c="$2" 'NR == 1 || $c > m { m = $c } END { print m }' "$WORK/results/$1"; }
 
 # mark VALUE LIMIT: "target met" when VALUE <= LIMIT.

@@ -245,8 +245,6 @@ measure() {
         printf "  %-18s %9.0f WAL bytes/fan-out  %3d FPIs  %8.3f ms/fan-out\n", n, $1, $2, $5 }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
-column_median() { awk -v c="$2" '{ print $c }' "$WORK/results/$1" | median; }
 column_max() { awk -v c="$2" 'NR == 1 || $c > m { m = $c } END { print m }' "$WORK/results/$1"; }
 
 report() {

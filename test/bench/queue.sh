@@ -107,8 +107,6 @@ run_workload() {
     printf '  %-12s %10.0f scripts/s\n' "$name" "$tps"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
-column_median() { awk -v c="$2" '{ print $c }' "$WORK/results/$1" | median; }
 
 report() {
     local ops_per_script

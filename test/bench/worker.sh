@@ -372,18 +372,7 @@ run_case() {
     esac
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
-column_median() { awk -v c="$2" '{ print $c }' "$WORK/results/$1" | median; }
-ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
-# paired A B: the ratio of A's msgs/s to B's within each round (the two
-# ran close together); prints "median  (round by round)".
-paired() {
-    paste <(awk '{ print $1 }' "$WORK/results/$1") <(awk '{ print $1 }' "$WORK/results/$2") |
-        awk '{ printf "%.2f\n", ($2 > 0 ? $1 / $2 : 0) }' >"$WORK/results/$1.$2.paired"
-    printf '%sx  (%s)' "$(median <"$WORK/results/$1.$2.paired" | xargs printf '%.2f')" \
-        "$(tr '\n' ' ' <"$WORK/results/$1.$2.paired" | sed 's/ $//')"
-}
 
 report() {
     local name

@@ -238,6 +238,23 @@ bench_build() {
     BUILD_WERROR=0 build_and_install >"$log" 2>&1 || { cat "$log"; die "build failed"; }
 }
 
+# Benchmarks' arithmetic.  Each keeps one results file per case in
+# WORK/results, one line per round, its figures in columns.
+# median: the median of the numbers on stdin ("nan" when there are none).
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
+# column_median CASE N: the median over the rounds of column N.
+column_median() { awk -v c="$2" '{ print $c }' "$WORK/results/$1" | median; }
+# ratio_of A B: A / B to two decimals (0 when B is 0).
+ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# paired A B: the ratio of case A's first column to case B's within each
+# round (the two ran close together); prints "median  (round by round)".
+paired() {
+    paste <(awk '{ print $1 }' "$WORK/results/$1") <(awk '{ print $1 }' "$WORK/results/$2") |
+        awk '{ printf "%.2f\n", ($2 > 0 ? $1 / $2 : 0) }' >"$WORK/results/$1.$2.paired"
+    printf '%sx  (%s)' "$(median <"$WORK/results/$1.$2.paired" | xargs printf '%.2f')" \
+        "$(tr '\n' ' ' <"$WORK/results/$1.$2.paired" | sed 's/ $//')"
+}
+
 # Prints a Makefile variable (through its print-% target) of the tree at $1.
 make_var() {
     make -s -C "$1" PG_CONFIG="$PG_CONFIG" "print-$2"
