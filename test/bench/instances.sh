@@ -586,7 +586,7 @@ report() {
 }
 
 main() {
-    local round name order
+    local round
     ensure_packages
     init_pg_env
     bench_build instances
@@ -599,16 +599,7 @@ main() {
     log "$(sql "SELECT version()" | cut -d, -f1); $(nproc) CPUs; synchronous_commit $(sql "SHOW synchronous_commit"), wal_sync_method $(sql "SHOW wal_sync_method"), full_page_writes $(sql "SHOW full_page_writes"), rmsg.instance_cache $(if [[ $HAVE_CACHE == 1 ]]; then sql "SHOW rmsg.instance_cache"; else echo absent; fi)"
     log "1. deliver: $ROUNDS rounds of ${DURATION}s per case, cases ${CASES[*]} interleaved; $INSTANCES instances, $RECOVERING in recovery in the 'one' cases; $CLIENTS clients"
     run_case "${CASES[0]}" warmup
-    for round in $(seq 1 "$ROUNDS"); do
-        log "round $round"
-        order=("${CASES[@]}")
-        if ((round % 2 == 0)); then
-            mapfile -t order < <(printf '%s\n' "${CASES[@]}" | tac)
-        fi
-        for name in "${order[@]}"; do
-            run_case "$name"
-        done
-    done
+    run_rounds "$ROUNDS" "${CASES[@]}"
     sql "CALL reset_instances(0, 0)"
     sql "VACUUM"
     log "2. backlog: $BACKLOG_ROUNDS round(s), $BACKLOG deferred messages per instance, batches of $BATCH, $SINGLES one at a time"

@@ -405,7 +405,7 @@ report() {
 }
 
 main() {
-    local round name order
+    local name
     ensure_packages
     init_pg_env
     bench_build worker
@@ -422,16 +422,7 @@ main() {
     for name in "${CASES[@]}"; do
         run_case "$name" warmup
     done
-    for round in $(seq 1 "$ROUNDS"); do
-        log "round $round"
-        order=("${CASES[@]}")
-        if ((round % 2 == 0)); then
-            mapfile -t order < <(printf '%s\n' "${CASES[@]}" | tac)
-        fi
-        for name in "${order[@]}"; do
-            run_case "$name"
-        done
-    done
+    run_rounds "$ROUNDS" "${CASES[@]}"
     report
 }
 

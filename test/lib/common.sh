@@ -255,6 +255,24 @@ paired() {
         "$(tr '\n' ' ' <"$WORK/results/$1.$2.paired" | sed 's/ $//')"
 }
 
+# run_rounds N CASE...: N rounds of the cases, each through the caller's
+# run_case NAME, in reverse order every other round, so that drift over
+# the run does not favour a case.
+run_rounds() {
+    local rounds=$1 round name order
+    shift
+    for round in $(seq 1 "$rounds"); do
+        log "round $round"
+        order=("$@")
+        if ((round % 2 == 0)); then
+            mapfile -t order < <(printf '%s\n' "$@" | tac)
+        fi
+        for name in "${order[@]}"; do
+            run_case "$name"
+        done
+    done
+}
+
 # Prints a Makefile variable (through its print-% target) of the tree at $1.
 make_var() {
     make -s -C "$1" PG_CONFIG="$PG_CONFIG" "print-$2"
