@@ -114,9 +114,10 @@ SELECT rmsg.subscribe('wh_orders', 'wh_q1(bytea)');
 ROLLBACK;
 SELECT count(*) FROM rmsg.handlers WHERE kind = 'queue';
 
--- rmsg.worker has one row per worker slot, whatever the database: its
--- columns, and no error when read
-SELECT count(*) >= 0 AS readable FROM rmsg.worker;
+-- rmsg.worker has one row per worker slot (rmsg.worker_count), whatever
+-- the database, and these columns
+SELECT count(*) = current_setting('rmsg.worker_count')::int AS one_row_per_worker
+  FROM rmsg.worker;
 SELECT attname FROM pg_attribute
  WHERE attrelid = 'rmsg.worker'::regclass AND attnum > 0 ORDER BY attnum;
 

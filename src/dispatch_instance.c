@@ -119,19 +119,11 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 	}
 	else
 	{
-		TimestampTz at = RmsgRetryAt(m.deliveries);
-
 		counts->failed++;
 		counts->retried++;
-		ereport(LOG,
-				(errmsg("handler of instance \"%s\" failed on message " INT64_FORMAT " (delivery %d): %s",
-						m.instance, m.msg_id, m.deliveries, error)));
-		RmsgWorkerNoteHandlerError(error);
-		RmsgRecordHandlerError(h, m.msg_id, error);
-		values[1] = TimestampTzGetDatum(at);
+		RmsgHandlerFailed(h, m.instance, m.msg_id, m.deliveries, 0, error);
+		values[1] = TimestampTzGetDatum(RmsgRetryAt(m.deliveries, retry_at));
 		RmsgPlanExecute(&hold_plan, values, NULL, false, 0);
-		if (*retry_at == 0 || at < *retry_at)
-			*retry_at = at;
 	}
 	RmsgSpiFinish();
 	return 1;

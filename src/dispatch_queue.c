@@ -89,26 +89,17 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 		}
 
 		counts->failed++;
-		ereport(LOG,
-				(errmsg("handler of queue \"%s\" failed on message " INT64_FORMAT " (delivery %d of %d): %s",
-						h->target, t->msg_id, t->deliveries, queue.max_deliveries, error)));
-		RmsgWorkerNoteHandlerError(error);
-		RmsgRecordHandlerError(h, t->msg_id, error);
+		RmsgHandlerFailed(h, NULL, t->msg_id, t->deliveries, queue.max_deliveries, error);
 		if (t->deliveries >= queue.max_deliveries)
-		{
 			counts->dead_lettered += RmsgDeadLetterById(&queue, &t->msg_id, 1);
-		}
 		else
 		{
 			Datum		values[2];
-			TimestampTz at = RmsgRetryAt(t->deliveries);
 
 			values[0] = Int64GetDatum(t->msg_id);
-			values[1] = TimestampTzGetDatum(at);
+			values[1] = TimestampTzGetDatum(RmsgRetryAt(t->deliveries, retry_at));
 			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
 			counts->retried++;
-			if (*retry_at == 0 || at < *retry_at)
-				*retry_at = at;
 		}
 	}
 

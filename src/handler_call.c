@@ -99,14 +99,21 @@ RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls, char **error)
 	return ok;
 }
 
-/* When a message that failed its `deliveries`-th delivery is tried again. */
+/*
+ * When a message that failed its `deliveries`-th delivery is tried again;
+ * *earliest (0: none yet) is moved to it if it comes first.
+ */
 TimestampTz
-RmsgRetryAt(int32 deliveries)
+RmsgRetryAt(int32 deliveries, TimestampTz *earliest)
 {
+	TimestampTz at;
 	int64		delay = (int64) rmsg_retry_delay * 1000;	/* ms to us */
 	int64		cap = (int64) rmsg_max_retry_delay * 1000;
 
 	for (int i = 1; i < deliveries && delay < cap; i++)
 		delay *= 2;
-	return GetCurrentTimestamp() + Min(delay, cap);
+	at = GetCurrentTimestamp() + Min(delay, cap);
+	if (*earliest == 0 || at < *earliest)
+		*earliest = at;
+	return at;
 }

@@ -331,16 +331,29 @@ RmsgLoadHandlers(MemoryContext into)
 }
 
 /*
- * Keeps a handler's failure on message msg_id in its row, in the
- * transaction that records the retry or the dead letter.  Call inside SPI.
+ * A handler failed on message msg_id (of `instance`, or of its queue when
+ * NULL): says so in the log, in the worker's slot and in the handler's row,
+ * the last in the transaction that records the retry or the dead letter.
+ * max_deliveries is the queue's, 0 for an instance.  Call inside SPI.
  */
 void
-RmsgRecordHandlerError(const RmsgHandler *h, int64 msg_id, const char *message)
+RmsgHandlerFailed(const RmsgHandler *h, const char *instance, int64 msg_id,
+				  int32 deliveries, int32 max_deliveries, const char *error)
 {
 	Datum		values[4];
 
+	if (instance == NULL)
+		ereport(LOG,
+				(errmsg("handler of queue \"%s\" failed on message " INT64_FORMAT " (delivery %d of %d): %s",
+						h->target, msg_id, deliveries, max_deliveries, error)));
+	else
+		ereport(LOG,
+				(errmsg("handler of instance \"%s\" failed on message " INT64_FORMAT " (delivery %d): %s",
+						instance, msg_id, deliveries, error)));
+	RmsgWorkerNoteError(error, false);
+
 	values[0] = h->for_instances ? CStringGetTextDatum(h->target) : Int32GetDatum(h->queue_id);
-	values[1] = CStringGetTextDatum(message);
+	values[1] = CStringGetTextDatum(error);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[3] = Int64GetDatum(msg_id);
 	RmsgPlanExecute(h->for_instances ? &instance_error_plan : &queue_error_plan,

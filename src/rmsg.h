@@ -319,13 +319,14 @@ typedef struct RmsgHandler
 
 extern int	RmsgCheckHandler(Oid handler, bool for_instances);
 extern List *RmsgLoadHandlers(MemoryContext into);
-extern void RmsgRecordHandlerError(const RmsgHandler *h, int64 msg_id,
-								   const char *message);
+extern void RmsgHandlerFailed(const RmsgHandler *h, const char *instance,
+							  int64 msg_id, int32 deliveries,
+							  int32 max_deliveries, const char *error);
 
 /* handler_call.c */
 extern bool RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls,
 							char **error);
-extern TimestampTz RmsgRetryAt(int32 deliveries);
+extern TimestampTz RmsgRetryAt(int32 deliveries, TimestampTz *earliest);
 
 /* What one unit of the worker's work did, for its counters. */
 typedef struct RmsgWorkCounts
@@ -376,8 +377,7 @@ extern void RmsgWorkerShmemInit(void *shared, bool found);
 extern void RmsgWorkerAttach(int index, const char *database);
 extern void RmsgWorkerReport(RmsgWorkerState state, const char *current);
 extern void RmsgWorkerCount(const RmsgWorkCounts *counts);
-extern void RmsgWorkerReportError(const char *message);
-extern void RmsgWorkerNoteHandlerError(const char *message);
+extern void RmsgWorkerNoteError(const char *message, bool count);
 extern void RmsgWorkerMaintained(int64 collected, int64 dead_lettered);
 extern void RmsgWorkersPublishTargets(uint64 queue_mask, bool instances);
 extern uint64 RmsgHandlerGeneration(void);

@@ -115,23 +115,24 @@ RmsgWakeupXactEnd(bool committed)
 {
 	if (wake_slots != NULL)
 	{
+		/* the waiting gets, and the background workers if a handler serves the queue */
 		if (pending_overflow)
 		{
 			for (int i = 0; i < RMSG_WAKE_SLOTS; i++)
 				ConditionVariableBroadcast(&wake_slots[i].cv);
+			RmsgWakeWorkersForQueue(-1);
 		}
 		else
 		{
 			for (int i = 0; i < npending; i++)
+			{
 				if (committed || pending[i].also_on_abort)
+				{
 					ConditionVariableBroadcast(SlotFor(pending[i].queue_id));
+					RmsgWakeWorkersForQueue(pending[i].queue_id);
+				}
+			}
 		}
-		/* and the background workers, if a handler serves the queue */
-		for (int i = 0; i < npending; i++)
-			if (committed || pending[i].also_on_abort)
-				RmsgWakeWorkersForQueue(pending[i].queue_id);
-		if (pending_overflow)
-			RmsgWakeWorkersForQueue(-1);
 	}
 	npending = 0;
 	pending_overflow = false;

@@ -144,7 +144,7 @@ CheckUsable(RmsgHandler *h)
 				 h->handler, h->owner);
 		ereport(WARNING, (errmsg("%s; its messages wait", message),
 						  errhint("Register the handler again.")));
-		RmsgWorkerReportError(message);
+		RmsgWorkerNoteError(message, true);
 	}
 	h->usable = usable;
 }
@@ -224,8 +224,7 @@ EndTurn(int taken, const RmsgWorkCounts *counts)
 		PopActiveSnapshot();
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		handlers_valid = false;
-		return TURN_STALE;
+		return TURN_STALE;		/* the next pass reads the handlers again */
 	}
 	EndUnit();
 	RmsgWorkerCount(counts);
@@ -475,7 +474,7 @@ RecoverFromError(MemoryContext error_context)
 	AbortOutOfAnyTransaction();
 	FlushErrorState();
 	MemoryContextSwitchTo(TopMemoryContext);
-	RmsgWorkerReportError(edata->message ? edata->message : "unknown error");
+	RmsgWorkerNoteError(edata->message ? edata->message : "unknown error", true);
 	RmsgWorkerReport(RMSG_WORKER_FAILED, NULL);
 	MemoryContextReset(error_context);
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -175,22 +175,16 @@ RmsgWorkerCount(const RmsgWorkCounts *counts)
 	SpinLockRelease(&my_slot->mutex);
 }
 
-/* Keeps the worker's last error for the view (and counts it). */
+/*
+ * Keeps an error as the worker's last for the view; `count` it when nothing
+ * else does (a handler's failure is counted with its unit's counts).
+ */
 void
-RmsgWorkerReportError(const char *message)
+RmsgWorkerNoteError(const char *message, bool count)
 {
 	SpinLockAcquire(&my_slot->mutex);
-	my_slot->errors++;
-	strlcpy(my_slot->last_error, message, sizeof(my_slot->last_error));
-	my_slot->last_error_at = GetCurrentTimestamp();
-	SpinLockRelease(&my_slot->mutex);
-}
-
-/* Keeps a handler's error for the view without counting it again. */
-void
-RmsgWorkerNoteHandlerError(const char *message)
-{
-	SpinLockAcquire(&my_slot->mutex);
+	if (count)
+		my_slot->errors++;
 	strlcpy(my_slot->last_error, message, sizeof(my_slot->last_error));
 	my_slot->last_error_at = GetCurrentTimestamp();
 	SpinLockRelease(&my_slot->mutex);

@@ -351,12 +351,7 @@ report() {
 }
 
 main() {
-    ensure_packages
-    init_pg_env
-    bench_build contract
-    make_workdir
-    mkdir -p "$WORK/results" "$WORK/scripts"
-    give_to_pg "$WORK/results"
+    bench_setup contract
     start_clusters
     setup_callee
     setup_caller

@@ -280,12 +280,7 @@ report() {
 }
 
 main() {
-    ensure_packages
-    init_pg_env
-    bench_build dedup
-    make_workdir
-    mkdir -p "$WORK/results" "$WORK/scripts"
-    give_to_pg "$WORK/results"
+    bench_setup dedup
     start_cluster
     setup_schema
     log "$(sql "SELECT version()" | cut -d, -f1); wal_level $(sql "SHOW wal_level"), full_page_writes $(sql "SHOW full_page_writes"), wal_compression $(sql "SHOW wal_compression"), data_checksums $(sql "SHOW data_checksums")"

@@ -587,12 +587,7 @@ report() {
 
 main() {
     local round
-    ensure_packages
-    init_pg_env
-    bench_build instances
-    make_workdir
-    mkdir -p "$WORK/results"
-    give_to_pg "$WORK/results"
+    bench_setup instances
     start_cluster
     setup_schema
     write_scripts

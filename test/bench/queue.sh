@@ -132,12 +132,7 @@ report() {
 }
 
 main() {
-    ensure_packages postgresql-15-pgq3 bc
-    init_pg_env
-    bench_build queue
-    make_workdir
-    mkdir -p "$WORK/results"
-    give_to_pg "$WORK/results"
+    bench_setup queue postgresql-15-pgq3 bc
     start_cluster
     setup_schema
     write_scripts

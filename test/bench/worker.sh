@@ -406,12 +406,7 @@ report() {
 
 main() {
     local name
-    ensure_packages
-    init_pg_env
-    bench_build worker
-    make_workdir
-    mkdir -p "$WORK/results"
-    give_to_pg "$WORK/results"
+    bench_setup worker
     start_cluster
     setup_schema
     write_scripts

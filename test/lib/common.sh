@@ -238,6 +238,20 @@ bench_build() {
     BUILD_WERROR=0 build_and_install >"$log" 2>&1 || { cat "$log"; die "build failed"; }
 }
 
+# bench_setup NAME [PACKAGE...]: a benchmark's start: the packages it needs
+# besides ours, its build (bench_build NAME), its work directory, and there
+# results/ (written by the postgres user too) and scripts/.
+bench_setup() {
+    local name=$1
+    shift
+    ensure_packages "$@" || die "could not install the packages the benchmark needs"
+    init_pg_env
+    bench_build "$name"
+    make_workdir
+    mkdir -p "$WORK/results" "$WORK/scripts"
+    give_to_pg "$WORK/results"
+}
+
 # Benchmarks' arithmetic.  Each keeps one results file per case in
 # WORK/results, one line per round, its figures in columns.
 # median: the median of the numbers on stdin ("nan" when there are none).
