@@ -40,8 +40,10 @@ SELECT count(*) FILTER (WHERE g.payload = d.big AND g.headers = '{"k": 1}') AS i
 
 -- inline-size data shared by several queues gets one payload row;
 -- data below 256 bytes stays inline everywhere
+BEGIN;
 SELECT count(*) FROM data, rmsg.put_many(ARRAY['fo_a', 'fo_b', 'fo_c2'], mid);
 SELECT rmsg.last_data_token() AS mid_many_token \gset
+COMMIT;
 SELECT count(*) FROM data, rmsg.put_many(ARRAY['fo_a', 'fo_b'], tiny);
 SELECT payload_size, count(*) AS messages, count(DISTINCT payload_id) AS rows,
        count(inline_data) AS inline

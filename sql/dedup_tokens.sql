@@ -2,7 +2,9 @@
 -- dedup_tokens: data tokens (seed 004).  A put or get hands the session a
 -- token; a put by token references the payload row that already holds the
 -- data instead of writing it again, falls back to the payload given when
--- that row is gone, and fails cleanly without one.
+-- that row is gone, and fails cleanly without one.  rmsg.last_data_token()
+-- answers only in the transaction that was handed the token;
+-- rmsg.put_with_token hands it back in the same statement.
 --
 \pset null '(null)'
 -- tokens are random: error messages show them as N
@@ -21,29 +23,32 @@ SELECT rmsg.create_queue('tk_a'), rmsg.create_queue('tk_b'),
 SELECT rmsg.last_data_token() IS NULL AS no_token_yet;
 
 -- put, then the same data by token: one payload row, two references
-SELECT rmsg.put('tk_a', big) AS first FROM data \gset
-SELECT rmsg.last_data_token() AS big_token \gset
-SELECT rmsg.put('tk_b', NULL::bytea, data_token => :big_token) - :first AS rel;
+SELECT msg_id AS first, token AS big_token FROM data, rmsg.put_with_token('tk_a', big) \gset
+SELECT msg_id - :first AS rel, token <> :big_token AS new_token
+  FROM rmsg.put_with_token('tk_b', NULL::bytea, data_token => :big_token);
 SELECT msg_id - :first AS rel, payload_id IS NOT NULL AS by_row, inline_data IS NULL AS no_inline,
        payload_size
   FROM rmsg.message ORDER BY msg_id;
 SELECT count(DISTINCT payload_id) AS payload_rows_used FROM rmsg.message;
--- the put by token handed out a token of its own
-SELECT rmsg.last_data_token() <> :big_token AS new_token;
 
 -- a consumer gets it and puts it on by the get's token: the reference names
--- the original payload row, not the message it got (no chains)
+-- the original payload row, not the message it got (no chains).  In the
+-- get's transaction, rmsg.last_data_token() names the data it got.
+BEGIN;
 SELECT msg_id - :first AS rel, payload = (SELECT big FROM data) AS same_data,
        data_token IS NOT NULL AS has_token
   FROM rmsg.get('tk_b');
 SELECT rmsg.last_data_token() AS got_token \gset
 SELECT rmsg.put('tk_a', NULL::bytea, data_token => :got_token) AS third \gset
+COMMIT;
+-- and in the next transaction it answers nothing: that may be another
+-- client's, behind a pooler in transaction mode
+SELECT rmsg.last_data_token() IS NULL AS not_in_the_next_transaction;
 SELECT count(DISTINCT payload_id) AS payload_rows_used, count(*) AS messages FROM rmsg.message;
 
 -- inline data is moved to a payload row on its first share; the next share
 -- references that row; the original keeps its inline copy
-SELECT rmsg.put('tk_a', mid) AS mid_id FROM data \gset
-SELECT rmsg.last_data_token() AS mid_token \gset
+SELECT msg_id AS mid_id, token AS mid_token FROM data, rmsg.put_with_token('tk_a', mid) \gset
 SELECT rmsg.put('tk_b', NULL::bytea, data_token => :mid_token) AS mid2 \gset
 SELECT rmsg.put('tk_b', NULL::bytea, data_token => :mid_token) AS mid3 \gset
 SELECT msg_id - :mid_id AS rel, payload_id IS NOT NULL AS by_row, inline_data IS NOT NULL AS has_inline
@@ -51,8 +56,10 @@ SELECT msg_id - :mid_id AS rel, payload_id IS NOT NULL AS by_row, inline_data IS
 SELECT count(DISTINCT payload_id) AS mid_rows FROM rmsg.message WHERE msg_id IN (:mid2, :mid3);
 
 -- data too small to be worth a reference is simply written again
+BEGIN;
 SELECT rmsg.put('tk_a', tiny) FROM data \gset
 SELECT rmsg.put('tk_b', NULL::bytea, data_token => rmsg.last_data_token()) AS tiny2 \gset
+COMMIT;
 SELECT payload_id IS NULL AS inline, convert_from(inline_data, 'UTF8') AS data
   FROM rmsg.message WHERE msg_id = :tiny2;
 
@@ -117,18 +124,20 @@ SELECT count(*) AS payload_rows FROM rmsg.payload;
 SELECT payload = (SELECT big FROM data) AS same_data FROM rmsg.get('tk_a');
 
 -- an empty get leaves no last token
+BEGIN;
+SELECT rmsg.put('tk_b', 'x'::text) IS NOT NULL AS put;
+SELECT rmsg.last_data_token() IS NOT NULL AS last_token;
 SELECT count(*) FROM rmsg.get('tk_a');
 SELECT rmsg.last_data_token() IS NULL AS no_last_token;
+COMMIT;
 
 -- the session keeps its last 256 tokens: older ones are forgotten
-SELECT rmsg.put('tk_a', mid) FROM data \gset
-SELECT rmsg.last_data_token() AS old_token \gset
+SELECT token AS old_token FROM data, rmsg.put_with_token('tk_a', mid) \gset
 SELECT count(rmsg.put('tk_b', 'x'::text)) FROM generate_series(1, 256);
 SELECT sqlstate_of(format($$SELECT rmsg.put('tk_a', NULL::bytea, data_token => %s)$$, :old_token));
 
 -- tokens belong to the session: a new connection does not know them
-SELECT rmsg.put('tk_a', big) FROM data \gset
-SELECT rmsg.last_data_token() AS other_session_token \gset
+SELECT token AS other_session_token FROM data, rmsg.put_with_token('tk_a', big) \gset
 \c
 SELECT sqlstate_of(format($$SELECT rmsg.put('tk_a', NULL::bytea, data_token => %s)$$, :other_session_token));
 

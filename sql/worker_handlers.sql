@@ -80,17 +80,27 @@ SELECT sqlstate_of($$SELECT rmsg.set_handler('x-', NULL)$$);
 -- none of the failures changed anything
 SELECT kind, target, handler, batch FROM rmsg.handlers ORDER BY kind, target;
 
--- a role without EXECUTE on the handler may not register it: 42501
+-- subscribing takes manage on the queue, and get (the handler runs as the
+-- subscriber and takes the messages): rights on our tables are no substitute
 CREATE ROLE wh_user;
 GRANT USAGE ON SCHEMA rmsg TO wh_user;
 GRANT ALL ON ALL TABLES IN SCHEMA rmsg TO wh_user;
+SET ROLE wh_user;
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_orders', 'wh_q3(bytea,jsonb,bigint)')$$);
+RESET ROLE;
+SELECT rmsg.grant_queue('wh_orders', 'wh_user', 'manage');
+SET ROLE wh_user;
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_orders', 'wh_q3(bytea,jsonb,bigint)')$$);
+RESET ROLE;
+SELECT rmsg.grant_queue('wh_orders', 'wh_user', 'get');
+-- a role without EXECUTE on the handler may not register it: 42501
 REVOKE EXECUTE ON FUNCTION wh_q1(bytea) FROM PUBLIC;
 SET ROLE wh_user;
 SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_orders', 'wh_q1(bytea)')$$);
 SELECT rmsg.subscribe('wh_orders', 'wh_q3(bytea,jsonb,bigint)');
 RESET ROLE;
 SELECT target, handler, owner FROM rmsg.handlers WHERE target = 'wh_orders';
--- and a role without rights on our tables may not register anything: 42501
+-- and a role without even the use of our schema may not register anything: 42501
 CREATE ROLE wh_stranger;
 SET ROLE wh_stranger;
 SELECT sqlstate_of($$SELECT rmsg.set_handler('x-', 'wh_i2(text,bytea)')$$);

@@ -5,18 +5,43 @@
  *
  * Every check runs before anything is written, so bad input changes
  * nothing; each error names the bad value and carries the SQLSTATE the
- * README lists.
+ * README lists.  RmsgEnter is the first thing every SQL-callable function
+ * does: it refuses a writer in a read-only transaction or on a standby, and
+ * SQL objects of another version than the library's.  Times are checked
+ * arithmetic: an interval that would carry a time past what a timestamp can
+ * hold is refused with 22008, never wrapped round.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "common/int.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "rmsg.h"
+
+/*
+ * The start of every SQL-callable function: `function` is its name for
+ * messages; `writes` says it changes something.  A writer refuses a
+ * standby and a read-only transaction (25006) before touching anything,
+ * as the executor refuses an INSERT there.
+ */
+void
+RmsgEnter(const char *function, bool writes)
+{
+	if (writes)
+	{
+		PreventCommandDuringRecovery(function);
+		PreventCommandIfReadOnly(function);
+	}
+	(void) RmsgGetRelations();
+}
 
 /* A text argument that must not be NULL, as a C string. */
 char *
@@ -55,10 +80,17 @@ RmsgCheckName(const char *name, const char *what)
 	}
 }
 
+static char *
+IntervalText(Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+}
+
 /*
  * An interval argument in microseconds.  A month counts as 30 days, as in
  * interval arithmetic on timestamps without a calendar.  Negative intervals
- * (and zero, unless allowed) are refused.
+ * (and zero, unless allowed) are refused with 22023; one that would carry
+ * the current time past the end of the timestamp range with 22008.
  */
 int64
 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno, const char *what,
@@ -66,31 +98,79 @@ RmsgIntervalArg(FunctionCallInfo fcinfo, int argno, const char *what,
 {
 	Interval   *iv;
 	int64		usecs;
+	int64		days_usecs;
 	int64		days;
 
 	if (PG_ARGISNULL(argno))
 		return if_null;
 
 	iv = PG_GETARG_INTERVAL_P(argno);
-	days = (int64) iv->month * DAYS_PER_MONTH + iv->day;
-
-	/* beyond ~290,000 years the sum would overflow; no lease needs that */
-	if (days > INT64CONST(100000000) || days < -INT64CONST(100000000))
+	days = (int64) iv->month * DAYS_PER_MONTH + iv->day;	/* cannot overflow */
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &days_usecs) ||
+		pg_add_s64_overflow(iv->time, days_usecs, &usecs))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s \"%s\" is out of range", what,
-						DatumGetCString(DirectFunctionCall1(interval_out,
-															IntervalPGetDatum(iv))))));
-	usecs = iv->time + days * USECS_PER_DAY;
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("%s \"%s\" is out of range", what, IntervalText(iv))));
 
 	if (usecs < 0 || (usecs == 0 && !allow_zero))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be %s, not \"%s\"", what,
-						allow_zero ? "zero or positive" : "positive",
-						DatumGetCString(DirectFunctionCall1(interval_out,
-															IntervalPGetDatum(iv))))));
+						allow_zero ? "zero or positive" : "positive", IntervalText(iv))));
+
+	/*
+	 * Checked against now, with a day to spare for the later "now" at which
+	 * it is added: a time that far in the future is none a queue needs.
+	 */
+	{
+		TimestampTz end;
+
+		if (pg_add_s64_overflow(GetCurrentTimestamp(), usecs, &end) ||
+			pg_add_s64_overflow(end, USECS_PER_DAY, &end) ||
+			!IS_VALID_TIMESTAMP(end))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("%s \"%s\" is out of range", what, IntervalText(iv)),
+					 errdetail("It would reach beyond the last timestamp PostgreSQL can represent.")));
+	}
 	return usecs;
+}
+
+/*
+ * base + usecs, for a time an interval argument (or a setting) gave: an
+ * overflow is an error, never a wrap.
+ */
+TimestampTz
+RmsgTimeAfter(TimestampTz base, int64 usecs)
+{
+	TimestampTz result;
+
+	if (pg_add_s64_overflow(base, usecs, &result) || !IS_VALID_TIMESTAMP(result))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return result;
+}
+
+/*
+ * A count argument ("max", "batch") that must be 1 to limit: each message
+ * taken needs memory before the first is found.
+ */
+int32
+RmsgCountArg(FunctionCallInfo fcinfo, int argno, const char *what, int32 limit)
+{
+	int32		value;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	value = PG_GETARG_INT32(argno);
+	if (value < 1 || value > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be between 1 and %d, not %d", what, limit, value)));
+	return value;
 }
 
 void

@@ -23,6 +23,10 @@
  * it cannot meet the application's pg_advisory_lock keys; two pairs whose
  * names hash alike merely wait for each other.
  *
+ * Answering as a callee takes the use privilege on its component, which
+ * the role that first used the name owns (component_catalog.c).  The
+ * caller's name is only data here: the caller may be on another server.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -182,9 +186,9 @@ KeptReply(Datum *pair, const char *callee, const char *caller, int64 call_id)
 Datum
 rmsg_accept_call(PG_FUNCTION_ARGS)
 {
-	char	   *callee = RmsgTextArg(fcinfo, 0, "callee");
-	char	   *caller = RmsgTextArg(fcinfo, 1, "caller");
-	int64		call_id = CallIdArg(fcinfo, 2);
+	char	   *callee;
+	char	   *caller;
+	int64		call_id;
 	TupleDesc	tupdesc;
 	Datum		values[2];
 	Datum		result[2];
@@ -192,6 +196,10 @@ rmsg_accept_call(PG_FUNCTION_ARGS)
 	const char *status = "new";
 	bytea	   *reply;
 
+	RmsgEnter("rmsg.accept_call", true);
+	callee = RmsgTextArg(fcinfo, 0, "callee");
+	caller = RmsgTextArg(fcinfo, 1, "caller");
+	call_id = CallIdArg(fcinfo, 2);
 	RmsgCheckName(callee, "callee");
 	RmsgCheckName(caller, "caller");
 	if (!PG_ARGISNULL(3))
@@ -199,6 +207,7 @@ rmsg_accept_call(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
+	RmsgUseComponent(callee, true);
 	LockPair(callee, caller);
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(callee);
@@ -239,14 +248,18 @@ OldestKept(Datum *pair)
 Datum
 rmsg_reply(PG_FUNCTION_ARGS)
 {
-	char	   *callee = RmsgTextArg(fcinfo, 0, "callee");
-	char	   *caller = RmsgTextArg(fcinfo, 1, "caller");
-	int64		call_id = CallIdArg(fcinfo, 2);
+	char	   *callee;
+	char	   *caller;
+	int64		call_id;
 	Datum		values[5];
 	Datum		newest;
 	bool		no_reply_yet;
 	bool		isnull;
 
+	RmsgEnter("rmsg.reply", true);
+	callee = RmsgTextArg(fcinfo, 0, "callee");
+	caller = RmsgTextArg(fcinfo, 1, "caller");
+	call_id = CallIdArg(fcinfo, 2);
 	RmsgCheckName(callee, "callee");
 	RmsgCheckName(caller, "caller");
 	if (PG_ARGISNULL(3))
@@ -256,6 +269,7 @@ rmsg_reply(PG_FUNCTION_ARGS)
 				 errhint("Reply with an empty reply as ''::bytea.")));
 	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(3)));
 
+	RmsgUseComponent(callee, true);
 	LockPair(callee, caller);
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(callee);

@@ -35,6 +35,9 @@
  * Two sessions acting for one caller are serialized by the row lock on the
  * caller's row, which every prepare_call takes by updating it.
  *
+ * Acting as a caller takes the use privilege on its component, which the
+ * role that first used the name owns (component_catalog.c).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -53,6 +56,7 @@ PG_FUNCTION_INFO_V1(rmsg_record_reply);
 PG_FUNCTION_INFO_V1(rmsg_force_log);
 PG_FUNCTION_INFO_V1(rmsg_checkpoint);
 PG_FUNCTION_INFO_V1(rmsg_restart);
+PG_FUNCTION_INFO_V1(rmsg_replay);
 
 /*
  * Takes the next call id and the caller's row lock, reads what the log
@@ -138,6 +142,15 @@ static RmsgPlan unreplied_call_plan = {
 static RmsgPlan forget_calls_plan = {
 	"DELETE FROM rmsg.call_log WHERE caller = $1 AND call_id <= $2",
 	2, {TEXTOID, INT8OID}
+};
+
+/* The calls logged since the checkpoint.  $1 caller */
+static RmsgPlan replay_plan = {
+	"SELECT l.call_id, l.callee, l.request, l.reply"
+	"  FROM rmsg.call_log l JOIN rmsg.caller c ON c.caller = l.caller"
+	" WHERE l.caller = $1 AND l.call_id > c.checkpoint_call_id"
+	" ORDER BY l.call_id",
+	1, {TEXTOID}
 };
 
 /* $1 caller, $2 incarnation */
@@ -281,7 +294,7 @@ ReportUnrepliedCall(const char *caller, const char *callee, int64 previous)
 Datum
 rmsg_prepare_call(PG_FUNCTION_ARGS)
 {
-	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
+	char	   *caller;
 	char	   *callee = RmsgTextArg(fcinfo, 1, "callee");
 	bool		request_null = PG_ARGISNULL(2);
 	Datum		request = request_null ? (Datum) 0 : PG_GETARG_DATUM(2);
@@ -295,7 +308,10 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 	bool		logged;
 	bool		forced = false;
 
+	RmsgEnter("rmsg.prepare_call", true);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
+	RmsgUseComponent(caller, true);
 	RmsgCheckName(callee, "callee");
 	if (!request_null)
 		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(2)));
@@ -353,13 +369,16 @@ rmsg_prepare_call(PG_FUNCTION_ARGS)
 Datum
 rmsg_record_reply(PG_FUNCTION_ARGS)
 {
-	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
+	char	   *caller;
 	int64		call_id;
 	Datum		reply;
 	Datum		values[4];
 	bool		isnull;
 
+	RmsgEnter("rmsg.record_reply", true);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
+	RmsgUseComponent(caller, true);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -418,9 +437,12 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 Datum
 rmsg_force_log(PG_FUNCTION_ARGS)
 {
-	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
+	char	   *caller;
 
+	RmsgEnter("rmsg.force_log", true);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
+	RmsgUseComponent(caller, true);
 	PG_RETURN_LSN(RmsgForceLog());
 }
 
@@ -433,12 +455,15 @@ rmsg_force_log(PG_FUNCTION_ARGS)
 Datum
 rmsg_checkpoint(PG_FUNCTION_ARGS)
 {
-	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
+	char	   *caller;
 	Datum		values[2];
 	bool		isnull;
 	int64		covered;
 
+	RmsgEnter("rmsg.checkpoint", true);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
+	RmsgUseComponent(caller, true);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -474,12 +499,15 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 Datum
 rmsg_restart(PG_FUNCTION_ARGS)
 {
-	char	   *caller = RmsgTextArg(fcinfo, 0, "caller");
+	char	   *caller;
 	Datum		values[2];
 	Datum		state;
 	bool		state_null;
 
+	RmsgEnter("rmsg.restart", true);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
+	RmsgUseComponent(caller, true);
 	RmsgRequireShmem("the committed interaction contract");
 
 	LogBegin();
@@ -491,4 +519,40 @@ rmsg_restart(PG_FUNCTION_ARGS)
 	if (state_null)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(state);
+}
+
+/*
+ * rmsg.replay(caller): the calls the caller's log holds since its
+ * checkpoint, in order; reply is NULL where it was not logged.  Nothing
+ * when the caller never called.
+ */
+Datum
+rmsg_replay(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *caller;
+	Datum		arg;
+
+	RmsgEnter("rmsg.replay", false);
+	caller = RmsgTextArg(fcinfo, 0, "caller");
+	RmsgCheckName(caller, "caller");
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (!RmsgUseComponent(caller, false))
+		return (Datum) 0;
+
+	RmsgSpiConnect();
+	arg = CStringGetTextDatum(caller);
+	RmsgPlanExecute(&replay_plan, &arg, NULL, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4];
+
+		for (int col = 0; col < 4; col++)
+			values[col] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+										col + 1, &nulls[col]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	RmsgSpiFinish();
+	return (Datum) 0;
 }

@@ -4,8 +4,10 @@
  *	  The called-component table of the committed interaction contract
  *	  (seeds 000, 003), in shared memory.
  *
- * One entry per (caller, callee) pair that was called since the server
- * started.  It keeps the CLSNs of the caller's last replies from that
+ * One entry per database and (caller, callee) pair that was called since
+ * the server started: a caller of one database is not the caller of the
+ * same name in another, and rmsg.called_components shows only the current
+ * database's.  It keeps the CLSNs of the caller's last replies from that
  * callee: the end of the commit record (XactLastCommitEnd) of each
  * transaction that logged one with rmsg.record_reply, newest call first,
  * up to RMSG_MAX_CALL_DEPTH of them.  A callee keeps its last
@@ -53,6 +55,7 @@ PG_FUNCTION_INFO_V1(rmsg_stat_components);
 
 typedef struct ComponentKey
 {
+	Oid			database;
 	char		caller[NAMEDATALEN];
 	char		callee[NAMEDATALEN];
 } ComponentKey;
@@ -107,6 +110,7 @@ static void
 MakeKey(ComponentKey *key, const char *caller, const char *callee)
 {
 	memset(key, 0, sizeof(*key));
+	key->database = MyDatabaseId;
 	strlcpy(key->caller, caller, NAMEDATALEN);
 	strlcpy(key->callee, callee, NAMEDATALEN);
 }
@@ -424,6 +428,7 @@ rmsg_stat_components(PG_FUNCTION_ARGS)
 	CalledComponent *entry;
 	XLogRecPtr	flushed;
 
+	RmsgEnter("rmsg.stat_components", false);
 	InitMaterializedSRF(fcinfo, 0);
 	if (components == NULL)
 		return (Datum) 0;
@@ -437,6 +442,8 @@ rmsg_stat_components(PG_FUNCTION_ARGS)
 		bool		nulls[9] = {0};
 		XLogRecPtr	clsn = NewestClsn(entry);
 
+		if (entry->key.database != MyDatabaseId)
+			continue;
 		values[0] = CStringGetTextDatum(entry->key.caller);
 		values[1] = CStringGetTextDatum(entry->key.callee);
 		values[2] = LSNGetDatum(clsn);

@@ -13,7 +13,8 @@
  * (instance_catalog.c), and takes its msg_id under it, so the messages of
  * one instance are numbered in the order they committed, and a completion
  * of recovery waits for the deliveries already under way.  The mode is read
- * under that lock, from the shared cache when it holds the instance.
+ * under that lock, from the shared cache when it holds the instance.  The
+ * role delivering must hold the instance's deliver privilege.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,7 +58,7 @@ KindArg(FunctionCallInfo fcinfo, int argno)
 Datum
 rmsg_deliver(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "instance");
+	char	   *name;
 	bool		recovery_kind;
 	bytea	   *payload;
 	RmsgInstance instance;
@@ -70,6 +71,8 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	Datum		result[2];
 	bool		result_nulls[2] = {false, false};
 
+	RmsgEnter("rmsg.deliver", true);
+	name = RmsgTextArg(fcinfo, 0, "instance");
 	RmsgCheckName(name, "instance");
 	payload = RmsgPayloadArg(fcinfo, 1);
 	recovery_kind = KindArg(fcinfo, 2);
@@ -77,7 +80,7 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "rmsg.deliver must return a row");
 
-	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL, RMSG_DELIVER);
 	deferred = instance.recovering && !recovery_kind;
 
 	values[0] = Int64GetDatum(instance.instance_id);

@@ -34,20 +34,25 @@
 
 #include "rmsg.h"
 
+/* $1 msg_id, $2 the worker's receipt */
 static RmsgPlan ack_plan = {
-	"DELETE FROM rmsg.instance_message WHERE msg_id = $1",
-	1, {INT8OID}
+	"DELETE FROM rmsg.instance_message WHERE msg_id = $1 AND receipt = $2",
+	2, {INT8OID, INT8OID}
 };
 
-/* $1 msg_id, $2 when to try again */
+/* $1 msg_id, $2 when to try again, $3 the worker's receipt */
 static RmsgPlan hold_plan = {
-	"UPDATE rmsg.instance_message SET lease_until = $2 WHERE msg_id = $1",
-	2, {INT8OID, TIMESTAMPTZOID}
+	"UPDATE rmsg.instance_message SET lease_until = $2 WHERE msg_id = $1 AND receipt = $3",
+	3, {INT8OID, TIMESTAMPTZOID, INT8OID}
 };
 
-/* The handler of the longest prefix of name, or NULL. */
+/*
+ * The handler of instance (id, name): the one of the longest prefix of the
+ * name among the handlers whose role may receive from the instance, or
+ * NULL.  A handler registered by a role without that right is passed over.
+ */
 static const RmsgHandler *
-HandlerFor(const char *name, List *handlers)
+HandlerFor(int64 instance_id, const char *name, List *handlers)
 {
 	const RmsgHandler *best = NULL;
 	ListCell   *lc;
@@ -58,7 +63,8 @@ HandlerFor(const char *name, List *handlers)
 		size_t		len = strlen(h->target);
 
 		if (h->for_instances && strncmp(name, h->target, len) == 0 &&
-			(best == NULL || len > strlen(best->target)))
+			(best == NULL || len > strlen(best->target)) &&
+			RmsgHandlerMayTake(h, instance_id))
 			best = h;
 	}
 	return best;
@@ -70,9 +76,9 @@ HandlerFor(const char *name, List *handlers)
  * not stand in for it.
  */
 static bool
-HasHandler(const char *name, void *arg)
+HasHandler(int64 instance_id, const char *name, void *arg)
 {
-	const RmsgHandler *h = HandlerFor(name, (List *) arg);
+	const RmsgHandler *h = HandlerFor(instance_id, name, (List *) arg);
 
 	return h != NULL && h->usable;
 }
@@ -93,7 +99,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 	Datum		args[RMSG_HANDLER_MAX_ARGS];
 	bool		nulls[RMSG_HANDLER_MAX_ARGS] = {false};
 	char	   *error = NULL;
-	Datum		values[2];
+	Datum		values[3];
 
 	m.visibility = RMSG_WORKER_LEASE_USECS;
 	if (!RmsgTakeInstanceMessage(cursor, HasHandler, handlers, &m))
@@ -101,7 +107,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 	/* taken after a handler change committed: it may not be the right one */
 	if (RmsgHandlerGeneration() != generation)
 		return RMSG_HANDLERS_STALE;
-	h = HandlerFor(m.instance, handlers);
+	h = HandlerFor(m.instance_id, m.instance, handlers);
 
 	args[0] = CStringGetTextDatum(m.instance);
 	args[1] = m.payload;
@@ -112,9 +118,13 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 
 	values[0] = Int64GetDatum(m.msg_id);
 	RmsgSpiConnect();
-	if (RmsgCallHandler(h, args, nulls, &error))
+	if (RmsgCallHandler(h, m.instance_id, args, nulls, &error))
 	{
+		values[1] = Int64GetDatum(m.receipt);
 		RmsgPlanExecute(&ack_plan, values, NULL, false, 0);
+		if (SPI_processed != 1)
+			elog(ERROR, "message " INT64_FORMAT " is no longer leased by this worker",
+				 m.msg_id);
 		counts->processed++;
 	}
 	else
@@ -123,6 +133,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 		counts->retried++;
 		RmsgHandlerFailed(h, m.instance, m.msg_id, m.deliveries, 0, error);
 		values[1] = TimestampTzGetDatum(RmsgRetryAt(m.deliveries, retry_at));
+		values[2] = Int64GetDatum(m.receipt);
 		RmsgPlanExecute(&hold_plan, values, NULL, false, 0);
 	}
 	RmsgSpiFinish();

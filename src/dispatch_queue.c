@@ -29,11 +29,14 @@
 
 #include "rmsg.h"
 
-/* $1 msg_id, $2 when to try again.  The message goes to the back of its line. */
+/*
+ * $1 msg_id, $2 when to try again, $3 the worker's receipt.  The message
+ * goes to the back of its line.
+ */
 static RmsgPlan give_back_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
-	" WHERE msg_id = $1",
-	2, {INT8OID, TIMESTAMPTZOID}
+	"UPDATE rmsg.message SET lease_until = NULL, receipt = NULL, visible_at = $2"
+	" WHERE msg_id = $1 AND receipt = $3",
+	3, {INT8OID, TIMESTAMPTZOID, INT8OID}
 };
 
 /*
@@ -81,9 +84,15 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 		nulls[1] = t->headers_null;
 		args[2] = Int64GetDatum(t->msg_id);
 
-		if (RmsgCallHandler(h, args, nulls, &error))
+		if (RmsgCallHandler(h, h->queue_id, args, nulls, &error))
 		{
-			(void) RmsgDeleteMessage(t->msg_id);
+			int32		queue_id;
+
+			/* our lease: we hold its row locked, so it cannot have run out */
+			if (RmsgDeleteMessage(t->msg_id, &t->receipt, 0, false, &queue_id) !=
+				RMSG_REMOVE_DELETED)
+				elog(ERROR, "message " INT64_FORMAT " is no longer leased by this worker",
+					 t->msg_id);
 			counts->processed++;
 			continue;
 		}
@@ -94,10 +103,11 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 			counts->dead_lettered += RmsgDeadLetterById(&queue, &t->msg_id, 1);
 		else
 		{
-			Datum		values[2];
+			Datum		values[3];
 
 			values[0] = Int64GetDatum(t->msg_id);
 			values[1] = TimestampTzGetDatum(RmsgRetryAt(t->deliveries, retry_at));
+			values[2] = Int64GetDatum(t->receipt);
 			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
 			counts->retried++;
 		}

@@ -11,6 +11,11 @@
  * references it.  Queues with dedup = 'none' get their own copy of the
  * data either way (dedup.c).
  *
+ * Forwarding reads the source message's data, so the role must hold get on
+ * the source's queue (a message of a queue it may not get from is, for it,
+ * no message at all), and put on the target; put_many needs put on every
+ * queue it names.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -18,6 +23,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -29,11 +35,21 @@ PG_FUNCTION_INFO_V1(rmsg_put_many);
 
 /* The message to forward, live or dead. */
 static RmsgPlan source_message_plan = {
-	"SELECT payload_id, inline_data, payload_size, headers FROM rmsg.message WHERE msg_id = $1"
+	"SELECT payload_id, inline_data, payload_size, headers, queue_id"
+	"  FROM rmsg.message WHERE msg_id = $1"
 	" UNION ALL"
-	" SELECT payload_id, inline_data, payload_size, headers FROM rmsg.dead_message WHERE msg_id = $1",
+	" SELECT payload_id, inline_data, payload_size, headers, queue_id"
+	"  FROM rmsg.dead_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
+
+static void
+ReportNoSuchMessage(int64 msg_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NO_DATA_FOUND),
+			 errmsg("message " INT64_FORMAT " does not exist", msg_id)));
+}
 
 /*
  * rmsg.forward(msg_id, queue): puts the data and headers of message msg_id
@@ -57,7 +73,10 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	RmsgStoredData stored;
 	TimestampTz now = GetCurrentTimestamp();
 	int64		msg_id;
+	AclMode		source_rights;
+	bool		isnull;
 
+	RmsgEnter("rmsg.forward", true);
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -66,15 +85,17 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	queue_name = RmsgTextArg(fcinfo, 1, "queue name");
 
 	RmsgSpiConnect();
-	queue = RmsgOpenQueue(queue_name, AccessShareLock);
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 	arg = Int64GetDatum(source_msg_id);
 	RmsgPlanExecute(&source_message_plan, &arg, NULL, false, 1);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("message " INT64_FORMAT " does not exist", source_msg_id)));
+		ReportNoSuchMessage(source_msg_id);
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	if (!RmsgObjectRights(RMSG_QUEUE, DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull)),
+						  NULL, GetUserId(), &source_rights, NULL) ||
+		(source_rights & RMSG_GET) == 0)
+		ReportNoSuchMessage(source_msg_id);
 
 	source.payload_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &no_payload_row));
 	if (no_payload_row)
@@ -99,10 +120,12 @@ rmsg_forward(PG_FUNCTION_ARGS)
 				 errmsg("message " INT64_FORMAT " does not exist any more", source_msg_id)));
 
 	msg_id = RmsgInsertMessage(queue.queue_id, now, now, headers, headers_null, &stored);
+	/* before SPI_finish: data may be in SPI's memory */
+	(void) RmsgIssuePutToken(msg_id, &stored, no_payload_row ? source_msg_id : 0,
+							 data, NULL);
 	RmsgSpiFinish();
 
 	RmsgCountPut(queue.queue_id, &stored);
-	RmsgIssuePutToken(msg_id, &stored, no_payload_row ? source_msg_id : 0);
 	RmsgWakeQueueAtCommit(queue.queue_id);
 	PG_RETURN_INT64(msg_id);
 }
@@ -150,7 +173,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			nqueues;
-	char	  **names = QueueNames(fcinfo, 0, &nqueues);
+	char	  **names;
 	bytea	   *payload;
 	bool		headers_null = PG_ARGISNULL(2);
 	Datum		headers;
@@ -163,6 +186,8 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	RmsgStoredData first = {0};
 	int64		first_msg_id = 0;
 
+	RmsgEnter("rmsg.put_many", true);
+	names = QueueNames(fcinfo, 0, &nqueues);
 	payload = RmsgPayloadArg(fcinfo, 1);
 	RmsgCheckHeaders(fcinfo, 2);
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
@@ -172,7 +197,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	queues = palloc(sizeof(RmsgQueue) * Max(nqueues, 1));
 	for (int i = 0; i < nqueues; i++)
 	{
-		queues[i] = RmsgOpenQueue(names[i], AccessShareLock);
+		queues[i] = RmsgOpenQueueFor(names[i], AccessShareLock, RMSG_PUT);
 		if (queues[i].dedup != 'n')
 		{
 			/* a content queue leads: it finds equal data and writes findably */
@@ -216,6 +241,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	RmsgSpiFinish();
 
 	if (nqueues > 0)
-		RmsgIssuePutToken(first_msg_id, have_shared ? &shared : &first, 0);
+		(void) RmsgIssuePutToken(first_msg_id, have_shared ? &shared : &first, 0,
+								 payload, NULL);
 	return (Datum) 0;
 }

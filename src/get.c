@@ -17,7 +17,10 @@
  * messages never cost a consumer an empty answer.
  *
  * Every message returned comes with a data token (tokens.c), so that the
- * consumer can put the same data elsewhere by reference.
+ * consumer can put the same data elsewhere by reference, and a receipt:
+ * a random number that names this lease, so that an ack, nack or extend
+ * that gives it acts only while this lease holds (settle.c).  The role
+ * getting must hold the queue's get privilege.
  *
  * With a wait, the get sleeps on the queue's condition variable
  * (wakeup.c) until a commit makes a message ready, a delayed message or an
@@ -27,7 +30,6 @@
  */
 #include "postgres.h"
 
-#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -40,7 +42,7 @@
 
 PG_FUNCTION_INFO_V1(rmsg_get);
 
-#define GET_RESULT_COLUMNS 6
+#define GET_RESULT_COLUMNS 7
 
 /*
  * When the next delayed message or running lease of the queue comes due.
@@ -93,7 +95,8 @@ RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 		int			nleased = 0;
 
 		RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
-		nfound = RmsgLeaseReadyMessages(queue->queue_id, now, now + visibility,
+		nfound = RmsgLeaseReadyMessages(queue->queue_id, now,
+										RmsgTimeAfter(now, visibility),
 										queue->max_deliveries, max - ntaken, found);
 		RmsgLazyWriteEnd();
 		if (nfound == 0)
@@ -133,11 +136,13 @@ ReturnMessages(RmsgTaken *taken, int n, ReturnSetInfo *rsinfo)
 	{
 		RmsgTaken  *t = &taken[i];
 		Datum		values[GET_RESULT_COLUMNS];
-		bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, false};
+		bool		nulls[GET_RESULT_COLUMNS] = {false, false, false, false, false, false, false};
 		RmsgTokenData token;
+		bytea	   *data;
 
 		values[0] = Int64GetDatum(t->msg_id);
-		values[1] = RmsgTakenPayload(t);
+		data = DatumGetByteaPP(RmsgTakenPayload(t));
+		values[1] = PointerGetDatum(data);
 		values[2] = t->headers;
 		nulls[2] = t->headers_null;
 		values[3] = Int32GetDatum(t->deliveries);
@@ -145,8 +150,11 @@ ReturnMessages(RmsgTaken *taken, int n, ReturnSetInfo *rsinfo)
 		/* seed 004, step 503: the session may put this data by reference */
 		token.payload_id = t->inline_null ? t->payload_id : 0;
 		token.msg_id = t->inline_null ? 0 : t->msg_id;
-		token.size = (int32) (toast_raw_datum_size(values[1]) - VARHDRSZ);
+		token.size = (int32) VARSIZE_ANY_EXHDR(data);
+		token.hash_known = true;
+		token.hash = RmsgContentHash(data);
 		values[5] = Int64GetDatum(RmsgIssueToken(&token));
+		values[6] = Int64GetDatum(t->receipt);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 }
@@ -173,7 +181,7 @@ Datum
 rmsg_get(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *queue_name = RmsgTextArg(fcinfo, 0, "queue name");
+	char	   *queue_name;
 	int32		max;
 	int64		visibility;
 	int64		wait;
@@ -181,15 +189,9 @@ rmsg_get(PG_FUNCTION_ARGS)
 	RmsgQueue	queue;
 	RmsgTaken  *taken;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("max must not be null")));
-	max = PG_GETARG_INT32(1);
-	if (max < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max must be at least 1, not %d", max)));
+	RmsgEnter("rmsg.get", true);
+	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
+	max = RmsgCountArg(fcinfo, 1, "max", RMSG_MAX_BATCH);
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -208,8 +210,8 @@ rmsg_get(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
-	queue = RmsgOpenQueue(queue_name, AccessShareLock);
-	deadline = GetCurrentTimestamp() + wait;
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
+	deadline = RmsgTimeAfter(GetCurrentTimestamp(), wait);
 	/* an empty get hands out no data: last_data_token() is then NULL */
 	RmsgClearLastToken();
 	taken = palloc(sizeof(RmsgTaken) * max);

@@ -12,6 +12,16 @@
  * SECURITY_LOCAL_USERID_CHANGE so that it cannot SET ROLE its way back to
  * the worker's superuser; the subtransaction's end restores the user.
  *
+ * The worker's session serves handlers of many roles, so nothing one of
+ * them does may outlast its call.  Each call runs inside its own GUC nest
+ * level, undone when it returns (a search_path it set would otherwise
+ * steer the worker's and the next handler's statements), and as a
+ * security-restricted operation, as PostgreSQL runs an index expression
+ * of another role: no temporary tables (which another role's handler would
+ * find first by name), no LISTEN, no change of role.  Before each call
+ * the worker checks again that the role may still execute the function and
+ * take the message: get on the queue, receive on the instance.
+ *
  * A failed message is tried again after rmsg.retry_delay, twice as long
  * after each further failure, but never longer than rmsg.max_retry_delay.
  *
@@ -23,6 +33,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -31,12 +42,29 @@
 #include "rmsg.h"
 
 /*
- * Calls the handler with as many of args as it takes, in a subtransaction.
- * True when it returned; otherwise its subtransaction is rolled back and
- * *error is the error's message, in the caller's memory context.
+ * Whether the handler's role may take the messages of its queue (target_id
+ * the queue's id) or of instance target_id.
  */
 bool
-RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls, char **error)
+RmsgHandlerMayTake(const RmsgHandler *h, int64 target_id)
+{
+	AclMode		rights;
+
+	if (!RmsgObjectRights(h->for_instances ? RMSG_INSTANCE : RMSG_QUEUE, target_id,
+						  NULL, h->owner, &rights, NULL))
+		return false;
+	return (rights & (h->for_instances ? RMSG_RECEIVE : RMSG_GET)) != 0;
+}
+
+/*
+ * Calls the handler with as many of args as it takes, in a subtransaction,
+ * for a message of its queue or of instance target_id.  True when it
+ * returned; otherwise its subtransaction is rolled back and *error is the
+ * error's message, in the caller's memory context.
+ */
+bool
+RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
+				char **error)
 {
 	MemoryContext caller_context = CurrentMemoryContext;
 	ResourceOwner caller_owner = CurrentResourceOwner;
@@ -52,15 +80,22 @@ RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls, char **error)
 		Oid			saved_user;
 		int			saved_context;
 		int			nargs;
+		int			nest_level;
 
 		/*
 		 * Changed since it was registered?  Then that is this call's error,
 		 * as it would be a statement's: the convention, and the owner's
-		 * right to execute it, which fmgr does not check.
+		 * right to execute it, which fmgr does not check, and to take the
+		 * message.
 		 */
 		nargs = RmsgCheckHandler(h->handler, h->for_instances);
 		if (pg_proc_aclcheck(h->handler, h->owner, ACL_EXECUTE) != ACLCHECK_OK)
 			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(h->handler));
+		if (!RmsgHandlerMayTake(h, target_id))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("role of the handler of %s \"%s\" may no longer take its messages",
+							h->for_instances ? "instance prefix" : "queue", h->target)));
 		fmgr_info(h->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, nargs, InvalidOid, NULL, NULL);
 		for (int i = 0; i < nargs; i++)
@@ -70,10 +105,13 @@ RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls, char **error)
 		}
 
 		GetUserIdAndSecContext(&saved_user, &saved_context);
-		SetUserIdAndSecContext(h->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+		nest_level = NewGUCNestLevel();
+		SetUserIdAndSecContext(h->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		(void) FunctionCallInvoke(fcinfo);
 		PopActiveSnapshot();
+		AtEOXact_GUC(false, nest_level);	/* whatever it set goes */
 		SetUserIdAndSecContext(saved_user, saved_context);
 
 		ReleaseCurrentSubTransaction();

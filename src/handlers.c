@@ -14,7 +14,17 @@
  *			  [, msg_id bigint]]])
  * It runs as the role that registered it, which must be allowed to execute
  * it.  Registering one commits like any write; the workers read the
- * handlers again when such a transaction commits (worker_state.c).  The
+ * handlers again when such a transaction commits (worker_state.c).
+ *
+ * Rights.  Subscribing takes manage on the queue, and since the handler
+ * runs as the subscriber and takes the queue's messages, get as well; the
+ * worker checks again before each call that the role still holds get.  An
+ * instance prefix may cover instances of many owners: anyone may register
+ * a handler for a prefix nobody holds, and only the handler's role (or a
+ * member of it) may replace or remove it.  The worker gives an instance's
+ * messages to the handler of the longest prefix among those whose role may
+ * receive from that instance, so a handler registered by a role without
+ * that right is simply not chosen.  The
  * tables also keep each handler's error count and last error, which the
  * worker writes in the transaction that records the failure.
  *
@@ -76,6 +86,12 @@ static RmsgPlan set_handler_plan = {
 
 static RmsgPlan remove_handler_plan = {
 	"DELETE FROM rmsg.instance_handler WHERE prefix = $1",
+	1, {TEXTOID}
+};
+
+/* The role of a prefix's handler, its row locked.  $1 prefix */
+static RmsgPlan prefix_owner_plan = {
+	"SELECT owner::oid FROM rmsg.instance_handler WHERE prefix = $1 FOR UPDATE",
 	1, {TEXTOID}
 };
 
@@ -200,31 +216,48 @@ PrefixArg(FunctionCallInfo fcinfo, int argno)
 	return prefix;
 }
 
+/*
+ * An instance prefix's handler, if any, may be replaced or removed only by
+ * its role (or a member of it).  Locks its row.  Inside SPI.
+ */
+static void
+CheckMayChangePrefix(const char *prefix, Datum prefix_datum)
+{
+	bool		isnull;
+	Oid			owner;
+
+	RmsgPlanExecute(&prefix_owner_plan, &prefix_datum, NULL, true, 1);
+	if (SPI_processed == 0)
+		return;
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for the handler of instance prefix \"%s\"", prefix),
+				 errdetail("It belongs to role \"%s\".", GetUserNameFromId(owner, true) ?
+						   GetUserNameFromId(owner, true) : "(dropped)")));
+}
+
 /* rmsg.subscribe(queue, handler, batch) */
 Datum
 rmsg_subscribe(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
-	Oid			handler = HandlerArg(fcinfo, 1);
+	char	   *name;
+	Oid			handler;
 	int32		batch;
 	RmsgQueue	queue;
 	Datum		values[4];
 
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("batch must not be null")));
-	batch = PG_GETARG_INT32(2);
-	if (batch < 1 || batch > MAX_BATCH)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("batch must be between 1 and %d, not %d", MAX_BATCH, batch)));
+	RmsgEnter("rmsg.subscribe", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
+	handler = HandlerArg(fcinfo, 1);
+	batch = RmsgCountArg(fcinfo, 2, "batch", MAX_BATCH);
 	(void) RmsgCheckHandler(handler, false);
 	CheckMayExecute(handler);
 
 	RmsgSpiConnect();
 	/* as a put does: a concurrent drop_queue waits for us, or we for it */
-	queue = RmsgOpenQueue(name, AccessShareLock);
+	queue = RmsgOpenQueueFor(name, AccessShareLock, RMSG_MANAGE | RMSG_GET);
 	values[0] = Int32GetDatum(queue.queue_id);
 	values[1] = ObjectIdGetDatum(handler);
 	values[2] = Int32GetDatum(batch);
@@ -239,12 +272,14 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 Datum
 rmsg_unsubscribe(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	char	   *name;
 	RmsgQueue	queue;
 	Datum		arg;
 
+	RmsgEnter("rmsg.unsubscribe", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
 	RmsgSpiConnect();
-	queue = RmsgOpenQueue(name, AccessShareLock);
+	queue = RmsgOpenQueueFor(name, AccessShareLock, RMSG_MANAGE);
 	arg = Int32GetDatum(queue.queue_id);
 	RmsgPlanExecute(&unsubscribe_plan, &arg, NULL, true, 0);
 	if (SPI_processed == 0)
@@ -260,10 +295,13 @@ rmsg_unsubscribe(PG_FUNCTION_ARGS)
 Datum
 rmsg_set_handler(PG_FUNCTION_ARGS)
 {
-	char	   *prefix = PrefixArg(fcinfo, 0);
-	Oid			handler = HandlerArg(fcinfo, 1);
+	char	   *prefix;
+	Oid			handler;
 	Datum		values[3];
 
+	RmsgEnter("rmsg.set_handler", true);
+	prefix = PrefixArg(fcinfo, 0);
+	handler = HandlerArg(fcinfo, 1);
 	(void) RmsgCheckHandler(handler, true);
 	CheckMayExecute(handler);
 
@@ -271,6 +309,7 @@ rmsg_set_handler(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(handler);
 	values[2] = ObjectIdGetDatum(GetUserId());
 	RmsgSpiConnect();
+	CheckMayChangePrefix(prefix, values[0]);
 	RmsgPlanExecute(&set_handler_plan, values, NULL, true, 0);
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
@@ -281,10 +320,14 @@ rmsg_set_handler(PG_FUNCTION_ARGS)
 Datum
 rmsg_remove_handler(PG_FUNCTION_ARGS)
 {
-	char	   *prefix = PrefixArg(fcinfo, 0);
-	Datum		arg = CStringGetTextDatum(prefix);
+	char	   *prefix;
+	Datum		arg;
 
+	RmsgEnter("rmsg.remove_handler", true);
+	prefix = PrefixArg(fcinfo, 0);
+	arg = CStringGetTextDatum(prefix);
 	RmsgSpiConnect();
+	CheckMayChangePrefix(prefix, arg);
 	RmsgPlanExecute(&remove_handler_plan, &arg, NULL, true, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,

@@ -14,12 +14,19 @@
  * too: a delivery that reported 'deferred' committed before the completion
  * that released it.
  *
+ * Rights.  create_instance is for the roles granted EXECUTE on it, and the
+ * instance belongs to its creator.  Dropping it takes manage; its recovery
+ * and its state belong to whoever handles its messages, the roles that
+ * may receive from it.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -34,9 +41,9 @@ PG_FUNCTION_INFO_V1(rmsg_save_state);
 PG_FUNCTION_INFO_V1(rmsg_load_state);
 
 static RmsgPlan create_plan = {
-	"INSERT INTO rmsg.instance (name, state) VALUES ($1, $2)"
+	"INSERT INTO rmsg.instance (name, state, owner) VALUES ($1, $2, $3)"
 	" ON CONFLICT (name) DO NOTHING RETURNING instance_id",
-	2, {TEXTOID, JSONBOID}
+	3, {TEXTOID, JSONBOID, OIDOID}
 };
 
 /* Returns how many messages went with it.  $1 instance_id */
@@ -72,25 +79,61 @@ static RmsgPlan complete_plan = {
 	3, {INT8OID, JSONBOID, TIMESTAMPTZOID}
 };
 
-/* $1 name, $2 state, $3 now */
+/* $1 instance_id, $2 state, $3 now */
 static RmsgPlan save_state_plan = {
-	"UPDATE rmsg.instance SET state = $2, state_saved_at = $3 WHERE name = $1",
-	3, {TEXTOID, JSONBOID, TIMESTAMPTZOID}
+	"UPDATE rmsg.instance SET state = $2, state_saved_at = $3 WHERE instance_id = $1",
+	3, {INT8OID, JSONBOID, TIMESTAMPTZOID}
 };
 
 static RmsgPlan load_state_plan = {
-	"SELECT state FROM rmsg.instance WHERE name = $1",
+	"SELECT state FROM rmsg.instance WHERE instance_id = $1",
+	1, {INT8OID}
+};
+
+static RmsgPlan lookup_id_plan = {
+	"SELECT instance_id FROM rmsg.instance WHERE name = $1",
 	1, {TEXTOID}
 };
 
-/* The instance name argument, checked; unknown names fail later with 42704. */
+/*
+ * The start of each function here: `function` for messages, `writes` as
+ * RmsgEnter has it; returns the instance name argument, checked (unknown
+ * names fail later with 42704).
+ */
 static char *
-InstanceNameArg(FunctionCallInfo fcinfo)
+InstanceNameArg(FunctionCallInfo fcinfo, const char *function, bool writes)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "instance");
+	char	   *name;
 
+	RmsgEnter(function, writes);
+	name = RmsgTextArg(fcinfo, 0, "instance");
 	RmsgCheckName(name, "instance");
 	return name;
+}
+
+/*
+ * The id of an instance the current role may handle (receive from), for
+ * the functions that take no instance lock: 42704, 42501.
+ */
+static int64
+HandledInstanceId(const char *name)
+{
+	AclMode		rights;
+	Oid			owner;
+	int64		id;
+	Datum		arg = CStringGetTextDatum(name);
+	bool		isnull;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&lookup_id_plan, &arg, NULL, false, 1);
+	if (SPI_processed == 0)
+		RmsgReportNoInstance(name);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	RmsgSpiFinish();
+	if (!RmsgObjectRights(RMSG_INSTANCE, id, NULL, GetUserId(), &rights, &owner))
+		RmsgReportNoInstance(name);
+	RmsgRequireRights(RMSG_INSTANCE, name, rights, RMSG_RECEIVE);
+	return id;
 }
 
 static Datum
@@ -108,13 +151,15 @@ StateArg(FunctionCallInfo fcinfo, int argno)
 Datum
 rmsg_create_instance(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
-	Datum		values[2];
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.create_instance", true);
+	Datum		values[3];
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = StateArg(fcinfo, 1);
+	values[2] = ObjectIdGetDatum(GetUserId());
 
 	RmsgLockInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	RmsgNoteCatalogChange();
 	RmsgSpiConnect();
 	RmsgPlanExecute(&create_plan, values, NULL, true, 0);
 	if (SPI_processed == 0)
@@ -130,12 +175,13 @@ rmsg_create_instance(PG_FUNCTION_ARGS)
 Datum
 rmsg_drop_instance(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.drop_instance", true);
 	RmsgInstance instance;
 	Datum		arg;
 
 	/* no delivery may add to the line, nor a receiver lease from it */
-	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	RmsgNoteCatalogChange();
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL, RMSG_MANAGE);
 	RmsgLockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
 	arg = Int64GetDatum(instance.instance_id);
 	RmsgSpiConnect();
@@ -149,11 +195,11 @@ rmsg_drop_instance(PG_FUNCTION_ARGS)
 Datum
 rmsg_begin_recovery(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.begin_recovery", true);
 	RmsgInstance instance;
 	Datum		values[2];
 
-	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL, RMSG_RECEIVE);
 	values[0] = Int64GetDatum(instance.instance_id);
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	RmsgSpiConnect();
@@ -175,7 +221,7 @@ rmsg_begin_recovery(PG_FUNCTION_ARGS)
 Datum
 rmsg_complete_recovery(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.complete_recovery", true);
 	RmsgInstance instance;
 	Datum		values[3];
 	bool		nulls[3] = {false, PG_ARGISNULL(1), false};
@@ -183,7 +229,7 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 	bool		completed;
 	int64		released;
 
-	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL, RMSG_RECEIVE);
 	values[0] = Int64GetDatum(instance.instance_id);
 	values[1] = nulls[1] ? (Datum) 0 : PG_GETARG_DATUM(1);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
@@ -209,11 +255,11 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 Datum
 rmsg_save_state(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.save_state", true);
 	Datum		values[3];
 
-	values[0] = CStringGetTextDatum(name);
 	values[1] = StateArg(fcinfo, 1);
+	values[0] = Int64GetDatum(HandledInstanceId(name));
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	RmsgSpiConnect();
 	RmsgPlanExecute(&save_state_plan, values, NULL, true, 0);
@@ -227,8 +273,8 @@ rmsg_save_state(PG_FUNCTION_ARGS)
 Datum
 rmsg_load_state(PG_FUNCTION_ARGS)
 {
-	char	   *name = InstanceNameArg(fcinfo);
-	Datum		arg = CStringGetTextDatum(name);
+	char	   *name = InstanceNameArg(fcinfo, "rmsg.load_state", false);
+	Datum		arg = Int64GetDatum(HandledInstanceId(name));
 	Datum		state;
 	bool		isnull;
 

@@ -37,6 +37,11 @@
  * instance_lock guards the hash table: shared to look up, exclusive to add
  * or remove an entry.
  *
+ * Rights.  An instance belongs to the role that created it, and its row
+ * holds the privileges granted on it; opening one works out what the
+ * current role may do with it (rights.c), and the caller says what it
+ * needs.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -46,6 +51,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "utils/acl.h"
 #include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -255,18 +261,32 @@ FindInstance(const char *name, bool may_store, RmsgInstance *out)
 	return true;
 }
 
+/* What the current role may do with the instance; 42704 if it is gone. */
+static AclMode
+InstanceRights(const char *name, int64 instance_id)
+{
+	AclMode		rights;
+
+	if (!RmsgObjectRights(RMSG_INSTANCE, instance_id, NULL, GetUserId(), &rights, NULL))
+		RmsgReportNoInstance(name);
+	return rights;
+}
+
 /*
  * Locks the instance (RMSG_LOCK_INSTANCE_ARRIVAL or _TAKE) and returns its
- * id and mode as of now; 42704 when there is no such instance.
+ * id and mode as of now; 42704 when there is no such instance, 42501 when
+ * the current role lacks the `needed` privileges.
  */
 RmsgInstance
-RmsgOpenInstance(const char *name, int lock_kind)
+RmsgOpenInstance(const char *name, int lock_kind, AclMode needed)
 {
 	RmsgInstance instance;
 
 	RmsgLockInstance(name, lock_kind);
 	if (!FindInstance(name, lock_kind == RMSG_LOCK_INSTANCE_ARRIVAL, &instance))
 		RmsgReportNoInstance(name);
+	instance.rights = InstanceRights(name, instance.instance_id);
+	RmsgRequireRights(RMSG_INSTANCE, name, instance.rights, needed);
 	return instance;
 }
 
@@ -297,7 +317,7 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
 															 1, &isnull)),
 							   name, NAMEDATALEN);
 	RmsgSpiFinish();
-	if (!found || (wanted != NULL && !wanted(name, arg)))
+	if (!found || (wanted != NULL && !wanted(instance_id, name, arg)))
 		return false;
 	locked = LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false);
 	if (locked == LOCKACQUIRE_NOT_AVAIL)
@@ -308,6 +328,8 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
 	same = FindInstance(name, false, instance) && instance->instance_id == instance_id;
 	if (!same && *fresh)
 		RmsgUnlockInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+	if (same)
+		instance->rights = InstanceRights(name, instance_id);
 	return same;
 }
 

@@ -88,12 +88,21 @@ static RmsgPlan collect_delete_plan = {
 	1, {INT8ARRAYOID}
 };
 
-/* The hash by which queues with dedup = 'content' find equal data. */
+/*
+ * The hash by which queues with dedup = 'content' find equal data, and a
+ * put checks that the payload it was given is its token's data.
+ */
+uint64
+RmsgContentHash(bytea *data)
+{
+	return hash_bytes_extended((const unsigned char *) VARDATA_ANY(data),
+							   VARSIZE_ANY_EXHDR(data), 0);
+}
+
 static int64
 ContentHash(bytea *data)
 {
-	return (int64) hash_bytes_extended((const unsigned char *) VARDATA_ANY(data),
-									   VARSIZE_ANY_EXHDR(data), 0);
+	return (int64) RmsgContentHash(data);
 }
 
 /*
@@ -139,8 +148,7 @@ PinFoundRow(Relation rel, TupleTableSlot *slot, Snapshot snapshot)
 /*
  * An index scan of rmsg.payload for one key, in the latest snapshot: what
  * matters to a new reference is whether a row exists now, whatever the
- * isolation level.  The privilege check is that of SELECT ... FOR KEY
- * SHARE, since every caller pins what it finds.
+ * isolation level.  Every caller pins what it finds.
  */
 typedef struct PayloadScan
 {
@@ -157,8 +165,8 @@ PayloadScanBegin(PayloadScan *ps, Oid index, int64 key_value)
 	const RmsgRelations *rels = RmsgGetRelations();
 	ScanKeyData key;
 
-	RmsgCheckPrivilege(rels->payload, ACL_SELECT | ACL_UPDATE);
 	ps->rel = table_open(rels->payload, RowShareLock);
+	RmsgRefuseBypass(ps->rel, "sharing a payload");
 	ps->index = index_open(index, AccessShareLock);
 	ps->snapshot = RegisterSnapshot(GetLatestSnapshot());
 	ps->slot = table_slot_create(ps->rel, NULL);
@@ -315,5 +323,6 @@ RmsgCollectPayloads(void)
 Datum
 rmsg_collect_payloads(PG_FUNCTION_ARGS)
 {
+	RmsgEnter("rmsg.collect_payloads", true);
 	PG_RETURN_INT64(RmsgCollectPayloads());
 }

@@ -12,7 +12,16 @@
  *
  * A put holds its queue's name lock in AccessShareLock until commit
  * (queue_admin.c explains why) and asks for waiting consumers to be woken
- * when it commits (wakeup.c).
+ * when it commits (wakeup.c).  The role putting must hold the queue's put
+ * privilege (rights.c).
+ *
+ * A put with both a token and a payload stores exactly the payload given:
+ * the reference is used only when the token's data is the same bytes (its
+ * size and hash, or the bytes themselves where the hash is not known);
+ * different bytes are refused, never silently replaced by the token's.
+ * rmsg.put_with_token hands back the new data's token in the same
+ * statement, for clients behind a pooler that cannot ask
+ * rmsg.last_data_token() in the same transaction.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +41,7 @@ PG_FUNCTION_INFO_V1(rmsg_put);
 PG_FUNCTION_INFO_V1(rmsg_put_text);
 PG_FUNCTION_INFO_V1(rmsg_put_jsonb);
 PG_FUNCTION_INFO_V1(rmsg_put_batch);
+PG_FUNCTION_INFO_V1(rmsg_put_with_token);
 
 /*
  * The batch form, for queues that do not look for equal content: payload
@@ -62,22 +72,88 @@ static RmsgPlan put_batch_plan = {
  * the payload row that now holds it, or the message itself when inline.
  * from_msg_id: the message whose inline data was moved to that payload
  * row by this put (0 if none), so that forwarding it again references it.
+ * data is the data when the put has it in hand, else NULL; source what
+ * the put's own token said of it, or NULL.  Returns the token.
  */
-void
-RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored, int64 from_msg_id)
+int64
+RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored, int64 from_msg_id,
+				  bytea *data, const RmsgTokenData *source)
 {
-	RmsgTokenData data;
+	RmsgTokenData token;
 
-	data.payload_id = stored->payload_id;
-	data.msg_id = stored->payload_id == 0 ? msg_id : from_msg_id;
-	data.size = stored->size;
-	(void) RmsgIssueToken(&data);
+	token.payload_id = stored->payload_id;
+	token.msg_id = stored->payload_id == 0 ? msg_id : from_msg_id;
+	token.size = stored->size;
+	token.hash_known = false;
+	token.hash = 0;
+	if (data != NULL)
+	{
+		token.hash_known = true;
+		token.hash = RmsgContentHash(data);
+	}
+	else if (source != NULL)
+	{
+		token.hash_known = source->hash_known;
+		token.hash = source->hash;
+	}
+	return RmsgIssueToken(&token);
+}
+
+/* The data a token names, read back, or NULL when it is gone.  Inside SPI. */
+static bytea *
+TokenData(const RmsgTokenData *source)
+{
+	bytea	   *data = NULL;
+
+	if (source->payload_id != 0)
+		data = RmsgReadPayload(source->payload_id);
+	if (data == NULL && source->msg_id != 0)
+		data = RmsgReadInlineData(source->msg_id);
+	return data;
+}
+
+/*
+ * A put gave both a payload and a token: the reference may stand for the
+ * payload only if the token's data is the same bytes.  Sizes and, where
+ * known, hashes tell most differences apart at no cost; otherwise the
+ * token's data is read and compared.  False when that data is gone (the
+ * put then writes the payload).  Inside SPI.
+ */
+static bool
+CheckTokenMatches(int64 token, const RmsgTokenData *source, bytea *payload)
+{
+	Size		size = VARSIZE_ANY_EXHDR(payload);
+	bool		same;
+
+	if (size != (Size) source->size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload does not match the data of token " INT64_FORMAT, token),
+				 errdetail("The payload has %zu bytes, the token's data %d.",
+						   size, source->size)));
+	if (source->hash_known)
+		same = RmsgContentHash(payload) == source->hash;
+	else
+	{
+		bytea	   *stored = TokenData(source);
+
+		if (stored == NULL)
+			return false;
+		same = memcmp(VARDATA_ANY(stored), VARDATA_ANY(payload), size) == 0;
+	}
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload does not match the data of token " INT64_FORMAT, token),
+				 errdetail("The payload has the same size as the token's data, but other bytes."),
+				 errhint("Pass the token alone to put the token's data, or the payload alone to put new data.")));
+	return true;
 }
 
 /*
  * What a put's data_token names, when it is given (argument argno).  An
  * unknown token is an error only when there is no payload to fall back on;
- * a payload of another size than the token's data is an error.
+ * a payload that is not the token's data is an error.  Inside SPI.
  */
 static bool
 TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
@@ -100,24 +176,21 @@ TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("data token " INT64_FORMAT " is not known to this session", *token),
-				 errdetail("A data token is valid only in the session that put or got its data, among the last %d tokens it was handed.",
+				 errdetail("A data token is valid only in the session and for the role that put or got its data, among the last %d tokens it was handed.",
 						   RMSG_SESSION_TOKENS)));
 	}
-	if (payload != NULL && VARSIZE_ANY_EXHDR(payload) != (Size) source->size)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("payload does not match the data of token " INT64_FORMAT, *token),
-				 errdetail("The payload has %zu bytes, the token's data %d.",
-						   VARSIZE_ANY_EXHDR(payload), source->size)));
+	if (payload != NULL)
+		return CheckTokenMatches(*token, source, payload);
 	return true;
 }
 
 /*
  * The common part of the put overloads: arguments 0 queue, 2 headers,
  * 3 delay, 4 data_token; the payload comes converted to bytea, or NULL.
+ * Returns the msg_id, and the new data's token in *new_token.
  */
 static int64
-PutMessage(FunctionCallInfo fcinfo, bytea *payload)
+PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 {
 	char	   *queue_name = RmsgTextArg(fcinfo, 0, "queue name");
 	int64		delay = RmsgIntervalArg(fcinfo, 3, "delay", 0, true);
@@ -132,13 +205,17 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 	int64		msg_id;
 
 	RmsgCheckHeaders(fcinfo, 2);
+	if (payload != NULL)
+		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(payload));
+
+	RmsgSpiConnect();
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
-	RmsgCheckPayloadSize(payload != NULL ? VARSIZE_ANY_EXHDR(payload) : (Size) source.size);
+	if (payload == NULL)
+		RmsgCheckPayloadSize((Size) source.size);
 	source_msg_id = by_token ? source.msg_id : 0;
 	source_payload_id = by_token ? source.payload_id : 0;
 
-	RmsgSpiConnect();
-	queue = RmsgOpenQueue(queue_name, AccessShareLock);
 	if (!RmsgStoreData(&queue, payload, by_token ? &source : NULL, false, &stored))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -148,14 +225,15 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 	if (by_token && source.payload_id != source_payload_id)
 		RmsgTokenPromoted(token, source.payload_id);
 
-	msg_id = RmsgInsertMessage(queue.queue_id, now + delay, now,
+	msg_id = RmsgInsertMessage(queue.queue_id, RmsgTimeAfter(now, delay), now,
 							   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
 							   PG_ARGISNULL(2), &stored);
 	RmsgSpiFinish();
 
 	RmsgCountPut(queue.queue_id, &stored);
-	RmsgIssuePutToken(msg_id, &stored,
-					  stored.payload_id != source_payload_id ? source_msg_id : 0);
+	*new_token = RmsgIssuePutToken(msg_id, &stored,
+								   stored.payload_id != source_payload_id ? source_msg_id : 0,
+								   payload, by_token ? &source : NULL);
 	RmsgWakeQueueAtCommit(queue.queue_id);
 	return msg_id;
 }
@@ -164,14 +242,21 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload)
 Datum
 rmsg_put(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1)));
+	int64		token;
+
+	RmsgEnter("rmsg.put", true);
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1), &token));
 }
 
 /* rmsg.put(queue, payload text, ...): text and bytea share a representation */
 Datum
 rmsg_put_text(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : (bytea *) PG_GETARG_TEXT_PP(1)));
+	int64		token;
+
+	RmsgEnter("rmsg.put", true);
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : (bytea *) PG_GETARG_TEXT_PP(1),
+							   &token));
 }
 
 /* rmsg.put(queue, payload jsonb, ...): stored as the value's text form */
@@ -179,12 +264,36 @@ Datum
 rmsg_put_jsonb(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *value;
+	int64		token;
 
+	RmsgEnter("rmsg.put", true);
 	if (PG_ARGISNULL(1))
-		PG_RETURN_INT64(PutMessage(fcinfo, NULL));
+		PG_RETURN_INT64(PutMessage(fcinfo, NULL, &token));
 	value = PG_GETARG_JSONB_P(1);
 	PG_RETURN_INT64(PutMessage(fcinfo, (bytea *) cstring_to_text(
-										   JsonbToCString(NULL, &value->root, VARSIZE(value)))));
+										   JsonbToCString(NULL, &value->root, VARSIZE(value))),
+							   &token));
+}
+
+/*
+ * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token)
+ *	 -> (msg_id, data_token): a put that hands back its data's token at once.
+ */
+Datum
+rmsg_put_with_token(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		result[2];
+	bool		nulls[2] = {false, false};
+	int64		token;
+
+	RmsgEnter("rmsg.put_with_token", true);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	result[0] = Int64GetDatum(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1),
+										 &token));
+	result[1] = Int64GetDatum(token);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), result, nulls)));
 }
 
 /*
@@ -208,7 +317,8 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 												 headers, headers_null, &stored));
 		RmsgCountPut(queue->queue_id, &stored);
 		if (i == nelems - 1)
-			RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0);
+			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0,
+									 DatumGetByteaPP(elems[i]), NULL);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
 	}
 }
@@ -218,8 +328,9 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
  * written.
  */
 static void
-PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, TimestampTz now,
-				  Datum headers, bool headers_null, ReturnSetInfo *rsinfo)
+PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, bytea *last,
+				  TimestampTz now, Datum headers, bool headers_null,
+				  ReturnSetInfo *rsinfo)
 {
 	Datum		values[5];
 	bool		isnull[5] = {false, false, headers_null, false, false};
@@ -245,7 +356,7 @@ PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, TimestampTz now,
 		stored.size = DatumGetInt32(SPI_getbinval(row, desc, 3, &null));
 		RmsgCountPut(queue->queue_id, &stored);
 		if (i == SPI_processed - 1)
-			RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0);
+			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0, last, NULL);
 		null = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
 	}
@@ -260,7 +371,7 @@ Datum
 rmsg_put_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *queue_name = RmsgTextArg(fcinfo, 0, "queue name");
+	char	   *queue_name;
 	ArrayType  *payloads;
 	Datum	   *elems;
 	bool	   *elem_nulls;
@@ -270,6 +381,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	Datum		headers;
 	bool		headers_null = PG_ARGISNULL(2);
 
+	RmsgEnter("rmsg.put_batch", true);
+	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -295,7 +408,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
 	/* an empty batch still names a queue, which must exist */
-	queue = RmsgOpenQueue(queue_name, AccessShareLock);
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 	if (nelems == 0)
 	{
 		RmsgSpiFinish();
@@ -305,7 +418,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	if (queue.dedup == 'c')
 		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null, rsinfo);
 	else
-		PutBatchStatement(&queue, payloads, now, headers, headers_null, rsinfo);
+		PutBatchStatement(&queue, payloads, DatumGetByteaPP(elems[nelems - 1]), now,
+						  headers, headers_null, rsinfo);
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

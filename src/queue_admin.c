@@ -22,13 +22,17 @@
  *
  * Cache.  Every put and get needs its queue's row, so each backend keeps
  * the rows it read in a local hash, stamped with the catalog generation in
- * shared memory.  A transaction that creates or drops a queue bumps the
- * generation when it ends, in the transaction callback, which runs before
- * its locks are released: whoever then gets the name lock sees the new
- * generation and reads the catalog again.  Rows read by a transaction that
- * changed the catalog itself are not cached (they may roll back), and a
- * relcache invalidation (DROP EXTENSION, say) empties the cache.  Without
+ * shared memory.  A transaction that creates, drops or grants a queue bumps
+ * the generation when it ends, in the transaction callback, which runs
+ * before its locks are released: whoever then gets the name lock sees the
+ * new generation and reads the catalog again.  Rows read by a transaction
+ * that changed the catalog itself are not cached (they may roll back), and
+ * a relcache invalidation (DROP EXTENSION, say) empties the cache.  Without
  * shared memory nothing is cached.
+ *
+ * Rights.  A queue belongs to the role that created it, and its row holds
+ * the privileges granted on it (rights.c).  Opening a queue works out what
+ * the current role may do with it; each function says what it needs.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +40,8 @@
 
 #include "common/hashfn.h"
 #include "fmgr.h"
+#include "utils/acl.h"
+#include "utils/memutils.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
@@ -49,27 +55,29 @@ typedef struct CachedQueue
 {
 	char		name[NAMEDATALEN];	/* hash key */
 	uint64		generation;
-	RmsgQueue	queue;
+	RmsgQueue	queue;			/* rights not set */
+	Acl		   *acl;			/* in queue_cache_context, or NULL */
 } CachedQueue;
 
 static HTAB *queue_cache = NULL;
+static MemoryContext queue_cache_context = NULL;
 static bool queue_cache_stale = false;
-static bool catalog_changed_in_xact = false;
 
 PG_FUNCTION_INFO_V1(rmsg_create_queue);
 PG_FUNCTION_INFO_V1(rmsg_drop_queue);
 
 static RmsgPlan lookup_plan = {
-	"SELECT queue_id, max_deliveries, coalesce(dead_letter_queue_id, 0), dedup"
+	"SELECT queue_id, max_deliveries, coalesce(dead_letter_queue_id, 0), dedup,"
+	"       owner::oid, acl"
 	"  FROM rmsg.queue WHERE name = $1",
 	1, {TEXTOID}
 };
 
 static RmsgPlan insert_plan = {
-	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup)"
-	" VALUES ($1, $2, nullif($3, 0), $4)"
+	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup, owner)"
+	" VALUES ($1, $2, nullif($3, 0), $4, $5)"
 	" ON CONFLICT (name) DO NOTHING RETURNING queue_id",
-	4, {TEXTOID, INT4OID, INT4OID, TEXTOID}
+	5, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
 static RmsgPlan dlq_users_plan = {
@@ -103,27 +111,14 @@ RmsgQueueCatalogInit(void)
 	CacheRegisterRelcacheCallback(QueueCacheInvalidate, (Datum) 0);
 }
 
-/*
- * Transaction end, or PREPARE: publish a catalog change to every backend's
- * cache.  At PREPARE the prepared transaction keeps its name locks until
- * COMMIT PREPARED, so a backend that waited for one reads the catalog after
- * the outcome is known.
- */
-void
-RmsgQueueCatalogXactEnd(void)
-{
-	if (catalog_changed_in_xact)
-		RmsgBumpCatalogGeneration();
-	catalog_changed_in_xact = false;
-}
-
 static CachedQueue *
-QueueCacheEntry(const char *name, HASHACTION action)
+QueueCacheEntry(const char *name, HASHACTION action, bool *found)
 {
 	if (queue_cache_stale && queue_cache != NULL)
 	{
 		hash_destroy(queue_cache);
 		queue_cache = NULL;
+		MemoryContextReset(queue_cache_context);
 	}
 	queue_cache_stale = false;
 
@@ -133,12 +128,16 @@ QueueCacheEntry(const char *name, HASHACTION action)
 
 		if (action == HASH_FIND)
 			return NULL;
+		if (queue_cache_context == NULL)
+			queue_cache_context = AllocSetContextCreate(CacheMemoryContext,
+														"recoverable_msg queue lists",
+														ALLOCSET_SMALL_SIZES);
 		ctl.keysize = NAMEDATALEN;
 		ctl.entrysize = sizeof(CachedQueue);
 		queue_cache = hash_create("recoverable_msg queues", 64, &ctl,
 								  HASH_ELEM | HASH_STRINGS);
 	}
-	return (CachedQueue *) hash_search(queue_cache, name, action, NULL);
+	return (CachedQueue *) hash_search(queue_cache, name, action, found);
 }
 
 static void
@@ -149,15 +148,19 @@ RmsgLockQueueName(const char *name, LOCKMODE mode)
 	LockDatabaseObject(RMSG_LOCK_CLASS, hash, RMSG_LOCK_QUEUE_NAME, mode);
 }
 
-/* Reads a queue's catalog row with the latest snapshot; false if none. */
+/*
+ * Reads a queue's catalog row with the latest snapshot; false if none.
+ * *acl is the row's list of privileges (in SPI's memory), or NULL.
+ */
 static bool
-RmsgLookupQueue(const char *name, RmsgQueue *queue)
+RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
 {
 	Datum		arg = CStringGetTextDatum(name);
 	bool		isnull;
 	TupleDesc	desc;
 	HeapTuple	row;
 	char	   *dedup;
+	Datum		value;
 
 	RmsgPlanExecute(&lookup_plan, &arg, NULL, true, 1);
 	if (SPI_processed == 0)
@@ -170,6 +173,9 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue)
 	queue->dead_letter_queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 	dedup = TextDatumGetCString(SPI_getbinval(row, desc, 4, &isnull));
 	queue->dedup = dedup[0];
+	queue->owner = DatumGetObjectId(SPI_getbinval(row, desc, 5, &isnull));
+	value = SPI_getbinval(row, desc, 6, &isnull);
+	*acl = isnull ? NULL : DatumGetAclP(value);
 	return true;
 }
 
@@ -184,31 +190,43 @@ RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue)
 	uint64		generation;
 	bool		cacheable;
 	CachedQueue *cached;
+	bool		found;
+	Acl		   *acl;
 
 	RmsgCheckName(name, "queue");
 	RmsgLockQueueName(name, mode);
 
 	/* read before the catalog, so a change meanwhile makes the entry stale */
 	generation = RmsgCatalogGeneration();
-	cacheable = generation != 0 && !catalog_changed_in_xact;
+	cacheable = generation != 0 && !RmsgCatalogChangedHere();
 	if (cacheable)
 	{
-		cached = QueueCacheEntry(name, HASH_FIND);
+		cached = QueueCacheEntry(name, HASH_FIND, NULL);
 		if (cached != NULL && cached->generation == generation)
 		{
 			*queue = cached->queue;
+			queue->rights = RmsgRightsOf(RMSG_QUEUE, GetUserId(), queue->owner, cached->acl);
 			return true;
 		}
 	}
 
-	if (!RmsgLookupQueue(name, queue))
+	if (!RmsgLookupQueue(name, queue, &acl))
 		return false;
+	queue->rights = RmsgRightsOf(RMSG_QUEUE, GetUserId(), queue->owner, acl);
 
 	if (cacheable)
 	{
-		cached = QueueCacheEntry(name, HASH_ENTER);
+		cached = QueueCacheEntry(name, HASH_ENTER, &found);
+		if (found && cached->acl != NULL)
+			pfree(cached->acl);
 		cached->generation = generation;
 		cached->queue = *queue;
+		cached->acl = NULL;
+		if (acl != NULL)
+		{
+			cached->acl = MemoryContextAlloc(queue_cache_context, VARSIZE(acl));
+			memcpy(cached->acl, acl, VARSIZE(acl));
+		}
 	}
 	return true;
 }
@@ -223,6 +241,16 @@ RmsgOpenQueue(const char *name, LOCKMODE mode)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("queue \"%s\" does not exist", name)));
+	return queue;
+}
+
+/* As RmsgOpenQueue, for a role that must hold the `needed` privileges. */
+RmsgQueue
+RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed)
+{
+	RmsgQueue	queue = RmsgOpenQueue(name, mode);
+
+	RmsgRequireRights(RMSG_QUEUE, name, queue.rights, needed);
 	return queue;
 }
 
@@ -245,12 +273,14 @@ CheckDedupArg(FunctionCallInfo fcinfo, int argno)
 Datum
 rmsg_create_queue(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	char	   *name;
 	int32		max_deliveries;
 	char	   *dlq_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	int32		dlq_id = 0;
-	Datum		values[4];
+	Datum		values[5];
 
+	RmsgEnter("rmsg.create_queue", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
 	RmsgCheckName(name, "queue");
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -273,14 +303,16 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 
 	RmsgSpiConnect();
 	RmsgLockQueueName(name, AccessExclusiveLock);
-	catalog_changed_in_xact = true;
+	RmsgNoteCatalogChange();
+	/* dead letters are put there: that is the right it takes */
 	if (dlq_name != NULL)
-		dlq_id = RmsgOpenQueue(dlq_name, AccessShareLock).queue_id;
+		dlq_id = RmsgOpenQueueFor(dlq_name, AccessShareLock, RMSG_PUT).queue_id;
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int32GetDatum(max_deliveries);
 	values[2] = Int32GetDatum(dlq_id);
 	values[3] = PG_GETARG_DATUM(3);
+	values[4] = ObjectIdGetDatum(GetUserId());
 	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -298,13 +330,15 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 Datum
 rmsg_drop_queue(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "queue name");
+	char	   *name;
 	RmsgQueue	queue;
 	Datum		arg;
 
+	RmsgEnter("rmsg.drop_queue", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
 	RmsgSpiConnect();
-	catalog_changed_in_xact = true;		/* also: read the catalog, not the cache */
-	queue = RmsgOpenQueue(name, AccessExclusiveLock);
+	RmsgNoteCatalogChange();	/* also: read the catalog, not the cache */
+	queue = RmsgOpenQueueFor(name, AccessExclusiveLock, RMSG_MANAGE);
 	arg = Int32GetDatum(queue.queue_id);
 
 	RmsgPlanExecute(&dlq_users_plan, &arg, NULL, true, 1);

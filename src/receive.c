@@ -26,6 +26,11 @@
  * so every instance with work gets its turn.  A lease is a losable write,
  * committed lazily like rmsg.get's (commit_mode.c).
  *
+ * Each leased message gets a receipt, as a get's does (settle.c): the
+ * lease's random number, made distinct per message of the batch by mixing
+ * in the msg_id.  receive needs the instance's receive privilege, and
+ * receive_any visits only the instances the role may receive from.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -80,7 +85,7 @@ static RmsgPlan receive_plan = {
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
 static RmsgPlan receive_recovery_plan = {
@@ -92,7 +97,7 @@ static RmsgPlan receive_recovery_plan = {
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
 /* The next instance with messages after $1, by id. */
@@ -105,7 +110,7 @@ static RmsgPlan next_instance_plan = {
 /* The last instance receive_any visited in this backend: it goes on after it. */
 static int64 last_visited = 0;
 
-#define RECEIVE_COLUMNS 5
+#define RECEIVE_COLUMNS 6
 
 /*
  * Leases up to max messages of the instance, leaving them in SPI_tuptable
@@ -116,12 +121,13 @@ static int
 LeaseFromLine(const RmsgInstance *instance, int max, int64 visibility)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		args[4];
+	Datum		args[5];
 
 	args[0] = Int64GetDatum(instance->instance_id);
 	args[1] = TimestampTzGetDatum(now);
-	args[2] = TimestampTzGetDatum(now + visibility);
+	args[2] = TimestampTzGetDatum(RmsgTimeAfter(now, visibility));
 	args[3] = Int32GetDatum(max);
+	args[4] = Int64GetDatum((int64) RmsgRandomId());
 	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 	RmsgPlanExecute(instance->recovering ? &receive_recovery_plan : &receive_plan,
 					args, NULL, true, 0);
@@ -222,15 +228,7 @@ TakeRoundRobin(int64 *cursor, int want, RmsgInstanceFilter wanted,
 static void
 BatchArgs(FunctionCallInfo fcinfo, int argno, int32 *max, int64 *visibility)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("max must not be null")));
-	*max = PG_GETARG_INT32(argno);
-	if (*max < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max must be at least 1, not %d", *max)));
+	*max = RmsgCountArg(fcinfo, argno, "max", RMSG_MAX_BATCH);
 	if (PG_ARGISNULL(argno + 1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -242,16 +240,18 @@ BatchArgs(FunctionCallInfo fcinfo, int argno, int32 *max, int64 *visibility)
 Datum
 rmsg_receive(PG_FUNCTION_ARGS)
 {
-	char	   *name = RmsgTextArg(fcinfo, 0, "instance");
+	char	   *name;
 	int32		max;
 	int64		visibility;
 	RmsgInstance instance;
 
+	RmsgEnter("rmsg.receive", true);
+	name = RmsgTextArg(fcinfo, 0, "instance");
 	RmsgCheckName(name, "instance");
 	BatchArgs(fcinfo, 1, &max, &visibility);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_TAKE);
+	instance = RmsgOpenInstance(name, RMSG_LOCK_INSTANCE_TAKE, RMSG_RECEIVE);
 	RmsgSpiConnect();
 	(void) LeaseFromLine(&instance, max, visibility);
 	ReturnLeased(NULL, (ReturnSetInfo *) fcinfo->resultinfo);
@@ -276,6 +276,16 @@ ReceiveAnyTake(const RmsgInstance *instance, const char *name, void *arg)
 	return leased;
 }
 
+/* receive_any visits only the instances the role may receive from. */
+static bool
+MayReceive(int64 instance_id, const char *name, void *arg)
+{
+	AclMode		rights;
+
+	return RmsgObjectRights(RMSG_INSTANCE, instance_id, NULL, GetUserId(), &rights, NULL) &&
+		(rights & RMSG_RECEIVE) != 0;
+}
+
 /*
  * rmsg.receive_any(max, visibility): the next message of up to max
  * instances, one each, skipping instances another receiver holds.  One
@@ -288,12 +298,13 @@ rmsg_receive_any(PG_FUNCTION_ARGS)
 	int32		max;
 	ReceiveAnyArgs args;
 
+	RmsgEnter("rmsg.receive_any", true);
 	BatchArgs(fcinfo, 0, &max, &args.visibility);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	args.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	RmsgSpiConnect();
-	(void) TakeRoundRobin(&last_visited, max, NULL, NULL, ReceiveAnyTake, &args);
+	(void) TakeRoundRobin(&last_visited, max, MayReceive, NULL, ReceiveAnyTake, &args);
 	RmsgSpiFinish();
 	return (Datum) 0;
 }
@@ -310,11 +321,13 @@ WorkerTake(const RmsgInstance *instance, const char *name, void *arg)
 		return 0;
 	row = SPI_tuptable->vals[0];
 	strlcpy(out->instance, name, NAMEDATALEN);
+	out->instance_id = instance->instance_id;
 	out->msg_id = DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull));
 	out->kind = RmsgSpiCopyVarlena(row, 2, &isnull);
 	out->payload = RmsgSpiCopyVarlena(row, 3, &isnull);
 	out->headers = RmsgSpiCopyVarlena(row, 4, &out->headers_null);
 	out->deliveries = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 5, &isnull));
+	out->receipt = DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 6, &isnull));
 	return 1;
 }
 

@@ -59,7 +59,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			RmsgCommitModePreCommit();
 			break;
 		case XACT_EVENT_COMMIT:
-			RmsgQueueCatalogXactEnd();
+			RmsgCatalogXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
 			RmsgInstanceCacheXactEnd();
@@ -68,7 +68,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
-			RmsgQueueCatalogXactEnd();
+			RmsgCatalogXactEnd();
 			RmsgWakeupXactEnd(false);
 			/*
 			 * A prepared reply's CLSN is not ours to learn, and need not
@@ -203,11 +203,7 @@ DefineSettings(void)
 								PGC_POSTMASTER, 0,
 								NULL, NULL, NULL);
 
-#if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("rmsg");
-#else
-	EmitWarningsOnPlaceholders("rmsg");
-#endif
 }
 
 void

@@ -6,17 +6,30 @@
  *
  * Looked up by name in schema rmsg on first use and kept in backend memory;
  * any relcache invalidation (DROP EXTENSION and CREATE EXTENSION give the
- * tables new OIDs) makes us look them up again.
+ * tables new OIDs, ALTER EXTENSION UPDATE alters them) makes us look them
+ * up again.  With them we note who owns the tables (our statements run as
+ * that role, spi_plans.c), the search path our statements are planned
+ * under, and that the SQL objects are of the version this library was
+ * built for: a database whose extension was not yet updated gets an error
+ * that says what to run, never a call with arguments of another shape.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "rmsg.h"
@@ -61,15 +74,74 @@ AttnumOf(Relation rel, const char *name)
 }
 
 /*
- * Direct access skips the executor's permission check, so we make it: the
- * same rights a SQL statement on the table would need, every one of them
- * (pg_class_aclcheck would accept a role holding any one bit of the mask).
+ * The version of the extension's SQL objects in this database, palloc'd, or
+ * NULL when it is not installed.
+ */
+char *
+RmsgInstalledVersion(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("recoverable_msg"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		value = heap_getattr(tuple, Anum_pg_extension_extversion,
+										 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(value);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/* Refuses SQL objects of another version than the library's. */
+static void
+CheckInstalledVersion(void)
+{
+	char	   *version = RmsgInstalledVersion();
+
+	if (version == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"recoverable_msg\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION recoverable_msg.")));
+	if (strcmp(version, RMSG_SQL_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"recoverable_msg\" is at version %s in this database, but its library needs version %s",
+						version, RMSG_SQL_VERSION),
+				 errhint("Run ALTER EXTENSION recoverable_msg UPDATE.")));
+}
+
+/*
+ * Our hot paths (put, get, ack) reach rmsg.message without the executor,
+ * which is what fires triggers and applies row security.  Nothing of ours
+ * adds either; should an administrator add one, those paths refuse to run
+ * rather than silently bypass it.
  */
 void
-RmsgCheckPrivilege(Oid relid, AclMode mode)
+RmsgRefuseBypass(Relation rel, const char *what)
 {
-	if (pg_class_aclmask(relid, GetUserId(), mode, ACLMASK_ALL) != mode)
-		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
+	if (rel->trigdesc != NULL || rel->rd_rel->relrowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has %s, which %s would bypass",
+						RelationGetRelationName(rel),
+						rel->trigdesc != NULL ? "triggers" : "row-level security",
+						what),
+				 errdetail("recoverable_msg writes this table directly, without the executor."),
+				 errhint("Drop the trigger or disable row-level security on the extension's tables.")));
 }
 
 const RmsgRelations *
@@ -82,9 +154,13 @@ RmsgGetRelations(void)
 	}
 	if (!relations_valid)
 	{
-		Oid			namespace = get_namespace_oid("rmsg", false);
+		Oid			namespace;
 		Relation	rel;
+		MemoryContext old;
 
+		CheckInstalledVersion();
+		namespace = get_namespace_oid("rmsg", false);
+		relations.namespace = namespace;
 		relations.message = RelidOf(namespace, "message");
 		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
 		relations.message_pkey = RelidOf(namespace, "message_pkey");
@@ -95,8 +171,10 @@ RmsgGetRelations(void)
 		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
 		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
 		relations.instance = RelidOf(namespace, "instance");
+		relations.queue = RelidOf(namespace, "queue");
 
 		rel = table_open(relations.message, AccessShareLock);
+		relations.owner = rel->rd_rel->relowner;
 		relations.att_msg_id = AttnumOf(rel, "msg_id");
 		relations.att_queue_id = AttnumOf(rel, "queue_id");
 		relations.att_deliveries = AttnumOf(rel, "deliveries");
@@ -107,6 +185,7 @@ RmsgGetRelations(void)
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
 		relations.att_headers = AttnumOf(rel, "headers");
 		relations.att_inline_data = AttnumOf(rel, "inline_data");
+		relations.att_receipt = AttnumOf(rel, "receipt");
 		table_close(rel, NoLock);
 
 		rel = table_open(relations.payload, AccessShareLock);
@@ -114,6 +193,22 @@ RmsgGetRelations(void)
 		relations.att_payload_hash = AttnumOf(rel, "hash");
 		relations.att_payload_data = AttnumOf(rel, "data");
 		table_close(rel, NoLock);
+
+		/*
+		 * pg_catalog, then our schema, and nothing else: not even pg_temp,
+		 * which would otherwise be searched first for types.
+		 */
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		if (relations.search_path != NULL)
+		{
+			list_free(relations.search_path->schemas);
+			pfree(relations.search_path);
+		}
+		relations.search_path = palloc0(sizeof(OverrideSearchPath));
+		relations.search_path->schemas = list_make2_oid(PG_CATALOG_NAMESPACE, namespace);
+		relations.search_path->addCatalog = false;
+		relations.search_path->addTemp = false;
+		MemoryContextSwitchTo(old);
 
 		relations_valid = true;
 	}

@@ -39,6 +39,12 @@ extern int	rmsg_worker_naptime;	/* ms */
 extern int	rmsg_retry_delay;	/* ms */
 extern int	rmsg_max_retry_delay;	/* ms */
 
+/* The version of the SQL objects this library works with (the control file's). */
+#define RMSG_SQL_VERSION "1.1"
+
+/* The most messages a get, a receive or a handler's batch takes at once. */
+#define RMSG_MAX_BATCH 10000
+
 /* The most replies per caller a callee can be told to keep. */
 #define RMSG_MAX_CALL_DEPTH 32
 
@@ -54,8 +60,11 @@ typedef enum RmsgLockId
 extern void RmsgRequireShmem(const char *what);
 extern void RmsgShmemRequest(void);
 extern uint64 RmsgCatalogGeneration(void);
-extern void RmsgBumpCatalogGeneration(void);
+extern void RmsgNoteCatalogChange(void);
+extern bool RmsgCatalogChangedHere(void);
+extern void RmsgCatalogXactEnd(void);
 extern TimestampTz RmsgIncarnation(void);
+extern uint64 RmsgRandomId(void);
 
 /* wakeup.c: long polling, woken by committed puts */
 extern Size RmsgWakeupShmemSize(void);
@@ -100,11 +109,15 @@ extern void RmsgSpiFinish(void);
 #define RMSG_NAME_CHARS \
 	"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-."
 
-/* args.c: argument checks shared by every SQL-callable function */
+/* args.c: entry and argument checks shared by every SQL-callable function */
+extern void RmsgEnter(const char *function, bool writes);
 extern char *RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void RmsgCheckName(const char *name, const char *what);
 extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
 							 const char *what, int64 if_null, bool allow_zero);
+extern TimestampTz RmsgTimeAfter(TimestampTz base, int64 usecs);
+extern int32 RmsgCountArg(FunctionCallInfo fcinfo, int argno, const char *what,
+						  int32 limit);
 extern void RmsgCheckPayloadSize(Size size);
 extern bytea *RmsgPayloadArg(FunctionCallInfo fcinfo, int argno);
 extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
@@ -119,6 +132,30 @@ extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
 #define RMSG_LOCK_INSTANCE_ARRIVAL	2	/* instance_catalog.c */
 #define RMSG_LOCK_INSTANCE_TAKE		3	/* instance_catalog.c */
 
+/* rights.c: the extension's own privileges on its objects */
+typedef enum RmsgObjectKind
+{
+	RMSG_QUEUE,
+	RMSG_INSTANCE,
+	RMSG_COMPONENT
+} RmsgObjectKind;
+
+/* stored as PostgreSQL's privilege bits in the aclitem[] of each object */
+#define RMSG_PUT		ACL_INSERT	/* queue: put, put_batch, put_many, forward */
+#define RMSG_GET		ACL_SELECT	/* queue: get, ack, nack, extend */
+#define RMSG_DELIVER	ACL_INSERT	/* instance: deliver */
+#define RMSG_RECEIVE	ACL_SELECT	/* instance: receive, ack, recovery, state */
+#define RMSG_USE		ACL_SELECT	/* component: call and answer as it */
+#define RMSG_MANAGE		ACL_UPDATE	/* drop, subscribe, grant and revoke */
+
+extern AclMode RmsgRightsOf(RmsgObjectKind kind, Oid role, Oid owner, const Acl *acl);
+extern void RmsgRequireRights(RmsgObjectKind kind, const char *name,
+							  AclMode held, AclMode needed);
+extern AclMode RmsgParseRights(RmsgObjectKind kind, const char *text);
+extern bool RmsgObjectRights(RmsgObjectKind kind, int64 id, const char *name,
+							 Oid role, AclMode *rights, Oid *owner);
+extern bool RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name);
+
 /* queue_admin.c: the queue catalog and its locks */
 typedef struct RmsgQueue
 {
@@ -126,11 +163,13 @@ typedef struct RmsgQueue
 	int32		max_deliveries;
 	int32		dead_letter_queue_id;	/* 0 when none */
 	char		dedup;			/* 'n'one, 't'oken, 'c'ontent */
+	Oid			owner;
+	AclMode		rights;			/* of the role that opened it */
 } RmsgQueue;
 
 extern void RmsgQueueCatalogInit(void);
-extern void RmsgQueueCatalogXactEnd(void);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
+extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed);
 extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
 
 /* relations.c: our tables, for direct access */
@@ -146,6 +185,10 @@ typedef struct RmsgRelations
 	Oid			payload_hash_idx;
 	Oid			payload_id_seq;
 	Oid			instance;
+	Oid			queue;
+	Oid			namespace;		/* rmsg */
+	Oid			owner;			/* of our tables: our statements run as it */
+	struct OverrideSearchPath *search_path; /* pg_catalog, rmsg */
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
 	AttrNumber	att_deliveries;
@@ -156,15 +199,16 @@ typedef struct RmsgRelations
 	AttrNumber	att_payload_id;
 	AttrNumber	att_headers;
 	AttrNumber	att_inline_data;
+	AttrNumber	att_receipt;
 	/* of rmsg.payload */
 	AttrNumber	att_payload_payload_id;
 	AttrNumber	att_payload_hash;
 	AttrNumber	att_payload_data;
 } RmsgRelations;
 
-extern void RmsgCheckPrivilege(Oid relid, AclMode mode);
-
 extern const RmsgRelations *RmsgGetRelations(void);
+extern char *RmsgInstalledVersion(void);
+extern void RmsgRefuseBypass(Relation rel, const char *what);
 
 /* ready_scan.c: finding, locking and leasing a queue's ready messages */
 typedef struct RmsgTaken
@@ -173,6 +217,7 @@ typedef struct RmsgTaken
 	ItemPointerData tid;		/* of the locked version, when exhausted */
 	/* the rest only when leased */
 	int64		msg_id;
+	int64		receipt;
 	int32		deliveries;
 	TimestampTz enqueued_at;
 	Datum		headers;
@@ -212,7 +257,16 @@ extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 							   bool headers_null, const RmsgStoredData *stored);
 
 /* remove.c: deleting one message by msg_id, without the executor */
-extern bool RmsgDeleteMessage(int64 msg_id);
+typedef enum RmsgRemoveResult
+{
+	RMSG_REMOVE_DELETED,
+	RMSG_REMOVE_NOT_FOUND,		/* or of a queue the role may not get from */
+	RMSG_REMOVE_STALE			/* the receipt's lease is gone */
+} RmsgRemoveResult;
+
+extern RmsgRemoveResult RmsgDeleteMessage(int64 msg_id, const int64 *receipt,
+										  TimestampTz valid_at, bool check_rights,
+										  int32 *queue_id);
 
 /* tokens.c: the session's data tokens */
 #define RMSG_SESSION_TOKENS 256
@@ -222,6 +276,8 @@ typedef struct RmsgTokenData
 	int64		payload_id;		/* the payload row holding the data, 0: none known */
 	int64		msg_id;			/* a message holding it inline, 0: none */
 	int32		size;
+	bool		hash_known;		/* hash is the data's RmsgContentHash */
+	uint64		hash;
 } RmsgTokenData;
 
 extern int64 RmsgIssueToken(const RmsgTokenData *data);
@@ -231,13 +287,15 @@ extern int64 RmsgPromotedPayloadOf(int64 msg_id);
 extern void RmsgClearLastToken(void);
 
 /* put.c */
-extern void RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored,
-							  int64 from_msg_id);
+extern int64 RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored,
+							   int64 from_msg_id, bytea *data,
+							   const RmsgTokenData *source);
 
 /* payload.c: payload rows, shared by reference and collected */
 extern int64 RmsgWritePayload(bytea *data, bool findable);
 extern bool RmsgPinPayload(int64 payload_id);
 extern int64 RmsgFindPayload(bytea *data);
+extern uint64 RmsgContentHash(bytea *data);
 extern bytea *RmsgReadPayload(int64 payload_id);
 extern bytea *RmsgReadInlineData(int64 msg_id);
 extern int64 RmsgCollectPayloads(void);
@@ -250,9 +308,11 @@ extern bool RmsgStoreData(const RmsgQueue *queue, bytea *data,
 
 /* stats.c: rmsg.log_stats and the byte counts of rmsg.queues */
 extern Size RmsgStatsShmemSize(void);
+extern Size RmsgStatsHashSize(void);
 extern void RmsgStatsShmemInit(void *shared, bool found, LWLock *lock);
 extern void RmsgCountPut(int32 queue_id, const RmsgStoredData *stored);
 extern void RmsgCountCollected(int64 n);
+extern void RmsgCountStaleReceipt(int32 queue_id);
 extern void RmsgCountForce(void);
 extern void RmsgCountForceAvoided(void);
 extern void RmsgQueueStatsForget(int32 queue_id);
@@ -267,18 +327,22 @@ extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
 									 SubTransactionId parent);
 extern XLogRecPtr RmsgForceLog(void);
 
+/* component_catalog.c: who may act as a caller or callee of the contract */
+extern bool RmsgUseComponent(const char *name, bool may_make);
+
 /* instance_catalog.c: instances, their locks and the shared mode cache */
 typedef struct RmsgInstance
 {
 	int64		instance_id;
 	bool		recovering;
+	AclMode		rights;			/* of the role that opened it */
 } RmsgInstance;
 
 extern Size RmsgInstanceCacheShmemSize(void);
 extern void RmsgInstanceCacheShmemInit(LWLock *lock);
 extern void RmsgLockInstance(const char *name, int lock_kind);
-extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind);
-typedef bool (*RmsgInstanceFilter) (const char *name, void *arg);
+extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind, AclMode needed);
+typedef bool (*RmsgInstanceFilter) (int64 instance_id, const char *name, void *arg);
 extern bool RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted,
 									void *arg, char *name,
 									RmsgInstance *instance, bool *fresh);
@@ -292,12 +356,14 @@ typedef struct RmsgInstanceMessage
 {
 	int64		visibility;		/* set by the caller: the lease's length */
 	char		instance[NAMEDATALEN];
+	int64		instance_id;
 	int64		msg_id;
 	Datum		kind;			/* text */
 	Datum		payload;		/* bytea */
 	Datum		headers;		/* jsonb */
 	bool		headers_null;
 	int32		deliveries;
+	int64		receipt;
 } RmsgInstanceMessage;
 
 extern bool RmsgTakeInstanceMessage(int64 *cursor, RmsgInstanceFilter wanted,
@@ -324,8 +390,9 @@ extern void RmsgHandlerFailed(const RmsgHandler *h, const char *instance,
 							  int32 max_deliveries, const char *error);
 
 /* handler_call.c */
-extern bool RmsgCallHandler(const RmsgHandler *h, Datum *args, bool *nulls,
-							char **error);
+extern bool RmsgHandlerMayTake(const RmsgHandler *h, int64 target_id);
+extern bool RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args,
+							bool *nulls, char **error);
 extern TimestampTz RmsgRetryAt(int32 deliveries, TimestampTz *earliest);
 
 /* What one unit of the worker's work did, for its counters. */
@@ -369,6 +436,7 @@ typedef enum RmsgWorkerState
 	RMSG_WORKER_HANDLING,
 	RMSG_WORKER_MAINTAINING,
 	RMSG_WORKER_NO_EXTENSION,
+	RMSG_WORKER_OLD_EXTENSION,
 	RMSG_WORKER_FAILED
 } RmsgWorkerState;
 

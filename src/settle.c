@@ -14,75 +14,193 @@
  * commits lazily when it is all its transaction wrote (commit_mode.c).
  * Both apply only to a message in flight: its lease_until still ahead.
  *
+ * Rights.  A message of a queue the role may not get from (or of an
+ * instance it may not receive from) is, for that role, no message at all:
+ * these functions return false for it and touch nothing, not even a lock.
+ *
+ * Receipts.  get and receive hand out a receipt with each lease.  Given
+ * one, these functions act only while that lease holds: the message is in
+ * flight under that very lease, not one another consumer took after it ran
+ * out, and not one given back by a nack.  A stale receipt changes nothing,
+ * returns false and is counted (rmsg.queues, rmsg.log_stats).  Without a
+ * receipt they act on whatever lease the message has, as in version 1.0.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "rmsg.h"
 
 PG_FUNCTION_INFO_V1(rmsg_ack);
+PG_FUNCTION_INFO_V1(rmsg_ack_receipt);
 PG_FUNCTION_INFO_V1(rmsg_ack_many);
+PG_FUNCTION_INFO_V1(rmsg_ack_many_receipts);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-/* Not a queue's live message: a dead one, or an instance's. */
-static RmsgPlan ack_other_plan = {
-	"WITH dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = $1 RETURNING 1),"
-	"     instance AS (DELETE FROM rmsg.instance_message WHERE msg_id = $1 RETURNING 1)"
-	" SELECT (SELECT count(*) FROM dead) + (SELECT count(*) FROM instance)",
+/* Where a message that is not a live queue message is: dead, or an instance's. */
+static RmsgPlan where_plan = {
+	"SELECT false AS of_instance, queue_id::bigint AS owner_id, msg_id"
+	"  FROM rmsg.dead_message WHERE msg_id = $1"
+	" UNION ALL"
+	" SELECT true, instance_id, msg_id FROM rmsg.instance_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
-/* Returns how many messages went. */
-static RmsgPlan ack_many_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE msg_id = ANY($1) RETURNING 1),"
-	"     dead AS (DELETE FROM rmsg.dead_message WHERE msg_id = ANY($1) RETURNING 1),"
-	"     instance AS (DELETE FROM rmsg.instance_message WHERE msg_id = ANY($1) RETURNING 1)"
-	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead)"
-	"      + (SELECT count(*) FROM instance)",
-	1, {INT8ARRAYOID}
+/* Where a message in flight is: a queue's or an instance's. */
+static RmsgPlan where_leased_plan = {
+	"SELECT false AS of_instance, queue_id::bigint AS owner_id"
+	"  FROM rmsg.message WHERE msg_id = $1"
+	" UNION ALL"
+	" SELECT true, instance_id FROM rmsg.instance_message WHERE msg_id = $1",
+	1, {INT8OID}
+};
+
+/* $1 msg_id, $2 its queue */
+static RmsgPlan ack_dead_plan = {
+	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 AND queue_id = $2",
+	2, {INT8OID, INT4OID}
+};
+
+/* $1 msg_id, $2 its instance, $3 receipt or NULL, $4 now */
+static RmsgPlan ack_instance_plan = {
+	"DELETE FROM rmsg.instance_message"
+	" WHERE msg_id = $1 AND instance_id = $2"
+	"   AND ($3::bigint IS NULL OR (receipt = $3 AND lease_until > $4))",
+	4, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
 /*
- * $1 msg_id, $2 now, $3 now + delay.  Without a delay the message keeps its
- * place in line (and the update stays HOT); with one it goes to the back.
+ * The lease changes.  $1 msg_id, $2 now, $3 now + interval, $4 the queue or
+ * instance, $5 receipt or NULL.  A nack ends the lease and its receipt:
+ * without a delay the message keeps its place in line (and the update stays
+ * HOT); with one it goes to the back.
  */
 static RmsgPlan nack_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL,"
+	"UPDATE rmsg.message SET lease_until = NULL, receipt = NULL,"
 	"       visible_at = CASE WHEN $3 > $2 THEN $3 ELSE visible_at END"
-	" WHERE msg_id = $1 AND lease_until > $2 RETURNING queue_id",
-	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
+	"   AND ($5::bigint IS NULL OR receipt = $5)",
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
-/* $1 msg_id, $2 now, $3 new lease end */
 static RmsgPlan extend_plan = {
 	"UPDATE rmsg.message SET lease_until = $3"
-	" WHERE msg_id = $1 AND lease_until > $2 RETURNING queue_id",
-	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
+	"   AND ($5::bigint IS NULL OR receipt = $5)",
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
 /*
  * An instance's message has no place in line to lose, and must keep it:
  * with a delay, the lease just runs until then, which holds the instance's
- * line (receive.c) as its order requires.  $1 msg_id, $2 now, $3 now + delay
+ * line (receive.c) as its order requires; the receipt ends all the same.
  */
 static RmsgPlan instance_nack_plan = {
 	"UPDATE rmsg.instance_message"
-	"   SET lease_until = CASE WHEN $3 > $2 THEN $3 END"
-	" WHERE msg_id = $1 AND lease_until > $2",
-	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	"   SET lease_until = CASE WHEN $3 > $2 THEN $3 END, receipt = NULL"
+	" WHERE msg_id = $1 AND instance_id = $4 AND lease_until > $2"
+	"   AND ($5::bigint IS NULL OR receipt = $5)",
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID}
 };
 
 static RmsgPlan instance_extend_plan = {
 	"UPDATE rmsg.instance_message SET lease_until = $3"
-	" WHERE msg_id = $1 AND lease_until > $2",
-	3, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	" WHERE msg_id = $1 AND instance_id = $4 AND lease_until > $2"
+	"   AND ($5::bigint IS NULL OR receipt = $5)",
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID}
 };
+
+/* Whether the current role may settle messages of this queue or instance. */
+static bool
+MaySettle(bool of_instance, int64 owner_id)
+{
+	AclMode		rights;
+
+	if (!RmsgObjectRights(of_instance ? RMSG_INSTANCE : RMSG_QUEUE, owner_id, NULL,
+						  GetUserId(), &rights, NULL))
+		return false;
+	return (rights & (of_instance ? RMSG_RECEIVE : RMSG_GET)) != 0;
+}
+
+/*
+ * Acks a message that is not a live queue message: a dead one (which has
+ * no lease, so any receipt is stale) or an instance's.  Inside SPI.
+ */
+static bool
+AckOther(int64 msg_id, const int64 *receipt, TimestampTz now)
+{
+	Datum		values[4];
+	bool		nulls[4] = {false, false, receipt == NULL, false};
+	bool		isnull;
+	bool		of_instance;
+	int64		owner_id;
+
+	values[0] = Int64GetDatum(msg_id);
+	RmsgPlanExecute(&where_plan, values, NULL, false, 1);
+	if (SPI_processed == 0)
+	{
+		if (receipt != NULL)
+			RmsgCountStaleReceipt(0);	/* acked by someone else, most likely */
+		return false;
+	}
+	of_instance = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 SPI_fnumber(SPI_tuptable->tupdesc, "of_instance"),
+											 &isnull));
+	owner_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   SPI_fnumber(SPI_tuptable->tupdesc, "owner_id"),
+										   &isnull));
+	if (!MaySettle(of_instance, owner_id))
+		return false;
+
+	if (!of_instance)
+	{
+		if (receipt != NULL)
+		{
+			RmsgCountStaleReceipt((int32) owner_id);
+			return false;
+		}
+		values[1] = Int32GetDatum((int32) owner_id);
+		RmsgPlanExecute(&ack_dead_plan, values, NULL, false, 0);
+		return SPI_processed > 0;
+	}
+
+	values[1] = Int64GetDatum(owner_id);
+	values[2] = receipt != NULL ? Int64GetDatum(*receipt) : (Datum) 0;
+	values[3] = TimestampTzGetDatum(now);
+	RmsgPlanExecute(&ack_instance_plan, values, nulls, false, 0);
+	if (SPI_processed > 0)
+		return true;
+	if (receipt != NULL)
+		RmsgCountStaleReceipt(0);
+	return false;
+}
+
+/* Acks one message, with or without a receipt.  Inside SPI. */
+static bool
+AckOne(int64 msg_id, const int64 *receipt, TimestampTz now)
+{
+	int32		queue_id;
+
+	switch (RmsgDeleteMessage(msg_id, receipt, now, true, &queue_id))
+	{
+		case RMSG_REMOVE_DELETED:
+			return true;
+		case RMSG_REMOVE_STALE:
+			RmsgCountStaleReceipt(queue_id);
+			return false;
+		case RMSG_REMOVE_NOT_FOUND:
+			break;
+	}
+	return AckOther(msg_id, receipt, now);
+}
 
 /*
  * rmsg.ack(msg_id): true when the message existed.  A queue's live message
@@ -91,51 +209,127 @@ static RmsgPlan instance_extend_plan = {
 Datum
 rmsg_ack(PG_FUNCTION_ARGS)
 {
-	int64		msg_id = PG_GETARG_INT64(0);
 	bool		found;
 
+	RmsgEnter("rmsg.ack", true);
 	RmsgSpiConnect();
-	found = RmsgDeleteMessage(msg_id);
-	if (!found)
-	{
-		Datum		arg = Int64GetDatum(msg_id);
-		bool		isnull;
-
-		RmsgPlanExecute(&ack_other_plan, &arg, NULL, false, 0);
-		found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0;
-	}
+	found = AckOne(PG_GETARG_INT64(0), NULL, GetCurrentTimestamp());
 	RmsgSpiFinish();
 	PG_RETURN_BOOL(found);
 }
 
-/* rmsg.ack(msg_ids[]): how many of them existed */
+/*
+ * rmsg.ack(msg_id, receipt): true when the message went, under the lease
+ * the receipt names; a NULL receipt acks without one.
+ */
+Datum
+rmsg_ack_receipt(PG_FUNCTION_ARGS)
+{
+	int64		receipt;
+	bool		found;
+
+	RmsgEnter("rmsg.ack", true);
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	receipt = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1);
+	RmsgSpiConnect();
+	found = AckOne(PG_GETARG_INT64(0), PG_ARGISNULL(1) ? NULL : &receipt,
+				   GetCurrentTimestamp());
+	RmsgSpiFinish();
+	PG_RETURN_BOOL(found);
+}
+
+/* The elements of a one-dimensional bigint[] argument. */
+static void
+BigintArray(FunctionCallInfo fcinfo, int argno, const char *what,
+			Datum **elems, bool **nulls, int *n)
+{
+	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(argno);
+
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", what)));
+	deconstruct_array(array, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, elems, nulls, n);
+}
+
+/*
+ * rmsg.ack(msg_ids[]) and rmsg.ack(msg_ids[], receipts[]): how many of the
+ * messages went.  NULL elements are skipped; a NULL receipt acks its
+ * message without one.
+ */
+static int32
+AckMany(FunctionCallInfo fcinfo, bool with_receipts)
+{
+	Datum	   *ids;
+	bool	   *id_nulls;
+	int			n;
+	Datum	   *receipts = NULL;
+	bool	   *receipt_nulls = NULL;
+	int			nreceipts = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	int32		count = 0;
+
+	BigintArray(fcinfo, 0, "msg_ids", &ids, &id_nulls, &n);
+	if (with_receipts)
+	{
+		BigintArray(fcinfo, 1, "receipts", &receipts, &receipt_nulls, &nreceipts);
+		if (nreceipts != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("msg_ids has %d elements but receipts has %d", n, nreceipts),
+					 errdetail("Each message needs the receipt of its lease, in the same position.")));
+	}
+
+	RmsgSpiConnect();
+	for (int i = 0; i < n; i++)
+	{
+		int64		receipt;
+		bool		checked = with_receipts && !receipt_nulls[i];
+
+		CHECK_FOR_INTERRUPTS();
+		if (id_nulls[i])
+			continue;
+		receipt = checked ? DatumGetInt64(receipts[i]) : 0;
+		if (AckOne(DatumGetInt64(ids[i]), checked ? &receipt : NULL, now))
+			count++;
+	}
+	RmsgSpiFinish();
+	return count;
+}
+
 Datum
 rmsg_ack_many(PG_FUNCTION_ARGS)
 {
-	Datum		msg_ids = PG_GETARG_DATUM(0);
-	bool		isnull;
-	int64		count;
+	RmsgEnter("rmsg.ack", true);
+	PG_RETURN_INT32(AckMany(fcinfo, false));
+}
 
-	RmsgSpiConnect();
-	RmsgPlanExecute(&ack_many_plan, &msg_ids, NULL, false, 0);
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	RmsgSpiFinish();
-	PG_RETURN_INT32((int32) count);
+Datum
+rmsg_ack_many_receipts(PG_FUNCTION_ARGS)
+{
+	RmsgEnter("rmsg.ack", true);
+	PG_RETURN_INT32(AckMany(fcinfo, true));
 }
 
 /*
  * Moves the end of a running lease to now + interval; false when the message
- * is not in flight.  A nack also ends the lease, so the message is ready
- * again at that time, and consumers waiting for it are woken.
+ * is not in flight (under the receipt's lease, when one is given).  A nack
+ * also ends the lease, so the message is ready again at that time, and
+ * consumers waiting for it are woken.  Argument 2 is the receipt.
  */
 static bool
 MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
 			 int64 interval, bool wake)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		values[3];
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, PG_ARGISNULL(2)};
 	bool		isnull;
-	int32		queue_id;
+	bool		of_instance;
+	int64		owner_id;
+	bool		moved;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -143,46 +337,62 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
 				 errmsg("msg_id must not be null")));
 	values[0] = PG_GETARG_DATUM(0);
 	values[1] = TimestampTzGetDatum(now);
-	values[2] = TimestampTzGetDatum(now + interval);
+	values[2] = TimestampTzGetDatum(RmsgTimeAfter(now, interval));
+	values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
 
 	RmsgSpiConnect();
-	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
-	RmsgPlanExecute(plan, values, NULL, false, 0);
+	RmsgPlanExecute(&where_leased_plan, values, NULL, false, 1);
 	if (SPI_processed == 0)
 	{
-		/* an instance's message, if any: nobody waits on those */
-		bool		moved;
-
-		RmsgPlanExecute(instance_plan, values, NULL, false, 0);
-		moved = SPI_processed > 0;
-		RmsgLazyWriteEnd();
+		if (!PG_ARGISNULL(2))
+			RmsgCountStaleReceipt(0);
 		RmsgSpiFinish();
-		return moved;
+		return false;
 	}
+	of_instance = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 SPI_fnumber(SPI_tuptable->tupdesc, "of_instance"),
+											 &isnull));
+	owner_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   SPI_fnumber(SPI_tuptable->tupdesc, "owner_id"),
+										   &isnull));
+	if (!MaySettle(of_instance, owner_id))
+	{
+		RmsgSpiFinish();
+		return false;
+	}
+
+	values[3] = of_instance ? Int64GetDatum(owner_id) : Int32GetDatum((int32) owner_id);
+	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
+	RmsgPlanExecute(of_instance ? instance_plan : plan, values, nulls, false, 0);
 	RmsgLazyWriteEnd();
-	queue_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	moved = SPI_processed > 0;
 	RmsgSpiFinish();
 
-	if (wake)
-		RmsgWakeQueueAtCommit(queue_id);
-	return true;
+	if (!moved && !PG_ARGISNULL(2))
+		RmsgCountStaleReceipt(of_instance ? 0 : (int32) owner_id);
+	if (moved && wake && !of_instance)
+		RmsgWakeQueueAtCommit((int32) owner_id);
+	return moved;
 }
 
-/* rmsg.nack(msg_id, delay) */
+/* rmsg.nack(msg_id, delay, receipt) */
 Datum
 rmsg_nack(PG_FUNCTION_ARGS)
 {
-	int64		delay = RmsgIntervalArg(fcinfo, 1, "delay", 0, true);
+	int64		delay;
 
+	RmsgEnter("rmsg.nack", true);
+	delay = RmsgIntervalArg(fcinfo, 1, "delay", 0, true);
 	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, &nack_plan, &instance_nack_plan, delay, true));
 }
 
-/* rmsg.extend(msg_id, visibility) */
+/* rmsg.extend(msg_id, visibility, receipt) */
 Datum
 rmsg_extend(PG_FUNCTION_ARGS)
 {
 	int64		visibility;
 
+	RmsgEnter("rmsg.extend", true);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

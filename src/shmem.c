@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -38,6 +39,9 @@ typedef struct RmsgSharedState
 static RmsgSharedState *shared_state = NULL;
 static bool shmem_ready = false;
 
+/* The current transaction created, dropped or granted something. */
+static bool catalog_changed_in_xact = false;
+
 static Size
 RmsgShmemSize(void)
 {
@@ -53,8 +57,12 @@ RmsgShmemSize(void)
 static Size
 RmsgShmemTotalSize(void)
 {
-	return add_size(RmsgShmemSize(),
-					add_size(RmsgComponentsShmemSize(), RmsgInstanceCacheShmemSize()));
+	Size		size = RmsgShmemSize();
+
+	size = add_size(size, RmsgStatsHashSize());
+	size = add_size(size, RmsgComponentsShmemSize());
+	size = add_size(size, RmsgInstanceCacheShmemSize());
+	return size;
 }
 
 /* Attach to (or create) the shared area and let each concern set up its part. */
@@ -76,7 +84,7 @@ RmsgShmemStartup(void)
 	area = (char *) area + MAXALIGN(sizeof(RmsgSharedState));
 	RmsgWakeupShmemInit(area, found);
 	area = (char *) area + MAXALIGN(RmsgWakeupShmemSize());
-	RmsgStatsShmemInit(area, found, &locks[RMSG_LOCK_STATS].lock);
+	RmsgStatsShmemInit(area, found, &locks[RMSG_LOCK_STATS].lock);	/* and its hash */
 	area = (char *) area + MAXALIGN(RmsgStatsShmemSize());
 	RmsgWorkerShmemInit(area, found);
 	/* hash tables of their own: ShmemInitHash places them */
@@ -143,11 +151,60 @@ RmsgIncarnation(void)
 	return shared_state->incarnation;
 }
 
+/*
+ * The current transaction changes the catalog of queues, instances or
+ * components (their rows, owners or privileges): backends' caches of it
+ * go stale when it ends, and until then it reads the rows itself.
+ */
 void
-RmsgBumpCatalogGeneration(void)
+RmsgNoteCatalogChange(void)
 {
-	if (shmem_ready)
+	catalog_changed_in_xact = true;
+}
+
+bool
+RmsgCatalogChangedHere(void)
+{
+	return catalog_changed_in_xact;
+}
+
+/*
+ * Transaction end, or PREPARE: publish a catalog change to every backend's
+ * caches.  It runs before the transaction's locks are released, so a
+ * backend that waited for one of them reads the catalog again.  At PREPARE
+ * the prepared transaction keeps its locks until COMMIT PREPARED, so a
+ * backend that waited for one reads the catalog after the outcome is
+ * known.  Must not fail.
+ */
+void
+RmsgCatalogXactEnd(void)
+{
+	if (catalog_changed_in_xact && shmem_ready)
 		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
+	catalog_changed_in_xact = false;
+}
+
+/*
+ * A random nonzero 63-bit number, for data tokens and receipts: from a
+ * generator of this backend's, seeded from the operating system's.
+ */
+uint64
+RmsgRandomId(void)
+{
+	static pg_prng_state prng;
+	static bool seeded = false;
+	uint64		id;
+
+	if (!seeded)
+	{
+		if (!pg_prng_strong_seed(&prng))
+			pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
+		seeded = true;
+	}
+	do
+		id = pg_prng_uint64(&prng) & PG_INT64_MAX;
+	while (id == 0);
+	return id;
 }
 
 /*

@@ -23,12 +23,26 @@
  * going through the GUC machinery would cost every put, get and ack an
  * allocation or two.
  *
+ * Nothing outside the extension can redirect a statement.  Every statement
+ * is parsed, planned and run with a search path of pg_catalog and the
+ * extension's schema only (an override search path, which the plan cache
+ * records and checks on every execution), so a function, operator or type
+ * that someone planted in a schema of the caller's search_path (public.=
+ * for int, say) is never chosen.  And every statement runs as the owner of
+ * the extension's tables, as PostgreSQL's own foreign-key checks run as the
+ * table's owner: applications hold no rights on our tables at all, and the
+ * C functions check the rights the extension grants (rights.c) before they
+ * run anything.  SECURITY_LOCAL_USERID_CHANGE keeps anything that runs
+ * inside from switching roles back.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "jit/jit.h"
 #include "optimizer/cost.h"
 #include "utils/snapmgr.h"
@@ -69,22 +83,30 @@ int
 RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 				bool latest_snapshot, long count)
 {
+	const RmsgRelations *rels = RmsgGetRelations();
 	char		nulls[lengthof(p->argtypes)];
-	SPIPlanPtr	plan = RmsgPlanGet(p);
 	int			rc;
 	bool		saved_seqscan = enable_seqscan;
 	bool		saved_bitmapscan = enable_bitmapscan;
 	bool		saved_jit = jit_enabled;
+	Oid			saved_user;
+	int			saved_context;
 
 	Assert(p->nargs <= lengthof(p->argtypes));
 	for (int i = 0; i < p->nargs; i++)
 		nulls[i] = (isnull != NULL && isnull[i]) ? 'n' : ' ';
 
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	PushOverrideSearchPath(rels->search_path);
+	SetUserIdAndSecContext(rels->owner, saved_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 	enable_seqscan = false;
 	enable_bitmapscan = false;
 	jit_enabled = false;
 	PG_TRY();
 	{
+		SPIPlanPtr	plan = RmsgPlanGet(p);
+
 		if (latest_snapshot && IsolationUsesXactSnapshot())
 			rc = SPI_execute_snapshot(plan, values, nulls,
 									  GetLatestSnapshot(), InvalidSnapshot,
@@ -97,6 +119,8 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 		enable_seqscan = saved_seqscan;
 		enable_bitmapscan = saved_bitmapscan;
 		jit_enabled = saved_jit;
+		SetUserIdAndSecContext(saved_user, saved_context);
+		PopOverrideSearchPath();
 	}
 	PG_END_TRY();
 

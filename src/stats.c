@@ -7,7 +7,9 @@
  * before they are reset, and counted when the work is done: a put that
  * rolls back wrote its WAL all the same.  The totals are atomics any
  * backend adds to.  Per-queue counts live in a shared hash table keyed by
- * queue_id: to add to an existing entry one holds stats->lock shared (the
+ * the database, the OID of its rmsg.queue table (an extension dropped and
+ * made again starts afresh) and the queue_id, so that no database sees
+ * another's: to add to an existing entry one holds stats->lock shared (the
  * counters are atomics), to create or remove an entry exclusively.  The
  * table has room for RMSG_MAX_QUEUE_STATS queues; beyond that, queues are
  * counted in the totals only (their columns in rmsg.queues are NULL).
@@ -19,6 +21,7 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -30,6 +33,7 @@
 
 PG_FUNCTION_INFO_V1(rmsg_stat_log);
 PG_FUNCTION_INFO_V1(rmsg_stat_queues);
+PG_FUNCTION_INFO_V1(rmsg_queue_counters);
 
 #define RMSG_MAX_QUEUE_STATS 1024
 
@@ -44,23 +48,38 @@ typedef struct RmsgLogCounters
 	pg_atomic_uint64 puts_written;
 	pg_atomic_uint64 puts_referenced;
 	pg_atomic_uint64 payloads_collected;
+	pg_atomic_uint64 stale_receipts;
 } RmsgLogCounters;
+
+typedef struct QueueKey
+{
+	Oid			database;
+	Oid			queue_table;	/* rmsg.queue of that database */
+	int32		queue_id;
+} QueueKey;
 
 typedef struct QueueCounters
 {
-	int32		queue_id;		/* the hash key */
+	QueueKey	key;			/* the hash key */
 	pg_atomic_uint64 bytes_written;
 	pg_atomic_uint64 bytes_referenced;
+	pg_atomic_uint64 stale_receipts;
 } QueueCounters;
 
 static RmsgLogCounters *stats = NULL;
 static HTAB *queue_stats = NULL;
 
+/* The counters; their hash table is placed by ShmemInitHash, sized below. */
 Size
 RmsgStatsShmemSize(void)
 {
-	return add_size(MAXALIGN(sizeof(RmsgLogCounters)),
-					hash_estimate_size(RMSG_MAX_QUEUE_STATS, sizeof(QueueCounters)));
+	return MAXALIGN(sizeof(RmsgLogCounters));
+}
+
+Size
+RmsgStatsHashSize(void)
+{
+	return hash_estimate_size(RMSG_MAX_QUEUE_STATS, sizeof(QueueCounters));
 }
 
 /* Called under AddinShmemInitLock with our part of the shared area. */
@@ -81,33 +100,46 @@ RmsgStatsShmemInit(void *shared, bool found, LWLock *lock)
 		pg_atomic_init_u64(&stats->puts_written, 0);
 		pg_atomic_init_u64(&stats->puts_referenced, 0);
 		pg_atomic_init_u64(&stats->payloads_collected, 0);
+		pg_atomic_init_u64(&stats->stale_receipts, 0);
 	}
-	info.keysize = sizeof(int32);
+	info.keysize = sizeof(QueueKey);
 	info.entrysize = sizeof(QueueCounters);
 	queue_stats = ShmemInitHash("recoverable_msg queue stats",
 								RMSG_MAX_QUEUE_STATS, RMSG_MAX_QUEUE_STATS,
 								&info, HASH_ELEM | HASH_BLOBS);
 }
 
+static void
+MakeQueueKey(QueueKey *key, int32 queue_id)
+{
+	memset(key, 0, sizeof(*key));
+	key->database = MyDatabaseId;
+	key->queue_table = RmsgGetRelations()->queue;
+	key->queue_id = queue_id;
+}
+
 /* The queue's counters, created on first use; NULL when the table is full. */
 static QueueCounters *
 QueueEntry(int32 queue_id)
 {
+	QueueKey	key;
 	QueueCounters *entry;
 	bool		found;
 
+	MakeQueueKey(&key, queue_id);
 	LWLockAcquire(stats->lock, LW_SHARED);
-	entry = hash_search(queue_stats, &queue_id, HASH_FIND, NULL);
+	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
 	LWLockRelease(stats->lock);
 	if (entry != NULL)
 		return entry;
 
 	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
-	entry = hash_search(queue_stats, &queue_id, HASH_ENTER_NULL, &found);
+	entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
 	if (entry != NULL && !found)
 	{
 		pg_atomic_init_u64(&entry->bytes_written, 0);
 		pg_atomic_init_u64(&entry->bytes_referenced, 0);
+		pg_atomic_init_u64(&entry->stale_receipts, 0);
 	}
 	LWLockRelease(stats->lock);
 	return entry;
@@ -159,6 +191,22 @@ RmsgCountForceAvoided(void)
 		pg_atomic_fetch_add_u64(&stats->forces_avoided, 1);
 }
 
+/*
+ * An ack, nack or extend came with a receipt whose lease is gone; queue_id
+ * is the message's queue, 0 when the message is gone too.
+ */
+void
+RmsgCountStaleReceipt(int32 queue_id)
+{
+	QueueCounters *entry;
+
+	if (stats == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&stats->stale_receipts, 1);
+	if (queue_id != 0 && (entry = QueueEntry(queue_id)) != NULL)
+		pg_atomic_fetch_add_u64(&entry->stale_receipts, 1);
+}
+
 void
 RmsgCountCollected(int64 n)
 {
@@ -170,10 +218,13 @@ RmsgCountCollected(int64 n)
 void
 RmsgQueueStatsForget(int32 queue_id)
 {
+	QueueKey	key;
+
 	if (stats == NULL)
 		return;
+	MakeQueueKey(&key, queue_id);
 	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
-	hash_search(queue_stats, &queue_id, HASH_REMOVE, NULL);
+	hash_search(queue_stats, &key, HASH_REMOVE, NULL);
 	LWLockRelease(stats->lock);
 }
 
@@ -191,13 +242,14 @@ Datum
 rmsg_stat_log(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Datum		values[8];
-	bool		nulls[8] = {0};
+	Datum		values[9];
+	bool		nulls[9] = {0};
 
+	RmsgEnter("rmsg.stat_log", false);
 	InitMaterializedSRF(fcinfo, 0);
 	if (stats == NULL)
 	{
-		for (int i = 0; i < 7; i++)
+		for (int i = 0; i < 9; i++)
 			values[i] = Int64GetDatum(0);
 		nulls[7] = true;
 	}
@@ -211,35 +263,81 @@ rmsg_stat_log(PG_FUNCTION_ARGS)
 		values[5] = Counter(&stats->puts_referenced);
 		values[6] = Counter(&stats->payloads_collected);
 		values[7] = TimestampTzGetDatum(stats->since);
+		values[8] = Counter(&stats->stale_receipts);
 	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
 
-/* rmsg.stat_queues(): the per-queue byte counts, joined into rmsg.queues. */
-Datum
-rmsg_stat_queues(PG_FUNCTION_ARGS)
+/*
+ * The per-queue counters of this database's queues; with only_visible,
+ * those of the queues the current role may see (rights.c).  The entries
+ * are copied under the lock, and their rights checked after it, since
+ * that may read the catalog.
+ */
+static void
+ReturnQueueCounters(FunctionCallInfo fcinfo, bool only_visible)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	HASH_SEQ_STATUS status;
 	QueueCounters *entry;
+	Oid			queue_table;
+	int			n = 0;
+	int			room = 64;
+	Datum	   *rows;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (stats == NULL)
-		return (Datum) 0;
+		return;
 
+	queue_table = RmsgGetRelations()->queue;
+	rows = palloc(sizeof(Datum) * 4 * room);
 	LWLockAcquire(stats->lock, LW_SHARED);
 	hash_seq_init(&status, queue_stats);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		Datum		values[3];
-		bool		nulls[3] = {false, false, false};
-
-		values[0] = Int32GetDatum(entry->queue_id);
-		values[1] = Counter(&entry->bytes_written);
-		values[2] = Counter(&entry->bytes_referenced);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (entry->key.database != MyDatabaseId || entry->key.queue_table != queue_table)
+			continue;
+		if (n == room)
+		{
+			room *= 2;
+			rows = repalloc(rows, sizeof(Datum) * 4 * room);
+		}
+		rows[4 * n] = Int32GetDatum(entry->key.queue_id);
+		rows[4 * n + 1] = Counter(&entry->bytes_written);
+		rows[4 * n + 2] = Counter(&entry->bytes_referenced);
+		rows[4 * n + 3] = Counter(&entry->stale_receipts);
+		n++;
 	}
 	LWLockRelease(stats->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		nulls[4] = {false, false, false, false};
+
+		if (only_visible && !RmsgMaySee(RMSG_QUEUE, DatumGetInt32(rows[4 * i]), NULL))
+			continue;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &rows[4 * i], nulls);
+	}
+}
+
+/* rmsg.stat_queues(): every queue's counters, for monitoring roles. */
+Datum
+rmsg_stat_queues(PG_FUNCTION_ARGS)
+{
+	RmsgEnter("rmsg.stat_queues", false);
+	ReturnQueueCounters(fcinfo, false);
+	return (Datum) 0;
+}
+
+/*
+ * rmsg.queue_counters(): the counters of the queues the role may see,
+ * joined into rmsg.queues.
+ */
+Datum
+rmsg_queue_counters(PG_FUNCTION_ARGS)
+{
+	RmsgEnter("rmsg.queue_counters", false);
+	ReturnQueueCounters(fcinfo, true);
 	return (Datum) 0;
 }

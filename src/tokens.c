@@ -19,14 +19,24 @@
  * that rolled back is simply not found when the token is used, and the
  * put falls back to the message or the payload given (dedup.c).
  *
+ * A token is good only for the role that was handed it, and only for the
+ * extension it was handed by: an entry remembers the role and the OID of
+ * rmsg.message, which DROP EXTENSION and CREATE EXTENSION change, and a
+ * token whose data now has another payload row or message of the same
+ * number is never accepted.  It also remembers a hash of the data where
+ * the data was in hand, so that a put giving a payload with a token can
+ * check that the two agree (put.c).  And rmsg.last_data_token() answers only
+ * in the transaction that was handed the token: behind a pooler in
+ * transaction mode the next transaction on this backend may be another
+ * client's.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "common/pg_prng.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "utils/timestamp.h"
+#include "storage/proc.h"
 
 #include "rmsg.h"
 
@@ -35,23 +45,29 @@ PG_FUNCTION_INFO_V1(rmsg_last_data_token);
 typedef struct TokenEntry
 {
 	int64		token;			/* 0: unused */
+	Oid			role;			/* handed to */
+	Oid			message_table;	/* rmsg.message of the extension that handed it */
 	RmsgTokenData data;
 } TokenEntry;
 
 static TokenEntry tokens[RMSG_SESSION_TOKENS];
 static int	next_slot = 0;
 static int64 last_token = 0;
-static pg_prng_state token_prng;
-static bool token_prng_seeded = false;
+static LocalTransactionId last_token_xact = InvalidLocalTransactionId;
 
+/* The entry of a token this role may use, or NULL. */
 static TokenEntry *
 FindEntry(int64 token)
 {
+	Oid			role = GetUserId();
+	Oid			message_table = RmsgGetRelations()->message;
+
 	if (token == 0)
 		return NULL;
 	for (int i = 0; i < RMSG_SESSION_TOKENS; i++)
 		if (tokens[i].token == token)
-			return &tokens[i];
+			return (tokens[i].role == role &&
+					tokens[i].message_table == message_table) ? &tokens[i] : NULL;
 	return NULL;
 }
 
@@ -64,20 +80,17 @@ RmsgIssueToken(const RmsgTokenData *data)
 {
 	int64		token;
 
-	if (!token_prng_seeded)
-	{
-		if (!pg_prng_strong_seed(&token_prng))
-			pg_prng_seed(&token_prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
-		token_prng_seeded = true;
-	}
 	do
-		token = (int64) (pg_prng_uint64(&token_prng) & PG_INT64_MAX);
-	while (token == 0 || FindEntry(token) != NULL);
+		token = (int64) RmsgRandomId();
+	while (FindEntry(token) != NULL);
 
 	tokens[next_slot].token = token;
+	tokens[next_slot].role = GetUserId();
+	tokens[next_slot].message_table = RmsgGetRelations()->message;
 	tokens[next_slot].data = *data;
 	next_slot = (next_slot + 1) % RMSG_SESSION_TOKENS;
 	last_token = token;
+	last_token_xact = MyProc->lxid;
 	return token;
 }
 
@@ -111,9 +124,12 @@ RmsgTokenPromoted(int64 token, int64 payload_id)
 int64
 RmsgPromotedPayloadOf(int64 msg_id)
 {
+	Oid			message_table = RmsgGetRelations()->message;
+
 	for (int i = 0; i < RMSG_SESSION_TOKENS; i++)
 		if (tokens[i].token != 0 && tokens[i].data.msg_id == msg_id &&
-			tokens[i].data.payload_id != 0)
+			tokens[i].data.payload_id != 0 &&
+			tokens[i].message_table == message_table)
 			return tokens[i].data.payload_id;
 	return 0;
 }
@@ -125,11 +141,16 @@ RmsgClearLastToken(void)
 	last_token = 0;
 }
 
-/* rmsg.last_data_token(): the data of the immediately preceding put or get */
+/*
+ * rmsg.last_data_token(): the data of the immediately preceding put or
+ * get, when it was in this transaction.
+ */
 Datum
 rmsg_last_data_token(PG_FUNCTION_ARGS)
 {
-	if (last_token == 0)
+	RmsgEnter("rmsg.last_data_token", false);
+	if (last_token == 0 || last_token_xact != MyProc->lxid ||
+		FindEntry(last_token) == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(last_token);
 }

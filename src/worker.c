@@ -36,7 +36,6 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
@@ -125,25 +124,34 @@ EndUnit(void)
 }
 
 /*
- * Whether a handler can be called: its function and its role still exist.
- * One that cannot is skipped, its messages untouched, and said so once.
+ * Whether a handler can be called: its function and its role still exist,
+ * and a queue's handler role may still get from its queue (an instance
+ * handler's right is checked per instance, dispatch_instance.c).  One that
+ * cannot is skipped, its messages untouched, and said so once.
  */
 static void
 CheckUsable(RmsgHandler *h)
 {
-	bool		usable = SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(h->handler)) &&
+	bool		exists = SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(h->handler)) &&
 		SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(h->owner));
+	bool		usable = exists &&
+		(h->for_instances || RmsgHandlerMayTake(h, h->queue_id));
 
 	if (!usable && h->usable)
 	{
 		char		message[256];
 
-		snprintf(message, sizeof(message),
-				 "the handler of %s \"%s\" (function %u, role %u) no longer exists",
-				 h->for_instances ? "instance prefix" : "queue", h->target,
-				 h->handler, h->owner);
+		if (!exists)
+			snprintf(message, sizeof(message),
+					 "the handler of %s \"%s\" (function %u, role %u) no longer exists",
+					 h->for_instances ? "instance prefix" : "queue", h->target,
+					 h->handler, h->owner);
+		else
+			snprintf(message, sizeof(message),
+					 "the role of the handler of queue \"%s\" (role %u) no longer holds get on it",
+					 h->target, h->owner);
 		ereport(WARNING, (errmsg("%s; its messages wait", message),
-						  errhint("Register the handler again.")));
+						  errhint("Register the handler again, or grant the role get on the queue.")));
 		RmsgWorkerNoteError(message, true);
 	}
 	h->usable = usable;
@@ -162,11 +170,14 @@ PrepareHandlers(void)
 {
 	uint64		generation = RmsgHandlerGeneration();
 	uint64		catalog_generation = RmsgCatalogGeneration();
+	char	   *version;
 	bool		installed;
+	bool		outdated;
 	ListCell   *lc;
 
 	BeginUnit("recoverable_msg: reading handlers");
-	installed = OidIsValid(get_extension_oid("recoverable_msg", true));
+	version = RmsgInstalledVersion();
+	installed = version != NULL && strcmp(version, RMSG_SQL_VERSION) == 0;
 	if (installed && (!handlers_valid || generation != handlers_generation ||
 					  catalog_generation != handlers_catalog_generation))
 	{
@@ -193,12 +204,13 @@ PrepareHandlers(void)
 		handlers_catalog_generation = catalog_generation;
 		handlers_valid = true;
 	}
+	outdated = version != NULL && !installed;
 	EndUnit();
 
 	if (!installed)
 	{
 		handlers_valid = false;
-		RmsgWorkerReport(RMSG_WORKER_NO_EXTENSION, NULL);
+		RmsgWorkerReport(outdated ? RMSG_WORKER_OLD_EXTENSION : RMSG_WORKER_NO_EXTENSION, NULL);
 	}
 	handlers_checked = installed;
 	return installed;

@@ -85,6 +85,7 @@ static const char *const state_names[] = {
 	[RMSG_WORKER_HANDLING] = "handling",
 	[RMSG_WORKER_MAINTAINING] = "maintenance",
 	[RMSG_WORKER_NO_EXTENSION] = "waiting for the extension",
+	[RMSG_WORKER_OLD_EXTENSION] = "waiting for ALTER EXTENSION UPDATE",
 	[RMSG_WORKER_FAILED] = "recovering from an error",
 };
 
@@ -289,6 +290,7 @@ rmsg_stat_worker(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
+	RmsgEnter("rmsg.stat_worker", false);
 	InitMaterializedSRF(fcinfo, 0);
 	if (workers == NULL)
 		return (Datum) 0;

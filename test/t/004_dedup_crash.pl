@@ -166,14 +166,27 @@ sub pre_put
 	return;
 }
 
+# A put that hands back its data token in the same statement.
+sub put_with_token
+{
+	my ($session, $queue, $payload, $what) = @_;
+	my ($msg_id, $token) = split / /,
+	  session_query($session,
+		"SELECT msg_id || ' ' || token FROM rmsg.put_with_token('$queue', $payload);", $what);
+	return ($msg_id, $token);
+}
+
 # A: put once, then by token to 3 queues, forwarded to 2.
-pre_put('a_src', "SELECT rmsg.put('a_src', " . src('A') . ");");
-my $tokA = session_query($pre, 'SELECT rmsg.last_data_token();', 'token of A');
+my $tokA;
+($id{a_src}, $tokA) = put_with_token($pre, 'a_src', src('A'), 'put to a_src');
+like($id{a_src}, qr/^\d+$/, 'put to a_src returned a msg_id');
 like($tokA, qr/^\d+$/, 'the put of A handed out a token');
 pre_put("a_tok$_", "SELECT rmsg.put('a_tok$_', NULL::bytea, data_token => $tokA);") for 1 .. 3;
 pre_put("a_fwd$_", "SELECT rmsg.forward($id{a_src}, 'a_fwd$_');") for 1 .. 2;
 
-# B: put_many to 4 queues, then by the token put_many handed out.
+# B: put_many to 4 queues, then by the token put_many handed out, which
+# rmsg.last_data_token() names in the same transaction.
+session_query($pre, 'BEGIN;', 'begin B');
 my @many = split /\n/,
   session_query($pre,
 	"SELECT * FROM rmsg.put_many(ARRAY['b_many1', 'b_many2', 'b_many3', 'b_many4'], "
@@ -181,11 +194,13 @@ my @many = split /\n/,
 is(scalar @many, 4, 'put_many returned 4 msg_ids');
 @id{qw(b_many1 b_many2 b_many3 b_many4)} = @many;
 pre_put('b_tok', "SELECT rmsg.put('b_tok', NULL::bytea, data_token => rmsg.last_data_token());");
+session_query($pre, 'COMMIT;', 'commit B');
 
 # C: 1 KiB, stored inline; its first share moves it to a payload row, later
 # shares (token, forward) reference that row; a 'none' queue gets a copy.
-pre_put('c_src', "SELECT rmsg.put('c_src', " . src('C') . ");");
-my $tokC = session_query($pre, 'SELECT rmsg.last_data_token();', 'token of C');
+my $tokC;
+($id{c_src}, $tokC) = put_with_token($pre, 'c_src', src('C'), 'put to c_src');
+like($id{c_src}, qr/^\d+$/, 'put to c_src returned a msg_id');
 like($tokC, qr/^\d+$/, 'the put of C handed out a token');
 pre_put('c_tok1', "SELECT rmsg.put('c_tok1', NULL::bytea, data_token => $tokC);");
 pre_put('c_tok2', "SELECT rmsg.put('c_tok2', NULL::bytea, data_token => $tokC);");
@@ -237,8 +252,7 @@ my $stats_since = sql('SELECT stats_since FROM rmsg.log_stats');
 #---------------------------------------------------------------------------
 
 my $u1 = session_open($node, 'uncommitted_puts');
-my $jsrc = session_query($u1, "SELECT rmsg.put('u_jsrc', " . src('J') . ");", 'u1 put J');
-my $tokJ = session_query($u1, 'SELECT rmsg.last_data_token();', 'token of J');
+my ($jsrc, $tokJ) = put_with_token($u1, 'u_jsrc', src('J'), 'u1 put J');
 my $pid_j = sql("SELECT payload_id FROM rmsg.message WHERE msg_id = $jsrc");
 is(sql("SELECT rmsg.ack($jsrc)"), 't', 'the message of J acked: its row is unreferenced');
 
@@ -310,8 +324,7 @@ is(sql("SELECT count(*) FROM rmsg.payload WHERE payload_id = $pid_g"), '0', 'G r
 #---------------------------------------------------------------------------
 
 my $p = session_open($node, 'pinning_put');
-my $hid = session_query($p, "SELECT rmsg.put('h_src', " . src('H') . ");", 'put H');
-my $tokH = session_query($p, 'SELECT rmsg.last_data_token();', 'token of H');
+my ($hid, $tokH) = put_with_token($p, 'h_src', src('H'), 'put H');
 my $pid_h = sql("SELECT payload_id FROM rmsg.message WHERE msg_id = $hid");
 like($pid_h, qr/^\d+$/, 'H has a payload row');
 is(sql("SELECT rmsg.ack($hid)"), 't', 'the message of H acked: its row is unreferenced');
@@ -459,8 +472,7 @@ is( named(sql("SELECT msg_id || ':' || md5(payload) || ':' || length(payload)
 	'the fallback messages read back their exact bytes');
 
 # Control: a token of this session whose data was collected fails with 55000.
-my $qsrc = session_query($t, "SELECT rmsg.put('q_src', " . src('Q') . ");", 'put Q');
-my $tokQ = session_query($t, 'SELECT rmsg.last_data_token();', 'token of Q');
+my ($qsrc, $tokQ) = put_with_token($t, 'q_src', src('Q'), 'put Q');
 is(session_query($t, "SELECT rmsg.ack($qsrc);", 'ack Q'), 't', 'the message of Q acked');
 is(session_query($t, 'SELECT rmsg.collect_payloads();', 'collect Q'), '1', 'the row of Q collected');
 is(session_sqlstate($t, "SELECT rmsg.put('q_tok', NULL::bytea, data_token => $tokQ);"),

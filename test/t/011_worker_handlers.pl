@@ -457,12 +457,12 @@ like(sql(q{SELECT string_agg(last_error, ' | ') FROM rmsg.worker WHERE last_erro
 sql(q{
 	CREATE ROLE app NOLOGIN;
 	GRANT USAGE ON SCHEMA rmsg TO app;
-	GRANT ALL ON ALL TABLES IN SCHEMA rmsg TO app;
-	GRANT ALL ON ALL SEQUENCES IN SCHEMA rmsg TO app;
 	GRANT INSERT ON handled TO app;
 	GRANT USAGE ON SEQUENCE handled_seq_seq TO app;
 	SELECT rmsg.create_queue('appq');
 	SELECT rmsg.create_queue('appq2');
+	SELECT rmsg.grant_queue('appq', 'app', 'manage, get');
+	SELECT rmsg.grant_queue('appq2', 'app', 'manage, get');
 });
 is( sql(q{SET ROLE app; SELECT sqlstate_of($$SELECT rmsg.subscribe('appq2', 'h_private(bytea)')$$)}),
 	'42501', 'subscribing without EXECUTE on the handler: 42501');

@@ -1,0 +1,474 @@
+\echo Use "ALTER EXTENSION recoverable_msg UPDATE TO '1.1'" to load this file. \quit
+
+-- recoverable_msg 1.0 -> 1.1: access control of the extension's own, receipts
+-- for leases, data tokens that cannot store the wrong bytes, and checked input.
+--
+-- In 1.0 a role used the extension through rights on its tables.  From 1.1
+-- the tables are the extension's alone: queues, instances and components have
+-- owners and privileges of their own (rmsg.grant_queue and its kin), and the
+-- functions run their statements as the tables' owner.  So that applications
+-- keep working across the update, the rights roles held on the tables become
+-- the matching privileges on every queue, instance and component that exists
+-- now, and then every right on the tables is revoked (see the end).
+
+------------------------------------------------------------------------------
+-- Owners and privileges
+------------------------------------------------------------------------------
+
+ALTER TABLE rmsg.queue ADD COLUMN owner regrole, ADD COLUMN acl aclitem[];
+UPDATE rmsg.queue
+   SET owner = (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'recoverable_msg');
+ALTER TABLE rmsg.queue ALTER COLUMN owner SET NOT NULL;
+
+ALTER TABLE rmsg.instance ADD COLUMN owner regrole, ADD COLUMN acl aclitem[];
+UPDATE rmsg.instance
+   SET owner = (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'recoverable_msg');
+ALTER TABLE rmsg.instance ALTER COLUMN owner SET NOT NULL;
+
+-- The committed interaction contract: a component is a caller's or a
+-- callee's name, and belongs to the role that first used it.
+CREATE TABLE rmsg.component (
+    name            text PRIMARY KEY,
+    owner           regrole NOT NULL,
+    acl             aclitem[],
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE rmsg.component IS 'callers and callees of the contract: who owns each name, and who else may use it';
+SELECT pg_catalog.pg_extension_config_dump('rmsg.component', '');
+REVOKE ALL ON rmsg.component FROM PUBLIC;
+INSERT INTO rmsg.component (name, owner)
+SELECT n.name, e.extowner::regrole
+  FROM (SELECT caller AS name FROM rmsg.caller
+        UNION SELECT callee FROM rmsg.last_call
+        UNION SELECT callee FROM rmsg.call_log) n,
+       pg_catalog.pg_extension e
+ WHERE e.extname = 'recoverable_msg';
+
+------------------------------------------------------------------------------
+-- Receipts: each lease of a message gets one
+------------------------------------------------------------------------------
+
+ALTER TABLE rmsg.message ADD COLUMN receipt bigint;
+ALTER TABLE rmsg.instance_message ADD COLUMN receipt bigint;
+
+------------------------------------------------------------------------------
+-- The rights 1.0 gave through the tables become privileges
+------------------------------------------------------------------------------
+
+DO $migrate$
+DECLARE
+    held record;
+    grantee_name text;
+BEGIN
+    -- Per role (0: PUBLIC) that held rights on our tables: what they let it do.
+    FOR held IN
+        SELECT a.grantee,
+               nullif(concat_ws(',',
+                   CASE WHEN bool_or(c.relname = 'message' AND a.privilege_type = 'INSERT') THEN 'INSERT' END,
+                   CASE WHEN bool_or(c.relname = 'message' AND a.privilege_type = 'UPDATE') THEN 'SELECT' END,
+                   CASE WHEN bool_or(c.relname = 'queue' AND a.privilege_type = 'DELETE') THEN 'UPDATE' END),
+                   '') AS queue_rights,
+               nullif(concat_ws(',',
+                   CASE WHEN bool_or(c.relname = 'instance_message' AND a.privilege_type = 'INSERT') THEN 'INSERT' END,
+                   CASE WHEN bool_or(c.relname = 'instance_message' AND a.privilege_type = 'UPDATE') THEN 'SELECT' END,
+                   CASE WHEN bool_or(c.relname = 'instance' AND a.privilege_type = 'DELETE') THEN 'UPDATE' END),
+                   '') AS instance_rights,
+               bool_or((c.relname = 'caller' AND a.privilege_type = 'UPDATE')
+                       OR (c.relname = 'last_call' AND a.privilege_type = 'INSERT')) AS use_component,
+               bool_or(c.relname = 'queue' AND a.privilege_type = 'INSERT') AS create_queue,
+               bool_or(c.relname = 'instance' AND a.privilege_type = 'INSERT') AS create_instance
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'rmsg'::regnamespace AND a.grantee <> c.relowner
+         GROUP BY a.grantee
+    LOOP
+        IF held.queue_rights IS NOT NULL THEN
+            UPDATE rmsg.queue
+               SET acl = coalesce(acl, '{}') ||
+                         pg_catalog.makeaclitem(held.grantee, owner, held.queue_rights, false);
+        END IF;
+        IF held.instance_rights IS NOT NULL THEN
+            UPDATE rmsg.instance
+               SET acl = coalesce(acl, '{}') ||
+                         pg_catalog.makeaclitem(held.grantee, owner, held.instance_rights, false);
+        END IF;
+        IF held.use_component THEN
+            UPDATE rmsg.component
+               SET acl = coalesce(acl, '{}') ||
+                         pg_catalog.makeaclitem(held.grantee, owner, 'SELECT', false);
+        END IF;
+
+        grantee_name := CASE WHEN held.grantee = 0 THEN 'PUBLIC'
+                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(held.grantee)) END;
+        IF held.create_queue THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO %s',
+                           grantee_name);
+        END IF;
+        IF held.create_instance THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) TO %s',
+                           grantee_name);
+        END IF;
+    END LOOP;
+
+    -- No role but the owner keeps any right on the tables and sequences.
+    FOR held IN
+        SELECT DISTINCT c.oid::regclass AS rel, a.grantee
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'rmsg'::regnamespace AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', held.rel,
+                       CASE WHEN held.grantee = 0 THEN 'PUBLIC'
+                            ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(held.grantee)) END);
+    END LOOP;
+END
+$migrate$;
+
+------------------------------------------------------------------------------
+-- Functions whose results or arguments changed
+------------------------------------------------------------------------------
+
+DROP FUNCTION rmsg.get(text, int, interval, interval);
+CREATE FUNCTION rmsg.get(queue text, max int DEFAULT 1,
+                         visibility interval DEFAULT '30 seconds',
+                         wait interval DEFAULT NULL)
+RETURNS TABLE (msg_id bigint, payload bytea, headers jsonb, deliveries int,
+               enqueued_at timestamptz, data_token bigint, receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_get'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+COMMENT ON FUNCTION rmsg.get(text, int, interval, interval) IS
+  'take up to max ready messages, invisible to others for visibility; with wait, block until one is ready. receipt names each lease';
+
+CREATE FUNCTION rmsg.ack(msg_id bigint, receipt bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_ack_receipt'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint, bigint) IS
+  'remove a message while the lease its receipt names holds; false when that lease is gone (a NULL receipt acks without one)';
+
+CREATE FUNCTION rmsg.ack(msg_ids bigint[], receipts bigint[])
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_ack_many_receipts'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint[], bigint[]) IS
+  'remove several messages, each while the lease of the receipt in the same position holds; returns how many went';
+
+DROP FUNCTION rmsg.nack(bigint, interval);
+CREATE FUNCTION rmsg.nack(msg_id bigint, delay interval DEFAULT NULL, receipt bigint DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_nack'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.nack(bigint, interval, bigint) IS
+  'give a delivered message back: ready again after delay (default at once); false when it is not in flight (under the receipt''s lease, when given)';
+
+DROP FUNCTION rmsg.extend(bigint, interval);
+CREATE FUNCTION rmsg.extend(msg_id bigint, visibility interval, receipt bigint DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_extend'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.extend(bigint, interval, bigint) IS
+  'keep a delivered message invisible for visibility from now; false when it is not in flight (under the receipt''s lease, when given)';
+
+DROP FUNCTION rmsg.receive(text, int, interval);
+CREATE FUNCTION rmsg.receive(instance text, max int DEFAULT 1,
+                             visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(msg_id bigint, kind text, payload bytea, headers jsonb, deliveries int,
+              receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_receive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive(text, int, interval) IS
+  'lease up to max messages from the head of an instance''s line, unless some are in flight; in recovery only recovery messages';
+
+DROP FUNCTION rmsg.receive_any(int, interval);
+CREATE FUNCTION rmsg.receive_any(max int DEFAULT 1,
+                                 visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(instance text, msg_id bigint, kind text, payload bytea, headers jsonb,
+              deliveries int, receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_receive_any'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive_any(int, interval) IS
+  'lease the next message of up to max instances that have none in flight and no other receiver, one per instance';
+
+CREATE OR REPLACE FUNCTION rmsg.replay(caller text)
+RETURNS TABLE(call_id bigint, callee text, request bytea, reply bytea)
+AS 'MODULE_PATHNAME', 'rmsg_replay'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
+                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS TABLE(msg_id bigint, token bigint)
+AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint) IS
+  'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.grant_queue(queue text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_queue(text, regrole, text) IS
+  'grant privileges on a queue: put, get (get, ack, nack, extend), manage (drop, subscribe, grant), all';
+
+CREATE FUNCTION rmsg.revoke_queue(queue text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_queue(text, regrole, text) IS
+  'revoke privileges on a queue granted with rmsg.grant_queue';
+
+CREATE FUNCTION rmsg.grant_instance(instance text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_instance(text, regrole, text) IS
+  'grant privileges on an instance: deliver, receive (receive, ack, recovery, state), manage (drop, grant), all';
+
+CREATE FUNCTION rmsg.revoke_instance(instance text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_instance(text, regrole, text) IS
+  'revoke privileges on an instance granted with rmsg.grant_instance';
+
+CREATE FUNCTION rmsg.grant_component(component text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_component'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_component(text, regrole, text) IS
+  'grant privileges on a caller or callee of the contract: use (call or answer as it), manage (grant), all';
+
+CREATE FUNCTION rmsg.revoke_component(component text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_component'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_component(text, regrole, text) IS
+  'revoke privileges on a component granted with rmsg.grant_component';
+
+CREATE FUNCTION rmsg.has_queue_privilege(queue text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_queue_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the queue; NULL when there is no such queue';
+
+CREATE FUNCTION rmsg.has_queue_privilege(role regrole, queue text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_queue_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the queue; NULL when there is no such queue';
+
+CREATE FUNCTION rmsg.has_instance_privilege(instance text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_instance_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_instance_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the instance; NULL when there is no such instance';
+
+CREATE FUNCTION rmsg.has_instance_privilege(role regrole, instance text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_instance_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_instance_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the instance; NULL when there is no such instance';
+
+CREATE FUNCTION rmsg.has_component_privilege(component text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_component_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_component_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the component; NULL when nobody used the name yet';
+
+CREATE FUNCTION rmsg.has_component_privilege(role regrole, component text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_component_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_component_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the component; NULL when nobody used the name yet';
+
+-- Making queues and instances, and the maintenance, are for the roles an
+-- administrator grants them to.
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.collect_payloads() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Monitoring: the stat_* functions are for monitoring roles; the views show
+-- each role what it may see
+------------------------------------------------------------------------------
+
+DROP VIEW rmsg.log_stats;
+DROP FUNCTION rmsg.stat_log();
+CREATE FUNCTION rmsg.stat_log(
+    OUT forces bigint, OUT forces_avoided bigint,
+    OUT payload_bytes_written bigint, OUT payload_bytes_referenced bigint,
+    OUT puts_written bigint, OUT puts_referenced bigint,
+    OUT payloads_collected bigint, OUT stats_since timestamptz,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_log'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_log() IS 'the counters behind rmsg.log_stats';
+
+-- Counters since the server started (stats_since).  forces: WAL flushes
+-- the contract made (prepare_call, force_log); forces_avoided: calls sent
+-- without a force although the caller's session had a commit not yet
+-- flushed, which the prior art (force before every send) would have made.
+CREATE VIEW rmsg.log_stats AS
+SELECT s.*,
+       (SELECT count(*) FROM rmsg.payload) AS payload_rows
+  FROM rmsg.stat_log() s;
+COMMENT ON VIEW rmsg.log_stats IS
+  'log activity since server start: forces of the contract and those avoided, payload bytes written and referenced instead of written, payload rows collected';
+
+CREATE FUNCTION rmsg.queue_counters(
+    OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_queue_counters'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.queue_counters() IS
+  'the counters of the queues the current role may see, behind rmsg.queues';
+
+
+
+-- One scan of a queue's messages: ready (visible now), in flight (delivered,
+-- lease running), delayed (put or nacked with a delay that has not passed).
+CREATE OR REPLACE VIEW rmsg.queues AS
+SELECT q.name AS queue,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.in_flight, 0) AS in_flight,
+       coalesce(m.delayed, 0) AS delayed,
+       coalesce(d.dead, 0) AS dead,
+       m.oldest_ready_age,
+       q.max_deliveries,
+       dlq.name AS dead_letter_queue,
+       q.dedup,
+       coalesce(m.bytes, 0) AS payload_bytes,
+       q.created_at,
+       st.bytes_written,
+       st.bytes_referenced,
+       q.owner,
+       st.stale_receipts
+  FROM rmsg.queue q
+  LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
+  LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.visible_at > now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
+               now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
+               sum(mm.payload_size) AS bytes
+          FROM rmsg.message mm
+         WHERE mm.queue_id = q.queue_id) m ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS dead
+          FROM rmsg.dead_message dm
+         WHERE dm.queue_id = q.queue_id) d ON true
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+DROP FUNCTION rmsg.stat_queues();
+CREATE FUNCTION rmsg.stat_queues(
+    OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_queues'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_queues() IS 'the counters of every queue of this database, for monitoring roles';
+
+-- One scan of each instance's line.  A normal message of a recovering
+-- instance is deferred, whether it arrived before recovery began or since.
+CREATE OR REPLACE VIEW rmsg.instances AS
+SELECT i.name AS instance,
+       i.mode,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.deferred, 0) AS deferred,
+       coalesce(m.in_flight, 0) AS in_flight,
+       i.recovery_since,
+       m.oldest_age,
+       i.state_saved_at,
+       i.created_at,
+       coalesce(m.recovery_messages, 0) AS recovery_messages,
+       i.owner
+  FROM rmsg.instance i
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND (i.mode = 'normal' OR mm.kind = 'recovery')) AS ready,
+               count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND i.mode = 'recovery' AND mm.kind = 'normal') AS deferred,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.kind = 'recovery') AS recovery_messages,
+               now() - min(mm.enqueued_at) AS oldest_age
+          FROM rmsg.instance_message mm
+         WHERE mm.instance_id = i.instance_id) m ON true
+ WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+CREATE OR REPLACE VIEW rmsg.last_calls AS
+SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
+  FROM rmsg.last_call
+ WHERE rmsg.has_component_privilege(callee, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+CREATE OR REPLACE VIEW rmsg.callers AS
+SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.call_id > c.checkpoint_call_id) AS logged_calls,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.reply IS NULL) AS calls_without_reply
+  FROM rmsg.caller c
+ WHERE rmsg.has_component_privilege(c.caller, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+-- A queue's handler shows to the roles with a privilege on the queue, an
+-- instance prefix's to its role (and the members of it).
+CREATE OR REPLACE VIEW rmsg.handlers AS
+SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
+       s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'instance', h.prefix, h.handler, 1, h.owner,
+       h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+  FROM rmsg.instance_handler h
+ WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+-- Every privilege granted on the objects the role may see.
+CREATE VIEW rmsg.privileges AS
+SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
+       CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
+                             ELSE 'manage' END AS privilege
+  FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'instance', i.name, i.owner, a.grantee::regrole,
+       CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
+                             ELSE 'manage' END
+  FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
+ WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'component', c.name, c.owner, a.grantee::regrole,
+       CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
+  FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
+ WHERE rmsg.has_component_privilege(c.name, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.privileges IS
+  'the privileges granted on the queues, instances and components the current role may see (grantee - is PUBLIC); owners hold every privilege';
+
+REVOKE EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_components(),
+                           rmsg.stat_worker() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_components(),
+                          rmsg.stat_worker() TO pg_read_all_stats;
+GRANT SELECT ON rmsg.queues, rmsg.instances, rmsg.last_calls, rmsg.callers,
+                rmsg.handlers, rmsg.privileges TO PUBLIC;
+GRANT SELECT ON rmsg.log_stats, rmsg.called_components, rmsg.worker TO pg_read_all_stats;

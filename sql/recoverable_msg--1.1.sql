@@ -1,0 +1,864 @@
+\echo Use "CREATE EXTENSION recoverable_msg" to load this file. \quit
+
+-- recoverable_msg 1.1: the message store and the queue interface.
+--
+-- Every row here is WAL-backed: a message survives a crash exactly when the
+-- transaction that put it committed.  Payload data lives in rows of its own
+-- (rmsg.payload) that messages reference, so that a later put of the same
+-- data can store a reference instead of the data (seed 004); payloads no
+-- larger than rmsg.inline_payload_max (2000 bytes by default) are kept
+-- inline in the message row, which saves every put a second row.
+--
+-- The tables are the extension's alone: no application role holds any right
+-- on them.  The functions run their statements as the tables' owner, after
+-- checking the privileges the extension keeps for each queue, instance and
+-- component (its owner, and an aclitem[] of what was granted with
+-- rmsg.grant_queue and its kin).
+
+CREATE SEQUENCE rmsg.msg_id_seq;
+CREATE SEQUENCE rmsg.payload_id_seq;
+
+CREATE TABLE rmsg.queue (
+    queue_id        int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    max_deliveries  int NOT NULL CHECK (max_deliveries > 0),
+    dead_letter_queue_id int REFERENCES rmsg.queue (queue_id),
+    dedup           text NOT NULL CHECK (dedup IN ('none', 'token', 'content')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    owner           regrole NOT NULL,   -- the role that created it
+    acl             aclitem[]           -- put (INSERT), get (SELECT), manage (UPDATE)
+);
+COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
+
+-- A payload row is written once and referenced by every message (live or
+-- dead) that carries its data; nothing counts the references, so sharing a
+-- row costs a put no write to it.  rmsg.collect_payloads removes the rows no
+-- message references any more (the seed's checkpoint).  hash is set for
+-- rows written by queues with dedup = 'content', which find them by it.
+CREATE TABLE rmsg.payload (
+    payload_id      bigint PRIMARY KEY DEFAULT nextval('rmsg.payload_id_seq'),
+    hash            bigint,
+    data            bytea NOT NULL
+);
+ALTER SEQUENCE rmsg.payload_id_seq OWNED BY rmsg.payload.payload_id;
+CREATE INDEX payload_hash_idx ON rmsg.payload (hash) WHERE hash IS NOT NULL;
+COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
+
+-- A message is ready once visible_at has passed and it is not leased.  A
+-- get leases it until lease_until, which is not indexed: leasing, extending
+-- and most nacks are HOT updates that add no index entry (hence the
+-- fillfactor), and an expired lease leaves the message at its old place in
+-- line.  The ready index leads a get to its queue's ready messages in the
+-- order they became ready; delayed messages lie beyond now and are never
+-- visited.  payload_id and inline_data: exactly one is set.  receipt names
+-- the current lease, a random number handed to the consumer with it.
+CREATE TABLE rmsg.message (
+    msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
+    queue_id        int NOT NULL,
+    deliveries      int NOT NULL DEFAULT 0,
+    visible_at      timestamptz NOT NULL,
+    lease_until     timestamptz,
+    enqueued_at     timestamptz NOT NULL,
+    payload_size    int NOT NULL,
+    payload_id      bigint,
+    headers         jsonb,
+    inline_data     bytea,
+    CHECK ((payload_id IS NULL) <> (inline_data IS NULL)),
+    receipt         bigint
+) WITH (fillfactor = 70);
+ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
+CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
+-- For rmsg.collect_payloads: which payload rows are still referenced.
+-- Inline messages have no entry.
+CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id IS NOT NULL;
+COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
+
+-- Messages that used up max_deliveries in a queue without a dead-letter
+-- queue.  They keep their payload reference, so nothing is lost; the views
+-- count them and rmsg.ack removes them.
+CREATE TABLE rmsg.dead_message (
+    msg_id          bigint PRIMARY KEY,
+    queue_id        int NOT NULL,
+    deliveries      int NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    died_at         timestamptz NOT NULL,
+    payload_size    int NOT NULL,
+    payload_id      bigint,
+    headers         jsonb,
+    inline_data     bytea
+);
+CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
+CREATE INDEX dead_message_payload_idx ON rmsg.dead_message (payload_id) WHERE payload_id IS NOT NULL;
+COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
+
+-- The committed interaction contract (seeds 000, 003).  A caller's log:
+-- its row here (next call id, last checkpoint) and its calls since that
+-- checkpoint in rmsg.call_log.  Written by the contract functions only, and
+-- committed lazily: prepare_call forces the WAL when a callee is about to
+-- release a reply the log does not hold stably yet.
+CREATE TABLE rmsg.caller (
+    caller              text PRIMARY KEY,
+    next_call_id        bigint NOT NULL CHECK (next_call_id > 0),
+    checkpoint_call_id  bigint NOT NULL DEFAULT 0,
+    state               jsonb,
+    checkpointed_at     timestamptz,
+    -- when the shared memory the caller was last (re)started in was made:
+    -- a newer one means the server restarted and the caller must restart
+    incarnation         timestamptz NOT NULL
+);
+COMMENT ON TABLE rmsg.caller IS 'callers of the committed interaction contract: next call id and last checkpoint';
+
+CREATE TABLE rmsg.call_log (
+    caller          text NOT NULL,
+    call_id         bigint NOT NULL,
+    callee          text NOT NULL,
+    request         bytea,
+    reply           bytea,          -- NULL until rmsg.record_reply
+    PRIMARY KEY (caller, call_id)
+) WITH (fillfactor = 70);           -- room for record_reply's HOT update
+-- prepare_call checks that the previous call to the same callee has its reply
+CREATE INDEX call_log_callee_idx ON rmsg.call_log (caller, callee, call_id);
+COMMENT ON TABLE rmsg.call_log IS 'the calls of each caller since its last checkpoint, with their replies';
+
+-- A callee's last replies per caller (rmsg.last_call_depth of them), kept
+-- stably until the caller calls again.
+CREATE TABLE rmsg.last_call (
+    callee          text NOT NULL,
+    caller          text NOT NULL,
+    call_id         bigint NOT NULL,
+    reply           bytea NOT NULL,
+    stored_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (callee, caller, call_id)
+);
+COMMENT ON TABLE rmsg.last_call IS 'the replies each callee keeps for its callers';
+
+-- Recovery-mode instances (seeds 001, 002).  An instance governs one
+-- conversation: its mode, the application's state, and a line of messages
+-- in arrival order.  While it recovers, its normal messages wait in that
+-- line ("deferred"); nothing marks them, so completing recovery releases
+-- them all by changing the mode alone, and none can be left behind.
+CREATE TABLE rmsg.instance (
+    instance_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    mode            text NOT NULL DEFAULT 'normal' CHECK (mode IN ('normal', 'recovery')),
+    recovery_since  timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    state_saved_at  timestamptz NOT NULL DEFAULT now(),
+    state           jsonb NOT NULL,
+    CHECK ((mode = 'recovery') = (recovery_since IS NOT NULL)),
+    owner           regrole NOT NULL,   -- the role that created it
+    acl             aclitem[]           -- deliver (INSERT), receive (SELECT), manage (UPDATE)
+);
+COMMENT ON TABLE rmsg.instance IS 'one row per instance: mode and saved state; use rmsg.create_instance and rmsg.drop_instance';
+
+-- An instance's messages, in msg_id order: deliveries to one instance are
+-- serialized (instance.c), so that is also the order they committed in.
+-- Taking a lease is a HOT update (no index holds lease_until).  The partial
+-- index finds a recovering instance's recovery messages without walking
+-- past its deferred normal ones.
+CREATE TABLE rmsg.instance_message (
+    msg_id          bigint PRIMARY KEY,     -- from rmsg.msg_id_seq
+    instance_id     bigint NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('normal', 'recovery')),
+    deliveries      int NOT NULL DEFAULT 0,
+    lease_until     timestamptz,
+    enqueued_at     timestamptz NOT NULL,
+    headers         jsonb,
+    payload         bytea NOT NULL,
+    receipt         bigint
+) WITH (fillfactor = 70);
+CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, msg_id);
+CREATE INDEX instance_message_recovery_idx ON rmsg.instance_message (instance_id, msg_id)
+    WHERE kind = 'recovery';
+COMMENT ON TABLE rmsg.instance_message IS 'the messages delivered to instances and not yet acked';
+
+-- Handlers (the background worker).  A queue has at most one, dropped with
+-- the queue; an instance is handled by the handler of the longest prefix
+-- of its name.  A handler runs as owner, the role that registered it.
+-- The worker writes the error columns in the transaction that records a
+-- failed message's retry or dead letter.
+CREATE TABLE rmsg.subscription (
+    queue_id        int PRIMARY KEY REFERENCES rmsg.queue (queue_id) ON DELETE CASCADE,
+    handler         regprocedure NOT NULL,
+    batch           int NOT NULL CHECK (batch > 0),
+    owner           regrole NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    errors          bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    last_error_msg_id bigint
+);
+COMMENT ON TABLE rmsg.subscription IS 'the handler of each subscribed queue; use rmsg.subscribe and rmsg.unsubscribe';
+
+CREATE TABLE rmsg.instance_handler (
+    prefix          text PRIMARY KEY,
+    handler         regprocedure NOT NULL,
+    owner           regrole NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    errors          bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    last_error_msg_id bigint
+);
+COMMENT ON TABLE rmsg.instance_handler IS 'the handlers of instances by name prefix; use rmsg.set_handler and rmsg.remove_handler';
+
+-- The committed interaction contract: a component is a caller's or a
+-- callee's name, and belongs to the role that first used it.
+CREATE TABLE rmsg.component (
+    name            text PRIMARY KEY,
+    owner           regrole NOT NULL,
+    acl             aclitem[],
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE rmsg.component IS 'callers and callees of the contract: who owns each name, and who else may use it';
+
+-- pg_dump keeps the messages with the extension.
+SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.caller', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.call_log', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.last_call', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.subscription', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_handler', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.component', '');
+
+-- The tables are reached through the functions below; nobody else writes them.
+REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
+              rmsg.caller, rmsg.call_log, rmsg.last_call,
+              rmsg.instance, rmsg.instance_message,
+              rmsg.subscription, rmsg.instance_handler, rmsg.component FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Queues
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.create_queue(queue text, max_deliveries int DEFAULT 5,
+                                  dead_letter_queue text DEFAULT NULL,
+                                  dedup text DEFAULT 'token')
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_queue(text, int, text, text) IS
+  'create a queue; messages delivered max_deliveries times without an ack go to dead_letter_queue, or are kept as dead';
+
+CREATE FUNCTION rmsg.drop_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_drop_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.drop_queue(text) IS
+  'drop a queue with all its messages';
+
+CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL';
+
+-- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
+-- jsonb''s text form), so every consumer reads bytea.
+CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint) IS
+  'put a text message, stored as its bytes in the database encoding';
+
+CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint) IS
+  'put a jsonb message, stored as the bytes of its text form';
+
+CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb) IS
+  'put one message per array element in one statement; returns the msg_ids in array order';
+
+CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
+                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+RETURNS TABLE(msg_id bigint, token bigint)
+AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint) IS
+  'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
+
+------------------------------------------------------------------------------
+-- Deduplicated logging (seed 004)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.last_data_token()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_last_data_token'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.last_data_token() IS
+  'the data token of this session''s immediately preceding put or get; NULL after a get that returned nothing';
+
+CREATE FUNCTION rmsg.forward(msg_id bigint, queue text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_forward'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.forward(bigint, text) IS
+  'put the data and headers of an existing message to queue, by reference; returns the new msg_id';
+
+CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 8;
+COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb) IS
+  'put the same payload to every queue of the array, data written once; returns the msg_ids in array order';
+
+CREATE FUNCTION rmsg.collect_payloads()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_collect_payloads'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.collect_payloads() IS
+  'remove the payload rows no message references any more; returns how many';
+
+CREATE FUNCTION rmsg.get(queue text, max int DEFAULT 1,
+                         visibility interval DEFAULT '30 seconds',
+                         wait interval DEFAULT NULL)
+RETURNS TABLE (msg_id bigint, payload bytea, headers jsonb, deliveries int,
+               enqueued_at timestamptz, data_token bigint, receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_get'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+COMMENT ON FUNCTION rmsg.get(text, int, interval, interval) IS
+  'take up to max ready messages, invisible to others for visibility; with wait, block until one is ready. receipt names each lease';
+
+CREATE FUNCTION rmsg.ack(msg_id bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_ack'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint) IS
+  'remove a message for good; false when there is no such message';
+
+CREATE FUNCTION rmsg.ack(msg_ids bigint[])
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_ack_many'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint[]) IS
+  'remove several messages; returns how many existed';
+
+CREATE FUNCTION rmsg.ack(msg_id bigint, receipt bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_ack_receipt'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint, bigint) IS
+  'remove a message while the lease its receipt names holds; false when that lease is gone (a NULL receipt acks without one)';
+
+CREATE FUNCTION rmsg.ack(msg_ids bigint[], receipts bigint[])
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_ack_many_receipts'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.ack(bigint[], bigint[]) IS
+  'remove several messages, each while the lease of the receipt in the same position holds; returns how many went';
+
+CREATE FUNCTION rmsg.nack(msg_id bigint, delay interval DEFAULT NULL, receipt bigint DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_nack'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.nack(bigint, interval, bigint) IS
+  'give a delivered message back: ready again after delay (default at once); false when it is not in flight (under the receipt''s lease, when given)';
+
+CREATE FUNCTION rmsg.extend(msg_id bigint, visibility interval, receipt bigint DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_extend'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.extend(bigint, interval, bigint) IS
+  'keep a delivered message invisible for visibility from now; false when it is not in flight (under the receipt''s lease, when given)';
+
+------------------------------------------------------------------------------
+-- The committed interaction contract (seeds 000, 003)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.prepare_call(caller text, callee text, request bytea DEFAULT NULL,
+                                  OUT call_id bigint, OUT forced boolean,
+                                  OUT logged_reply bytea)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rmsg_prepare_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.prepare_call(text, text, bytea) IS
+  'the caller''s next call id; forces the WAL first iff callee would release a reply not yet stable here. During replay, logged_reply is the reply the log kept: do not send the call';
+
+CREATE FUNCTION rmsg.record_reply(caller text, call_id bigint, reply bytea)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_record_reply'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.record_reply(text, bigint, bytea) IS
+  'log the reply to a call, lazily (its transaction commits without waiting for the WAL flush)';
+
+CREATE FUNCTION rmsg.force_log(caller text)
+RETURNS pg_lsn
+AS 'MODULE_PATHNAME', 'rmsg_force_log'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.force_log(text) IS
+  'make everything logged so far stable (after non-determinism); returns the flushed LSN';
+
+CREATE FUNCTION rmsg.checkpoint(caller text, state jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_checkpoint'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.checkpoint(text, jsonb) IS
+  'save the caller''s state as of its last call; restart returns to it';
+
+CREATE FUNCTION rmsg.restart(caller text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'rmsg_restart'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.restart(text) IS
+  'after a crash: rewind the caller to its checkpoint and return the state saved there (NULL: start afresh)';
+
+CREATE FUNCTION rmsg.replay(caller text)
+RETURNS TABLE(call_id bigint, callee text, request bytea, reply bytea)
+AS 'MODULE_PATHNAME', 'rmsg_replay'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.replay(text) IS
+  'the calls the caller''s log holds since its checkpoint, in order; reply is NULL for a call whose reply was not logged';
+
+CREATE FUNCTION rmsg.accept_call(callee text, caller text, call_id bigint,
+                                 request bytea DEFAULT NULL,
+                                 OUT status text, OUT reply bytea)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rmsg_accept_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.accept_call(text, text, bigint, bytea) IS
+  'callee side: ''new'' (do the work and rmsg.reply in this transaction) or ''duplicate'' with the saved reply';
+
+CREATE FUNCTION rmsg.reply(callee text, caller text, call_id bigint, reply bytea)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_reply'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.reply(text, text, bigint, bytea) IS
+  'callee side: store the reply with the call''s work; stable when the transaction commits, whatever synchronous_commit';
+
+------------------------------------------------------------------------------
+-- Recovery-mode instances (seeds 001, 002)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.create_instance(instance text, state jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_instance(text, jsonb) IS
+  'create an instance in normal mode with its initial state';
+
+CREATE FUNCTION rmsg.drop_instance(instance text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_drop_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.drop_instance(text) IS
+  'drop an instance with its state and every message delivered to it';
+
+CREATE FUNCTION rmsg.begin_recovery(instance text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_begin_recovery'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.begin_recovery(text) IS
+  'put an instance in recovery mode: from now on only its recovery messages are received, normal ones are deferred';
+
+CREATE FUNCTION rmsg.deliver(instance text, payload bytea, kind text DEFAULT 'normal',
+                             headers jsonb DEFAULT NULL)
+RETURNS TABLE(msg_id bigint, disposition text)
+AS 'MODULE_PATHNAME', 'rmsg_deliver'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.deliver(text, bytea, text, jsonb) IS
+  'append a message to an instance''s line: ''ready'', or ''deferred'' when it is normal and the instance recovers';
+
+CREATE FUNCTION rmsg.receive(instance text, max int DEFAULT 1,
+                             visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(msg_id bigint, kind text, payload bytea, headers jsonb, deliveries int,
+              receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_receive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive(text, int, interval) IS
+  'lease up to max messages from the head of an instance''s line, unless some are in flight; in recovery only recovery messages';
+
+CREATE FUNCTION rmsg.receive_any(max int DEFAULT 1,
+                                 visibility interval DEFAULT '30 seconds')
+RETURNS TABLE(instance text, msg_id bigint, kind text, payload bytea, headers jsonb,
+              deliveries int, receipt bigint)
+AS 'MODULE_PATHNAME', 'rmsg_receive_any'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.receive_any(int, interval) IS
+  'lease the next message of up to max instances that have none in flight and no other receiver, one per instance';
+
+CREATE FUNCTION rmsg.save_state(instance text, state jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_save_state'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.save_state(text, jsonb) IS
+  'save an instance''s state; it commits with the transaction that handled the message';
+
+CREATE FUNCTION rmsg.load_state(instance text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'rmsg_load_state'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rmsg.load_state(text) IS
+  'an instance''s last saved state';
+
+CREATE FUNCTION rmsg.complete_recovery(instance text, state jsonb DEFAULT NULL)
+RETURNS int
+AS 'MODULE_PATHNAME', 'rmsg_complete_recovery'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.complete_recovery(text, jsonb) IS
+  'save the mode as normal (and the state, if given); returns how many deferred messages that released, first in line';
+
+------------------------------------------------------------------------------
+-- Handlers, called by the background worker
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.subscribe(queue text, handler regprocedure, batch int DEFAULT 1)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_subscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.subscribe(text, regprocedure, int) IS
+  'have the worker call handler(payload bytea [, headers jsonb [, msg_id bigint]]) for each ready message of queue, up to batch per transaction; replaces the queue''s handler';
+
+CREATE FUNCTION rmsg.unsubscribe(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_unsubscribe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.unsubscribe(text) IS
+  'stop calling the queue''s handler; its messages stay in the queue';
+
+CREATE FUNCTION rmsg.set_handler(instance_prefix text, handler regprocedure)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_set_handler'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.set_handler(text, regprocedure) IS
+  'have the worker call handler(instance text, payload bytea [, kind text [, headers jsonb [, msg_id bigint]]]) for the messages of instances whose name starts with instance_prefix, one at a time, in order';
+
+CREATE FUNCTION rmsg.remove_handler(instance_prefix text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_remove_handler'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.remove_handler(text) IS
+  'stop calling the handler of instance_prefix; the messages stay in their lines';
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.grant_queue(queue text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_queue(text, regrole, text) IS
+  'grant privileges on a queue: put, get (get, ack, nack, extend), manage (drop, subscribe, grant), all';
+
+CREATE FUNCTION rmsg.revoke_queue(queue text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_queue(text, regrole, text) IS
+  'revoke privileges on a queue granted with rmsg.grant_queue';
+
+CREATE FUNCTION rmsg.grant_instance(instance text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_instance(text, regrole, text) IS
+  'grant privileges on an instance: deliver, receive (receive, ack, recovery, state), manage (drop, grant), all';
+
+CREATE FUNCTION rmsg.revoke_instance(instance text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_instance'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_instance(text, regrole, text) IS
+  'revoke privileges on an instance granted with rmsg.grant_instance';
+
+CREATE FUNCTION rmsg.grant_component(component text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_grant_component'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.grant_component(text, regrole, text) IS
+  'grant privileges on a caller or callee of the contract: use (call or answer as it), manage (grant), all';
+
+CREATE FUNCTION rmsg.revoke_component(component text, role regrole, privileges text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_revoke_component'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.revoke_component(text, regrole, text) IS
+  'revoke privileges on a component granted with rmsg.grant_component';
+
+CREATE FUNCTION rmsg.has_queue_privilege(queue text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_queue_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the queue; NULL when there is no such queue';
+
+CREATE FUNCTION rmsg.has_queue_privilege(role regrole, queue text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_queue_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the queue; NULL when there is no such queue';
+
+CREATE FUNCTION rmsg.has_instance_privilege(instance text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_instance_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_instance_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the instance; NULL when there is no such instance';
+
+CREATE FUNCTION rmsg.has_instance_privilege(role regrole, instance text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_instance_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_instance_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the instance; NULL when there is no such instance';
+
+CREATE FUNCTION rmsg.has_component_privilege(component text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_component_privilege'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_component_privilege(text, text) IS
+  'whether the current role holds any of the privileges named on the component; NULL when nobody used the name yet';
+
+CREATE FUNCTION rmsg.has_component_privilege(role regrole, component text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rmsg_has_component_privilege_role'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.has_component_privilege(regrole, text, text) IS
+  'whether the role holds any of the privileges named on the component; NULL when nobody used the name yet';
+
+-- Making queues and instances, and the maintenance, are for the roles an
+-- administrator grants them to.
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.collect_payloads() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Monitoring: the stat_* functions are for monitoring roles; the views show
+-- each role what it may see
+------------------------------------------------------------------------------
+
+CREATE FUNCTION rmsg.stat_log(
+    OUT forces bigint, OUT forces_avoided bigint,
+    OUT payload_bytes_written bigint, OUT payload_bytes_referenced bigint,
+    OUT puts_written bigint, OUT puts_referenced bigint,
+    OUT payloads_collected bigint, OUT stats_since timestamptz,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_log'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_log() IS 'the counters behind rmsg.log_stats';
+
+CREATE FUNCTION rmsg.queue_counters(
+    OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_queue_counters'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.queue_counters() IS
+  'the counters of the queues the current role may see, behind rmsg.queues';
+
+CREATE FUNCTION rmsg.stat_queues(
+    OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
+    OUT stale_receipts bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_queues'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_queues() IS 'the counters of every queue of this database, for monitoring roles';
+
+-- Counters since the server started (stats_since).  forces: WAL flushes
+-- the contract made (prepare_call, force_log); forces_avoided: calls sent
+-- without a force although the caller's session had a commit not yet
+-- flushed, which the prior art (force before every send) would have made.
+CREATE VIEW rmsg.log_stats AS
+SELECT s.*,
+       (SELECT count(*) FROM rmsg.payload) AS payload_rows
+  FROM rmsg.stat_log() s;
+COMMENT ON VIEW rmsg.log_stats IS
+  'log activity since server start: forces of the contract and those avoided, payload bytes written and referenced instead of written, payload rows collected';
+
+CREATE FUNCTION rmsg.stat_components(
+    OUT caller text, OUT callee text, OUT clsn pg_lsn, OUT flushed_lsn pg_lsn,
+    OUT stable boolean, OUT calls bigint, OUT forces bigint,
+    OUT replies_tracked int, OUT last_call_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_components'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_components() IS 'the called-component table behind rmsg.called_components';
+
+-- The called-component table (shared memory, empty after a restart): per
+-- caller and callee, the CLSN of the newest reply logged, whether it is
+-- stable (at or before the flushed LSN), sends prepared and forces made
+-- before them.
+CREATE VIEW rmsg.called_components AS
+SELECT * FROM rmsg.stat_components();
+COMMENT ON VIEW rmsg.called_components IS
+  'per caller and callee: CLSN of the newest logged reply, flushed LSN, whether the reply is stable, calls and forces since server start';
+
+CREATE VIEW rmsg.last_calls AS
+SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
+  FROM rmsg.last_call
+ WHERE rmsg.has_component_privilege(callee, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.last_calls IS
+  'the replies each callee keeps per caller until the caller calls again';
+
+CREATE VIEW rmsg.callers AS
+SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.call_id > c.checkpoint_call_id) AS logged_calls,
+       (SELECT count(*) FROM rmsg.call_log l
+         WHERE l.caller = c.caller AND l.reply IS NULL) AS calls_without_reply
+  FROM rmsg.caller c
+ WHERE rmsg.has_component_privilege(c.caller, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.callers IS
+  'each caller''s next call id, last checkpoint and the calls logged since';
+
+-- One scan of a queue's messages: ready (visible now), in flight (delivered,
+-- lease running), delayed (put or nacked with a delay that has not passed).
+CREATE VIEW rmsg.queues AS
+SELECT q.name AS queue,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.in_flight, 0) AS in_flight,
+       coalesce(m.delayed, 0) AS delayed,
+       coalesce(d.dead, 0) AS dead,
+       m.oldest_ready_age,
+       q.max_deliveries,
+       dlq.name AS dead_letter_queue,
+       q.dedup,
+       coalesce(m.bytes, 0) AS payload_bytes,
+       q.created_at,
+       st.bytes_written,
+       st.bytes_referenced,
+       q.owner,
+       st.stale_receipts
+  FROM rmsg.queue q
+  LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
+  LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.visible_at > now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
+               now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
+                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
+               sum(mm.payload_size) AS bytes
+          FROM rmsg.message mm
+         WHERE mm.queue_id = q.queue_id) m ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS dead
+          FROM rmsg.dead_message dm
+         WHERE dm.queue_id = q.queue_id) d ON true
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.queues IS
+  'one row per queue: ready, in-flight, delayed and dead message counts, age of the oldest ready message, payload bytes written and referenced since server start';
+
+-- One scan of each instance's line.  A normal message of a recovering
+-- instance is deferred, whether it arrived before recovery began or since.
+CREATE VIEW rmsg.instances AS
+SELECT i.name AS instance,
+       i.mode,
+       coalesce(m.ready, 0) AS ready,
+       coalesce(m.deferred, 0) AS deferred,
+       coalesce(m.in_flight, 0) AS in_flight,
+       i.recovery_since,
+       m.oldest_age,
+       i.state_saved_at,
+       i.created_at,
+       coalesce(m.recovery_messages, 0) AS recovery_messages,
+       i.owner
+  FROM rmsg.instance i
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND (i.mode = 'normal' OR mm.kind = 'recovery')) AS ready,
+               count(*) FILTER (WHERE (mm.lease_until IS NULL OR mm.lease_until <= now())
+                                 AND i.mode = 'recovery' AND mm.kind = 'normal') AS deferred,
+               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+               count(*) FILTER (WHERE mm.kind = 'recovery') AS recovery_messages,
+               now() - min(mm.enqueued_at) AS oldest_age
+          FROM rmsg.instance_message mm
+         WHERE mm.instance_id = i.instance_id) m ON true
+ WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.instances IS
+  'one row per instance: mode, messages ready, deferred by recovery and in flight, since when it recovers';
+
+CREATE FUNCTION rmsg.stat_worker(
+    OUT pid int, OUT state text, OUT last_activity timestamptz,
+    OUT processed bigint, OUT errors bigint, OUT worker int, OUT database text,
+    OUT current text, OUT retried bigint, OUT dead_lettered bigint,
+    OUT last_error text, OUT last_error_at timestamptz, OUT started_at timestamptz,
+    OUT maintained_at timestamptz, OUT payloads_collected bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rmsg_stat_worker'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.stat_worker() IS 'the shared worker slots behind rmsg.worker';
+
+-- One row per worker (rmsg.worker_count), running or not; counters since
+-- the server started.  processed: handler calls that succeeded (and were
+-- acked); errors: handler calls that failed, and errors of the worker
+-- itself; dead_lettered: by failed handlers and by the maintenance sweep.
+CREATE VIEW rmsg.worker AS
+SELECT * FROM rmsg.stat_worker();
+COMMENT ON VIEW rmsg.worker IS
+  'the background workers: state, what they handle now, messages handled, errors, the last error, maintenance';
+
+-- A queue's handler shows to the roles with a privilege on the queue, an
+-- instance prefix's to its role (and the members of it).
+CREATE VIEW rmsg.handlers AS
+SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
+       s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'instance', h.prefix, h.handler, 1, h.owner,
+       h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+  FROM rmsg.instance_handler h
+ WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.handlers IS
+  'one row per queue handler and instance handler (target: the queue, or the instance name prefix), with its error count and last error';
+
+-- Every privilege granted on the objects the role may see.
+CREATE VIEW rmsg.privileges AS
+SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
+       CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
+                             ELSE 'manage' END AS privilege
+  FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'instance', i.name, i.owner, a.grantee::regrole,
+       CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
+                             ELSE 'manage' END
+  FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
+ WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+UNION ALL
+SELECT 'component', c.name, c.owner, a.grantee::regrole,
+       CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
+  FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
+ WHERE rmsg.has_component_privilege(c.name, 'use, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.privileges IS
+  'the privileges granted on the queues, instances and components the current role may see (grantee - is PUBLIC); owners hold every privilege';
+
+REVOKE EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_components(),
+                           rmsg.stat_worker() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_components(),
+                          rmsg.stat_worker() TO pg_read_all_stats;
+GRANT SELECT ON rmsg.queues, rmsg.instances, rmsg.last_calls, rmsg.callers,
+                rmsg.handlers, rmsg.privileges TO PUBLIC;
+GRANT SELECT ON rmsg.log_stats, rmsg.called_components, rmsg.worker TO pg_read_all_stats;
