@@ -72,9 +72,9 @@ PG_FUNCTION_INFO_V1(rmsg_receive_any);
 #define LEASE_PICKED \
 	" leased AS (" \
 	"  UPDATE rmsg.instance_message m" \
-	"     SET lease_until = $3, deliveries = m.deliveries + 1" \
+	"     SET lease_until = $3, deliveries = m.deliveries + 1, receipt = $5 # m.msg_id" \
 	"   WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM picked))" \
-	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries)" \
+	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries, m.receipt)" \
 	" SELECT * FROM leased ORDER BY msg_id"
 
 static RmsgPlan receive_plan = {

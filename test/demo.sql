@@ -94,10 +94,10 @@ CREATE TEMP TABLE log_before AS SELECT * FROM rmsg.log_stats;
 \echo '-- an order of 64 KiB of random bytes, put once:'
 SELECT rmsg.put('orders', decode(string_agg(md5(random()::text), ''), 'hex')) AS order_id
   FROM generate_series(1, 4096) \gset
-SELECT msg_id, length(payload) AS bytes, data_token IS NOT NULL AS has_token
-  FROM rmsg.get('orders');
+SELECT msg_id, length(payload) AS bytes, data_token AS order_token
+  FROM rmsg.get('orders') \gset
 \echo '-- the consumer got it with a data token; it passes the data on by reference:'
-SELECT rmsg.put('billing', NULL::bytea, data_token => rmsg.last_data_token()) AS billing_id;
+SELECT rmsg.put('billing', NULL::bytea, data_token => :order_token) AS billing_id;
 SELECT rmsg.forward(:order_id, 'shipping') AS shipping_id;
 SELECT rmsg.forward(:order_id, 'audit') AS audit_id;
 SELECT rmsg.ack(:order_id) AS acked;

@@ -1,0 +1,253 @@
+--
+-- security_roles: the extension's own privileges.  Two tenants, a producer
+-- and an operator: who may create, put, get, ack, subscribe, grant, drop and
+-- see what, for queues, instances and components; and that no application
+-- role needs or holds any right on the extension's tables.
+--
+\i test/lib/regress_helpers.sql
+
+CREATE ROLE sec_tenant_a;
+CREATE ROLE sec_tenant_b;
+CREATE ROLE sec_producer;
+CREATE ROLE sec_ops;
+CREATE ROLE sec_stranger;
+GRANT USAGE ON SCHEMA rmsg TO sec_tenant_a, sec_tenant_b, sec_producer, sec_ops;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text),
+                          rmsg.create_instance(text, jsonb) TO sec_tenant_a, sec_tenant_b;
+
+-- Nobody but the owner holds a right on any table or sequence of ours
+SELECT count(*) AS rights_on_tables
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.relnamespace = 'rmsg'::regnamespace AND c.relkind IN ('r', 'S')
+   AND a.grantee <> c.relowner;
+-- what PUBLIC may execute: not the create functions, the maintenance or the
+-- statistics functions
+SELECT p.proname
+  FROM pg_proc p
+ WHERE p.pronamespace = 'rmsg'::regnamespace
+   AND NOT has_function_privilege('sec_stranger', p.oid, 'EXECUTE')
+ ORDER BY 1;
+
+------------------------------------------------------------------------------
+-- Queues
+------------------------------------------------------------------------------
+
+-- creating takes EXECUTE on create_queue
+SET ROLE sec_producer;
+SELECT sqlstate_of($$SELECT rmsg.create_queue('sec_p')$$);
+RESET ROLE;
+
+SET ROLE sec_tenant_a;
+SELECT rmsg.create_queue('sec_a');
+SELECT rmsg.put('sec_a', 'a-secret'::text) > 0 AS put_by_owner;
+SELECT queue, ready, owner FROM rmsg.queues WHERE queue LIKE 'sec\_%';
+RESET ROLE;
+
+-- tenant b sees nothing of a's queue, and can do nothing with it
+SET ROLE sec_tenant_b;
+SELECT rmsg.create_queue('sec_b');
+SELECT queue FROM rmsg.queues WHERE queue LIKE 'sec\_%';
+SELECT sqlstate_of($$SELECT rmsg.put('sec_a', 'b'::text)$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.get('sec_a')$$);
+SELECT sqlstate_of($$SELECT rmsg.drop_queue('sec_a')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', 'all')$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('sec_a', 'pg_catalog.length(bytea)')$$);
+SELECT sqlstate_of($$SELECT rmsg.put_many(ARRAY['sec_b', 'sec_a'], 'x'::bytea)$$);
+-- a dead-letter queue takes dead letters: naming one takes put on it
+SELECT sqlstate_of($$SELECT rmsg.create_queue('sec_b2', dead_letter_queue => 'sec_a')$$);
+RESET ROLE;
+-- a's message, by id: not there for b (ack, nack, extend: false; forward: 02000)
+SELECT msg_id AS sec_a_msg FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+ WHERE q.name = 'sec_a' \gset
+SET ROLE sec_tenant_b;
+SELECT rmsg.ack(:sec_a_msg) AS ack, rmsg.nack(:sec_a_msg) AS nack,
+       rmsg.extend(:sec_a_msg, '1 minute') AS extend, rmsg.ack(ARRAY[:sec_a_msg]::bigint[]) AS ack_many;
+SELECT sqlstate_of(format('SELECT rmsg.forward(%s, %L)', :sec_a_msg, 'sec_b'));
+RESET ROLE;
+-- a's message is untouched
+SELECT convert_from(inline_data, 'UTF8') AS payload, deliveries, lease_until IS NULL AS not_leased
+  FROM rmsg.message WHERE msg_id = :sec_a_msg;
+
+-- a grants b get; b may now get, but not put or manage
+SET ROLE sec_tenant_a;
+SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', 'get');
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.has_queue_privilege('sec_a', 'get') AS get, rmsg.has_queue_privilege('sec_a', 'put') AS put,
+       rmsg.has_queue_privilege('sec_a', 'manage') AS manage, rmsg.has_queue_privilege('nope', 'get') AS none;
+SELECT queue, ready FROM rmsg.queues WHERE queue LIKE 'sec\_%' ORDER BY queue;
+SELECT convert_from(payload, 'UTF8') AS payload FROM rmsg.get('sec_a');
+SELECT sqlstate_of($$SELECT rmsg.put('sec_a', 'b'::text)$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_stranger', 'get')$$);
+-- forwarding takes get on the source and put on the target
+SELECT rmsg.forward(:sec_a_msg, 'sec_b') > 0 AS forwarded;
+RESET ROLE;
+
+-- the producer gets put only; manage lets a role grant and drop
+SET ROLE sec_tenant_a;
+SELECT rmsg.grant_queue('sec_a', 'sec_producer', 'put'),
+       rmsg.grant_queue('sec_a', 'sec_ops', 'manage');
+RESET ROLE;
+SET ROLE sec_producer;
+SELECT rmsg.put('sec_a', 'from producer'::text) > 0 AS put;
+SELECT sqlstate_of($$SELECT * FROM rmsg.get('sec_a')$$);
+SELECT queue FROM rmsg.queues WHERE queue LIKE 'sec\_%';
+RESET ROLE;
+SET ROLE sec_ops;
+SELECT rmsg.grant_queue('sec_a', 'sec_producer', 'get');
+SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
+ WHERE object = 'sec_a' ORDER BY grantee::text, privilege;
+RESET ROLE;
+
+-- revoking takes effect at once, also in a backend that cached the list
+SET ROLE sec_tenant_b;
+SELECT rmsg.has_queue_privilege('sec_a', 'get') AS get_before;
+RESET ROLE;
+SET ROLE sec_ops;
+SELECT rmsg.revoke_queue('sec_a', 'sec_tenant_b', 'get');
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.has_queue_privilege('sec_a', 'get') AS get_after;
+SELECT sqlstate_of($$SELECT * FROM rmsg.get('sec_a')$$);
+RESET ROLE;
+
+-- bad grants: 22023 (privilege names), 22004 (NULLs), 42704 (queue), 42501
+SET ROLE sec_tenant_a;
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', 'read')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', 'deliver')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', '')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', NULL, 'get')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', NULL)$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_nope', 'sec_tenant_b', 'get')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'no_such_role', 'get')$$);
+-- privilege names in any case, with spaces, and all
+SELECT rmsg.grant_queue('sec_a', 'sec_stranger', ' GET ,Put');
+SELECT rmsg.has_queue_privilege('sec_stranger', 'sec_a', 'put') AS put,
+       rmsg.has_queue_privilege('sec_stranger', 'sec_a', 'manage') AS manage;
+SELECT rmsg.revoke_queue('sec_a', 'sec_stranger', 'all');
+SELECT rmsg.has_queue_privilege('sec_stranger', 'sec_a', 'put, get, manage') AS any;
+RESET ROLE;
+
+-- a role that is a member of a granted role has its privileges
+CREATE ROLE sec_member IN ROLE sec_tenant_b;
+SET ROLE sec_member;
+SELECT rmsg.has_queue_privilege('sec_b', 'put, get, manage') AS owner_rights_by_membership;
+RESET ROLE;
+DROP ROLE sec_member;
+
+-- an operator with pg_read_all_stats sees every queue, and the statistics
+GRANT pg_read_all_stats TO sec_ops;
+SET ROLE sec_ops;
+SELECT queue FROM rmsg.queues WHERE queue LIKE 'sec\_%' ORDER BY queue;
+SELECT count(*) >= 0 AS stats FROM rmsg.log_stats;
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT sqlstate_of($$SELECT * FROM rmsg.log_stats$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.stat_queues()$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.worker$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.called_components$$);
+SELECT sqlstate_of($$SELECT rmsg.collect_payloads()$$);
+RESET ROLE;
+
+------------------------------------------------------------------------------
+-- Handlers
+------------------------------------------------------------------------------
+
+CREATE FUNCTION sec_handler(p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION sec_instance_handler(i text, p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
+SET ROLE sec_tenant_b;
+-- subscribing takes manage and get on the queue
+SELECT sqlstate_of($$SELECT rmsg.subscribe('sec_a', 'sec_handler(bytea)')$$);
+SELECT rmsg.subscribe('sec_b', 'sec_handler(bytea)');
+SELECT kind, target, owner FROM rmsg.handlers WHERE target LIKE 'sec%';
+-- an instance prefix nobody holds is free; another role's is not
+SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)');
+RESET ROLE;
+SET ROLE sec_tenant_a;
+SELECT sqlstate_of($$SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)')$$);
+SELECT sqlstate_of($$SELECT rmsg.remove_handler('sec-b-')$$);
+-- a's view of the handlers: neither b's queue nor b's prefix
+SELECT kind, target FROM rmsg.handlers WHERE target LIKE 'sec%';
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.remove_handler('sec-b-'), rmsg.unsubscribe('sec_b');
+RESET ROLE;
+
+------------------------------------------------------------------------------
+-- Instances
+------------------------------------------------------------------------------
+
+SET ROLE sec_tenant_a;
+SELECT rmsg.create_instance('sec-a-1');
+SELECT msg_id > 0 AS delivered FROM rmsg.deliver('sec-a-1', 'a'::bytea);
+SELECT instance, ready, owner FROM rmsg.instances WHERE instance LIKE 'sec-%';
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT instance FROM rmsg.instances WHERE instance LIKE 'sec-%';
+SELECT sqlstate_of($$SELECT * FROM rmsg.deliver('sec-a-1', 'b'::bytea)$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.receive('sec-a-1')$$);
+SELECT sqlstate_of($$SELECT rmsg.begin_recovery('sec-a-1')$$);
+SELECT sqlstate_of($$SELECT rmsg.complete_recovery('sec-a-1')$$);
+SELECT sqlstate_of($$SELECT rmsg.save_state('sec-a-1', '{}')$$);
+SELECT sqlstate_of($$SELECT rmsg.load_state('sec-a-1')$$);
+SELECT sqlstate_of($$SELECT rmsg.drop_instance('sec-a-1')$$);
+SELECT sqlstate_of($$SELECT rmsg.grant_instance('sec-a-1', 'sec_tenant_b', 'all')$$);
+-- receive_any passes over instances b may not receive from
+SELECT count(*) AS received FROM rmsg.receive_any(10);
+RESET ROLE;
+SET ROLE sec_tenant_a;
+SELECT rmsg.grant_instance('sec-a-1', 'sec_producer', 'deliver'),
+       rmsg.grant_instance('sec-a-1', 'sec_tenant_b', 'receive');
+RESET ROLE;
+SET ROLE sec_producer;
+SELECT disposition FROM rmsg.deliver('sec-a-1', 'p'::bytea);
+SELECT sqlstate_of($$SELECT * FROM rmsg.receive('sec-a-1')$$);
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT instance, convert_from(payload, 'UTF8') AS payload FROM rmsg.receive_any(10);
+SELECT rmsg.load_state('sec-a-1');
+SELECT sqlstate_of($$SELECT rmsg.drop_instance('sec-a-1')$$);
+RESET ROLE;
+
+------------------------------------------------------------------------------
+-- Components of the contract: a name belongs to the role that first used it
+------------------------------------------------------------------------------
+
+SET ROLE sec_tenant_a;
+SELECT call_id FROM rmsg.prepare_call('sec-caller', 'sec-callee');
+SELECT status FROM rmsg.accept_call('sec-callee', 'sec-caller', 1);
+SELECT rmsg.reply('sec-callee', 'sec-caller', 1, 'r');
+SELECT rmsg.record_reply('sec-caller', 1, 'r');
+SELECT callee, caller, call_id, reply_bytes FROM rmsg.last_calls WHERE callee LIKE 'sec-%';
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT sqlstate_of($$SELECT * FROM rmsg.prepare_call('sec-caller', 'x')$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.accept_call('sec-callee', 'sec-caller', 1)$$);
+SELECT sqlstate_of($$SELECT rmsg.reply('sec-callee', 'sec-caller', 2, 'r')$$);
+SELECT sqlstate_of($$SELECT rmsg.record_reply('sec-caller', 1, 'r')$$);
+SELECT sqlstate_of($$SELECT rmsg.checkpoint('sec-caller', '{}')$$);
+SELECT sqlstate_of($$SELECT rmsg.restart('sec-caller')$$);
+SELECT sqlstate_of($$SELECT rmsg.force_log('sec-caller')$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.replay('sec-caller')$$);
+SELECT callee, caller, call_id, reply_bytes FROM rmsg.last_calls WHERE callee LIKE 'sec-%';
+SELECT caller FROM rmsg.callers WHERE caller LIKE 'sec-%';
+-- a name nobody used is b's to take
+SELECT call_id FROM rmsg.prepare_call('sec-b-caller', 'sec-callee');
+RESET ROLE;
+SET ROLE sec_tenant_a;
+SELECT rmsg.grant_component('sec-callee', 'sec_tenant_b', 'use');
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT status FROM rmsg.accept_call('sec-callee', 'sec-b-caller', 1);
+SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
+ WHERE kind = 'component' ORDER BY object;
+RESET ROLE;
+SELECT name, owner FROM rmsg.component WHERE name LIKE 'sec-%' ORDER BY name;
+
+SELECT rmsg.drop_queue('sec_a'), rmsg.drop_queue('sec_b'), rmsg.drop_instance('sec-a-1');
+-- DROP ROLE does not see the extension's lists: what the roles owned and
+-- were granted there is cleared by hand (the README says so)
+DELETE FROM rmsg.component WHERE name LIKE 'sec-%';
+DROP FUNCTION sec_handler(bytea), sec_instance_handler(text, bytea);
+DROP OWNED BY sec_tenant_a, sec_tenant_b, sec_producer, sec_ops, sec_stranger;
+DROP ROLE sec_tenant_a, sec_tenant_b, sec_producer, sec_ops, sec_stranger;
