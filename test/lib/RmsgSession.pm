@@ -17,15 +17,19 @@ use Time::HiRes qw(time usleep);
 our @EXPORT = qw(session_open session_send session_wait session_query session_sqlstate session_kill);
 
 
+# Opens a session named $name (its application_name) to database postgres
+# of $node, or, when $connstr is given, to that connection string instead
+# (a pooler in front of the node, say).
 sub session_open
 {
-	my ($node, $name) = @_;
+	my ($node, $name, $connstr) = @_;
 	my $s = { in => '', out => '', err => '', n => 0, name => $name };
+	$connstr //= $node->connstr('postgres');
 	$s->{h} = IPC::Run::start(
 		[
 			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=0',
 			'-v', 'VERBOSITY=verbose',
-			'-d', $node->connstr('postgres') . " application_name=$name"
+			'-d', "$connstr application_name=$name"
 		],
 		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err});
 	return $s;

@@ -19,7 +19,10 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PG_MAJOR=15
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
-BASE_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc)
+# pgbouncer: test/t/014_security_pooler.pl runs the extension behind a real
+# pooler in transaction mode (it starts its own; the package's service is
+# not used).
+BASE_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc pgbouncer)
 
 # A UTF8 database and stable messages whatever the caller's locale is;
 # C.UTF-8 ships with Debian's libc, so it never needs generating.
@@ -63,7 +66,8 @@ ensure_packages() {
     fi
     log "installing ${missing[*]}"
     # The postgresql-15 postinst may create and start the default cluster on
-    # port 5432; nothing here uses it, every run starts its own servers.
+    # port 5432, and pgbouncer's its service on port 6432; nothing here uses
+    # them, every run starts its own servers and poolers.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null || return 1
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null || return 1
