@@ -36,8 +36,8 @@ plan skip_all => "PgBouncer is not installed ($pgbouncer_bin, Debian package pgb
   unless -x $pgbouncer_bin;
 
 use constant CLIENTS => 4;
-use constant ROUNDS => 36;       # rounds of steps a, b and c per client
-use constant D_ROUNDS => 12;     # rounds of step d
+use constant ROUNDS => 60;       # rounds of steps a, b and c per client
+use constant D_ROUNDS => 16;     # rounds of step d
 use constant POOL_SIZE => 2;
 
 # The pooler runs in the foreground under IPC::Run; it is stopped at the
@@ -456,8 +456,8 @@ is(join(',', map { $_->[1] } @leases), 'm3,m4,m5,m6', 'it takes the other four i
 my $acked = '';
 for my $l (@leases)
 {
-	my ($a, $e) = run_sql($clients[4], "SELECT rmsg.ack($l->[0], $l->[2]);");
-	$acked .= $a . $e;
+	my ($ans, $e) = run_sql($clients[4], "SELECT rmsg.ack($l->[0], $l->[2]);");
+	$acked .= $ans . $e;
 }
 is($acked, 'tttt', 'another client acks each by its receipt, in transactions of its own');
 
@@ -472,7 +472,7 @@ $node->poll_query_until(
 (undef, $err) = run_sql($clients[1], "SELECT rmsg.put('plain', 'late'::text);");
 is($err, '', 'a put while another client waits in a get');
 ($out, $err) = session_wait($clients[2], $n, 30);
-is($out, 'late|t', 'the waiting get is woken with the message, and acks it');
+is($out, 'late|true', 'the waiting get is woken with the message, and acks it');
 is($node->safe_psql(
 		'postgres', "SELECT ready + in_flight + delayed FROM rmsg.queues WHERE queue = 'plain'"),
 	'0', 'queue plain is empty afterwards');
