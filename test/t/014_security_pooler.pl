@@ -464,11 +464,12 @@ is($acked, 'tttt', 'another client acks each by its receipt, in transactions of 
 my $n = session_send($clients[2],
 	"SELECT convert_from(payload, 'UTF8') || '|' || rmsg.ack(msg_id)
 	   FROM rmsg.get('plain', wait => '20 seconds');");
-$node->poll_query_until(
-	'postgres', q{
-	SELECT count(*) = 1 FROM pg_stat_activity
-	 WHERE state = 'active' AND query LIKE '%rmsg.get(''plain'', wait%'
-	   AND wait_event_type IS NOT NULL});
+ok( $node->poll_query_until(
+		'postgres', q{
+		SELECT count(*) = 1 FROM pg_stat_activity
+		 WHERE state = 'active' AND query LIKE '%rmsg.get(''plain'', wait%'
+		   AND wait_event_type IS NOT NULL}),
+	'a get with a wait sleeps on a pooled backend');
 (undef, $err) = run_sql($clients[1], "SELECT rmsg.put('plain', 'late'::text);");
 is($err, '', 'a put while another client waits in a get');
 ($out, $err) = session_wait($clients[2], $n, 30);
