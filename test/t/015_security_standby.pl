@@ -341,6 +341,9 @@ $primary->wait_for_catchup($standby);
 is($ss->("SELECT count(*) FROM rmsg.message WHERE queue_id = 1"),
 	'7', 'and replays what the primary writes next');
 
+# The test clusters run with restart_after_crash = off, so a crashed
+# backend would also have stopped the standby and failed the queries above;
+# the log says which process it was.
 my $log = slurp_file($standby->logfile);
 my @crash = grep { /PANIC|terminated by signal|was terminated|server process .* exited|all server processes terminated/ }
   split /\n/, $log;
