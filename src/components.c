@@ -7,7 +7,11 @@
  * One entry per database and (caller, callee) pair that was called since
  * the server started: a caller of one database is not the caller of the
  * same name in another, and rmsg.called_components shows only the current
- * database's.  It keeps the CLSNs of the caller's last replies from that
+ * database's.  The key also holds the OID of the database's rmsg.caller
+ * table: after DROP EXTENSION and CREATE EXTENSION a caller of the same
+ * name starts a new log with call id 1, and the old entry's replies (call
+ * ids 1, 2, ... with their CLSNs) must not stand for the new ones, or a
+ * force the new log needs would be skipped.  It keeps the CLSNs of the caller's last replies from that
  * callee: the end of the commit record (XactLastCommitEnd) of each
  * transaction that logged one with rmsg.record_reply, newest call first,
  * up to RMSG_MAX_CALL_DEPTH of them.  A callee keeps its last
@@ -56,6 +60,7 @@ PG_FUNCTION_INFO_V1(rmsg_stat_components);
 typedef struct ComponentKey
 {
 	Oid			database;
+	Oid			caller_table;	/* rmsg.caller of that database */
 	char		caller[NAMEDATALEN];
 	char		callee[NAMEDATALEN];
 } ComponentKey;
@@ -111,6 +116,7 @@ MakeKey(ComponentKey *key, const char *caller, const char *callee)
 {
 	memset(key, 0, sizeof(*key));
 	key->database = MyDatabaseId;
+	key->caller_table = RmsgGetRelations()->caller;
 	strlcpy(key->caller, caller, NAMEDATALEN);
 	strlcpy(key->callee, callee, NAMEDATALEN);
 }
@@ -427,6 +433,7 @@ rmsg_stat_components(PG_FUNCTION_ARGS)
 	HASH_SEQ_STATUS status;
 	CalledComponent *entry;
 	XLogRecPtr	flushed;
+	Oid			caller_table;
 
 	RmsgEnter("rmsg.stat_components", false);
 	InitMaterializedSRF(fcinfo, 0);
@@ -434,6 +441,7 @@ rmsg_stat_components(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 
 	flushed = FlushedLsn();
+	caller_table = RmsgGetRelations()->caller; /* before the lock: it may read the catalog */
 	LWLockAcquire(components_lock, LW_SHARED);
 	hash_seq_init(&status, components);
 	while ((entry = hash_seq_search(&status)) != NULL)
@@ -442,7 +450,7 @@ rmsg_stat_components(PG_FUNCTION_ARGS)
 		bool		nulls[9] = {0};
 		XLogRecPtr	clsn = NewestClsn(entry);
 
-		if (entry->key.database != MyDatabaseId)
+		if (entry->key.database != MyDatabaseId || entry->key.caller_table != caller_table)
 			continue;
 		values[0] = CStringGetTextDatum(entry->key.caller);
 		values[1] = CStringGetTextDatum(entry->key.callee);

@@ -172,6 +172,7 @@ RmsgGetRelations(void)
 		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
 		relations.instance = RelidOf(namespace, "instance");
 		relations.queue = RelidOf(namespace, "queue");
+		relations.caller = RelidOf(namespace, "caller");
 
 		rel = table_open(relations.message, AccessShareLock);
 		relations.owner = rel->rd_rel->relowner;

@@ -186,6 +186,7 @@ typedef struct RmsgRelations
 	Oid			payload_id_seq;
 	Oid			instance;
 	Oid			queue;
+	Oid			caller;
 	Oid			namespace;		/* rmsg */
 	Oid			owner;			/* of our tables: our statements run as it */
 	struct OverrideSearchPath *search_path; /* pg_catalog, rmsg */

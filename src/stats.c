@@ -118,6 +118,26 @@ MakeQueueKey(QueueKey *key, int32 queue_id)
 	key->queue_id = queue_id;
 }
 
+/*
+ * Room in a full table: the entries of this database's earlier extensions
+ * (DROP EXTENSION leaves them behind) go.  Lock held exclusively.  Entries
+ * of dropped databases are not found here (that would take a catalog look
+ * under the lock); they go with the next restart.
+ */
+static void
+ForgetOldExtensions(Oid queue_table)
+{
+	HASH_SEQ_STATUS status;
+	QueueCounters *entry;
+
+	hash_seq_init(&status, queue_stats);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.database == MyDatabaseId && entry->key.queue_table != queue_table)
+			hash_search(queue_stats, &entry->key, HASH_REMOVE, NULL);
+	}
+}
+
 /* The queue's counters, created on first use; NULL when the table is full. */
 static QueueCounters *
 QueueEntry(int32 queue_id)
@@ -135,6 +155,11 @@ QueueEntry(int32 queue_id)
 
 	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
 	entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		ForgetOldExtensions(key.queue_table);
+		entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
+	}
 	if (entry != NULL && !found)
 	{
 		pg_atomic_init_u64(&entry->bytes_written, 0);

@@ -125,11 +125,12 @@ int64
 RmsgPromotedPayloadOf(int64 msg_id)
 {
 	Oid			message_table = RmsgGetRelations()->message;
+	Oid			role = GetUserId();
 
 	for (int i = 0; i < RMSG_SESSION_TOKENS; i++)
 		if (tokens[i].token != 0 && tokens[i].data.msg_id == msg_id &&
 			tokens[i].data.payload_id != 0 &&
-			tokens[i].message_table == message_table)
+			tokens[i].role == role && tokens[i].message_table == message_table)
 			return tokens[i].data.payload_id;
 	return 0;
 }

@@ -253,25 +253,15 @@ is(sql('db1', q{SELECT disposition FROM rmsg.deliver('i1', 'z')}),
 # second call must force the WAL for the new, unflushed reply to call 1,
 # as db2's second call did; an entry that kept the old ids would find the
 # old reply to call 2 first in line, stable, and not force.
-my $stale = 'called-component entries are keyed by database and names only (components.c, ComponentKey): they outlive DROP/CREATE EXTENSION';
-{
-	local $TODO = $stale;
-	is(components('db1'), 'none', "db1's called_components start from nothing after the re-creation");
-}
+is(components('db1'), 'none', "db1's called_components start from nothing after the re-creation");
 sql('db1', q{SELECT rmsg.restart('orders')});
 sql('db1', q{
 	SELECT rmsg.record_reply('orders', (rmsg.prepare_call('orders', 'billing')).call_id, 'new r1');});
-{
-	local $TODO = $stale;
-	is(components('db1'), 'orders>billing:1', "the new caller's first call is counted from zero");
-}
+is(components('db1'), 'orders>billing:1', "the new caller's first call is counted from zero");
 is(sql('db1', q{SELECT stable FROM rmsg.called_components}),
 	'f', "the new caller's reply to its call 1 is not flushed yet");
-{
-	local $TODO = $stale;
-	is(sql('db1', q{SELECT forced FROM rmsg.prepare_call('orders', 'billing')}),
-		't', "the new caller's second call forces for that reply, as in a fresh database");
-}
+is(sql('db1', q{SELECT forced FROM rmsg.prepare_call('orders', 'billing')}),
+	't', "the new caller's second call forces for that reply, as in a fresh database");
 
 $node->stop;
 done_testing();
