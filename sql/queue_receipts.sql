@@ -37,7 +37,7 @@ SELECT rmsg.ack(:one, :r1) AS stale_ack, rmsg.nack(:two, NULL, :r2) AS stale_nac
        rmsg.ack(ARRAY[:one, :two]::bigint[], ARRAY[:r1, :r2]::bigint[]) AS stale_ack_many;
 SELECT count(*) AS both_still_leased_by_the_second
   FROM rmsg.message m JOIN second_lease s USING (msg_id)
- WHERE m.receipt = s.receipt AND m.lease_until > now() + interval '50 seconds';
+ WHERE m.deliveries = 2 AND m.lease_until > now() + interval '50 seconds';
 SELECT stale_receipts FROM rmsg.queues WHERE queue = 'rc';
 
 -- the second consumer's receipts hold: extend, then ack both at once
@@ -75,7 +75,9 @@ SELECT sqlstate_of($$SELECT rmsg.ack(ARRAY[[1, 2]]::bigint[], ARRAY[[1, 2]]::big
 SELECT q.stale_receipts AS queue_stale, l.stale_receipts - b.stale_receipts AS total_stale
   FROM rmsg.queues q, rmsg.log_stats l, stale_before b WHERE q.queue = 'rc';
 
--- instances: receive hands out receipts too, and a nack ends the receipt
+-- instances: receive hands out receipts too.  A nack without a delay ends
+-- the lease and its receipt; one with a delay keeps the lease until then, to
+-- hold the instance's line in order, and its receipt with it
 SELECT rmsg.create_instance('rc-1');
 SELECT msg_id AS im FROM rmsg.deliver('rc-1', 'i'::bytea) \gset
 SELECT receipt AS ir FROM rmsg.receive('rc-1', visibility => '1 minute') \gset
@@ -84,7 +86,10 @@ SELECT rmsg.ack(:im, :ir + 1) AS wrong_ack;
 SELECT rmsg.ack(:im, :ir) AS acked;
 SELECT msg_id AS im2 FROM rmsg.deliver('rc-1', 'j'::bytea) \gset
 SELECT receipt AS ir2, instance FROM rmsg.receive_any() \gset
-SELECT :'instance' AS instance, rmsg.nack(:im2, '1 minute', :ir2) AS nacked,
-       rmsg.ack(:im2, :ir2) AS ack_after_nack, rmsg.ack(:im2) AS ack_without;
+SELECT :'instance' AS instance, rmsg.nack(:im2, NULL, :ir2) AS nacked,
+       rmsg.ack(:im2, :ir2) AS ack_after_nack;
+SELECT receipt AS ir3 FROM rmsg.receive('rc-1') \gset
+SELECT :ir3 <> :ir2 AS new_receipt, rmsg.nack(:im2, '1 minute', :ir3) AS nacked_with_delay,
+       rmsg.extend(:im2, '2 minutes', :ir3) AS still_held, rmsg.ack(:im2, :ir3) AS acked;
 
 SELECT rmsg.drop_instance('rc-1'), rmsg.drop_queue('rc');

@@ -45,13 +45,6 @@ SELECT n.name, e.extowner::regrole
  WHERE e.extname = 'recoverable_msg';
 
 ------------------------------------------------------------------------------
--- Receipts: each lease of a message gets one
-------------------------------------------------------------------------------
-
-ALTER TABLE rmsg.message ADD COLUMN receipt bigint;
-ALTER TABLE rmsg.instance_message ADD COLUMN receipt bigint;
-
-------------------------------------------------------------------------------
 -- The rights 1.0 gave through the tables become privileges
 ------------------------------------------------------------------------------
 

@@ -50,8 +50,7 @@ COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by me
 -- fillfactor), and an expired lease leaves the message at its old place in
 -- line.  The ready index leads a get to its queue's ready messages in the
 -- order they became ready; delayed messages lie beyond now and are never
--- visited.  payload_id and inline_data: exactly one is set.  receipt names
--- the current lease, a random number handed to the consumer with it.
+-- visited.  payload_id and inline_data: exactly one is set.
 CREATE TABLE rmsg.message (
     msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
     queue_id        int NOT NULL,
@@ -63,8 +62,7 @@ CREATE TABLE rmsg.message (
     payload_id      bigint,
     headers         jsonb,
     inline_data     bytea,
-    CHECK ((payload_id IS NULL) <> (inline_data IS NULL)),
-    receipt         bigint
+    CHECK ((payload_id IS NULL) <> (inline_data IS NULL))
 ) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
@@ -164,8 +162,7 @@ CREATE TABLE rmsg.instance_message (
     lease_until     timestamptz,
     enqueued_at     timestamptz NOT NULL,
     headers         jsonb,
-    payload         bytea NOT NULL,
-    receipt         bigint
+    payload         bytea NOT NULL
 ) WITH (fillfactor = 70);
 CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, msg_id);
 CREATE INDEX instance_message_recovery_idx ON rmsg.instance_message (instance_id, msg_id)

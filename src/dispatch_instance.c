@@ -34,16 +34,16 @@
 
 #include "rmsg.h"
 
-/* $1 msg_id, $2 the worker's receipt */
+/* $1 msg_id, $2 the deliveries of the worker's lease */
 static RmsgPlan ack_plan = {
-	"DELETE FROM rmsg.instance_message WHERE msg_id = $1 AND receipt = $2",
-	2, {INT8OID, INT8OID}
+	"DELETE FROM rmsg.instance_message WHERE msg_id = $1 AND deliveries = $2",
+	2, {INT8OID, INT4OID}
 };
 
-/* $1 msg_id, $2 when to try again, $3 the worker's receipt */
+/* $1 msg_id, $2 when to try again, $3 the deliveries of the worker's lease */
 static RmsgPlan hold_plan = {
-	"UPDATE rmsg.instance_message SET lease_until = $2 WHERE msg_id = $1 AND receipt = $3",
-	3, {INT8OID, TIMESTAMPTZOID, INT8OID}
+	"UPDATE rmsg.instance_message SET lease_until = $2 WHERE msg_id = $1 AND deliveries = $3",
+	3, {INT8OID, TIMESTAMPTZOID, INT4OID}
 };
 
 /*
@@ -120,7 +120,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 	RmsgSpiConnect();
 	if (RmsgCallHandler(h, m.instance_id, args, nulls, &error))
 	{
-		values[1] = Int64GetDatum(m.receipt);
+		values[1] = Int32GetDatum(m.deliveries);
 		RmsgPlanExecute(&ack_plan, values, NULL, false, 0);
 		if (SPI_processed != 1)
 			elog(ERROR, "message " INT64_FORMAT " is no longer leased by this worker",
@@ -133,7 +133,7 @@ RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 		counts->retried++;
 		RmsgHandlerFailed(h, m.instance, m.msg_id, m.deliveries, 0, error);
 		values[1] = TimestampTzGetDatum(RmsgRetryAt(m.deliveries, retry_at));
-		values[2] = Int64GetDatum(m.receipt);
+		values[2] = Int32GetDatum(m.deliveries);
 		RmsgPlanExecute(&hold_plan, values, NULL, false, 0);
 	}
 	RmsgSpiFinish();

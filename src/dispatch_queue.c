@@ -30,13 +30,13 @@
 #include "rmsg.h"
 
 /*
- * $1 msg_id, $2 when to try again, $3 the worker's receipt.  The message
- * goes to the back of its line.
+ * $1 msg_id, $2 when to try again, $3 the deliveries of the worker's lease.
+ * The message goes to the back of its line.
  */
 static RmsgPlan give_back_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL, receipt = NULL, visible_at = $2"
-	" WHERE msg_id = $1 AND receipt = $3",
-	3, {INT8OID, TIMESTAMPTZOID, INT8OID}
+	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
+	" WHERE msg_id = $1 AND deliveries = $3",
+	3, {INT8OID, TIMESTAMPTZOID, INT4OID}
 };
 
 /*
@@ -107,7 +107,7 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 
 			values[0] = Int64GetDatum(t->msg_id);
 			values[1] = TimestampTzGetDatum(RmsgRetryAt(t->deliveries, retry_at));
-			values[2] = Int64GetDatum(t->receipt);
+			values[2] = Int32GetDatum(t->deliveries);
 			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
 			counts->retried++;
 		}

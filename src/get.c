@@ -18,8 +18,8 @@
  *
  * Every message returned comes with a data token (tokens.c), so that the
  * consumer can put the same data elsewhere by reference, and a receipt:
- * a random number that names this lease, so that an ack, nack or extend
- * that gives it acts only while this lease holds (settle.c).  The role
+ * the number that names this lease (receipts.c), so that an ack, nack or
+ * extend that gives it acts only while this lease holds (settle.c).  The role
  * getting must hold the queue's get privilege.
  *
  * With a wait, the get sleeps on the queue's condition variable

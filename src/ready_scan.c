@@ -19,9 +19,9 @@
  * leased it, a dead-lettering moved it).  Then we lease that version with
  * table_tuple_update: lease_until and deliveries are not indexed, so the
  * update is HOT when its page has room, and when it is not we add the index
- * entries ourselves (insert.c).  The lease gets a new receipt, a random
- * number that names it.  The table has no triggers (we refuse one that
- * has, relations.c) and the new row keeps every constraint.  A message whose deliveries are used up is left
+ * entries ourselves (insert.c).  The lease's receipt follows from its new
+ * delivery count (receipts.c).  The table has no triggers (we refuse one
+ * that has, relations.c) and the new row keeps every constraint.  A message whose deliveries are used up is left
  * locked and unleased, for the caller to dead-letter by its tid, which our
  * lock keeps stable until commit.
  *
@@ -72,8 +72,9 @@ Describe(TupleTableSlot *slot, const RmsgRelations *rels, RmsgTaken *taken)
 	Datum		value;
 
 	taken->msg_id = DatumGetInt64(slot_getattr(slot, rels->att_msg_id, &isnull));
-	taken->receipt = DatumGetInt64(slot_getattr(slot, rels->att_receipt, &isnull));
 	taken->deliveries = DatumGetInt32(slot_getattr(slot, rels->att_deliveries, &isnull));
+	taken->receipt = RmsgReceiptOf(taken->msg_id, taken->deliveries,
+								   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
 	taken->enqueued_at = DatumGetTimestampTz(slot_getattr(slot, rels->att_enqueued_at, &isnull));
 	value = slot_getattr(slot, rels->att_headers, &taken->headers_null);
 	taken->headers = taken->headers_null ? (Datum) 0
@@ -97,7 +98,6 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			deliveries_at = rels->att_deliveries - 1;
 	int			lease_at = rels->att_lease_until - 1;
-	int			receipt_at = rels->att_receipt - 1;
 	TM_FailureData tmfd;
 	LockTupleMode lockmode;
 	TM_Result	result;
@@ -115,8 +115,6 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 		Int32GetDatum(DatumGetInt32(locked->tts_values[deliveries_at]) + 1);
 	leased->tts_values[lease_at] = TimestampTzGetDatum(lease_end);
 	leased->tts_isnull[lease_at] = false;
-	leased->tts_values[receipt_at] = Int64GetDatum((int64) RmsgRandomId());
-	leased->tts_isnull[receipt_at] = false;
 	ExecStoreVirtualTuple(leased);
 
 	result = table_tuple_update(rel, &locked->tts_tid, leased, cid, snapshot,

@@ -26,10 +26,9 @@
  * so every instance with work gets its turn.  A lease is a losable write,
  * committed lazily like rmsg.get's (commit_mode.c).
  *
- * Each leased message gets a receipt, as a get's does (settle.c): the
- * lease's random number, made distinct per message of the batch by mixing
- * in the msg_id.  receive needs the instance's receive privilege, and
- * receive_any visits only the instances the role may receive from.
+ * Each leased message comes with a receipt, as a get's does (receipts.c).
+ * receive needs the instance's receive privilege, and receive_any visits
+ * only the instances the role may receive from.
  *
  *-------------------------------------------------------------------------
  */
@@ -72,9 +71,9 @@ PG_FUNCTION_INFO_V1(rmsg_receive_any);
 #define LEASE_PICKED \
 	" leased AS (" \
 	"  UPDATE rmsg.instance_message m" \
-	"     SET lease_until = $3, deliveries = m.deliveries + 1, receipt = $5 # m.msg_id" \
+	"     SET lease_until = $3, deliveries = m.deliveries + 1" \
 	"   WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM picked))" \
-	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries, m.receipt)" \
+	"  RETURNING m.msg_id, m.kind, m.payload, m.headers, m.deliveries)" \
 	" SELECT * FROM leased ORDER BY msg_id"
 
 static RmsgPlan receive_plan = {
@@ -85,7 +84,7 @@ static RmsgPlan receive_plan = {
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
+	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };
 
 static RmsgPlan receive_recovery_plan = {
@@ -97,7 +96,7 @@ static RmsgPlan receive_recovery_plan = {
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
+	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
 };
 
 /* The next instance with messages after $1, by id. */
@@ -110,7 +109,8 @@ static RmsgPlan next_instance_plan = {
 /* The last instance receive_any visited in this backend: it goes on after it. */
 static int64 last_visited = 0;
 
-#define RECEIVE_COLUMNS 6
+/* the columns the lease statements return; the result adds the receipt */
+#define RECEIVE_COLUMNS 5
 
 /*
  * Leases up to max messages of the instance, leaving them in SPI_tuptable
@@ -121,13 +121,12 @@ static int
 LeaseFromLine(const RmsgInstance *instance, int max, int64 visibility)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		args[5];
+	Datum		args[4];
 
 	args[0] = Int64GetDatum(instance->instance_id);
 	args[1] = TimestampTzGetDatum(now);
 	args[2] = TimestampTzGetDatum(RmsgTimeAfter(now, visibility));
 	args[3] = Int32GetDatum(max);
-	args[4] = Int64GetDatum((int64) RmsgRandomId());
 	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
 	RmsgPlanExecute(instance->recovering ? &receive_recovery_plan : &receive_plan,
 					args, NULL, true, 0);
@@ -146,8 +145,8 @@ ReturnLeased(const char *name, ReturnSetInfo *rsinfo)
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		Datum		values[RECEIVE_COLUMNS + 1];
-		bool		nulls[RECEIVE_COLUMNS + 1];
+		Datum		values[RECEIVE_COLUMNS + 2];
+		bool		nulls[RECEIVE_COLUMNS + 2];
 
 		if (name != NULL)
 		{
@@ -157,6 +156,11 @@ ReturnLeased(const char *name, ReturnSetInfo *rsinfo)
 		for (int col = 0; col < RECEIVE_COLUMNS; col++)
 			values[first + col] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
 												col + 1, &nulls[first + col]);
+		/* msg_id and deliveries name the lease */
+		values[first + RECEIVE_COLUMNS] =
+			Int64GetDatum(RmsgReceiptOf(DatumGetInt64(values[first]),
+										DatumGetInt32(values[first + 4]), 0));
+		nulls[first + RECEIVE_COLUMNS] = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 }
@@ -327,7 +331,7 @@ WorkerTake(const RmsgInstance *instance, const char *name, void *arg)
 	out->payload = RmsgSpiCopyVarlena(row, 3, &isnull);
 	out->headers = RmsgSpiCopyVarlena(row, 4, &out->headers_null);
 	out->deliveries = DatumGetInt32(SPI_getbinval(row, SPI_tuptable->tupdesc, 5, &isnull));
-	out->receipt = DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 6, &isnull));
+	out->receipt = RmsgReceiptOf(out->msg_id, out->deliveries, 0);
 	return 1;
 }
 

@@ -186,7 +186,6 @@ RmsgGetRelations(void)
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
 		relations.att_headers = AttnumOf(rel, "headers");
 		relations.att_inline_data = AttnumOf(rel, "inline_data");
-		relations.att_receipt = AttnumOf(rel, "receipt");
 		table_close(rel, NoLock);
 
 		rel = table_open(relations.payload, AccessShareLock);

@@ -16,9 +16,9 @@
  * A message of a queue the role may not get from is, for it, no message at
  * all: we look at the queue before we lock anything, so such a role can
  * neither ack it nor hold its row locked.  With a receipt, the message goes
- * only while the lease the receipt names holds: the receipt is the row's
- * and its lease has not run out.  Anything else is a stale receipt, which
- * changes nothing.
+ * only while the lease the receipt names holds: the row's lease is that one
+ * (receipts.c) and has not run out.  Anything else is a stale receipt,
+ * which changes nothing.
  *
  *-------------------------------------------------------------------------
  */
@@ -84,9 +84,11 @@ LeaseHolds(TupleTableSlot *slot, const RmsgRelations *rels, int64 receipt,
 {
 	bool		isnull;
 	Datum		value;
+	int64		msg_id = DatumGetInt64(slot_getattr(slot, rels->att_msg_id, &isnull));
+	int32		deliveries = DatumGetInt32(slot_getattr(slot, rels->att_deliveries, &isnull));
+	TimestampTz visible_at = DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull));
 
-	value = slot_getattr(slot, rels->att_receipt, &isnull);
-	if (isnull || DatumGetInt64(value) != receipt)
+	if (RmsgReceiptOf(msg_id, deliveries, visible_at) != receipt)
 		return false;
 	if (valid_at == 0)
 		return true;

@@ -64,7 +64,6 @@ extern void RmsgNoteCatalogChange(void);
 extern bool RmsgCatalogChangedHere(void);
 extern void RmsgCatalogXactEnd(void);
 extern TimestampTz RmsgIncarnation(void);
-extern uint64 RmsgRandomId(void);
 
 /* wakeup.c: long polling, woken by committed puts */
 extern Size RmsgWakeupShmemSize(void);
@@ -200,7 +199,6 @@ typedef struct RmsgRelations
 	AttrNumber	att_payload_id;
 	AttrNumber	att_headers;
 	AttrNumber	att_inline_data;
-	AttrNumber	att_receipt;
 	/* of rmsg.payload */
 	AttrNumber	att_payload_payload_id;
 	AttrNumber	att_payload_hash;
@@ -256,6 +254,9 @@ extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
 extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 							   TimestampTz enqueued_at, Datum headers,
 							   bool headers_null, const RmsgStoredData *stored);
+
+/* receipts.c: the number that names one lease */
+extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);
 
 /* remove.c: deleting one message by msg_id, without the executor */
 typedef enum RmsgRemoveResult

@@ -18,12 +18,15 @@
  * instance it may not receive from) is, for that role, no message at all:
  * these functions return false for it and touch nothing, not even a lock.
  *
- * Receipts.  get and receive hand out a receipt with each lease.  Given
- * one, these functions act only while that lease holds: the message is in
- * flight under that very lease, not one another consumer took after it ran
- * out, and not one given back by a nack.  A stale receipt changes nothing,
- * returns false and is counted (rmsg.queues, rmsg.log_stats).  Without a
- * receipt they act on whatever lease the message has, as in version 1.0.
+ * Receipts.  get and receive hand out a receipt with each lease
+ * (receipts.c).  Given one, these functions act only while that lease
+ * holds: the message is in flight under that very lease, not one another
+ * consumer took after it ran out, and not one given back by a nack.  They
+ * read the message's lease first, compare its receipt, and then change the
+ * row only if it still has that lease (the same deliveries and visible_at)
+ * and it has not run out.  A stale receipt changes nothing, returns false
+ * and is counted (rmsg.queues, rmsg.log_stats).  Without a receipt they act
+ * on whatever lease the message has, as in version 1.0.
  *
  *-------------------------------------------------------------------------
  */
@@ -45,21 +48,25 @@ PG_FUNCTION_INFO_V1(rmsg_ack_many_receipts);
 PG_FUNCTION_INFO_V1(rmsg_nack);
 PG_FUNCTION_INFO_V1(rmsg_extend);
 
-/* Where a message that is not a live queue message is: dead, or an instance's. */
+/*
+ * Where a message that is not a live queue message is: dead, or an
+ * instance's, with what names its lease.
+ */
 static RmsgPlan where_plan = {
-	"SELECT false AS of_instance, queue_id::bigint AS owner_id, msg_id"
+	"SELECT false AS of_instance, queue_id::bigint AS owner_id, deliveries,"
+	"       NULL::timestamptz AS visible_at"
 	"  FROM rmsg.dead_message WHERE msg_id = $1"
 	" UNION ALL"
-	" SELECT true, instance_id, msg_id FROM rmsg.instance_message WHERE msg_id = $1",
+	" SELECT true, instance_id, deliveries, NULL FROM rmsg.instance_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
-/* Where a message in flight is: a queue's or an instance's. */
+/* Where a message in flight is: a queue's or an instance's, and its lease. */
 static RmsgPlan where_leased_plan = {
-	"SELECT false AS of_instance, queue_id::bigint AS owner_id"
+	"SELECT false AS of_instance, queue_id::bigint AS owner_id, deliveries, visible_at"
 	"  FROM rmsg.message WHERE msg_id = $1"
 	" UNION ALL"
-	" SELECT true, instance_id FROM rmsg.instance_message WHERE msg_id = $1",
+	" SELECT true, instance_id, deliveries, NULL FROM rmsg.instance_message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
@@ -69,54 +76,90 @@ static RmsgPlan ack_dead_plan = {
 	2, {INT8OID, INT4OID}
 };
 
-/* $1 msg_id, $2 its instance, $3 receipt or NULL, $4 now */
+/*
+ * $1 msg_id, $2 its instance, $3 the deliveries of the receipt's lease or
+ * NULL, $4 now
+ */
 static RmsgPlan ack_instance_plan = {
 	"DELETE FROM rmsg.instance_message"
 	" WHERE msg_id = $1 AND instance_id = $2"
-	"   AND ($3::bigint IS NULL OR (receipt = $3 AND lease_until > $4))",
-	4, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+	"   AND ($3::int IS NULL OR (deliveries = $3 AND lease_until > $4))",
+	4, {INT8OID, INT8OID, INT4OID, TIMESTAMPTZOID}
 };
 
 /*
  * The lease changes.  $1 msg_id, $2 now, $3 now + interval, $4 the queue or
- * instance, $5 receipt or NULL.  A nack ends the lease and its receipt:
- * without a delay the message keeps its place in line (and the update stays
- * HOT); with one it goes to the back.
+ * instance, $5 and $6 the deliveries and visible_at of the receipt's lease,
+ * or NULL.  A nack ends the lease: without a delay the message keeps its
+ * place in line (and the update stays HOT); with one it goes to the back.
  */
 static RmsgPlan nack_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL, receipt = NULL,"
+	"UPDATE rmsg.message SET lease_until = NULL,"
 	"       visible_at = CASE WHEN $3 > $2 THEN $3 ELSE visible_at END"
 	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
-	"   AND ($5::bigint IS NULL OR receipt = $5)",
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
+	"   AND ($5::int IS NULL OR (deliveries = $5 AND visible_at = $6))",
+	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID}
 };
 
 static RmsgPlan extend_plan = {
 	"UPDATE rmsg.message SET lease_until = $3"
 	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
-	"   AND ($5::bigint IS NULL OR receipt = $5)",
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
+	"   AND ($5::int IS NULL OR (deliveries = $5 AND visible_at = $6))",
+	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID}
 };
 
 /*
  * An instance's message has no place in line to lose, and must keep it:
  * with a delay, the lease just runs until then, which holds the instance's
- * line (receive.c) as its order requires; the receipt ends all the same.
+ * line (receive.c) as its order requires.  ($6 is not used: an instance
+ * message's lease is named by its deliveries alone.)
  */
 static RmsgPlan instance_nack_plan = {
 	"UPDATE rmsg.instance_message"
-	"   SET lease_until = CASE WHEN $3 > $2 THEN $3 END, receipt = NULL"
+	"   SET lease_until = CASE WHEN $3 > $2 THEN $3 END"
 	" WHERE msg_id = $1 AND instance_id = $4 AND lease_until > $2"
-	"   AND ($5::bigint IS NULL OR receipt = $5)",
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID}
+	"   AND ($5::int IS NULL OR deliveries = $5) AND $6::timestamptz IS NULL",
+	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT4OID, TIMESTAMPTZOID}
 };
 
 static RmsgPlan instance_extend_plan = {
 	"UPDATE rmsg.instance_message SET lease_until = $3"
 	" WHERE msg_id = $1 AND instance_id = $4 AND lease_until > $2"
-	"   AND ($5::bigint IS NULL OR receipt = $5)",
-	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID}
+	"   AND ($5::int IS NULL OR deliveries = $5) AND $6::timestamptz IS NULL",
+	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT4OID, TIMESTAMPTZOID}
 };
+
+/* What the lookups say of a message: whose it is, and its lease. */
+typedef struct MessageWhere
+{
+	bool		of_instance;
+	int64		owner_id;		/* its queue or instance */
+	int32		deliveries;
+	TimestampTz visible_at;		/* a queue message's; 0 for others */
+} MessageWhere;
+
+/* Reads the first row of where_plan or where_leased_plan. */
+static void
+ReadWhere(MessageWhere *where)
+{
+	HeapTuple	row = SPI_tuptable->vals[0];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+	Datum		visible_at;
+
+	where->of_instance = DatumGetBool(SPI_getbinval(row, desc, SPI_fnumber(desc, "of_instance"), &isnull));
+	where->owner_id = DatumGetInt64(SPI_getbinval(row, desc, SPI_fnumber(desc, "owner_id"), &isnull));
+	where->deliveries = DatumGetInt32(SPI_getbinval(row, desc, SPI_fnumber(desc, "deliveries"), &isnull));
+	visible_at = SPI_getbinval(row, desc, SPI_fnumber(desc, "visible_at"), &isnull);
+	where->visible_at = isnull ? 0 : DatumGetTimestampTz(visible_at);
+}
+
+/* Whether the receipt names the lease the message has now. */
+static bool
+ReceiptMatches(int64 msg_id, const MessageWhere *where, int64 receipt)
+{
+	return RmsgReceiptOf(msg_id, where->deliveries, where->visible_at) == receipt;
+}
 
 /* Whether the current role may settle messages of this queue or instance. */
 static bool
@@ -139,9 +182,7 @@ AckOther(int64 msg_id, const int64 *receipt, TimestampTz now)
 {
 	Datum		values[4];
 	bool		nulls[4] = {false, false, receipt == NULL, false};
-	bool		isnull;
-	bool		of_instance;
-	int64		owner_id;
+	MessageWhere where;
 
 	values[0] = Int64GetDatum(msg_id);
 	RmsgPlanExecute(&where_plan, values, NULL, false, 1);
@@ -151,29 +192,29 @@ AckOther(int64 msg_id, const int64 *receipt, TimestampTz now)
 			RmsgCountStaleReceipt(0);	/* acked by someone else, most likely */
 		return false;
 	}
-	of_instance = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											 SPI_fnumber(SPI_tuptable->tupdesc, "of_instance"),
-											 &isnull));
-	owner_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										   SPI_fnumber(SPI_tuptable->tupdesc, "owner_id"),
-										   &isnull));
-	if (!MaySettle(of_instance, owner_id))
+	ReadWhere(&where);
+	if (!MaySettle(where.of_instance, where.owner_id))
 		return false;
 
-	if (!of_instance)
+	if (!where.of_instance)
 	{
 		if (receipt != NULL)
 		{
-			RmsgCountStaleReceipt((int32) owner_id);
+			RmsgCountStaleReceipt((int32) where.owner_id);
 			return false;
 		}
-		values[1] = Int32GetDatum((int32) owner_id);
+		values[1] = Int32GetDatum((int32) where.owner_id);
 		RmsgPlanExecute(&ack_dead_plan, values, NULL, false, 0);
 		return SPI_processed > 0;
 	}
 
-	values[1] = Int64GetDatum(owner_id);
-	values[2] = receipt != NULL ? Int64GetDatum(*receipt) : (Datum) 0;
+	if (receipt != NULL && !ReceiptMatches(msg_id, &where, *receipt))
+	{
+		RmsgCountStaleReceipt(0);
+		return false;
+	}
+	values[1] = Int64GetDatum(where.owner_id);
+	values[2] = Int32GetDatum(where.deliveries);
 	values[3] = TimestampTzGetDatum(now);
 	RmsgPlanExecute(&ack_instance_plan, values, nulls, false, 0);
 	if (SPI_processed > 0)
@@ -324,11 +365,9 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
 			 int64 interval, bool wake)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, PG_ARGISNULL(2)};
-	bool		isnull;
-	bool		of_instance;
-	int64		owner_id;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, PG_ARGISNULL(2), PG_ARGISNULL(2)};
+	MessageWhere where;
 	bool		moved;
 
 	if (PG_ARGISNULL(0))
@@ -338,7 +377,6 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
 	values[0] = PG_GETARG_DATUM(0);
 	values[1] = TimestampTzGetDatum(now);
 	values[2] = TimestampTzGetDatum(RmsgTimeAfter(now, interval));
-	values[4] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&where_leased_plan, values, NULL, false, 1);
@@ -349,29 +387,34 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, RmsgPlan *plan, RmsgPlan *instance_plan,
 		RmsgSpiFinish();
 		return false;
 	}
-	of_instance = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											 SPI_fnumber(SPI_tuptable->tupdesc, "of_instance"),
-											 &isnull));
-	owner_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										   SPI_fnumber(SPI_tuptable->tupdesc, "owner_id"),
-										   &isnull));
-	if (!MaySettle(of_instance, owner_id))
+	ReadWhere(&where);
+	if (!MaySettle(where.of_instance, where.owner_id))
 	{
 		RmsgSpiFinish();
 		return false;
 	}
 
-	values[3] = of_instance ? Int64GetDatum(owner_id) : Int32GetDatum((int32) owner_id);
-	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
-	RmsgPlanExecute(of_instance ? instance_plan : plan, values, nulls, false, 0);
-	RmsgLazyWriteEnd();
-	moved = SPI_processed > 0;
+	moved = false;
+	if (PG_ARGISNULL(2) ||
+		ReceiptMatches(PG_GETARG_INT64(0), &where, PG_GETARG_INT64(2)))
+	{
+		/* the update changes the row only if it still has that lease */
+		values[3] = where.of_instance ? Int64GetDatum(where.owner_id)
+			: Int32GetDatum((int32) where.owner_id);
+		values[4] = Int32GetDatum(where.deliveries);
+		values[5] = TimestampTzGetDatum(where.visible_at);
+		nulls[5] = PG_ARGISNULL(2) || where.of_instance;
+		RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
+		RmsgPlanExecute(where.of_instance ? instance_plan : plan, values, nulls, false, 0);
+		RmsgLazyWriteEnd();
+		moved = SPI_processed > 0;
+	}
 	RmsgSpiFinish();
 
 	if (!moved && !PG_ARGISNULL(2))
-		RmsgCountStaleReceipt(of_instance ? 0 : (int32) owner_id);
-	if (moved && wake && !of_instance)
-		RmsgWakeQueueAtCommit((int32) owner_id);
+		RmsgCountStaleReceipt(where.of_instance ? 0 : (int32) where.owner_id);
+	if (moved && wake && !where.of_instance)
+		RmsgWakeQueueAtCommit((int32) where.owner_id);
 	return moved;
 }
 

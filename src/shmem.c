@@ -12,7 +12,6 @@
  */
 #include "postgres.h"
 
-#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -182,29 +181,6 @@ RmsgCatalogXactEnd(void)
 	if (catalog_changed_in_xact && shmem_ready)
 		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
 	catalog_changed_in_xact = false;
-}
-
-/*
- * A random nonzero 63-bit number, for data tokens and receipts: from a
- * generator of this backend's, seeded from the operating system's.
- */
-uint64
-RmsgRandomId(void)
-{
-	static pg_prng_state prng;
-	static bool seeded = false;
-	uint64		id;
-
-	if (!seeded)
-	{
-		if (!pg_prng_strong_seed(&prng))
-			pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
-		seeded = true;
-	}
-	do
-		id = pg_prng_uint64(&prng) & PG_INT64_MAX;
-	while (id == 0);
-	return id;
 }
 
 /*

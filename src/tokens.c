@@ -34,9 +34,11 @@
  */
 #include "postgres.h"
 
+#include "common/pg_prng.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "utils/timestamp.h"
 
 #include "rmsg.h"
 
@@ -54,6 +56,29 @@ static TokenEntry tokens[RMSG_SESSION_TOKENS];
 static int	next_slot = 0;
 static int64 last_token = 0;
 static LocalTransactionId last_token_xact = InvalidLocalTransactionId;
+
+/*
+ * A random nonzero 63-bit number: from a generator of this backend's,
+ * seeded from the operating system's.
+ */
+static int64
+RandomToken(void)
+{
+	static pg_prng_state prng;
+	static bool seeded = false;
+	int64		token;
+
+	if (!seeded)
+	{
+		if (!pg_prng_strong_seed(&prng))
+			pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
+		seeded = true;
+	}
+	do
+		token = (int64) (pg_prng_uint64(&prng) & PG_INT64_MAX);
+	while (token == 0);
+	return token;
+}
 
 /* The entry of a token this role may use, or NULL. */
 static TokenEntry *
@@ -81,7 +106,7 @@ RmsgIssueToken(const RmsgTokenData *data)
 	int64		token;
 
 	do
-		token = (int64) RmsgRandomId();
+		token = RandomToken();
 	while (FindEntry(token) != NULL);
 
 	tokens[next_slot].token = token;
