@@ -125,7 +125,45 @@ SELECT rmsg.drop_queue(q) FROM unnest(ARRAY['billing', 'shipping', 'audit', 'cat
 
 ------------------------------------------------------------------------------
 \echo
-\echo '=== 7. Drop the queues (the one that dead-letters first) ==='
+\echo '=== 7. Security: each queue belongs to its creator, who grants what others may do ==='
+\set QUIET 1
+CREATE ROLE demo_owner; CREATE ROLE demo_shop; CREATE ROLE demo_billing;
+GRANT USAGE ON SCHEMA rmsg TO demo_owner, demo_shop, demo_billing;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO demo_owner;
+\unset QUIET
+SET ROLE demo_owner;
+SELECT rmsg.create_queue('invoices');
+SELECT rmsg.grant_queue('invoices', 'demo_shop', 'put'), rmsg.grant_queue('invoices', 'demo_billing', 'get');
+SELECT * FROM rmsg.privileges;
+RESET ROLE;
+\echo '-- the shop may put, and sees only the queues it holds a privilege on:'
+SET ROLE demo_shop;
+SELECT rmsg.put('invoices', 'invoice 1'::text) IS NOT NULL AS put;
+SELECT queue, ready, owner FROM rmsg.queues;
+\echo '-- but may not take (42501), nor touch the tables, which belong to the extension alone:'
+\set ON_ERROR_STOP 0
+SELECT * FROM rmsg.get('invoices');
+SELECT count(*) FROM rmsg.message;
+\set ON_ERROR_STOP 1
+RESET ROLE;
+\echo '-- every lease has a receipt, which acts only while that lease holds: once it ran out'
+\echo '-- and the message was taken again, the old receipt acks nothing (false), the new one does:'
+SET ROLE demo_billing;
+SELECT msg_id AS inv, receipt AS first_receipt FROM rmsg.get('invoices', visibility => '1 second') \gset
+SELECT pg_sleep(1.1);
+SELECT receipt AS second_receipt FROM rmsg.get('invoices') \gset
+SELECT rmsg.ack(:inv, :first_receipt) AS stale_receipt_acks, rmsg.ack(:inv, :second_receipt) AS holder_acks;
+RESET ROLE;
+SELECT queue, stale_receipts FROM rmsg.queues WHERE queue = 'invoices';
+SELECT rmsg.drop_queue('invoices');
+\set QUIET 1
+DROP OWNED BY demo_owner, demo_shop, demo_billing;
+DROP ROLE demo_owner, demo_shop, demo_billing;
+\unset QUIET
+
+------------------------------------------------------------------------------
+\echo
+\echo '=== 8. Drop the queues (the one that dead-letters first) ==='
 SELECT rmsg.drop_queue('orders');
 SELECT rmsg.drop_queue('orders_dlq');
 :show_queues

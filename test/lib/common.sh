@@ -18,7 +18,9 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# RMSG_PG_CONFIG points the scripts at another build of PostgreSQL 15, such
+# as one configured with --enable-cassert for a run with assertions.
+PG_CONFIG=${RMSG_PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
 # pgbouncer: test/t/014_security_pooler.pl runs the extension behind a real
 # pooler in transaction mode (it starts its own; the package's service is
 # not used).
