@@ -256,7 +256,44 @@ is(sql(q{SELECT count(*) FROM rmsg.worker WHERE pid IS NOT NULL AND state <> 're
 	'1', 'the worker runs, and not after an error');
 
 #---------------------------------------------------------------------------
-# 3. The subscription's role is the extension's to write: a role that may
+# 3. The worker checks the handler's role before it takes messages: once
+#    the role lost get on the queue, or EXECUTE on the function, the
+#    messages wait (and are not burnt as failures); granted again, they go.
+#---------------------------------------------------------------------------
+
+sql(q{SELECT rmsg.create_queue('sp_rights');
+      SELECT rmsg.grant_queue('sp_rights', 'app', 'manage, get');
+      CREATE FUNCTION public.rights_handler(p bytea) RETURNS void
+      LANGUAGE sql AS $$ INSERT INTO public.handled VALUES ('rights', convert_from(p, 'UTF8'), NULL) $$;});
+$node->safe_psql('postgres', q{SET ROLE app; SELECT rmsg.subscribe('sp_rights', 'public.rights_handler(bytea)')});
+sql(q{SELECT rmsg.put('sp_rights', 'before'::text)});
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM public.handled WHERE tag = 'rights'})
+  or die 'the first message of sp_rights was not handled';
+sql(q{SELECT rmsg.revoke_queue('sp_rights', 'app', 'get')});
+sql(q{SELECT rmsg.put('sp_rights', 'while revoked'::text)});
+sleep(1);
+is(sql(q{SELECT count(*) FROM public.handled WHERE tag = 'rights'}), '1',
+	'after get was revoked from the handler\'s role, its queue waits');
+is(sql(q{SELECT ready || '/' || coalesce((SELECT errors FROM rmsg.handlers WHERE target = 'sp_rights'), -1)
+	FROM rmsg.queues WHERE queue = 'sp_rights'}), '1/0', 'the message is ready, not burnt as a failure');
+like(slurp_file($node->logfile), qr/the role of the handler of queue "sp_rights" \(role \d+\) no longer holds get on it/,
+	'the worker says why in its log');
+sql(q{SELECT rmsg.grant_queue('sp_rights', 'app', 'get')});
+$node->poll_query_until('postgres', q{SELECT count(*) = 2 FROM public.handled WHERE tag = 'rights'})
+  or diag('the waiting message was not handled after the grant');
+is(sql(q{SELECT string_agg(marker, ',' ORDER BY marker) FROM public.handled WHERE tag = 'rights'}),
+	'before,while revoked', 'granted again, the waiting message is handled');
+sql(q{REVOKE EXECUTE ON FUNCTION public.rights_handler(bytea) FROM PUBLIC});
+sql(q{SELECT rmsg.put('sp_rights', 'no execute'::text)});
+$node->poll_query_until('postgres', q{SELECT errors > 0 FROM rmsg.handlers WHERE target = 'sp_rights'})
+  or diag('the call without EXECUTE did not fail');
+like(sql(q{SELECT last_error FROM rmsg.handlers WHERE target = 'sp_rights'}),
+	qr/permission denied for function rights_handler/,
+	'without EXECUTE the call fails with permission denied');
+is(sql(q{SELECT count(*) FROM public.handled WHERE tag = 'rights'}), '2', 'and the handler did not run');
+
+#---------------------------------------------------------------------------
+# 4. The subscription's role is the extension's to write: a role that may
 #    subscribe cannot make its handler run as another role.
 #---------------------------------------------------------------------------
 
