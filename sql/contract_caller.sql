@@ -135,6 +135,20 @@ SELECT * FROM log_of(:'rb');
 SELECT callee, calls, clsn IS NULL AS no_clsn, replies_tracked
   FROM rmsg.called_components WHERE caller = :'rb';
 
+-- A reply recorded in a savepoint stays pending through another
+-- subtransaction's abort after it (an exception block), and is noted when
+-- the transaction commits.
+SELECT call_id FROM rmsg.prepare_call(:'rb', 'pricing', 'quote 2');
+BEGIN;
+SAVEPOINT s;
+SELECT rmsg.record_reply(:'rb', 2, 'price 11');
+DO $$ BEGIN PERFORM 1 / 0; EXCEPTION WHEN division_by_zero THEN NULL; END $$;
+RELEASE SAVEPOINT s;
+DO $$ BEGIN PERFORM 1 / 0; EXCEPTION WHEN division_by_zero THEN NULL; END $$;
+COMMIT;
+SELECT callee, calls, clsn IS NULL AS no_clsn, replies_tracked
+  FROM rmsg.called_components WHERE caller = :'rb';
+
 -- The settings: depth is the server's (SIGHUP), max_components its start's.
 SHOW rmsg.last_call_depth;
 SELECT sqlstate_of($$SET rmsg.last_call_depth = 2$$);

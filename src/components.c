@@ -345,15 +345,31 @@ RememberReply(CalledComponent *entry, int64 call_id, XLogRecPtr clsn)
  * Ends the pending replies of this transaction, or of one subtransaction
  * (subxid valid).  On commit, XactLastCommitEnd is the end of our commit
  * record: the replies' CLSN.  Runs in transaction callbacks: no errors.
+ *
+ * The replies that stay pending (another subtransaction's) are listed anew
+ * in TopTransactionContext, before the lock is taken: at a subtransaction's
+ * abort the current memory context is that subtransaction's, which goes
+ * with it, and a list made there would be read after it was freed.
  */
 static void
 EndPendingReplies(bool committed, SubTransactionId subxid)
 {
 	ListCell   *lc;
 	List	   *kept = NIL;
+	MemoryContext old;
 
 	if (pending_replies == NIL)
 		return;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	foreach(lc, pending_replies)
+	{
+		PendingReply *reply = lfirst(lc);
+
+		if (subxid != InvalidSubTransactionId && reply->subxid != subxid)
+			kept = lappend(kept, reply);
+	}
+	MemoryContextSwitchTo(old);
+
 	LWLockAcquire(components_lock, LW_EXCLUSIVE);
 	foreach(lc, pending_replies)
 	{
@@ -361,10 +377,7 @@ EndPendingReplies(bool committed, SubTransactionId subxid)
 		CalledComponent *entry;
 
 		if (subxid != InvalidSubTransactionId && reply->subxid != subxid)
-		{
-			kept = lappend(kept, reply);
-			continue;
-		}
+			continue;			/* stays pending */
 		if (!reply->entered)
 			continue;			/* its record_reply failed to make the entry */
 		entry = hash_search(components, &reply->key, HASH_FIND, NULL);
@@ -375,6 +388,7 @@ EndPendingReplies(bool committed, SubTransactionId subxid)
 		entry->pending--;
 	}
 	LWLockRelease(components_lock);
+	list_free(pending_replies);
 	pending_replies = kept;
 }
 
