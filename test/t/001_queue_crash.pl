@@ -16,6 +16,7 @@ use Time::HiRes qw(time usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 #---------------------------------------------------------------------------
 # Payloads: "name|" followed by hex digits up to the wanted length, so that
@@ -80,20 +81,19 @@ sub sorted_lines
 # lazily committed lease is most likely still in memory at the crash.
 #---------------------------------------------------------------------------
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
 # No background worker: its maintenance would collect payloads and
 # dead-letter messages on a schedule of its own, where this file checks what
 # the SQL functions do by themselves (011 and 012 test the worker).
-$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
-$node->append_conf('postgresql.conf', "synchronous_commit = on");
-$node->append_conf('postgresql.conf', "wal_writer_delay = '10s'");
 # A low inline threshold, so that the puts below cover both layouts: data in
 # the message row, and data in a payload row the message references.
-$node->append_conf('postgresql.conf', "rmsg.inline_payload_max = 256");
-$node->start;
+my $node = new_node(
+	'crash',
+	workers => 0,
+	conf    => q{
+synchronous_commit = on
+wal_writer_delay = '10s'
+rmsg.inline_payload_max = 256
+});
 
 is($node->safe_psql('postgres', 'SHOW synchronous_commit'),
 	'on', 'synchronous_commit is on');

@@ -10,6 +10,10 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
 # Runs $sql (a get) every 50 ms until it returns a row, for at most $timeout
 # seconds; returns its output ('' if nothing came) and when it came.
 sub poll_get
@@ -28,19 +32,18 @@ sub poll_get
 
 sub max_of { return $_[0] > $_[1] ? $_[0] : $_[1]; }
 
-my $node = PostgreSQL::Test::Cluster->new('visibility');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
 # No background worker: its maintenance would collect payloads and
 # dead-letter messages on a schedule of its own, where this file checks what
 # the SQL functions do by themselves (011 and 012 test the worker).
-$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
 # Lazily committed transactions stay in memory until the crash: only a
 # durable commit (or this slow WAL writer) would write them out.
-$node->append_conf('postgresql.conf', "synchronous_commit = on");
-$node->append_conf('postgresql.conf', "wal_writer_delay = '10s'");
-$node->start;
+my $node = new_node(
+	'visibility',
+	workers => 0,
+	conf    => q{
+synchronous_commit = on
+wal_writer_delay = '10s'
+});
 
 $node->safe_psql(
 	'postgres', q{

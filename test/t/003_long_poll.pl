@@ -16,6 +16,7 @@ use Time::HiRes qw(time usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 # Waits until the session named $name is inside a statement and sleeping
 # (a wait event is set): a get with a wait that found nothing.
@@ -40,15 +41,10 @@ sub start_waiter
 	return $n;
 }
 
-my $node = PostgreSQL::Test::Cluster->new('longpoll');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
 # No background worker: its maintenance would collect payloads and
 # dead-letter messages on a schedule of its own, where this file checks what
 # the SQL functions do by themselves (011 and 012 test the worker).
-$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
-$node->start;
+my $node = new_node('longpoll', workers => 0);
 $node->safe_psql(
 	'postgres', q{
 	CREATE EXTENSION recoverable_msg;

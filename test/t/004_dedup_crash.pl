@@ -22,6 +22,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 #---------------------------------------------------------------------------
 # Data: pseudo-random bytes (raw md5 digests chained), so nothing
@@ -71,16 +72,10 @@ sub named
 # The node: default inline limit (2000 bytes), durable commits.
 #---------------------------------------------------------------------------
 
-my $node = PostgreSQL::Test::Cluster->new('dedup');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
 # No background worker: its maintenance would collect payloads and
 # dead-letter messages on a schedule of its own, where this file checks what
 # the SQL functions do by themselves (011 and 012 test the worker).
-$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
-$node->append_conf('postgresql.conf', "synchronous_commit = on");
-$node->start;
+my $node = new_node('dedup', workers => 0, conf => "synchronous_commit = on");
 
 sub sql { my ($q) = @_; return $node->safe_psql('postgres', $q); }
 

@@ -35,15 +35,18 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 #---------------------------------------------------------------------------
 # The clusters
 #---------------------------------------------------------------------------
 
-my $caller = PostgreSQL::Test::Cluster->new('caller');
-$caller->init;
-$caller->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $caller = new_node(
+	'caller',
+	workers => 1,
+	conf    => q{
 # the WAL writer flushes lazy commits at most every 10 s (the largest value
 # allowed), so they really are pending when the server crashes
 wal_writer_delay = '10s'
@@ -54,17 +57,15 @@ fsync = on
 # no autovacuum or autoanalyze commit flushing the WAL behind the test's back
 autovacuum = off
 });
-$caller->start;
 
-my $callee = PostgreSQL::Test::Cluster->new('callee');
-$callee->init;
-$callee->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
+my $callee = new_node(
+	'callee',
+	workers => 1,
+	conf    => q{
 # as on the caller's node: only the replies' own commits flush promptly
 wal_writer_delay = '10s'
 autovacuum = off
 });
-$callee->start;
 
 # The callees' side: each call's work (a row, a per-caller counter) and its
 # reply commit together in handle(), one statement.  The reply depends on

@@ -16,16 +16,20 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('components');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq(
-shared_preload_libraries = 'recoverable_msg'
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $node = new_node(
+	'components',
+	workers   => 1,
+	extension => 1,
+	conf      => q{
 rmsg.max_components = 16
 wal_writer_delay = '10s'
-));
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION recoverable_msg');
+});
 
 sub forces
 {

@@ -37,16 +37,19 @@ use Time::HiRes qw(time usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 #---------------------------------------------------------------------------
 # The node: durable commits explicitly, and a WAL writer so slow that a
 # lazily committed lease is most likely still in memory at the crash.
 #---------------------------------------------------------------------------
 
-my $node = PostgreSQL::Test::Cluster->new('inst_crash');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $node = new_node(
+	'inst_crash',
+	workers => 1,
+	conf    => q{
 synchronous_commit = on
 wal_writer_delay = '10s'
 autovacuum = off
@@ -58,7 +61,6 @@ autovacuum = off
 # (An immediate shutdown tears no page: the files stay in the OS cache.)
 full_page_writes = off
 });
-$node->start;
 
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION recoverable_msg;

@@ -36,21 +36,23 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 my $N       = 20;    # instances
 my $LIVE    = 10;    # i1..i$LIVE are consumed during the load
 my $LAG     = 4;     # the toggler completes a recovery 4 windows after it began
 my $SECONDS = 4;     # of pgbench
 
-my $node = PostgreSQL::Test::Cluster->new('inst_race');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $node = new_node(
+	'inst_race',
+	workers => 1,
+	conf    => q{
 max_connections = 30
 # the commit times tell which deliveries committed while an instance recovered
 track_commit_timestamp = on
 });
-$node->start;
 
 $node->safe_psql('postgres', qq{
 CREATE EXTENSION recoverable_msg;

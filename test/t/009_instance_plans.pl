@@ -13,14 +13,13 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('instance_plans');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq(
-shared_preload_libraries = 'recoverable_msg'
-autovacuum = off
-));
-$node->start;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $node = new_node('instance_plans', workers => 1, conf => 'autovacuum = off');
 $node->safe_psql(
 	'postgres', q{
 CREATE EXTENSION recoverable_msg;

@@ -12,11 +12,13 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('instance_cache');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
-$node->start;
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
+# workers => 1: the server's default, which this file was written against
+# (it calls no handler).
+my $node = new_node('instance_cache', workers => 1);
 $node->safe_psql('postgres', 'CREATE DATABASE other');
 for my $db ('postgres', 'other')
 {

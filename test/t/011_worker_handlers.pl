@@ -46,18 +46,17 @@ use Time::Local qw(timegm);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
-my $node = PostgreSQL::Test::Cluster->new('worker_handlers');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
-rmsg.worker_count = 2
+my $node = new_node(
+	'worker_handlers',
+	workers => 2,
+	conf    => q{
 rmsg.worker_naptime = '1s'
 rmsg.retry_delay = '500ms'
 rmsg.max_retry_delay = '10s'
 autovacuum = off
 });
-$node->start;
 
 #---------------------------------------------------------------------------
 # Helpers

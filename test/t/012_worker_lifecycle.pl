@@ -37,17 +37,21 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-my $node = PostgreSQL::Test::Cluster->new('worker_life');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
+# set_worker_count below appends a later rmsg.worker_count, which overrides
+# this one at the next start.
+my $node = new_node(
+	'worker_life',
+	workers => 2,
+	conf    => q{
 synchronous_commit = on
-rmsg.worker_count = 2
 rmsg.worker_naptime = '1s'
 rmsg.retry_delay = '1s'
 autovacuum = off
 });
-$node->start;
 
 #---------------------------------------------------------------------------
 # Helpers

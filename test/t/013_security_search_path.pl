@@ -23,17 +23,16 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
-my $node = PostgreSQL::Test::Cluster->new('search_path');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'recoverable_msg'
-rmsg.worker_count = 1
+my $node = new_node(
+	'search_path',
+	workers => 1,
+	conf    => q{
 rmsg.worker_naptime = '100ms'
 rmsg.retry_delay = '100ms'
 log_statement = 'none'
 });
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

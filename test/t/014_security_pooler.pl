@@ -28,6 +28,7 @@ use Time::HiRes qw(time usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 my $pgbouncer_bin = '/usr/sbin/pgbouncer';
 # test/check.sh installs the Debian package; only a machine set up by hand
@@ -116,14 +117,9 @@ my $t0 = time;
 #---------------------------------------------------------------------------
 # The server, and PgBouncer in front of it.
 #---------------------------------------------------------------------------
-my $node = PostgreSQL::Test::Cluster->new('pooled');
-$node->init;
-$node->append_conf('postgresql.conf',
-	"shared_preload_libraries = 'recoverable_msg'");
 # No background worker: it would collect payload rows on its own schedule,
 # where this file compares which rows messages reference.
-$node->append_conf('postgresql.conf', "rmsg.worker_count = 0");
-$node->start;
+my $node = new_node('pooled', workers => 0);
 $node->safe_psql(
 	'postgres', q{
 	CREATE EXTENSION recoverable_msg;

@@ -25,23 +25,23 @@ use Time::HiRes qw(usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
 #---------------------------------------------------------------------------
 # A primary with the worker, and a standby made from its backup, which
 # therefore has the same settings (worker_count = 1 included).
 #---------------------------------------------------------------------------
-my $primary = PostgreSQL::Test::Cluster->new('sb_primary');
-$primary->init(allows_streaming => 1);
 # %b puts the backend type on each line, so a line logged by the worker
 # would say 'recoverable_msg worker'.  A short naptime makes a worker that
 # did start on the standby wake, and fail, several times while we watch.
-$primary->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
-rmsg.worker_count = 1
+my $primary = new_node(
+	'sb_primary',
+	allows_streaming => 1,
+	workers          => 1,
+	conf             => q{
 rmsg.worker_naptime = '1s'
 log_line_prefix = '%m [%p] %b %q%a '
 });
-$primary->start;
 
 my $ps = sub { return $primary->safe_psql('postgres', $_[0]); };
 

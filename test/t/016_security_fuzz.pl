@@ -44,19 +44,21 @@ use Test::More;
 use IPC::Run;
 use Time::HiRes qw(time);
 
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
+
 my $t0 = time;
 
-my $node = PostgreSQL::Test::Cluster->new('security_fuzz');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
 # No background worker: it would change the state (maintenance, handlers)
 # between two fingerprints.
-rmsg.worker_count = 0
+my $node = new_node(
+	'security_fuzz',
+	workers => 0,
+	conf    => q{
 max_prepared_transactions = 10
 autovacuum = off
 });
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

@@ -16,16 +16,16 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgNode;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'recoverable_msg'
-rmsg.worker_count = 1
+my $node = new_node(
+	'upgrade',
+	workers => 1,
+	conf    => q{
 rmsg.database = 'upd'
 rmsg.worker_naptime = '200ms'
 });
-$node->start;
 
 sub sql
 {

@@ -32,18 +32,12 @@ use Time::HiRes qw(time usleep);
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
+use RmsgNode;
 
-my $node = PostgreSQL::Test::Cluster->new('databases');
-$node->init;
 # No worker: it would only serve 'postgres'.  wal_writer_delay at its
 # maximum keeps a lazily committed reply unflushed for the seconds section 4
 # needs (as in 006).
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'recoverable_msg'
-rmsg.worker_count = 0
-wal_writer_delay = '10s'
-});
-$node->start;
+my $node = new_node('databases', workers => 0, conf => "wal_writer_delay = '10s'");
 
 sub sql
 {
