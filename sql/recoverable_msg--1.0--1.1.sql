@@ -44,6 +44,12 @@ SELECT n.name, e.extowner::regrole
        pg_catalog.pg_extension e
  WHERE e.extname = 'recoverable_msg';
 
+-- A prefix may have a handler of each role: an instance's messages go to
+-- the handler of the longest prefix among those whose role may receive from
+-- it, so that no role can take a prefix away from another.
+ALTER TABLE rmsg.instance_handler DROP CONSTRAINT instance_handler_pkey,
+                                  ADD PRIMARY KEY (prefix, owner);
+
 ------------------------------------------------------------------------------
 -- The rights 1.0 gave through the tables become privileges
 ------------------------------------------------------------------------------
@@ -52,46 +58,91 @@ DO $migrate$
 DECLARE
     held record;
     grantee_name text;
+    owner_name text := pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(
+        (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'recoverable_msg')));
+    planted text;
 BEGIN
-    -- Per role (0: PUBLIC) that held rights on our tables: what they let it do.
+    -- A trigger on our tables would run, from 1.1 on, as the tables' owner (a
+    -- superuser) inside every function of the extension: 1.0 let roles with
+    -- the TRIGGER right add one.  No trigger of ours exists; refuse any other.
+    SELECT string_agg(format('%s on rmsg.%s', t.tgname, c.relname), ', ')
+      INTO planted
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+     WHERE c.relnamespace = 'rmsg'::regnamespace AND NOT t.tgisinternal;
+    IF planted IS NOT NULL THEN
+        RAISE EXCEPTION 'the tables of recoverable_msg have triggers: %', planted
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'From version 1.1 the extension''s statements run as the tables'' owner, and so would these triggers.',
+                  HINT = 'Drop the triggers, then run ALTER EXTENSION recoverable_msg UPDATE again.';
+    END IF;
+
+    -- In 1.0 a role that could write rmsg.subscription or rmsg.instance_handler
+    -- could name any role as a handler's owner, and the worker would run the
+    -- handler as that role.  Where such roles existed, handlers that run as a
+    -- superuser cannot be trusted: they are removed (their messages wait) and
+    -- must be registered again by whoever owns them.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+                WHERE c.oid IN ('rmsg.subscription'::regclass, 'rmsg.instance_handler'::regclass)
+                  AND a.grantee <> c.relowner AND a.privilege_type IN ('INSERT', 'UPDATE')) THEN
+        FOR held IN
+            SELECT 'queue ' || q.name AS what, s.owner::text AS owner
+              FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+              JOIN pg_catalog.pg_roles r ON r.oid = s.owner WHERE r.rolsuper
+            UNION ALL
+            SELECT 'instance prefix ' || pg_catalog.quote_literal(h.prefix), h.owner::text
+              FROM rmsg.instance_handler h JOIN pg_catalog.pg_roles r ON r.oid = h.owner
+             WHERE r.rolsuper
+        LOOP
+            RAISE WARNING 'removing the handler of % that runs as superuser %', held.what, held.owner
+                USING DETAIL = 'Under 1.0 other roles could write the handler tables and name any owner.',
+                      HINT = 'Register it again with rmsg.subscribe or rmsg.set_handler, as the role it should run as.';
+        END LOOP;
+        DELETE FROM rmsg.subscription s USING pg_catalog.pg_roles r WHERE r.oid = s.owner AND r.rolsuper;
+        DELETE FROM rmsg.instance_handler h USING pg_catalog.pg_roles r WHERE r.oid = h.owner AND r.rolsuper;
+    END IF;
+
+    -- Per role (0: PUBLIC) that held rights on our tables: what those rights
+    -- let it do in 1.0, each right a privilege only with the others it needed
+    -- (taking a message took SELECT, UPDATE and DELETE on rmsg.message, say).
     FOR held IN
-        SELECT a.grantee,
-               nullif(concat_ws(',',
-                   CASE WHEN bool_or(c.relname = 'message' AND a.privilege_type = 'INSERT') THEN 'INSERT' END,
-                   CASE WHEN bool_or(c.relname = 'message' AND a.privilege_type = 'UPDATE') THEN 'SELECT' END,
-                   CASE WHEN bool_or(c.relname = 'queue' AND a.privilege_type = 'DELETE') THEN 'UPDATE' END),
-                   '') AS queue_rights,
-               nullif(concat_ws(',',
-                   CASE WHEN bool_or(c.relname = 'instance_message' AND a.privilege_type = 'INSERT') THEN 'INSERT' END,
-                   CASE WHEN bool_or(c.relname = 'instance_message' AND a.privilege_type = 'UPDATE') THEN 'SELECT' END,
-                   CASE WHEN bool_or(c.relname = 'instance' AND a.privilege_type = 'DELETE') THEN 'UPDATE' END),
-                   '') AS instance_rights,
-               bool_or((c.relname = 'caller' AND a.privilege_type = 'UPDATE')
-                       OR (c.relname = 'last_call' AND a.privilege_type = 'INSERT')) AS use_component,
-               bool_or(c.relname = 'queue' AND a.privilege_type = 'INSERT') AS create_queue,
-               bool_or(c.relname = 'instance' AND a.privilege_type = 'INSERT') AS create_instance
-          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
-         WHERE c.relnamespace = 'rmsg'::regnamespace AND a.grantee <> c.relowner
-         GROUP BY a.grantee
+        WITH rights AS (
+            SELECT a.grantee, c.relname, a.privilege_type AS priv
+              FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+             WHERE c.relnamespace = 'rmsg'::regnamespace AND a.grantee <> c.relowner),
+        has AS (
+            SELECT grantee, array_agg(relname || '.' || priv) AS r FROM rights GROUP BY grantee)
+        SELECT grantee,
+               nullif(concat(
+                   CASE WHEN r @> '{message.INSERT}' THEN 'a' END,
+                   CASE WHEN r @> '{message.SELECT,message.UPDATE,message.DELETE}' THEN 'r' END,
+                   CASE WHEN r @> '{queue.SELECT,queue.DELETE,message.DELETE}' THEN 'w' END), '') AS queue_rights,
+               nullif(concat(
+                   CASE WHEN r @> '{instance_message.INSERT}' THEN 'a' END,
+                   CASE WHEN r @> '{instance_message.SELECT,instance_message.UPDATE,instance_message.DELETE}' THEN 'r' END,
+                   CASE WHEN r @> '{instance.SELECT,instance.DELETE,instance_message.DELETE}' THEN 'w' END), '') AS instance_rights,
+               (r @> '{caller.SELECT,caller.UPDATE}' OR r @> '{last_call.SELECT,last_call.INSERT}') AS use_component,
+               r @> '{queue.INSERT}' AS create_queue,
+               r @> '{instance.INSERT}' AS create_instance
+          FROM has
     LOOP
+        grantee_name := CASE WHEN held.grantee = 0 THEN ''
+                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(held.grantee)) END;
         IF held.queue_rights IS NOT NULL THEN
             UPDATE rmsg.queue
                SET acl = coalesce(acl, '{}') ||
-                         pg_catalog.makeaclitem(held.grantee, owner, held.queue_rights, false);
+                         format('%s=%s/%s', grantee_name, held.queue_rights, owner_name)::aclitem;
         END IF;
         IF held.instance_rights IS NOT NULL THEN
             UPDATE rmsg.instance
                SET acl = coalesce(acl, '{}') ||
-                         pg_catalog.makeaclitem(held.grantee, owner, held.instance_rights, false);
+                         format('%s=%s/%s', grantee_name, held.instance_rights, owner_name)::aclitem;
         END IF;
         IF held.use_component THEN
             UPDATE rmsg.component
-               SET acl = coalesce(acl, '{}') ||
-                         pg_catalog.makeaclitem(held.grantee, owner, 'SELECT', false);
+               SET acl = coalesce(acl, '{}') || format('%s=r/%s', grantee_name, owner_name)::aclitem;
         END IF;
 
-        grantee_name := CASE WHEN held.grantee = 0 THEN 'PUBLIC'
-                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(held.grantee)) END;
+        grantee_name := CASE WHEN held.grantee = 0 THEN 'PUBLIC' ELSE grantee_name END;
         IF held.create_queue THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO %s',
                            grantee_name);
@@ -239,6 +290,27 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.revoke_component(text, regrole, text) IS
   'revoke privileges on a component granted with rmsg.grant_component';
 
+CREATE FUNCTION rmsg.alter_queue_owner(queue text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_queue_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_queue_owner(text, regrole) IS
+  'give the queue to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
+CREATE FUNCTION rmsg.alter_instance_owner(instance text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_instance_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_instance_owner(text, regrole) IS
+  'give the instance to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
+CREATE FUNCTION rmsg.alter_component_owner(component text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_component_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_component_owner(text, regrole) IS
+  'give the component to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
 CREATE FUNCTION rmsg.has_queue_privilege(queue text, privilege text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege'
@@ -329,7 +401,7 @@ COMMENT ON FUNCTION rmsg.queue_counters() IS
 
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
 -- lease running), delayed (put or nacked with a delay that has not passed).
-CREATE OR REPLACE VIEW rmsg.queues AS
+CREATE OR REPLACE VIEW rmsg.queues WITH (security_barrier) AS
 SELECT q.name AS queue,
        coalesce(m.ready, 0) AS ready,
        coalesce(m.in_flight, 0) AS in_flight,
@@ -377,7 +449,7 @@ COMMENT ON FUNCTION rmsg.stat_queues() IS 'the counters of every queue of this d
 
 -- One scan of each instance's line.  A normal message of a recovering
 -- instance is deferred, whether it arrived before recovery began or since.
-CREATE OR REPLACE VIEW rmsg.instances AS
+CREATE OR REPLACE VIEW rmsg.instances WITH (security_barrier) AS
 SELECT i.name AS instance,
        i.mode,
        coalesce(m.ready, 0) AS ready,
@@ -403,13 +475,13 @@ SELECT i.name AS instance,
  WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
     OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
 
-CREATE OR REPLACE VIEW rmsg.last_calls AS
+CREATE OR REPLACE VIEW rmsg.last_calls WITH (security_barrier) AS
 SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
   FROM rmsg.last_call
  WHERE rmsg.has_component_privilege(callee, 'use, manage')
     OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
 
-CREATE OR REPLACE VIEW rmsg.callers AS
+CREATE OR REPLACE VIEW rmsg.callers WITH (security_barrier) AS
 SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
        (SELECT count(*) FROM rmsg.call_log l
          WHERE l.caller = c.caller AND l.call_id > c.checkpoint_call_id) AS logged_calls,
@@ -419,42 +491,51 @@ SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
  WHERE rmsg.has_component_privilege(c.caller, 'use, manage')
     OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
 
--- A queue's handler shows to the roles with a privilege on the queue, an
--- instance prefix's to its role (and the members of it).
-CREATE OR REPLACE VIEW rmsg.handlers AS
-SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
-       s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
-  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
- WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'instance', h.prefix, h.handler, 1, h.owner,
-       h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
-  FROM rmsg.instance_handler h
- WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+-- A queue's handler shows to the roles that may get from or manage the
+-- queue (its errors quote messages), an instance prefix's to its role (and
+-- the members of it).
+CREATE OR REPLACE VIEW rmsg.handlers WITH (security_barrier) AS
+-- the arms of a UNION ALL are planned as tables of their own, past the
+-- view's barrier: the union is a subquery, so that the barrier holds
+SELECT kind, target, handler, batch, owner, errors, last_error, last_error_at, last_error_msg_id, created_at FROM (
+  SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
+         s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+    FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+   WHERE rmsg.has_queue_privilege(q.name, 'get, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'instance', h.prefix, h.handler, 1, h.owner,
+         h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+    FROM rmsg.instance_handler h
+   WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+) AS handlers_rows;
 
 -- Every privilege granted on the objects the role may see.
-CREATE VIEW rmsg.privileges AS
-SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
-       CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
-                             ELSE 'manage' END AS privilege
-  FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
- WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'instance', i.name, i.owner, a.grantee::regrole,
-       CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
-                             ELSE 'manage' END
-  FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
- WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'component', c.name, c.owner, a.grantee::regrole,
-       CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
-  FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
- WHERE rmsg.has_component_privilege(c.name, 'use, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+CREATE VIEW rmsg.privileges WITH (security_barrier) AS
+-- the arms of a UNION ALL are planned as tables of their own, past the
+-- view's barrier: the union is a subquery, so that the barrier holds
+SELECT kind, object, owner, grantee, privilege FROM (
+  SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
+         CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
+                               ELSE 'manage' END AS privilege
+    FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
+   WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'instance', i.name, i.owner, a.grantee::regrole,
+         CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
+                               ELSE 'manage' END
+    FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
+   WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'component', c.name, c.owner, a.grantee::regrole,
+         CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
+    FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
+   WHERE rmsg.has_component_privilege(c.name, 'use, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+) AS privileges_rows;
 COMMENT ON VIEW rmsg.privileges IS
   'the privileges granted on the queues, instances and components the current role may see (grantee - is PUBLIC); owners hold every privilege';
 

@@ -187,15 +187,19 @@ CREATE TABLE rmsg.subscription (
 );
 COMMENT ON TABLE rmsg.subscription IS 'the handler of each subscribed queue; use rmsg.subscribe and rmsg.unsubscribe';
 
+-- A prefix may have a handler of each role: an instance's messages go to
+-- the handler of the longest prefix among those whose role may receive
+-- from it, so that no role can take a prefix away from another.
 CREATE TABLE rmsg.instance_handler (
-    prefix          text PRIMARY KEY,
+    prefix          text NOT NULL,
     handler         regprocedure NOT NULL,
     owner           regrole NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     errors          bigint NOT NULL DEFAULT 0,
     last_error      text,
     last_error_at   timestamptz,
-    last_error_msg_id bigint
+    last_error_msg_id bigint,
+    PRIMARY KEY (prefix, owner)
 );
 COMMENT ON TABLE rmsg.instance_handler IS 'the handlers of instances by name prefix; use rmsg.set_handler and rmsg.remove_handler';
 
@@ -590,6 +594,27 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.revoke_component(text, regrole, text) IS
   'revoke privileges on a component granted with rmsg.grant_component';
 
+CREATE FUNCTION rmsg.alter_queue_owner(queue text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_queue_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_queue_owner(text, regrole) IS
+  'give the queue to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
+CREATE FUNCTION rmsg.alter_instance_owner(instance text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_instance_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_instance_owner(text, regrole) IS
+  'give the instance to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
+CREATE FUNCTION rmsg.alter_component_owner(component text, owner regrole)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_alter_component_owner'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.alter_component_owner(text, regrole) IS
+  'give the component to another role, as ALTER ... OWNER TO: its owner may give it to a role it is a member of';
+
 CREATE FUNCTION rmsg.has_queue_privilege(queue text, privilege text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'rmsg_has_queue_privilege'
@@ -700,7 +725,7 @@ SELECT * FROM rmsg.stat_components();
 COMMENT ON VIEW rmsg.called_components IS
   'per caller and callee: CLSN of the newest logged reply, flushed LSN, whether the reply is stable, calls and forces since server start';
 
-CREATE VIEW rmsg.last_calls AS
+CREATE VIEW rmsg.last_calls WITH (security_barrier) AS
 SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
   FROM rmsg.last_call
  WHERE rmsg.has_component_privilege(callee, 'use, manage')
@@ -708,7 +733,7 @@ SELECT callee, caller, call_id, length(reply) AS reply_bytes, stored_at
 COMMENT ON VIEW rmsg.last_calls IS
   'the replies each callee keeps per caller until the caller calls again';
 
-CREATE VIEW rmsg.callers AS
+CREATE VIEW rmsg.callers WITH (security_barrier) AS
 SELECT c.caller, c.next_call_id, c.checkpoint_call_id, c.checkpointed_at,
        (SELECT count(*) FROM rmsg.call_log l
          WHERE l.caller = c.caller AND l.call_id > c.checkpoint_call_id) AS logged_calls,
@@ -722,7 +747,7 @@ COMMENT ON VIEW rmsg.callers IS
 
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
 -- lease running), delayed (put or nacked with a delay that has not passed).
-CREATE VIEW rmsg.queues AS
+CREATE VIEW rmsg.queues WITH (security_barrier) AS
 SELECT q.name AS queue,
        coalesce(m.ready, 0) AS ready,
        coalesce(m.in_flight, 0) AS in_flight,
@@ -763,7 +788,7 @@ COMMENT ON VIEW rmsg.queues IS
 
 -- One scan of each instance's line.  A normal message of a recovering
 -- instance is deferred, whether it arrived before recovery began or since.
-CREATE VIEW rmsg.instances AS
+CREATE VIEW rmsg.instances WITH (security_barrier) AS
 SELECT i.name AS instance,
        i.mode,
        coalesce(m.ready, 0) AS ready,
@@ -811,44 +836,53 @@ SELECT * FROM rmsg.stat_worker();
 COMMENT ON VIEW rmsg.worker IS
   'the background workers: state, what they handle now, messages handled, errors, the last error, maintenance';
 
--- A queue's handler shows to the roles with a privilege on the queue, an
--- instance prefix's to its role (and the members of it).
-CREATE VIEW rmsg.handlers AS
-SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
-       s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
-  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
- WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'instance', h.prefix, h.handler, 1, h.owner,
-       h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
-  FROM rmsg.instance_handler h
- WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+-- A queue's handler shows to the roles that may get from or manage the
+-- queue (its errors quote messages), an instance prefix's to its role (and
+-- the members of it).
+CREATE VIEW rmsg.handlers WITH (security_barrier) AS
+-- the arms of a UNION ALL are planned as tables of their own, past the
+-- view's barrier: the union is a subquery, so that the barrier holds
+SELECT kind, target, handler, batch, owner, errors, last_error, last_error_at, last_error_msg_id, created_at FROM (
+  SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
+         s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+    FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
+   WHERE rmsg.has_queue_privilege(q.name, 'get, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'instance', h.prefix, h.handler, 1, h.owner,
+         h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+    FROM rmsg.instance_handler h
+   WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+) AS handlers_rows;
 COMMENT ON VIEW rmsg.handlers IS
   'one row per queue handler and instance handler (target: the queue, or the instance name prefix), with its error count and last error';
 
 -- Every privilege granted on the objects the role may see.
-CREATE VIEW rmsg.privileges AS
-SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
-       CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
-                             ELSE 'manage' END AS privilege
-  FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
- WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'instance', i.name, i.owner, a.grantee::regrole,
-       CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
-                             ELSE 'manage' END
-  FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
- WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
-UNION ALL
-SELECT 'component', c.name, c.owner, a.grantee::regrole,
-       CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
-  FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
- WHERE rmsg.has_component_privilege(c.name, 'use, manage')
-    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+CREATE VIEW rmsg.privileges WITH (security_barrier) AS
+-- the arms of a UNION ALL are planned as tables of their own, past the
+-- view's barrier: the union is a subquery, so that the barrier holds
+SELECT kind, object, owner, grantee, privilege FROM (
+  SELECT 'queue'::text AS kind, q.name AS object, q.owner, a.grantee::regrole AS grantee,
+         CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
+                               ELSE 'manage' END AS privilege
+    FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
+   WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'instance', i.name, i.owner, a.grantee::regrole,
+         CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
+                               ELSE 'manage' END
+    FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
+   WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+  UNION ALL
+  SELECT 'component', c.name, c.owner, a.grantee::regrole,
+         CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
+    FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
+   WHERE rmsg.has_component_privilege(c.name, 'use, manage')
+      OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+) AS privileges_rows;
 COMMENT ON VIEW rmsg.privileges IS
   'the privileges granted on the queues, instances and components the current role may see (grantee - is PUBLIC); owners hold every privilege';
 

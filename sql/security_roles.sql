@@ -53,7 +53,18 @@ SELECT sqlstate_of($$SELECT rmsg.drop_queue('sec_a')$$);
 SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_tenant_b', 'all')$$);
 SELECT sqlstate_of($$SELECT rmsg.subscribe('sec_a', 'pg_catalog.length(bytea)')$$);
 SELECT sqlstate_of($$SELECT rmsg.put_many(ARRAY['sec_b', 'sec_a'], 'x'::bytea)$$);
--- a dead-letter queue takes dead letters: naming one takes put on it
+-- a cheap function of b's in a query on the views is given only the rows
+-- the view shows b (the views are security barriers): it never sees sec_a
+CREATE FUNCTION pg_temp.peek(t text, secret text) RETURNS boolean LANGUAGE plpgsql
+  COST 0.0000001 AS $$
+BEGIN
+  IF t LIKE secret THEN RAISE NOTICE 'peeked at %', t; END IF;
+  RETURN true;
+END $$;
+SELECT count(*) AS seen FROM rmsg.queues WHERE pg_temp.peek(queue, 'sec_a');
+SELECT count(*) AS seen FROM rmsg.privileges WHERE pg_temp.peek(object, 'sec_a');
+-- a dead-letter queue takes dead letters and cannot be dropped while named:
+-- naming one takes manage on it
 SELECT sqlstate_of($$SELECT rmsg.create_queue('sec_b2', dead_letter_queue => 'sec_a')$$);
 RESET ROLE;
 -- a's message, by id: not there for b (ack, nack, extend: false; forward: 02000)
@@ -80,6 +91,7 @@ SELECT queue, ready FROM rmsg.queues WHERE queue LIKE 'sec\_%' ORDER BY queue;
 SELECT convert_from(payload, 'UTF8') AS payload FROM rmsg.get('sec_a');
 SELECT sqlstate_of($$SELECT rmsg.put('sec_a', 'b'::text)$$);
 SELECT sqlstate_of($$SELECT rmsg.grant_queue('sec_a', 'sec_stranger', 'get')$$);
+SELECT sqlstate_of($$SELECT rmsg.create_queue('sec_b2', dead_letter_queue => 'sec_a')$$);
 -- forwarding takes get on the source and put on the target
 SELECT rmsg.forward(:sec_a_msg, 'sec_b') > 0 AS forwarded;
 RESET ROLE;
@@ -98,6 +110,26 @@ SET ROLE sec_ops;
 SELECT rmsg.grant_queue('sec_a', 'sec_producer', 'get');
 SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
  WHERE object = 'sec_a' ORDER BY grantee::text, privilege;
+RESET ROLE;
+
+-- dedup = 'content' shares payloads among one owner's queues only, and only
+-- a role that manages a queue (or reads all statistics) sees its byte
+-- counters: neither tells a producer whether another put the same data
+SET ROLE sec_tenant_a;
+SELECT rmsg.create_queue('sec_ca', dedup => 'content');
+SELECT rmsg.put('sec_ca', convert_to(repeat('shared?', 200), 'UTF8')) AS in_a \gset
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.create_queue('sec_cb', dedup => 'content');
+SELECT rmsg.put('sec_cb', convert_to(repeat('shared?', 200), 'UTF8')) AS in_b \gset
+RESET ROLE;
+SELECT (SELECT payload_id FROM rmsg.message WHERE msg_id = :in_a)
+    <> (SELECT payload_id FROM rmsg.message WHERE msg_id = :in_b) AS not_shared_across_owners;
+SET ROLE sec_producer;
+SELECT queue, bytes_written, bytes_referenced, stale_receipts FROM rmsg.queues WHERE queue = 'sec_a';
+RESET ROLE;
+SET ROLE sec_ops;
+SELECT queue, bytes_written IS NOT NULL AS counted FROM rmsg.queues WHERE queue = 'sec_a';
 RESET ROLE;
 
 -- revoking takes effect at once, also in a backend that cached the list
@@ -161,16 +193,28 @@ SET ROLE sec_tenant_b;
 SELECT sqlstate_of($$SELECT rmsg.subscribe('sec_a', 'sec_handler(bytea)')$$);
 SELECT rmsg.subscribe('sec_b', 'sec_handler(bytea)');
 SELECT kind, target, owner FROM rmsg.handlers WHERE target LIKE 'sec%';
--- an instance prefix nobody holds is free; another role's is not
+-- a producer does not see the handler, nor the errors it logged
+SELECT rmsg.grant_queue('sec_b', 'sec_producer', 'put');
+SET ROLE sec_producer;
+SELECT count(*) AS handlers_seen FROM rmsg.handlers WHERE target = 'sec_b';
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.revoke_queue('sec_b', 'sec_producer', 'put');
+-- each role has its own handler for a prefix, which takes only the
+-- instances that role may receive: a's handler for b's prefix neither
+-- displaces b's nor sees b's instances, and a removes only its own
 SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)');
 RESET ROLE;
 SET ROLE sec_tenant_a;
-SELECT sqlstate_of($$SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)')$$);
+SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)');
+-- a's view of the handlers: its own, neither b's queue nor b's prefix
+SELECT kind, target, owner FROM rmsg.handlers WHERE target LIKE 'sec%';
+SELECT count(*) AS seen FROM rmsg.handlers WHERE pg_temp.peek(target, 'sec_b');
+SELECT rmsg.remove_handler('sec-b-');
 SELECT sqlstate_of($$SELECT rmsg.remove_handler('sec-b-')$$);
--- a's view of the handlers: neither b's queue nor b's prefix
-SELECT kind, target FROM rmsg.handlers WHERE target LIKE 'sec%';
 RESET ROLE;
 SET ROLE sec_tenant_b;
+SELECT kind, target, owner FROM rmsg.handlers WHERE target LIKE 'sec%';
 SELECT rmsg.remove_handler('sec-b-'), rmsg.unsubscribe('sec_b');
 RESET ROLE;
 
@@ -245,10 +289,63 @@ SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
 RESET ROLE;
 SELECT name, owner FROM rmsg.component WHERE name LIKE 'sec-%' ORDER BY name;
 
-SELECT rmsg.drop_queue('sec_a'), rmsg.drop_queue('sec_b'), rmsg.drop_instance('sec-a-1');
--- DROP ROLE does not see the extension's lists: what the roles owned and
--- were granted there is cleared by hand (the README says so)
-DELETE FROM rmsg.component WHERE name LIKE 'sec-%';
+------------------------------------------------------------------------------
+-- Owners: giving an object away, as ALTER ... OWNER TO
+------------------------------------------------------------------------------
+
+-- b took the caller name 'sec-b-caller' first; a may not take it from b
+SET ROLE sec_tenant_a;
+SELECT sqlstate_of($$SELECT rmsg.alter_component_owner('sec-b-caller', 'sec_tenant_a')$$);
+-- nor give its own queue to a role it is not a member of
+SELECT sqlstate_of($$SELECT rmsg.alter_queue_owner('sec_a', 'sec_tenant_b')$$);
+SELECT sqlstate_of($$SELECT rmsg.alter_queue_owner('sec_nope', 'sec_tenant_a')$$);
+SELECT sqlstate_of($$SELECT rmsg.alter_queue_owner('sec_a', NULL)$$);
+RESET ROLE;
+-- a superuser may: b's component goes to a, and a's queue to b, whose grants
+-- are now recorded as b's (the producer keeps put, ops keeps manage)
+SELECT rmsg.alter_component_owner('sec-b-caller', 'sec_tenant_a'),
+       rmsg.alter_queue_owner('sec_a', 'sec_tenant_b');
+SELECT name, owner FROM rmsg.component WHERE name = 'sec-b-caller';
+SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
+ WHERE object = 'sec_a' ORDER BY grantee::text, privilege;
+SET ROLE sec_tenant_a;
+SELECT sqlstate_of($$SELECT rmsg.put('sec_a', 'a'::text)$$);
+RESET ROLE;
+SET ROLE sec_tenant_b;
+SELECT rmsg.put('sec_a', 'b owns it now'::text) > 0 AS put_by_new_owner;
+-- and b, a member of nothing, gives it back to itself only
+SELECT rmsg.alter_queue_owner('sec_a', 'sec_tenant_b');
+RESET ROLE;
+SELECT rmsg.alter_instance_owner('sec-a-1', 'sec_tenant_b');
+SELECT instance, owner FROM rmsg.instances WHERE instance = 'sec-a-1';
+
+------------------------------------------------------------------------------
+-- Roles: DROP ROLE, REASSIGN OWNED and DROP OWNED know our objects
+------------------------------------------------------------------------------
+
+SET ROLE sec_tenant_b;
+SELECT rmsg.set_handler('sec-b-', 'sec_instance_handler(text,bytea)');
+RESET ROLE;
+-- refused while the role owns, is granted or runs something here (2BP01)
+DROP ROLE sec_tenant_b;
+DROP ROLE sec_producer;
+-- REASSIGN OWNED hands b's objects and handler to a
+REASSIGN OWNED BY sec_tenant_b TO sec_tenant_a;
+SELECT queue, owner FROM rmsg.queues WHERE queue LIKE 'sec\_%' ORDER BY queue;
+SELECT instance, owner FROM rmsg.instances WHERE instance = 'sec-a-1';
+SELECT kind, target, owner FROM rmsg.handlers WHERE target LIKE 'sec%';
+SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
+ WHERE object LIKE 'sec%' ORDER BY kind, object, grantee::text, privilege;
+-- DROP OWNED revokes the role's privileges (b still held use on a's
+-- component) and drops what it owns
+DROP OWNED BY sec_producer, sec_ops, sec_tenant_b;
+SELECT kind, object, grantee, privilege FROM rmsg.privileges
+ WHERE object LIKE 'sec%' ORDER BY kind, object, grantee::text, privilege;
+DROP ROLE sec_producer, sec_ops, sec_tenant_b;
 DROP FUNCTION sec_handler(bytea), sec_instance_handler(text, bytea);
-DROP OWNED BY sec_tenant_a, sec_tenant_b, sec_producer, sec_ops, sec_stranger;
-DROP ROLE sec_tenant_a, sec_tenant_b, sec_producer, sec_ops, sec_stranger;
+DROP OWNED BY sec_tenant_a;
+SELECT count(*) AS left_of_a FROM rmsg.queue WHERE owner::oid = 'sec_tenant_a'::regrole;
+SELECT (SELECT count(*) FROM rmsg.instance WHERE name LIKE 'sec-%') AS instances,
+       (SELECT count(*) FROM rmsg.component WHERE name LIKE 'sec-%') AS components,
+       (SELECT count(*) FROM rmsg.instance_handler WHERE prefix LIKE 'sec%') AS handlers;
+DROP ROLE sec_tenant_a, sec_stranger;

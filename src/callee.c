@@ -18,10 +18,7 @@
  *
  * Both functions take a transaction-level lock on the (callee, caller)
  * pair, so that a duplicate delivery waits for the first to commit and
- * then finds its reply instead of doing the work again.  It is an advisory
- * lock with its own key space (the fourth field, RMSG_PAIR_LOCK_SPACE) so
- * it cannot meet the application's pg_advisory_lock keys; two pairs whose
- * names hash alike merely wait for each other.
+ * then finds its reply instead of doing the work again (name_locks.c).
  *
  * Answering as a callee takes the use privilege on its component, which
  * the role that first used the name owns (component_catalog.c).  The
@@ -43,12 +40,6 @@
 
 PG_FUNCTION_INFO_V1(rmsg_accept_call);
 PG_FUNCTION_INFO_V1(rmsg_reply);
-
-/*
- * pg_advisory_lock uses 1 (one bigint key) and 2 (two int keys) in the
- * lock tag's fourth field; our pair locks use their own value.
- */
-#define RMSG_PAIR_LOCK_SPACE 0x524D
 
 /* The replies kept for a pair, newest first.  $1 callee, $2 caller */
 static RmsgPlan kept_replies_plan = {
@@ -89,19 +80,7 @@ static RmsgPlan store_reply_plan = {
 static void
 LockPair(const char *callee, const char *caller)
 {
-	LOCKTAG		tag;
-	uint64		hash;
-	size_t		callee_len = strlen(callee);
-	char		key[2 * NAMEDATALEN];
-
-	/* both names, each with its terminator, so ("ab","c") <> ("a","bc") */
-	memcpy(key, callee, callee_len + 1);
-	strcpy(key + callee_len + 1, caller);
-	hash = hash_bytes_extended((const unsigned char *) key,
-							   (int) (callee_len + 1 + strlen(caller)), 0);
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (hash >> 32),
-						 (uint32) hash, RMSG_PAIR_LOCK_SPACE);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	(void) RmsgLockName(RMSG_LOCK_CALL_PAIR, callee, caller, ExclusiveLock, true);
 }
 
 static int64

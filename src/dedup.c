@@ -21,7 +21,8 @@
  * A queue's dedup setting limits this: 'none' never references (the data
  * is written each time, read from its earlier occurrence if the put gave
  * only a token), 'token' references what tokens and fan-outs name, and
- * 'content' also finds equal data that any content queue logged, by hash.
+ * 'content' also finds equal data that content queues of the same owner
+ * logged, by hash (payload.c says why not other owners').
  *
  *-------------------------------------------------------------------------
  */
@@ -57,7 +58,7 @@ Written(const RmsgQueue *queue, bytea *data, bool will_share, RmsgStoredData *ou
 
 	if (content && size >= RMSG_MIN_SHARED_SIZE)
 	{
-		int64		found = RmsgFindPayload(data);
+		int64		found = RmsgFindPayload(data, queue->owner);
 
 		if (found != 0)
 		{
@@ -67,7 +68,7 @@ Written(const RmsgQueue *queue, bytea *data, bool will_share, RmsgStoredData *ou
 	}
 	if (size > rmsg_inline_payload_max ||
 		((will_share || content) && size >= RMSG_MIN_SHARED_SIZE))
-		out->payload_id = RmsgWritePayload(data, content);
+		out->payload_id = RmsgWritePayload(data, content, queue->owner);
 	else
 		out->inline_data = data;
 }

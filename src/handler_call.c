@@ -18,9 +18,17 @@
  * steer the worker's and the next handler's statements), and as a
  * security-restricted operation, as PostgreSQL runs an index expression
  * of another role: no temporary tables (which another role's handler would
- * find first by name), no LISTEN, no change of role.  Before each call
- * the worker checks again that the role may still execute the function and
+ * find first by name), no LISTEN, no change of role; and the session-level
+ * advisory locks it took are let go when it returns.  Before each call the
+ * worker checks again that the role may still execute the function and
  * take the message: get on the queue, receive on the instance.
+ *
+ * A call that has not returned after rmsg.handler_timeout is cancelled, as
+ * pg_cancel_backend would cancel it: a handler that hangs, or a role that
+ * registers one that sleeps, cannot keep a worker from the other queues
+ * for longer than that.  statement_timeout does not help here: PostgreSQL
+ * arms it when a client's statement starts, which never happens in a
+ * background worker.
  *
  * A failed message is tried again after rmsg.retry_delay, twice as long
  * after each further failure, but never longer than rmsg.max_retry_delay.
@@ -32,14 +40,51 @@
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "rmsg.h"
+
+/* Our timer, registered on the first call; and whether it fired. */
+static TimeoutId handler_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t handler_timed_out = false;
+
+/*
+ * Runs in the SIGALRM handler: asks for a cancel, as SIGINT would, which
+ * the handler's next CHECK_FOR_INTERRUPTS turns into an error.
+ */
+static void
+HandlerTimeoutFired(void)
+{
+	handler_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+static void
+StartHandlerTimer(void)
+{
+	if (handler_timeout_id == MAX_TIMEOUTS)
+		handler_timeout_id = RegisterTimeout(USER_TIMEOUT, HandlerTimeoutFired);
+	handler_timed_out = false;
+	if (rmsg_handler_timeout > 0)
+		enable_timeout_after(handler_timeout_id, rmsg_handler_timeout);
+}
+
+static void
+StopHandlerTimer(void)
+{
+	if (handler_timeout_id != MAX_TIMEOUTS)
+		disable_timeout(handler_timeout_id, false);
+}
 
 /*
  * Whether the handler's role may take the messages of its queue (target_id
@@ -109,7 +154,16 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 		SetUserIdAndSecContext(h->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 		PushActiveSnapshot(GetTransactionSnapshot());
+		StartHandlerTimer();
 		(void) FunctionCallInvoke(fcinfo);
+		StopHandlerTimer();
+
+		/*
+		 * It returned, but the timer fired after its last check for
+		 * interrupts: the cancel it asked for is not meant for the worker.
+		 */
+		if (handler_timed_out)
+			QueryCancelPending = false;
 		PopActiveSnapshot();
 		AtEOXact_GUC(false, nest_level);	/* whatever it set goes */
 		SetUserIdAndSecContext(saved_user, saved_context);
@@ -118,19 +172,28 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 		MemoryContextSwitchTo(caller_context);
 		CurrentResourceOwner = caller_owner;
 		ok = true;
+		/* session-level advisory locks it took are its call's, not the worker's */
+		LockReleaseSession(USER_LOCKMETHOD);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
+		StopHandlerTimer();
 		MemoryContextSwitchTo(caller_context);
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(caller_context);
 		CurrentResourceOwner = caller_owner;
-		*error = edata->message ? pstrdup(edata->message) : pstrdup("unknown error");
+		if (handler_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			*error = psprintf("handler did not return within rmsg.handler_timeout (%d ms)",
+							  rmsg_handler_timeout);
+		else
+			*error = edata->message ? pstrdup(edata->message) : pstrdup("unknown error");
+		handler_timed_out = false;
 		FreeErrorData(edata);
+		LockReleaseSession(USER_LOCKMETHOD);
 	}
 	PG_END_TRY();
 

@@ -19,12 +19,14 @@
  * Rights.  Subscribing takes manage on the queue, and since the handler
  * runs as the subscriber and takes the queue's messages, get as well; the
  * worker checks again before each call that the role still holds get.  An
- * instance prefix may cover instances of many owners: anyone may register
- * a handler for a prefix nobody holds, and only the handler's role (or a
- * member of it) may replace or remove it.  The worker gives an instance's
- * messages to the handler of the longest prefix among those whose role may
- * receive from that instance, so a handler registered by a role without
- * that right is simply not chosen.  The
+ * instance prefix may cover instances of many owners, so each role has its
+ * own handler for a prefix: set_handler replaces the calling role's, and
+ * remove_handler removes those of the roles the caller has the privileges
+ * of.  The worker gives an instance's messages to the handler of the
+ * longest prefix among those whose role may receive from that instance
+ * (the first registered, between equal prefixes), so a handler registered
+ * by a role without that right is simply not chosen, and no role can take
+ * a prefix away from another.  The
  * tables also keep each handler's error count and last error, which the
  * worker writes in the transaction that records the failure.
  *
@@ -79,30 +81,25 @@ static RmsgPlan unsubscribe_plan = {
 static RmsgPlan set_handler_plan = {
 	"INSERT INTO rmsg.instance_handler (prefix, handler, owner)"
 	" VALUES ($1, $2, $3)"
-	" ON CONFLICT (prefix) DO UPDATE"
-	"   SET handler = excluded.handler, owner = excluded.owner",
+	" ON CONFLICT (prefix, owner) DO UPDATE SET handler = excluded.handler",
 	3, {TEXTOID, REGPROCEDUREOID, REGROLEOID}
 };
 
+/* The prefix's handlers of the roles $2 has the privileges of. */
 static RmsgPlan remove_handler_plan = {
-	"DELETE FROM rmsg.instance_handler WHERE prefix = $1",
-	1, {TEXTOID}
+	"DELETE FROM rmsg.instance_handler"
+	" WHERE prefix = $1 AND pg_catalog.pg_has_role($2, owner::oid, 'USAGE')",
+	2, {TEXTOID, OIDOID}
 };
 
-/* The role of a prefix's handler, its row locked.  $1 prefix */
-static RmsgPlan prefix_owner_plan = {
-	"SELECT owner::oid FROM rmsg.instance_handler WHERE prefix = $1 FOR UPDATE",
-	1, {TEXTOID}
-};
-
-/* Every handler: queues first, then instance prefixes. */
+/* Every handler: queues first, then instance prefixes, each prefix's first registered first. */
 static RmsgPlan load_plan = {
-	"SELECT false, q.name, s.queue_id, s.handler::oid, s.owner::oid, s.batch"
+	"SELECT false, q.name, s.queue_id, s.handler::oid, s.owner::oid, s.batch, s.created_at"
 	"  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)"
 	" UNION ALL"
-	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1"
+	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1, h.created_at"
 	"  FROM rmsg.instance_handler h"
-	" ORDER BY 1, 2",
+	" ORDER BY 1, 2, 7",
 	0, {InvalidOid}
 };
 
@@ -114,11 +111,12 @@ static RmsgPlan queue_error_plan = {
 	4, {INT4OID, TEXTOID, TIMESTAMPTZOID, INT8OID}
 };
 
+/* $5 the handler's role */
 static RmsgPlan instance_error_plan = {
 	"UPDATE rmsg.instance_handler SET errors = errors + 1, last_error = $2,"
 	"       last_error_at = $3, last_error_msg_id = $4"
-	" WHERE prefix = $1",
-	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID}
+	" WHERE prefix = $1 AND owner = $5",
+	5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, OIDOID}
 };
 
 /*
@@ -216,28 +214,6 @@ PrefixArg(FunctionCallInfo fcinfo, int argno)
 	return prefix;
 }
 
-/*
- * An instance prefix's handler, if any, may be replaced or removed only by
- * its role (or a member of it).  Locks its row.  Inside SPI.
- */
-static void
-CheckMayChangePrefix(const char *prefix, Datum prefix_datum)
-{
-	bool		isnull;
-	Oid			owner;
-
-	RmsgPlanExecute(&prefix_owner_plan, &prefix_datum, NULL, true, 1);
-	if (SPI_processed == 0)
-		return;
-	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (!has_privs_of_role(GetUserId(), owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for the handler of instance prefix \"%s\"", prefix),
-				 errdetail("It belongs to role \"%s\".", GetUserNameFromId(owner, true) ?
-						   GetUserNameFromId(owner, true) : "(dropped)")));
-}
-
 /* rmsg.subscribe(queue, handler, batch) */
 Datum
 rmsg_subscribe(PG_FUNCTION_ARGS)
@@ -309,7 +285,6 @@ rmsg_set_handler(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(handler);
 	values[2] = ObjectIdGetDatum(GetUserId());
 	RmsgSpiConnect();
-	CheckMayChangePrefix(prefix, values[0]);
 	RmsgPlanExecute(&set_handler_plan, values, NULL, true, 0);
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
@@ -321,18 +296,19 @@ Datum
 rmsg_remove_handler(PG_FUNCTION_ARGS)
 {
 	char	   *prefix;
-	Datum		arg;
+	Datum		args[2];
 
 	RmsgEnter("rmsg.remove_handler", true);
 	prefix = PrefixArg(fcinfo, 0);
-	arg = CStringGetTextDatum(prefix);
+	args[0] = CStringGetTextDatum(prefix);
+	args[1] = ObjectIdGetDatum(GetUserId());
 	RmsgSpiConnect();
-	CheckMayChangePrefix(prefix, arg);
-	RmsgPlanExecute(&remove_handler_plan, &arg, NULL, true, 0);
+	RmsgPlanExecute(&remove_handler_plan, args, NULL, true, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no handler for instance prefix \"%s\"", prefix)));
+				 errmsg("no handler of yours for instance prefix \"%s\"", prefix),
+				 errdetail("remove_handler removes the handlers of the roles whose privileges the current role has.")));
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
 	PG_RETURN_VOID();
@@ -383,7 +359,7 @@ void
 RmsgHandlerFailed(const RmsgHandler *h, const char *instance, int64 msg_id,
 				  int32 deliveries, int32 max_deliveries, const char *error)
 {
-	Datum		values[4];
+	Datum		values[5];
 
 	if (instance == NULL)
 		ereport(LOG,
@@ -399,6 +375,7 @@ RmsgHandlerFailed(const RmsgHandler *h, const char *instance, int64 msg_id,
 	values[1] = CStringGetTextDatum(error);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[3] = Int64GetDatum(msg_id);
+	values[4] = ObjectIdGetDatum(h->owner);
 	RmsgPlanExecute(h->for_instances ? &instance_error_plan : &queue_error_plan,
 					values, NULL, false, 0);
 }

@@ -188,29 +188,11 @@ CacheRemove(const InstanceKey *key)
 	LWLockRelease(instance_lock);
 }
 
-static void
-SetInstanceLockTag(LOCKTAG *tag, const char *name, int lock_kind)
-{
-	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
-
-	SET_LOCKTAG_OBJECT(*tag, MyDatabaseId, RMSG_LOCK_CLASS, hash, lock_kind);
-}
-
-/* Takes one of the instance's locks; without waiting, it may be unavailable. */
-static LockAcquireResult
-LockInstanceName(const char *name, int lock_kind, bool wait)
-{
-	LOCKTAG		tag;
-
-	SetInstanceLockTag(&tag, name, lock_kind);
-	return LockAcquire(&tag, ExclusiveLock, false, !wait);
-}
-
-/* Takes one of the instance's locks, waiting if need be. */
+/* Takes one of the instance's locks (name_locks.c), waiting if need be. */
 void
-RmsgLockInstance(const char *name, int lock_kind)
+RmsgLockInstance(const char *name, RmsgNameLock lock_kind)
 {
-	(void) LockInstanceName(name, lock_kind, true);
+	(void) RmsgLockName(lock_kind, name, NULL, ExclusiveLock, true);
 }
 
 /* The instance's row as last committed (or as this transaction changed it). */
@@ -278,9 +260,14 @@ InstanceRights(const char *name, int64 instance_id)
  * the current role lacks the `needed` privileges.
  */
 RmsgInstance
-RmsgOpenInstance(const char *name, int lock_kind, AclMode needed)
+RmsgOpenInstance(const char *name, RmsgNameLock lock_kind, AclMode needed)
 {
 	RmsgInstance instance;
+	AclMode		rights;
+
+	/* a role that may not: refused before it can hold up the instance's line */
+	if (RmsgObjectRights(RMSG_INSTANCE, 0, name, GetUserId(), &rights, NULL))
+		RmsgRequireRights(RMSG_INSTANCE, name, rights, needed);
 
 	RmsgLockInstance(name, lock_kind);
 	if (!FindInstance(name, lock_kind == RMSG_LOCK_INSTANCE_ARRIVAL, &instance))
@@ -319,7 +306,7 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
 	RmsgSpiFinish();
 	if (!found || (wanted != NULL && !wanted(instance_id, name, arg)))
 		return false;
-	locked = LockInstanceName(name, RMSG_LOCK_INSTANCE_TAKE, false);
+	locked = RmsgLockName(RMSG_LOCK_INSTANCE_TAKE, name, NULL, ExclusiveLock, false);
 	if (locked == LOCKACQUIRE_NOT_AVAIL)
 		return false;
 	*fresh = (locked == LOCKACQUIRE_OK);
@@ -338,12 +325,9 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
  * anything (receive_any, on an instance it took nothing from).
  */
 void
-RmsgUnlockInstance(const char *name, int lock_kind)
+RmsgUnlockInstance(const char *name, RmsgNameLock lock_kind)
 {
-	LOCKTAG		tag;
-
-	SetInstanceLockTag(&tag, name, lock_kind);
-	LockRelease(&tag, ExclusiveLock, false);
+	RmsgUnlockName(lock_kind, name, NULL, ExclusiveLock);
 }
 
 /*

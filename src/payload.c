@@ -99,25 +99,33 @@ RmsgContentHash(bytea *data)
 							   VARSIZE_ANY_EXHDR(data), 0);
 }
 
+/*
+ * The key by which content queues find equal data: the hash of the data
+ * seeded with the role that owns the queue.  So a queue finds only what
+ * queues of its own owner logged: another owner's data would otherwise be
+ * found too, and a put's counters (bytes referenced instead of written)
+ * would tell whether someone else had logged exactly these bytes.
+ */
 static int64
-ContentHash(bytea *data)
+ContentKey(bytea *data, Oid owner)
 {
-	return (int64) RmsgContentHash(data);
+	return (int64) hash_bytes_extended((const unsigned char *) VARDATA_ANY(data),
+									   VARSIZE_ANY_EXHDR(data), owner);
 }
 
 /*
  * Writes a payload row holding data; returns its payload_id.  findable:
- * record its hash, so that puts to queues with dedup = 'content' find it.
- * Call inside SPI.
+ * record its content key, so that puts to queues with dedup = 'content' of
+ * the same owner find it.  Call inside SPI.
  */
 int64
-RmsgWritePayload(bytea *data, bool findable)
+RmsgWritePayload(bytea *data, bool findable, Oid owner)
 {
 	Datum		values[2];
 	bool		isnull[2] = {!findable, false};
 	bool		null;
 
-	values[0] = findable ? Int64GetDatum(ContentHash(data)) : (Datum) 0;
+	values[0] = findable ? Int64GetDatum(ContentKey(data, owner)) : (Datum) 0;
 	values[1] = PointerGetDatum(data);
 	RmsgPlanExecute(&write_payload_plan, values, isnull, false, 1);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
@@ -209,19 +217,20 @@ RmsgPinPayload(int64 payload_id)
 }
 
 /*
- * Finds a findable payload row (one with a hash) holding exactly data and
- * pins it; returns its payload_id, or 0 when there is none.  The hash only
- * narrows the search: the bytes are compared.
+ * Finds a findable payload row of this owner's content queues (one whose
+ * content key matches) holding exactly data and pins it; returns its
+ * payload_id, or 0 when there is none.  The key only narrows the search:
+ * the bytes are compared.
  */
 int64
-RmsgFindPayload(bytea *data)
+RmsgFindPayload(bytea *data, Oid owner)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Size		size = VARSIZE_ANY_EXHDR(data);
 	PayloadScan ps;
 	int64		found = 0;
 
-	PayloadScanBegin(&ps, rels->payload_hash_idx, ContentHash(data));
+	PayloadScanBegin(&ps, rels->payload_hash_idx, ContentKey(data, owner));
 	while (found == 0 && PayloadScanNext(&ps))
 	{
 		bool		isnull;

@@ -9,11 +9,9 @@
  * name in AccessShareLock until its transaction ends, and create_queue and
  * drop_queue take it in AccessExclusiveLock.  The lock is taken before the
  * catalog is read, and the catalog is read with the latest snapshot, so a
- * put that waited for a drop sees the queue gone.  A get holds the same lock
+ * put that waited for a drop sees the queue gone (name_locks.c).  A get holds the same lock
  * in AccessShareLock, so a drop also waits for consumers that might be
- * dead-lettering a message into the queue's dead-message table.  The lock
- * tag is an object lock with our own class id and the hash of the name; two
- * names sharing a hash only serialise needlessly.  Under REPEATABLE READ a
+ * dead-lettering a message into the queue's dead-message table.  Under REPEATABLE READ a
  * drop reads and deletes with the latest snapshot too, since its own
  * predates what it waited for.
  *
@@ -143,9 +141,7 @@ QueueCacheEntry(const char *name, HASHACTION action, bool *found)
 static void
 RmsgLockQueueName(const char *name, LOCKMODE mode)
 {
-	uint32		hash = hash_bytes((const unsigned char *) name, strlen(name));
-
-	LockDatabaseObject(RMSG_LOCK_CLASS, hash, RMSG_LOCK_QUEUE_NAME, mode);
+	(void) RmsgLockName(RMSG_LOCK_QUEUE_NAME, name, NULL, mode, true);
 }
 
 /*
@@ -244,14 +240,43 @@ RmsgOpenQueue(const char *name, LOCKMODE mode)
 	return queue;
 }
 
-/* As RmsgOpenQueue, for a role that must hold the `needed` privileges. */
+/*
+ * Refuses a role that lacks `needed` on an existing queue before any lock
+ * is taken: a drop's exclusive lock, even held for a moment, or waited for,
+ * would hold up the queue's producers and consumers for a role that may
+ * not touch it.
+ */
+static void
+PrecheckRights(const char *name, AclMode needed)
+{
+	AclMode		rights;
+
+	RmsgCheckName(name, "queue");
+	if (RmsgObjectRights(RMSG_QUEUE, 0, name, GetUserId(), &rights, NULL))
+		RmsgRequireRights(RMSG_QUEUE, name, rights, needed);
+}
+
+/*
+ * As RmsgOpenQueue, for a role that must hold the `needed` privileges:
+ * checked before the lock is taken, and again on the row read under it.
+ */
 RmsgQueue
 RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed)
 {
-	RmsgQueue	queue = RmsgOpenQueue(name, mode);
+	RmsgQueue	queue;
 
+	PrecheckRights(name, needed);
+	queue = RmsgOpenQueue(name, mode);
 	RmsgRequireRights(RMSG_QUEUE, name, queue.rights, needed);
 	return queue;
+}
+
+static void
+ReportQueueExists(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_OBJECT),
+			 errmsg("queue \"%s\" already exists", name)));
 }
 
 static void
@@ -301,12 +326,26 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 					 errmsg("queue \"%s\" cannot be its own dead-letter queue", name)));
 	}
 
+	/*
+	 * Before any lock: the dead-letter queue comes to depend on the new
+	 * queue (it cannot be dropped while the new one sends it messages), so
+	 * naming one takes manage on it; and a name taken already is refused
+	 * without its lock, which the queue's users hold.
+	 */
+	if (dlq_name != NULL)
+		PrecheckRights(dlq_name, RMSG_MANAGE);
+	{
+		AclMode		rights;
+
+		if (RmsgObjectRights(RMSG_QUEUE, 0, name, GetUserId(), &rights, NULL))
+			ReportQueueExists(name);
+	}
+
 	RmsgSpiConnect();
 	RmsgLockQueueName(name, AccessExclusiveLock);
 	RmsgNoteCatalogChange();
-	/* dead letters are put there: that is the right it takes */
 	if (dlq_name != NULL)
-		dlq_id = RmsgOpenQueueFor(dlq_name, AccessShareLock, RMSG_PUT).queue_id;
+		dlq_id = RmsgOpenQueueFor(dlq_name, AccessShareLock, RMSG_MANAGE).queue_id;
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = Int32GetDatum(max_deliveries);
@@ -315,9 +354,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 	values[4] = ObjectIdGetDatum(GetUserId());
 	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("queue \"%s\" already exists", name)));
+		ReportQueueExists(name);
 	RmsgSpiFinish();
 	PG_RETURN_VOID();
 }

@@ -33,6 +33,7 @@ int			rmsg_worker_count = 1;
 int			rmsg_worker_naptime = 10000;
 int			rmsg_retry_delay = 1000;
 int			rmsg_max_retry_delay = 600000;
+int			rmsg_handler_timeout = 300000;
 
 void		_PG_init(void);
 
@@ -178,6 +179,14 @@ DefineSettings(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("rmsg.handler_timeout",
+							"Longest time a handler may run on one message before its call is cancelled.",
+							"The cancelled call fails and its message is retried as after any error.  0 means no limit.",
+							&rmsg_handler_timeout,
+							300000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	/*
 	 * These size shared memory or register workers, so they exist only when
 	 * we are preloaded (a PGC_POSTMASTER setting defined later is a FATAL
@@ -218,6 +227,7 @@ _PG_init(void)
 	}
 
 	RmsgQueueCatalogInit();
+	RmsgUtilityInit();
 	RegisterXactCallback(RmsgXactCallback, NULL);
 	RegisterSubXactCallback(RmsgSubXactCallback, NULL);
 }

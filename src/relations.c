@@ -24,6 +24,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
+#include "catalog/pg_trigger.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -125,6 +126,38 @@ CheckInstalledVersion(void)
 }
 
 /*
+ * Our statements run as the tables' owner (spi_plans.c), and so would any
+ * trigger on our tables: a trigger someone added (1.0 let roles with the
+ * TRIGGER right do so) would run as a superuser inside every function of
+ * the extension.  No trigger of ours exists but PostgreSQL's own, for the
+ * foreign keys; any other stops the extension until it is dropped.
+ */
+static void
+RefuseTriggers(Oid namespace)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	rel = table_open(TriggerRelationId, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_trigger trigger = (Form_pg_trigger) GETSTRUCT(tuple);
+
+		if (!trigger->tgisinternal && get_rel_namespace(trigger->tgrelid) == namespace)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table rmsg.%s has trigger \"%s\"",
+							get_rel_name(trigger->tgrelid), NameStr(trigger->tgname)),
+					 errdetail("The extension's statements run as the owner of its tables, and so would the trigger."),
+					 errhint("Drop the trigger.")));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
+/*
  * Our hot paths (put, get, ack) reach rmsg.message without the executor,
  * which is what fires triggers and applies row security.  Nothing of ours
  * adds either; should an administrator add one, those paths refuse to run
@@ -160,6 +193,7 @@ RmsgGetRelations(void)
 
 		CheckInstalledVersion();
 		namespace = get_namespace_oid("rmsg", false);
+		RefuseTriggers(namespace);
 		relations.namespace = namespace;
 		relations.message = RelidOf(namespace, "message");
 		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");

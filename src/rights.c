@@ -58,6 +58,9 @@ PG_FUNCTION_INFO_V1(rmsg_has_instance_privilege);
 PG_FUNCTION_INFO_V1(rmsg_has_instance_privilege_role);
 PG_FUNCTION_INFO_V1(rmsg_has_component_privilege);
 PG_FUNCTION_INFO_V1(rmsg_has_component_privilege_role);
+PG_FUNCTION_INFO_V1(rmsg_alter_queue_owner);
+PG_FUNCTION_INFO_V1(rmsg_alter_instance_owner);
+PG_FUNCTION_INFO_V1(rmsg_alter_component_owner);
 
 typedef struct RightName
 {
@@ -86,6 +89,7 @@ typedef struct KindInfo
 	RmsgPlan	by_id;			/* $1 id -> name, owner, acl */
 	RmsgPlan	lock;			/* $1 name -> owner, acl, locked FOR UPDATE */
 	RmsgPlan	update;			/* $1 name, $2 acl */
+	RmsgPlan	set_owner;		/* $1 name, $2 owner, $3 acl */
 } KindInfo;
 
 static KindInfo kinds[] = {
@@ -95,6 +99,7 @@ static KindInfo kinds[] = {
 		{"SELECT name, owner::oid, acl FROM rmsg.queue WHERE queue_id = $1", 1, {INT8OID}},
 		{"SELECT owner::oid, acl FROM rmsg.queue WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.queue SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
+		{"UPDATE rmsg.queue SET owner = $2, acl = $3 WHERE name = $1", 3, {TEXTOID, OIDOID, ACLITEMARRAYOID}},
 	},
 	[RMSG_INSTANCE] = {
 		"instance", "rmsg.grant_instance", "rmsg.revoke_instance", instance_rights,
@@ -102,6 +107,7 @@ static KindInfo kinds[] = {
 		{"SELECT name, owner::oid, acl FROM rmsg.instance WHERE instance_id = $1", 1, {INT8OID}},
 		{"SELECT owner::oid, acl FROM rmsg.instance WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.instance SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
+		{"UPDATE rmsg.instance SET owner = $2, acl = $3 WHERE name = $1", 3, {TEXTOID, OIDOID, ACLITEMARRAYOID}},
 	},
 	[RMSG_COMPONENT] = {
 		"component", "rmsg.grant_component", "rmsg.revoke_component", component_rights,
@@ -109,6 +115,7 @@ static KindInfo kinds[] = {
 		{NULL, 0, {InvalidOid}},
 		{"SELECT owner::oid, acl FROM rmsg.component WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.component SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
+		{"UPDATE rmsg.component SET owner = $2, acl = $3 WHERE name = $1", 3, {TEXTOID, OIDOID, ACLITEMARRAYOID}},
 	},
 };
 
@@ -441,18 +448,19 @@ RmsgObjectRights(RmsgObjectKind kind, int64 id, const char *name, Oid role,
 }
 
 /*
- * Whether the current role may see what the views and counters show of
- * an object: it holds some privilege on it, or reads all statistics
+ * Whether the current role may see what the counters show of an object:
+ * it holds one of the privileges `any_of` on it, or reads all statistics
  * (pg_read_all_stats, as PostgreSQL's own statistics views have it).
  */
 bool
-RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name)
+RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name, AclMode any_of)
 {
 	AclMode		rights;
 
 	if (has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS))
 		return true;
-	return RmsgObjectRights(kind, id, name, GetUserId(), &rights, NULL) && rights != 0;
+	return RmsgObjectRights(kind, id, name, GetUserId(), &rights, NULL) &&
+		(rights & any_of) != 0;
 }
 
 /*
@@ -510,6 +518,18 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 		RmsgSpiConnect();
 		(void) RmsgOpenQueue(name, AccessShareLock);
 		RmsgSpiFinish();
+	}
+
+	/*
+	 * Checked once before the row lock, so that a role that may not grant
+	 * cannot hold up those who use the object, and again on the row read
+	 * under the lock.
+	 */
+	{
+		AclMode		held;
+
+		if (RmsgObjectRights(kind, 0, name, GetUserId(), &held, NULL))
+			RmsgRequireRights(kind, name, held, RMSG_MANAGE);
 	}
 
 	RmsgNoteCatalogChange();
@@ -634,4 +654,102 @@ Datum
 rmsg_has_component_privilege_role(PG_FUNCTION_ARGS)
 {
 	return HasPrivilege(fcinfo, RMSG_COMPONENT, true);
+}
+
+/*
+ * rmsg.alter_queue_owner(queue, owner) and its kin, as ALTER ... OWNER TO:
+ * the object's owner (or a role with its privileges) gives it to a role it
+ * is a member of; superusers to anyone.  The grants in its list were made
+ * by the old owner, and now are by the new one.
+ */
+static void
+ReportNotOwner(KindInfo *info, const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("must be owner of %s \"%s\"", info->noun, name)));
+}
+
+static void
+AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
+{
+	KindInfo   *info = &kinds[kind];
+	char	   *name;
+	Oid			new_owner;
+	Oid			owner;
+	Acl		   *acl = NULL;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	bool		isnull;
+	Datum		value;
+
+	RmsgEnter(function, true);
+	name = RmsgTextArg(fcinfo, 0, info->noun);
+	RmsgCheckName(name, info->noun);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("owner must not be null")));
+	new_owner = PG_GETARG_OID(1);
+	if (!OidIsValid(new_owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("owner must name a role")));
+
+	/*
+	 * Checked once before the row lock, so that a role that may not change
+	 * the owner cannot hold up those who use the object, and again on the
+	 * row read under the lock.
+	 */
+	{
+		AclMode		rights;
+		Oid			cached_owner;
+
+		if (RmsgObjectRights(kind, 0, name, GetUserId(), &rights, &cached_owner) &&
+			!has_privs_of_role(GetUserId(), cached_owner))
+			ReportNotOwner(info, name);
+	}
+
+	RmsgNoteCatalogChange();
+	RmsgSpiConnect();
+	values[0] = CStringGetTextDatum(name);
+	RmsgPlanExecute(&info->lock, values, NULL, true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("%s \"%s\" does not exist", info->noun, name)));
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		acl = DatumGetAclP(value);
+	if (!has_privs_of_role(GetUserId(), owner))
+		ReportNotOwner(info, name);
+	check_is_member_of_role(GetUserId(), new_owner);
+
+	values[1] = ObjectIdGetDatum(new_owner);
+	values[2] = acl ? PointerGetDatum(aclnewowner(acl, owner, new_owner)) : (Datum) 0;
+	nulls[2] = (acl == NULL);
+	RmsgPlanExecute(&info->set_owner, values, nulls, true, 0);
+	RmsgSpiFinish();
+}
+
+Datum
+rmsg_alter_queue_owner(PG_FUNCTION_ARGS)
+{
+	AlterOwner(fcinfo, RMSG_QUEUE, "rmsg.alter_queue_owner");
+	PG_RETURN_VOID();
+}
+
+Datum
+rmsg_alter_instance_owner(PG_FUNCTION_ARGS)
+{
+	AlterOwner(fcinfo, RMSG_INSTANCE, "rmsg.alter_instance_owner");
+	PG_RETURN_VOID();
+}
+
+Datum
+rmsg_alter_component_owner(PG_FUNCTION_ARGS)
+{
+	AlterOwner(fcinfo, RMSG_COMPONENT, "rmsg.alter_component_owner");
+	PG_RETURN_VOID();
 }

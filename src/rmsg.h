@@ -19,6 +19,7 @@
 #include "executor/tuptable.h"
 #include "nodes/pg_list.h"
 #include "storage/itemptr.h"
+#include "storage/lock.h"
 #include "storage/lockdefs.h"
 #include "storage/lwlock.h"
 #include "utils/acl.h"
@@ -38,6 +39,7 @@ extern int	rmsg_worker_count;
 extern int	rmsg_worker_naptime;	/* ms */
 extern int	rmsg_retry_delay;	/* ms */
 extern int	rmsg_max_retry_delay;	/* ms */
+extern int	rmsg_handler_timeout;	/* ms, 0: none */
 
 /* The version of the SQL objects this library works with (the control file's). */
 #define RMSG_SQL_VERSION "1.1"
@@ -63,6 +65,15 @@ extern uint64 RmsgCatalogGeneration(void);
 extern void RmsgNoteCatalogChange(void);
 extern bool RmsgCatalogChangedHere(void);
 extern void RmsgCatalogXactEnd(void);
+extern void RmsgBumpCatalogGeneration(void);
+
+/* utility.c: what utility statements mean for the extension */
+extern void RmsgUtilityInit(void);
+
+/* role_references.c: DROP ROLE, REASSIGN OWNED and DROP OWNED for our objects */
+extern void RmsgCheckRoleUnreferenced(Oid role, const char *name);
+extern void RmsgReassignOwned(Oid old_role, Oid new_role);
+extern void RmsgDropOwned(Oid role);
 extern TimestampTz RmsgIncarnation(void);
 
 /* wakeup.c: long polling, woken by committed puts */
@@ -121,15 +132,19 @@ extern void RmsgCheckPayloadSize(Size size);
 extern bytea *RmsgPayloadArg(FunctionCallInfo fcinfo, int argno);
 extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
 
-/*
- * Our heavyweight locks on names: object locks with a class id of our own
- * ('RMSG') and the name's hash; the sub id tells the kinds apart.  Two names
- * sharing a hash only wait for each other needlessly.
- */
-#define RMSG_LOCK_CLASS				0x524D5347
-#define RMSG_LOCK_QUEUE_NAME		1	/* queue_admin.c */
-#define RMSG_LOCK_INSTANCE_ARRIVAL	2	/* instance_catalog.c */
-#define RMSG_LOCK_INSTANCE_TAKE		3	/* instance_catalog.c */
+/* name_locks.c: our heavyweight locks on names (the file lists who takes which) */
+typedef enum RmsgNameLock
+{
+	RMSG_LOCK_QUEUE_NAME,
+	RMSG_LOCK_INSTANCE_ARRIVAL,
+	RMSG_LOCK_INSTANCE_TAKE,
+	RMSG_LOCK_CALL_PAIR
+} RmsgNameLock;
+
+extern LockAcquireResult RmsgLockName(RmsgNameLock kind, const char *name,
+									  const char *second, LOCKMODE mode, bool wait);
+extern void RmsgUnlockName(RmsgNameLock kind, const char *name, const char *second,
+						   LOCKMODE mode);
 
 /* rights.c: the extension's own privileges on its objects */
 typedef enum RmsgObjectKind
@@ -153,7 +168,7 @@ extern void RmsgRequireRights(RmsgObjectKind kind, const char *name,
 extern AclMode RmsgParseRights(RmsgObjectKind kind, const char *text);
 extern bool RmsgObjectRights(RmsgObjectKind kind, int64 id, const char *name,
 							 Oid role, AclMode *rights, Oid *owner);
-extern bool RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name);
+extern bool RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name, AclMode any_of);
 
 /* queue_admin.c: the queue catalog and its locks */
 typedef struct RmsgQueue
@@ -294,9 +309,9 @@ extern int64 RmsgIssuePutToken(int64 msg_id, const RmsgStoredData *stored,
 							   const RmsgTokenData *source);
 
 /* payload.c: payload rows, shared by reference and collected */
-extern int64 RmsgWritePayload(bytea *data, bool findable);
+extern int64 RmsgWritePayload(bytea *data, bool findable, Oid owner);
 extern bool RmsgPinPayload(int64 payload_id);
-extern int64 RmsgFindPayload(bytea *data);
+extern int64 RmsgFindPayload(bytea *data, Oid owner);
 extern uint64 RmsgContentHash(bytea *data);
 extern bytea *RmsgReadPayload(int64 payload_id);
 extern bytea *RmsgReadInlineData(int64 msg_id);
@@ -342,13 +357,13 @@ typedef struct RmsgInstance
 
 extern Size RmsgInstanceCacheShmemSize(void);
 extern void RmsgInstanceCacheShmemInit(LWLock *lock);
-extern void RmsgLockInstance(const char *name, int lock_kind);
-extern RmsgInstance RmsgOpenInstance(const char *name, int lock_kind, AclMode needed);
+extern void RmsgLockInstance(const char *name, RmsgNameLock lock_kind);
+extern RmsgInstance RmsgOpenInstance(const char *name, RmsgNameLock lock_kind, AclMode needed);
 typedef bool (*RmsgInstanceFilter) (int64 instance_id, const char *name, void *arg);
 extern bool RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted,
 									void *arg, char *name,
 									RmsgInstance *instance, bool *fresh);
-extern void RmsgUnlockInstance(const char *name, int lock_kind);
+extern void RmsgUnlockInstance(const char *name, RmsgNameLock lock_kind);
 extern void RmsgInstanceChanged(const char *name);
 extern void RmsgInstanceCacheXactEnd(void);
 extern void RmsgReportNoInstance(const char *name);

@@ -178,9 +178,22 @@ RmsgCatalogChangedHere(void)
 void
 RmsgCatalogXactEnd(void)
 {
-	if (catalog_changed_in_xact && shmem_ready)
-		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
+	if (catalog_changed_in_xact)
+		RmsgBumpCatalogGeneration();
 	catalog_changed_in_xact = false;
+}
+
+/*
+ * Makes every backend's caches of the catalog stale.  Besides the end of a
+ * transaction that changed it, after COMMIT PREPARED and ROLLBACK PREPARED
+ * (utility.c): a prepared change becomes true (or not) only then, and a
+ * backend may have cached the catalog as it stood meanwhile.
+ */
+void
+RmsgBumpCatalogGeneration(void)
+{
+	if (shmem_ready)
+		pg_atomic_fetch_add_u64(&shared_state->catalog_generation, 1);
 }
 
 /*

@@ -32,8 +32,10 @@
  * the extension's tables, as PostgreSQL's own foreign-key checks run as the
  * table's owner: applications hold no rights on our tables at all, and the
  * C functions check the rights the extension grants (rights.c) before they
- * run anything.  SECURITY_LOCAL_USERID_CHANGE keeps anything that runs
- * inside from switching roles back.
+ * run anything.  Nothing but our statements and PostgreSQL's foreign-key
+ * checks runs inside (relations.c refuses triggers on our tables), and as
+ * a security-restricted operation it could neither switch roles nor leave
+ * session state behind anyway.
  *
  *-------------------------------------------------------------------------
  */
@@ -98,8 +100,8 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 
 	GetUserIdAndSecContext(&saved_user, &saved_context);
 	PushOverrideSearchPath(rels->search_path);
-	SetUserIdAndSecContext(rels->owner, saved_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
+	SetUserIdAndSecContext(rels->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 	enable_seqscan = false;
 	enable_bitmapscan = false;
 	jit_enabled = false;

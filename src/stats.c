@@ -296,7 +296,9 @@ rmsg_stat_log(PG_FUNCTION_ARGS)
 
 /*
  * The per-queue counters of this database's queues; with only_visible,
- * those of the queues the current role may see (rights.c).  The entries
+ * those of the queues the current role manages (rights.c): how many bytes
+ * a put referenced instead of writing would tell a producer of a content
+ * queue whether others had put the same bytes.  The entries
  * are copied under the lock, and their rights checked after it, since
  * that may read the catalog.
  */
@@ -340,7 +342,8 @@ ReturnQueueCounters(FunctionCallInfo fcinfo, bool only_visible)
 	{
 		bool		nulls[4] = {false, false, false, false};
 
-		if (only_visible && !RmsgMaySee(RMSG_QUEUE, DatumGetInt32(rows[4 * i]), NULL))
+		if (only_visible &&
+			!RmsgMaySee(RMSG_QUEUE, DatumGetInt32(rows[4 * i]), NULL, RMSG_MANAGE))
 			continue;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &rows[4 * i], nulls);
 	}

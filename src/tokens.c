@@ -34,7 +34,6 @@
  */
 #include "postgres.h"
 
-#include "common/pg_prng.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
@@ -58,25 +57,23 @@ static int64 last_token = 0;
 static LocalTransactionId last_token_xact = InvalidLocalTransactionId;
 
 /*
- * A random nonzero 63-bit number: from a generator of this backend's,
- * seeded from the operating system's.
+ * A random nonzero 63-bit number from the operating system's strong
+ * source: a token is a capability, and the tokens of one backend must not
+ * tell the next (a fast generator's output does, from a few of them).
  */
 static int64
 RandomToken(void)
 {
-	static pg_prng_state prng;
-	static bool seeded = false;
 	int64		token;
 
-	if (!seeded)
-	{
-		if (!pg_prng_strong_seed(&prng))
-			pg_prng_seed(&prng, (uint64) MyProcPid ^ (uint64) GetCurrentTimestamp());
-		seeded = true;
-	}
 	do
-		token = (int64) (pg_prng_uint64(&prng) & PG_INT64_MAX);
-	while (token == 0);
+	{
+		if (!pg_strong_random(&token, sizeof(token)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random data token")));
+		token &= PG_INT64_MAX;
+	} while (token == 0);
 	return token;
 }
 

@@ -19,6 +19,7 @@ use warnings FATAL => 'all';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
@@ -307,5 +308,55 @@ is(sql(q{SELECT string_agg(DISTINCT owner::text, ',') FROM rmsg.subscription}), 
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 like($err, qr/42501/, 'app may not read the tables either: 42501');
 
+#---------------------------------------------------------------------------
+# 5. A handler shares its worker with the other roles' handlers: it cannot
+#    hold it past rmsg.handler_timeout, and the session-level advisory locks
+#    it takes do not outlive its call.
+#---------------------------------------------------------------------------
+
+# Polls $query until it returns 't', for at most $seconds.
+sub wait_for
+{
+	my ($query, $seconds) = @_;
+	for (my $i = 0; $i < $seconds * 10; $i++)
+	{
+		return 1 if sql($query) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+sql(q{ALTER SYSTEM SET rmsg.handler_timeout = '1s'; SELECT pg_reload_conf();
+      SELECT rmsg.create_queue('sp_slow'), rmsg.create_queue('sp_busy'), rmsg.create_queue('sp_lock');
+      SELECT rmsg.grant_queue(q, 'app', 'manage, get') FROM unnest(ARRAY['sp_slow', 'sp_busy', 'sp_lock']) q;
+      CREATE FUNCTION public.slow_handler(p bytea) RETURNS void
+      LANGUAGE sql AS $$ SELECT pg_sleep(600) $$;
+      CREATE FUNCTION public.busy_handler(p bytea) RETURNS void
+      LANGUAGE sql AS $$ INSERT INTO public.handled VALUES ('busy', convert_from(p, 'UTF8'), NULL) $$;
+      CREATE FUNCTION public.lock_handler(p bytea) RETURNS void
+      LANGUAGE sql AS $$ SELECT pg_advisory_lock(4242);
+                         INSERT INTO public.handled VALUES ('lock', NULL, NULL) $$;});
+$node->safe_psql('postgres', q{SET ROLE app;
+	SELECT rmsg.subscribe('sp_slow', 'public.slow_handler(bytea)');
+	SELECT rmsg.subscribe('sp_busy', 'public.busy_handler(bytea)');
+	SELECT rmsg.subscribe('sp_lock', 'public.lock_handler(bytea)');});
+
+sql(q{SELECT rmsg.put('sp_slow', 'forever'::text)});
+ok( wait_for(q{SELECT coalesce(errors, 0) > 0 FROM rmsg.handlers WHERE target = 'sp_slow'}, 30),
+	'a handler that sleeps for ten minutes fails after rmsg.handler_timeout');
+is(sql(q{SELECT last_error FROM rmsg.handlers WHERE target = 'sp_slow'}),
+	'handler did not return within rmsg.handler_timeout (1000 ms)', 'and its error says so');
+sql(q{SELECT rmsg.put('sp_busy', 'meanwhile'::text)});
+ok(wait_for(q{SELECT count(*) = 1 FROM public.handled WHERE tag = 'busy'}, 30),
+	'meanwhile the one worker goes on with another queue');
+
+sql(q{SELECT rmsg.put('sp_lock', 'x'::text)});
+ok(wait_for(q{SELECT count(*) = 1 FROM public.handled WHERE tag = 'lock'}, 30), 'the locking handler ran');
+is(sql(q{SELECT pg_try_advisory_lock(4242)}), 't',
+	'the advisory lock it took in the worker\'s session was let go when it returned');
+is(sql(q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()}), '0',
+	'the worker holds no advisory lock');
+
+$node->safe_psql('postgres', q{SET ROLE app; SELECT rmsg.unsubscribe('sp_slow')});
 $node->stop;
 done_testing();

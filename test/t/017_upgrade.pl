@@ -55,7 +55,9 @@ sql('upd', q{
 	CREATE EXTENSION recoverable_msg VERSION '1.0';
 	CREATE ROLE producer; CREATE ROLE consumer; CREATE ROLE creator;
 	CREATE ROLE receiver; CREATE ROLE component_role; CREATE ROLE bystander;
-	GRANT USAGE ON SCHEMA rmsg TO producer, consumer, creator, receiver, component_role, bystander;
+	CREATE ROLE queue_admin; CREATE ROLE instance_admin;
+	GRANT USAGE ON SCHEMA rmsg TO producer, consumer, creator, receiver, component_role, bystander,
+	                              queue_admin, instance_admin;
 	GRANT SELECT ON rmsg.queue TO producer, consumer, creator;
 	GRANT SELECT, INSERT ON rmsg.message, rmsg.payload TO producer;
 	GRANT USAGE ON SEQUENCE rmsg.msg_id_seq, rmsg.payload_id_seq TO producer;
@@ -64,6 +66,14 @@ sql('upd', q{
 	GRANT SELECT, UPDATE, DELETE ON rmsg.instance_message TO receiver;
 	GRANT SELECT, INSERT, UPDATE ON rmsg.caller, rmsg.call_log, rmsg.last_call TO component_role;
 	GRANT SELECT ON ALL TABLES IN SCHEMA rmsg TO bystander;
+	-- everything a queue's put, get and drop took; an instance's deliver,
+	-- receive and drop
+	GRANT SELECT, INSERT, UPDATE, DELETE ON rmsg.message, rmsg.dead_message, rmsg.payload TO queue_admin;
+	GRANT SELECT, DELETE ON rmsg.queue TO queue_admin;
+	GRANT USAGE ON SEQUENCE rmsg.msg_id_seq, rmsg.payload_id_seq TO queue_admin;
+	GRANT SELECT, INSERT, UPDATE, DELETE ON rmsg.instance_message TO instance_admin;
+	GRANT SELECT, DELETE ON rmsg.instance TO instance_admin;
+	GRANT USAGE ON SEQUENCE rmsg.msg_id_seq TO instance_admin;
 });
 
 # The 1.1 library refuses the 1.0 objects with a pointer to the update.
@@ -108,6 +118,20 @@ unlike(slurp_file($node->logfile, $log_offset), qr/ERROR|FATAL/, 'and logs no er
 # 2. The update
 #---------------------------------------------------------------------------
 
+# 1.0 let a role with the TRIGGER right put a trigger on a table; from 1.1 it
+# would run as the tables' owner.  The update refuses while one is there.
+sql('upd', q{
+	CREATE FUNCTION planted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+	CREATE TRIGGER planted AFTER INSERT ON rmsg.message FOR EACH ROW EXECUTE FUNCTION planted();
+});
+like(
+	error_of('upd', q{ALTER EXTENSION recoverable_msg UPDATE}),
+	qr/55000: the tables of recoverable_msg have triggers: planted on rmsg.message/,
+	'the update refuses a trigger on the tables (55000)');
+is(sql('upd', q{SELECT extversion FROM pg_extension WHERE extname = 'recoverable_msg'}), '1.0',
+	'and leaves the extension at 1.0');
+sql('upd', q{DROP TRIGGER planted ON rmsg.message; DROP FUNCTION planted()});
+
 sql('upd', q{ALTER EXTENSION recoverable_msg UPDATE});
 is(sql('upd', q{SELECT extversion FROM pg_extension WHERE extname = 'recoverable_msg'}), '1.1', 'at 1.1');
 
@@ -135,14 +159,21 @@ is( sql('upd', q{SELECT string_agg(kind || ' ' || object || ' ' || grantee || ' 
 	join("\n",
 		'component billing component_role use',
 		'component shop component_role use',
+		'instance order-1 instance_admin deliver',
+		'instance order-1 instance_admin manage',
+		'instance order-1 instance_admin receive',
 		'instance order-1 receiver receive',
 		'queue handled_q consumer get',
-		'queue handled_q creator manage',
 		'queue handled_q producer put',
+		'queue handled_q queue_admin get',
+		'queue handled_q queue_admin manage',
+		'queue handled_q queue_admin put',
 		'queue orders consumer get',
-		'queue orders creator manage',
-		'queue orders producer put'),
-	'the rights on the tables became privileges on what existed');
+		'queue orders producer put',
+		'queue orders queue_admin get',
+		'queue orders queue_admin manage',
+		'queue orders queue_admin put'),
+	'the rights on the tables became privileges on what existed, each with all it took in 1.0');
 is( sql('upd', q{SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
 	              WHERE c.relnamespace = 'rmsg'::regnamespace AND c.relkind IN ('r', 'S')
 	                AND a.grantee <> c.relowner}),
@@ -159,16 +190,62 @@ is(sql('upd', q{SET ROLE consumer; SELECT count(*) FROM rmsg.get('orders', 5)}),
 sql('upd', q{SET ROLE creator; SELECT rmsg.create_queue('new_q')});
 is(sql('upd', q{SET ROLE creator; SELECT owner FROM rmsg.queues WHERE queue = 'new_q'}),
 	'creator', 'creator creates queues of its own');
-is(sql('upd', q{SET ROLE receiver; SELECT rmsg.complete_recovery('order-1')}), '1', 'receiver completes the recovery');
+like(error_of('upd', q{SET ROLE creator; SELECT rmsg.drop_queue('orders')}), qr/42501/,
+	'creator may not drop a queue of 1.0 (dropping took rights on the messages too)');
+is( sql('upd', q{SET ROLE queue_admin; SELECT rmsg.put('orders', 'three'::text) > 0;
+	              SELECT rmsg.grant_queue('orders', 'bystander', 'get');
+	              SELECT rmsg.has_queue_privilege('bystander', 'orders', 'get')}),
+	"t
+
+t", 'queue_admin puts and grants');
+is( sql('upd', q{SET ROLE instance_admin; SELECT count(*) FROM rmsg.deliver('order-1', 'x'::bytea);
+	              SELECT rmsg.grant_instance('order-1', 'bystander', 'deliver')}),
+	"1
+", 'instance_admin delivers and grants');
+is(sql('upd', q{SET ROLE receiver; SELECT rmsg.complete_recovery('order-1')}), '2',
+	'receiver completes the recovery (releasing the deferred messages of 1.0 and of instance_admin)');
 is( sql('upd', q{SET ROLE component_role; SELECT rmsg.restart('shop') IS NULL;
 	              SELECT logged_reply FROM rmsg.prepare_call('shop', 'billing', 'req')}),
 	"t\n\\x726570", 'component_role goes on as the caller');
-is(sql('upd', q{SET ROLE bystander; SELECT count(*) FROM rmsg.queues}), '0', 'bystander sees no queue');
+is(sql('upd', q{SET ROLE bystander; SELECT string_agg(queue, ',') FROM rmsg.queues}), 'orders',
+	'bystander sees only the queue it was granted since');
 like(error_of('upd', q{SET ROLE bystander; SELECT count(*) FROM rmsg.message}), qr/42501/,
 	'nor reads the tables any more');
 
 #---------------------------------------------------------------------------
-# 3. An updated 1.0 is a fresh 1.1 (in a database where 1.0 was installed
+# 3. A handler forged under 1.0: a role that could write rmsg.subscription
+#    named a superuser as the handler's owner.  Where roles could write the
+#    handler tables, the update removes the handlers that run as a superuser
+#    (with a warning naming them) and keeps the others.
+#---------------------------------------------------------------------------
+
+sql('postgres', 'CREATE DATABASE forged;');
+sql('forged', q{
+	CREATE EXTENSION recoverable_msg VERSION '1.0';
+	CREATE ROLE attacker; CREATE ROLE honest;
+	GRANT USAGE ON SCHEMA rmsg TO attacker;
+	GRANT SELECT, INSERT ON rmsg.subscription, rmsg.instance_handler TO attacker;
+	CREATE FUNCTION evil(p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
+	CREATE FUNCTION fine(p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
+	CREATE FUNCTION evil_i(i text, p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
+	INSERT INTO rmsg.queue (name, max_deliveries, dedup) VALUES ('target', 5, 'token'), ('kept', 5, 'token');
+	INSERT INTO rmsg.subscription (queue_id, handler, batch, owner)
+	SELECT queue_id, 'evil(bytea)', 1, 'postgres' FROM rmsg.queue WHERE name = 'target';
+	INSERT INTO rmsg.subscription (queue_id, handler, batch, owner)
+	SELECT queue_id, 'fine(bytea)', 1, 'honest' FROM rmsg.queue WHERE name = 'kept';
+	INSERT INTO rmsg.instance_handler (prefix, handler, owner) VALUES ('x-', 'evil_i(text,bytea)', 'postgres');
+});
+my ($rc, $out, $err) = $node->psql('forged', q{ALTER EXTENSION recoverable_msg UPDATE});
+is($rc, 0, 'the update of a database with forged handlers succeeds');
+like($err, qr/WARNING:  removing the handler of queue target that runs as superuser postgres/,
+	'and warns of the forged queue handler');
+like($err, qr/WARNING:  removing the handler of instance prefix 'x-' that runs as superuser postgres/,
+	'and of the forged instance handler');
+is(sql('forged', q{SELECT string_agg(kind || ' ' || target || ' ' || owner, ',') FROM rmsg.handlers}),
+	'queue kept honest', 'only the handler of an ordinary role is kept');
+
+#---------------------------------------------------------------------------
+# 4. An updated 1.0 is a fresh 1.1 (in a database where 1.0 was installed
 #    and nothing granted, since grants of the database's own are kept)
 #---------------------------------------------------------------------------
 
