@@ -8,9 +8,11 @@
  * database, fields 2 and 3 a 64-bit hash of the name, field 4 a code of
  * our own for the kind of lock (pg_advisory_lock uses 1 and 2 there, so
  * the application's advisory locks never meet ours).  Two names whose
- * hashes collide merely wait for each other; with 64 bits nobody can find
- * a name that does so on purpose (with 32, a tenant found one that held up
- * another's instance in under a minute).  They are taken for the
+ * hashes collide merely wait for each other.  Nobody should be able to
+ * make them collide on purpose, holding up another tenant's queue with a
+ * name of their own (with the 32-bit hash of 1.0, a tenant found such a
+ * name in under a minute): so the hash has 64 bits and a secret seed,
+ * drawn when the server starts (shmem.c).  They are taken for the
  * transaction: they go with it, or with the subtransaction that took them.
  * pg_locks shows them as advisory locks, with objsubid the kind's code.
  *
@@ -52,7 +54,7 @@ MakeTag(LOCKTAG *tag, RmsgNameLock kind, const char *name, const char *second)
 
 	if (second != NULL)
 		len += strlcpy(key + len, second, NAMEDATALEN) + 1;
-	hash = hash_bytes_extended((const unsigned char *) key, (int) len, 0);
+	hash = hash_bytes_extended((const unsigned char *) key, (int) len, RmsgNameLockSeed());
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash,
 						 kind_codes[kind]);
 }

@@ -75,6 +75,7 @@ extern void RmsgCheckRoleUnreferenced(Oid role, const char *name);
 extern void RmsgReassignOwned(Oid old_role, Oid new_role);
 extern void RmsgDropOwned(Oid role);
 extern TimestampTz RmsgIncarnation(void);
+extern uint64 RmsgNameLockSeed(void);
 
 /* wakeup.c: long polling, woken by committed puts */
 extern Size RmsgWakeupShmemSize(void);

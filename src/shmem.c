@@ -33,6 +33,8 @@ typedef struct RmsgSharedState
 	pg_atomic_uint64 catalog_generation;
 	/* when this shared memory was made: it is made anew after every crash */
 	TimestampTz incarnation;
+	/* the secret seed of the name locks' hash (name_locks.c) */
+	uint64		name_lock_seed;
 } RmsgSharedState;
 
 static RmsgSharedState *shared_state = NULL;
@@ -79,6 +81,9 @@ RmsgShmemStartup(void)
 	{
 		pg_atomic_init_u64(&shared_state->catalog_generation, 1);
 		shared_state->incarnation = GetCurrentTimestamp();
+		if (!pg_strong_random(&shared_state->name_lock_seed,
+							  sizeof(shared_state->name_lock_seed)))
+			shared_state->name_lock_seed = (uint64) shared_state->incarnation;
 	}
 	area = (char *) area + MAXALIGN(sizeof(RmsgSharedState));
 	RmsgWakeupShmemInit(area, found);
@@ -136,6 +141,17 @@ uint64
 RmsgCatalogGeneration(void)
 {
 	return shmem_ready ? pg_atomic_read_u64(&shared_state->catalog_generation) : 0;
+}
+
+/*
+ * The seed of the name locks' hash: drawn anew whenever shared memory is
+ * made, which is also when every lock is gone.  Without shared memory
+ * (not preloaded: then no backend has it) 0.
+ */
+uint64
+RmsgNameLockSeed(void)
+{
+	return shmem_ready ? shared_state->name_lock_seed : 0;
 }
 
 /*

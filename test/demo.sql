@@ -155,11 +155,14 @@ SELECT receipt AS second_receipt FROM rmsg.get('invoices') \gset
 SELECT rmsg.ack(:inv, :first_receipt) AS stale_receipt_acks, rmsg.ack(:inv, :second_receipt) AS holder_acks;
 RESET ROLE;
 SELECT queue, stale_receipts FROM rmsg.queues WHERE queue = 'invoices';
-SELECT rmsg.drop_queue('invoices');
-\set QUIET 1
-DROP OWNED BY demo_owner, demo_shop, demo_billing;
+\echo '-- DROP ROLE knows the extension: a role that owns a queue or holds a privilege on it'
+\echo '-- cannot be dropped (2BP01); DROP OWNED revokes its privileges and drops its queues:'
+\set ON_ERROR_STOP 0
 DROP ROLE demo_owner, demo_shop, demo_billing;
-\unset QUIET
+\set ON_ERROR_STOP 1
+DROP OWNED BY demo_owner, demo_shop, demo_billing;
+SELECT count(*) AS invoices_queues_left FROM rmsg.queue WHERE name = 'invoices';
+DROP ROLE demo_owner, demo_shop, demo_billing;
 
 ------------------------------------------------------------------------------
 \echo

@@ -260,6 +260,9 @@ my %calls = (
 	'rmsg.revoke_instance(text,regrole,text)' => q{SELECT rmsg.revoke_instance('inst1', 'app', 'receive')},
 	'rmsg.grant_component(text,regrole,text)' => q{SELECT rmsg.grant_component('billing', 'app', 'use')},
 	'rmsg.revoke_component(text,regrole,text)' => q{SELECT rmsg.revoke_component('orders', 'app', 'use')},
+	'rmsg.alter_queue_owner(text,regrole)' => q{SELECT rmsg.alter_queue_owner('q2', 'app')},
+	'rmsg.alter_instance_owner(text,regrole)' => q{SELECT rmsg.alter_instance_owner('inst2', 'app')},
+	'rmsg.alter_component_owner(text,regrole)' => q{SELECT rmsg.alter_component_owner('billing', 'app')},
 );
 
 # What a refusal could disturb besides the tables, none of which a
