@@ -2,7 +2,8 @@
 # for the whole test suite (pg_regress, isolation specs and TAP clusters).
 
 MODULE_big = recoverable_msg
-OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+# One folder per mechanism (src/*/README.md), recoverable_msg.c at the top.
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c src/*/*.c)))
 
 EXTENSION = recoverable_msg
 DATA = $(wildcard sql/recoverable_msg--*.sql)
@@ -24,12 +25,15 @@ PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
+# The compiler writes down which headers each object read (src/*/*.d), so
+# that a change to a folder's header rebuilds only the files that use it:
+# PGXS tracks no header dependencies by itself.
+PG_CFLAGS = -MMD -MP
+EXTRA_CLEAN = $(OBJS:.o=.d)
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# Every file includes the one header, whose structs they share: rebuild
-# them all when it changes (PGXS tracks no header dependencies by itself).
-$(OBJS): src/rmsg.h
+-include $(OBJS:.o=.d)
 
 # test/check.sh reads the lists above through this, so they are stated once.
 print-%:

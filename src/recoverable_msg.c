@@ -1,11 +1,18 @@
 /*-------------------------------------------------------------------------
  *
  * recoverable_msg.c
- *	  Module entry point: settings, shared memory hooks, transaction hooks.
+ *	  The module's entry point, at the top of the mechanisms: it defines the
+ *	  settings, lists the shared memory each mechanism needs, connects the
+ *	  mechanisms that must hear of each other, and ends their transactions.
  *
- * The library can be loaded on first use, but long polling needs shared
- * memory and therefore shared_preload_libraries; RmsgRequireShmem() says so
- * when it is missing.
+ * The mechanisms depend on each other one way, down (src/README.md):
+ * worker -> instance, contract -> queue -> dedup -> core.  Where a lower
+ * one must tell a higher one something (a commit made messages ready, and
+ * the workers should look), it offers a hook, and this file connects it.
+ *
+ * The library can be loaded on first use, but long polling, the contract
+ * and the workers need shared memory and therefore
+ * shared_preload_libraries; RmsgRequireShmem() says so when it is missing.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,25 +24,22 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
-#include "rmsg.h"
+#include "contract/contract.h"
+#include "roles/roles.h"
+#include "worker/worker.h"
 
 PG_MODULE_MAGIC;
 
-int			rmsg_max_payload_size = 1024 * 1024;
-int			rmsg_inline_payload_max = 2000;
-bool		rmsg_lazy_leases = true;
-bool		rmsg_lazy_caller_log = true;
-int			rmsg_last_call_depth = 1;
-int			rmsg_max_components = 1024;
-bool		rmsg_instance_cache = true;
-char	   *rmsg_database = NULL;
-int			rmsg_worker_count = 1;
-int			rmsg_worker_naptime = 10000;
-int			rmsg_retry_delay = 1000;
-int			rmsg_max_retry_delay = 600000;
-int			rmsg_handler_timeout = 300000;
-
 void		_PG_init(void);
+
+/* Every mechanism's shared memory, in the order it is laid out. */
+static const RmsgShmemArea shmem_areas[] = {
+	{"counters", RmsgStatsShmemSize, RmsgStatsShmemStartup},
+	{"long polling", RmsgLongPollShmemSize, RmsgLongPollShmemStartup},
+	{"called components", RmsgComponentsShmemSize, RmsgComponentsShmemStartup},
+	{"instance cache", RmsgInstanceCacheShmemSize, RmsgInstanceCacheShmemStartup},
+	{"workers", RmsgWorkerShmemSize, RmsgWorkerShmemStartup},
+};
 
 /*
  * One callback for every transaction end, so that the files it concerns do
@@ -222,11 +226,16 @@ _PG_init(void)
 
 	if (process_shared_preload_libraries_in_progress)
 	{
-		RmsgShmemRequest();
+		RmsgShmemRequest(shmem_areas, lengthof(shmem_areas));
 		RmsgRegisterWorkers();
 	}
 
+	/* commits that make messages ready wake the workers that serve them */
+	rmsg_queue_ready_hook = RmsgWakeWorkersForQueue;
+	rmsg_instance_ready_hook = RmsgWakeWorkersAtCommit;
+
 	RmsgQueueCatalogInit();
+	RmsgInstanceLeaseInit();
 	RmsgUtilityInit();
 	RegisterXactCallback(RmsgXactCallback, NULL);
 	RegisterSubXactCallback(RmsgSubXactCallback, NULL);

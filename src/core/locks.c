@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * name_locks.c
+ *	  The heavyweight locks the extension takes on names: of queues, of
+ *	  instances, and of a callee's pair with a caller.
+ *
+ * They are PostgreSQL's advisory locks (the user lock method): field 1 the
+ * database, fields 2 and 3 a 64-bit hash of the name, field 4 a code of
+ * our own for the kind of lock (pg_advisory_lock uses 1 and 2 there, so
+ * the application's advisory locks never meet ours).  Two names whose
+ * hashes collide merely wait for each other.  Nobody should be able to
+ * make them collide on purpose, holding up another tenant's queue with a
+ * name of their own (with the 32-bit hash of 1.0, a tenant found such a
+ * name in under a minute): so the hash has 64 bits and a secret seed,
+ * drawn when the server starts (shmem.c).  They are taken for the
+ * transaction: they go with it, or with the subtransaction that took them.
+ * pg_locks shows them as advisory locks, with objsubid the kind's code.
+ *
+ * The kinds, and who takes them (the files say why):
+ *	queue name		  put, get and the worker in AccessShareLock, create and
+ *					  drop in AccessExclusiveLock (queue_admin.c)
+ *	instance arrival  deliver, begin/complete_recovery, create, drop (ExclusiveLock)
+ *	instance take	  receive, receive_any without waiting, drop (ExclusiveLock)
+ *	call pair		  accept_call and reply (ExclusiveLock, callee.c)
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+
+#include "core/core.h"
+
+/* field 4 of the lock tag, per kind: 'RQ', 'RA', 'RT', 'RM' */
+static const uint16 kind_codes[] = {
+	[RMSG_LOCK_QUEUE_NAME] = 0x5251,
+	[RMSG_LOCK_INSTANCE_ARRIVAL] = 0x5241,
+	[RMSG_LOCK_INSTANCE_TAKE] = 0x5254,
+	[RMSG_LOCK_CALL_PAIR] = 0x524D,
+};
+
+/*
+ * The tag of a lock on `name`, or on the pair (name, second): both names,
+ * each with its terminator, so that ("ab", "c") and ("a", "bc") differ.
+ */
+static void
+MakeTag(LOCKTAG *tag, RmsgNameLock kind, const char *name, const char *second)
+{
+	char		key[2 * NAMEDATALEN + 2];
+	size_t		len = strlcpy(key, name, NAMEDATALEN) + 1;
+	uint64		hash;
+
+	if (second != NULL)
+		len += strlcpy(key + len, second, NAMEDATALEN) + 1;
+	hash = hash_bytes_extended((const unsigned char *) key, (int) len, RmsgNameLockSeed());
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash,
+						 kind_codes[kind]);
+}
+
+/*
+ * Takes a lock of this kind on the name (and second, for a pair), for the
+ * transaction; without `wait`, the answer may be LOCKACQUIRE_NOT_AVAIL.
+ */
+LockAcquireResult
+RmsgLockName(RmsgNameLock kind, const char *name, const char *second,
+			 LOCKMODE mode, bool wait)
+{
+	LOCKTAG		tag;
+
+	MakeTag(&tag, kind, name, second);
+	return LockAcquire(&tag, mode, false, !wait);
+}
+
+/* Lets go of such a lock before the transaction ends. */
+void
+RmsgUnlockName(RmsgNameLock kind, const char *name, const char *second, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	MakeTag(&tag, kind, name, second);
+	LockRelease(&tag, mode, false);
+}

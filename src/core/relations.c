@@ -1,0 +1,250 @@
+/*-------------------------------------------------------------------------
+ *
+ * relations.c
+ *	  The OIDs and attribute numbers of our tables, for code that reads
+ *	  them directly instead of through SQL.
+ *
+ * Looked up by name in schema rmsg on first use and kept in backend memory;
+ * any relcache invalidation (DROP EXTENSION and CREATE EXTENSION give the
+ * tables new OIDs, ALTER EXTENSION UPDATE alters them) makes us look them
+ * up again.  With them we note who owns the tables (our statements run as
+ * that role, spi_plans.c), the search path our statements are planned
+ * under, and that the SQL objects are of the version this library was
+ * built for: a database whose extension was not yet updated gets an error
+ * that says what to run, never a call with arguments of another shape.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_trigger.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "core/core.h"
+
+static RmsgRelations relations;
+static bool relations_valid = false;
+static bool callback_registered = false;
+
+static void
+RelationsInvalidate(Datum arg, Oid relid)
+{
+	relations_valid = false;
+}
+
+static Oid
+RelidOf(Oid namespace, const char *name)
+{
+	Oid			relid = get_relname_relid(name, namespace);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"rmsg.%s\" does not exist", name),
+				 errhint("Run CREATE EXTENSION recoverable_msg in this database.")));
+	return relid;
+}
+
+static AttrNumber
+AttnumOf(Relation rel, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+
+		if (!attr->attisdropped && strcmp(NameStr(attr->attname), name) == 0)
+			return attr->attnum;
+	}
+	elog(ERROR, "column \"%s\" of %s is missing", name, RelationGetRelationName(rel));
+	return InvalidAttrNumber;	/* keep the compiler quiet */
+}
+
+/*
+ * The version of the extension's SQL objects in this database, palloc'd, or
+ * NULL when it is not installed.
+ */
+char *
+RmsgInstalledVersion(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("recoverable_msg"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		value = heap_getattr(tuple, Anum_pg_extension_extversion,
+										 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(value);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/* Refuses SQL objects of another version than the library's. */
+static void
+CheckInstalledVersion(void)
+{
+	char	   *version = RmsgInstalledVersion();
+
+	if (version == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"recoverable_msg\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION recoverable_msg.")));
+	if (strcmp(version, RMSG_SQL_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"recoverable_msg\" is at version %s in this database, but its library needs version %s",
+						version, RMSG_SQL_VERSION),
+				 errhint("Run ALTER EXTENSION recoverable_msg UPDATE.")));
+}
+
+/*
+ * Our statements run as the tables' owner (spi_plans.c), and so would any
+ * trigger on our tables: a trigger someone added (1.0 let roles with the
+ * TRIGGER right do so) would run as a superuser inside every function of
+ * the extension.  No trigger of ours exists but PostgreSQL's own, for the
+ * foreign keys; any other stops the extension until it is dropped.
+ */
+static void
+RefuseTriggers(Oid namespace)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	rel = table_open(TriggerRelationId, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_trigger trigger = (Form_pg_trigger) GETSTRUCT(tuple);
+
+		if (!trigger->tgisinternal && get_rel_namespace(trigger->tgrelid) == namespace)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table rmsg.%s has trigger \"%s\"",
+							get_rel_name(trigger->tgrelid), NameStr(trigger->tgname)),
+					 errdetail("The extension's statements run as the owner of its tables, and so would the trigger."),
+					 errhint("Drop the trigger.")));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * Our hot paths (put, get, ack) reach rmsg.message without the executor,
+ * which is what fires triggers and applies row security.  Nothing of ours
+ * adds either; should an administrator add one, those paths refuse to run
+ * rather than silently bypass it.
+ */
+void
+RmsgRefuseBypass(Relation rel, const char *what)
+{
+	if (rel->trigdesc != NULL || rel->rd_rel->relrowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has %s, which %s would bypass",
+						RelationGetRelationName(rel),
+						rel->trigdesc != NULL ? "triggers" : "row-level security",
+						what),
+				 errdetail("recoverable_msg writes this table directly, without the executor."),
+				 errhint("Drop the trigger or disable row-level security on the extension's tables.")));
+}
+
+const RmsgRelations *
+RmsgGetRelations(void)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(RelationsInvalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!relations_valid)
+	{
+		Oid			namespace;
+		Relation	rel;
+		MemoryContext old;
+
+		CheckInstalledVersion();
+		namespace = get_namespace_oid("rmsg", false);
+		RefuseTriggers(namespace);
+		relations.namespace = namespace;
+		relations.message = RelidOf(namespace, "message");
+		relations.message_ready_idx = RelidOf(namespace, "message_ready_idx");
+		relations.message_pkey = RelidOf(namespace, "message_pkey");
+		relations.msg_id_seq = RelidOf(namespace, "msg_id_seq");
+		relations.message_payload_idx = RelidOf(namespace, "message_payload_idx");
+		relations.payload = RelidOf(namespace, "payload");
+		relations.payload_pkey = RelidOf(namespace, "payload_pkey");
+		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
+		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
+		relations.instance = RelidOf(namespace, "instance");
+		relations.queue = RelidOf(namespace, "queue");
+		relations.caller = RelidOf(namespace, "caller");
+
+		rel = table_open(relations.message, AccessShareLock);
+		relations.owner = rel->rd_rel->relowner;
+		relations.att_msg_id = AttnumOf(rel, "msg_id");
+		relations.att_queue_id = AttnumOf(rel, "queue_id");
+		relations.att_deliveries = AttnumOf(rel, "deliveries");
+		relations.att_visible_at = AttnumOf(rel, "visible_at");
+		relations.att_lease_until = AttnumOf(rel, "lease_until");
+		relations.att_enqueued_at = AttnumOf(rel, "enqueued_at");
+		relations.att_payload_size = AttnumOf(rel, "payload_size");
+		relations.att_payload_id = AttnumOf(rel, "payload_id");
+		relations.att_headers = AttnumOf(rel, "headers");
+		relations.att_inline_data = AttnumOf(rel, "inline_data");
+		table_close(rel, NoLock);
+
+		rel = table_open(relations.payload, AccessShareLock);
+		relations.att_payload_payload_id = AttnumOf(rel, "payload_id");
+		relations.att_payload_hash = AttnumOf(rel, "hash");
+		relations.att_payload_data = AttnumOf(rel, "data");
+		table_close(rel, NoLock);
+
+		/*
+		 * pg_catalog, then our schema, and nothing else: not even pg_temp,
+		 * which would otherwise be searched first for types.
+		 */
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		if (relations.search_path != NULL)
+		{
+			list_free(relations.search_path->schemas);
+			pfree(relations.search_path);
+		}
+		relations.search_path = palloc0(sizeof(OverrideSearchPath));
+		relations.search_path->schemas = list_make2_oid(PG_CATALOG_NAMESPACE, namespace);
+		relations.search_path->addCatalog = false;
+		relations.search_path->addTemp = false;
+		MemoryContextSwitchTo(old);
+
+		relations_valid = true;
+	}
+	return &relations;
+}

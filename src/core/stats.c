@@ -1,0 +1,368 @@
+/*-------------------------------------------------------------------------
+ *
+ * stats.c
+ *	  Counters for rmsg.log_stats and the byte columns of rmsg.queues.
+ *
+ * Cumulative since the server started, like PostgreSQL's own statistics
+ * before they are reset, and counted when the work is done: a put that
+ * rolls back wrote its WAL all the same.  The totals are atomics any
+ * backend adds to.  Per-queue counts live in a shared hash table keyed by
+ * the database, the OID of its rmsg.queue table (an extension dropped and
+ * made again starts afresh) and the queue_id, so that no database sees
+ * another's: to add to an existing entry one holds stats->lock shared (the
+ * counters are atomics), to create or remove an entry exclusively.  The
+ * table has room for RMSG_MAX_QUEUE_STATS queues; beyond that, queues are
+ * counted in the totals only (their columns in rmsg.queues are NULL).
+ * Without shared memory (the library not preloaded) nothing is counted.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "core/core.h"
+
+PG_FUNCTION_INFO_V1(rmsg_stat_log);
+PG_FUNCTION_INFO_V1(rmsg_stat_queues);
+PG_FUNCTION_INFO_V1(rmsg_queue_counters);
+
+#define RMSG_MAX_QUEUE_STATS 1024
+
+typedef struct RmsgLogCounters
+{
+	LWLock	   *lock;			/* guards the queue hash table's entries */
+	TimestampTz since;
+	pg_atomic_uint64 forces;
+	pg_atomic_uint64 forces_avoided;
+	pg_atomic_uint64 bytes_written;
+	pg_atomic_uint64 bytes_referenced;
+	pg_atomic_uint64 puts_written;
+	pg_atomic_uint64 puts_referenced;
+	pg_atomic_uint64 payloads_collected;
+	pg_atomic_uint64 stale_receipts;
+} RmsgLogCounters;
+
+typedef struct QueueKey
+{
+	Oid			database;
+	Oid			queue_table;	/* rmsg.queue of that database */
+	int32		queue_id;
+} QueueKey;
+
+typedef struct QueueCounters
+{
+	QueueKey	key;			/* the hash key */
+	pg_atomic_uint64 bytes_written;
+	pg_atomic_uint64 bytes_referenced;
+	pg_atomic_uint64 stale_receipts;
+} QueueCounters;
+
+static RmsgLogCounters *stats = NULL;
+static HTAB *queue_stats = NULL;
+
+/* The counters, and the hash table of the queues' counters. */
+Size
+RmsgStatsShmemSize(void)
+{
+	return add_size(MAXALIGN(sizeof(RmsgLogCounters)),
+					hash_estimate_size(RMSG_MAX_QUEUE_STATS, sizeof(QueueCounters)));
+}
+
+/* Called under AddinShmemInitLock. */
+void
+RmsgStatsShmemStartup(void)
+{
+	HASHCTL		info;
+	bool		found;
+
+	stats = ShmemInitStruct("recoverable_msg counters", sizeof(RmsgLogCounters), &found);
+	if (!found)
+	{
+		stats->lock = RmsgLWLock(RMSG_LWLOCK_STATS);
+		stats->since = GetCurrentTimestamp();
+		pg_atomic_init_u64(&stats->forces, 0);
+		pg_atomic_init_u64(&stats->forces_avoided, 0);
+		pg_atomic_init_u64(&stats->bytes_written, 0);
+		pg_atomic_init_u64(&stats->bytes_referenced, 0);
+		pg_atomic_init_u64(&stats->puts_written, 0);
+		pg_atomic_init_u64(&stats->puts_referenced, 0);
+		pg_atomic_init_u64(&stats->payloads_collected, 0);
+		pg_atomic_init_u64(&stats->stale_receipts, 0);
+	}
+	info.keysize = sizeof(QueueKey);
+	info.entrysize = sizeof(QueueCounters);
+	queue_stats = ShmemInitHash("recoverable_msg queue stats",
+								RMSG_MAX_QUEUE_STATS, RMSG_MAX_QUEUE_STATS,
+								&info, HASH_ELEM | HASH_BLOBS);
+}
+
+static void
+MakeQueueKey(QueueKey *key, int32 queue_id)
+{
+	memset(key, 0, sizeof(*key));
+	key->database = MyDatabaseId;
+	key->queue_table = RmsgGetRelations()->queue;
+	key->queue_id = queue_id;
+}
+
+/*
+ * Room in a full table: the entries of this database's earlier extensions
+ * (DROP EXTENSION leaves them behind) go.  Lock held exclusively.  Entries
+ * of dropped databases are not found here (that would take a catalog look
+ * under the lock); they go with the next restart.
+ */
+static void
+ForgetOldExtensions(Oid queue_table)
+{
+	HASH_SEQ_STATUS status;
+	QueueCounters *entry;
+
+	hash_seq_init(&status, queue_stats);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.database == MyDatabaseId && entry->key.queue_table != queue_table)
+			hash_search(queue_stats, &entry->key, HASH_REMOVE, NULL);
+	}
+}
+
+/* The queue's counters, created on first use; NULL when the table is full. */
+static QueueCounters *
+QueueEntry(int32 queue_id)
+{
+	QueueKey	key;
+	QueueCounters *entry;
+	bool		found;
+
+	MakeQueueKey(&key, queue_id);
+	LWLockAcquire(stats->lock, LW_SHARED);
+	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
+	LWLockRelease(stats->lock);
+	if (entry != NULL)
+		return entry;
+
+	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		ForgetOldExtensions(key.queue_table);
+		entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
+	}
+	if (entry != NULL && !found)
+	{
+		pg_atomic_init_u64(&entry->bytes_written, 0);
+		pg_atomic_init_u64(&entry->bytes_referenced, 0);
+		pg_atomic_init_u64(&entry->stale_receipts, 0);
+	}
+	LWLockRelease(stats->lock);
+	return entry;
+}
+
+/*
+ * A message was put to queue_id, its data of `size` bytes written or
+ * referenced.  The
+ * entry pointer stays valid after the lock is released: only
+ * RmsgQueueStatsForget removes entries, for a queue being dropped, which
+ * holds the queue's name lock exclusively and so excludes every put.
+ */
+void
+RmsgCountPut(int32 queue_id, int32 size, bool referenced)
+{
+	QueueCounters *entry;
+
+	if (stats == NULL)
+		return;
+	entry = QueueEntry(queue_id);
+	if (referenced)
+	{
+		pg_atomic_fetch_add_u64(&stats->bytes_referenced, size);
+		pg_atomic_fetch_add_u64(&stats->puts_referenced, 1);
+		if (entry != NULL)
+			pg_atomic_fetch_add_u64(&entry->bytes_referenced, size);
+	}
+	else
+	{
+		pg_atomic_fetch_add_u64(&stats->bytes_written, size);
+		pg_atomic_fetch_add_u64(&stats->puts_written, 1);
+		if (entry != NULL)
+			pg_atomic_fetch_add_u64(&entry->bytes_written, size);
+	}
+}
+
+/* The WAL was forced for the contract (components.c). */
+void
+RmsgCountForce(void)
+{
+	if (stats != NULL)
+		pg_atomic_fetch_add_u64(&stats->forces, 1);
+}
+
+/* A call was sent without a force the prior art would have made. */
+void
+RmsgCountForceAvoided(void)
+{
+	if (stats != NULL)
+		pg_atomic_fetch_add_u64(&stats->forces_avoided, 1);
+}
+
+/*
+ * An ack, nack or extend came with a receipt whose lease is gone; queue_id
+ * is the message's queue, 0 when the message is gone too.
+ */
+void
+RmsgCountStaleReceipt(int32 queue_id)
+{
+	QueueCounters *entry;
+
+	if (stats == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&stats->stale_receipts, 1);
+	if (queue_id != 0 && (entry = QueueEntry(queue_id)) != NULL)
+		pg_atomic_fetch_add_u64(&entry->stale_receipts, 1);
+}
+
+void
+RmsgCountCollected(int64 n)
+{
+	if (stats != NULL)
+		pg_atomic_fetch_add_u64(&stats->payloads_collected, (uint64) n);
+}
+
+/* A dropped queue's counters go with it (even if the drop rolls back). */
+void
+RmsgQueueStatsForget(int32 queue_id)
+{
+	QueueKey	key;
+
+	if (stats == NULL)
+		return;
+	MakeQueueKey(&key, queue_id);
+	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	hash_search(queue_stats, &key, HASH_REMOVE, NULL);
+	LWLockRelease(stats->lock);
+}
+
+static Datum
+Counter(pg_atomic_uint64 *counter)
+{
+	return Int64GetDatum((int64) pg_atomic_read_u64(counter));
+}
+
+/*
+ * rmsg.stat_log(): one row of totals, behind the rmsg.log_stats view.
+ * Zeros and a NULL stats_since without shared memory.
+ */
+Datum
+rmsg_stat_log(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[9];
+	bool		nulls[9] = {0};
+
+	RmsgEnter("rmsg.stat_log", false);
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats == NULL)
+	{
+		for (int i = 0; i < 9; i++)
+			values[i] = Int64GetDatum(0);
+		nulls[7] = true;
+	}
+	else
+	{
+		values[0] = Counter(&stats->forces);
+		values[1] = Counter(&stats->forces_avoided);
+		values[2] = Counter(&stats->bytes_written);
+		values[3] = Counter(&stats->bytes_referenced);
+		values[4] = Counter(&stats->puts_written);
+		values[5] = Counter(&stats->puts_referenced);
+		values[6] = Counter(&stats->payloads_collected);
+		values[7] = TimestampTzGetDatum(stats->since);
+		values[8] = Counter(&stats->stale_receipts);
+	}
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+/*
+ * The per-queue counters of this database's queues; with only_visible,
+ * those of the queues the current role manages (rights.c): how many bytes
+ * a put referenced instead of writing would tell a producer of a content
+ * queue whether others had put the same bytes.  The entries
+ * are copied under the lock, and their rights checked after it, since
+ * that may read the catalog.
+ */
+static void
+ReturnQueueCounters(FunctionCallInfo fcinfo, bool only_visible)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS status;
+	QueueCounters *entry;
+	Oid			queue_table;
+	int			n = 0;
+	int			room = 64;
+	Datum	   *rows;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats == NULL)
+		return;
+
+	queue_table = RmsgGetRelations()->queue;
+	rows = palloc(sizeof(Datum) * 4 * room);
+	LWLockAcquire(stats->lock, LW_SHARED);
+	hash_seq_init(&status, queue_stats);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.database != MyDatabaseId || entry->key.queue_table != queue_table)
+			continue;
+		if (n == room)
+		{
+			room *= 2;
+			rows = repalloc(rows, sizeof(Datum) * 4 * room);
+		}
+		rows[4 * n] = Int32GetDatum(entry->key.queue_id);
+		rows[4 * n + 1] = Counter(&entry->bytes_written);
+		rows[4 * n + 2] = Counter(&entry->bytes_referenced);
+		rows[4 * n + 3] = Counter(&entry->stale_receipts);
+		n++;
+	}
+	LWLockRelease(stats->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		nulls[4] = {false, false, false, false};
+
+		if (only_visible &&
+			!RmsgMaySee(RMSG_QUEUE, DatumGetInt32(rows[4 * i]), NULL, RMSG_MANAGE))
+			continue;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &rows[4 * i], nulls);
+	}
+}
+
+/* rmsg.stat_queues(): every queue's counters, for monitoring roles. */
+Datum
+rmsg_stat_queues(PG_FUNCTION_ARGS)
+{
+	RmsgEnter("rmsg.stat_queues", false);
+	ReturnQueueCounters(fcinfo, false);
+	return (Datum) 0;
+}
+
+/*
+ * rmsg.queue_counters(): the counters of the queues the role may see,
+ * joined into rmsg.queues.
+ */
+Datum
+rmsg_queue_counters(PG_FUNCTION_ARGS)
+{
+	RmsgEnter("rmsg.queue_counters", false);
+	ReturnQueueCounters(fcinfo, true);
+	return (Datum) 0;
+}

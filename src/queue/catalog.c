@@ -1,0 +1,393 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue_admin.c
+ *	  The queue catalog: create_queue, drop_queue, and looking queues up.
+ *
+ * Locking.  A put must never add a message to a queue that a concurrent
+ * drop_queue is deleting: the drop would not see the uncommitted message and
+ * leave it behind.  So every put holds a heavyweight lock on the queue's
+ * name in AccessShareLock until its transaction ends, and create_queue and
+ * drop_queue take it in AccessExclusiveLock.  The lock is taken before the
+ * catalog is read, and the catalog is read with the latest snapshot, so a
+ * put that waited for a drop sees the queue gone (name_locks.c).  A get holds the same lock
+ * in AccessShareLock, so a drop also waits for consumers that might be
+ * dead-lettering a message into the queue's dead-message table.  Under REPEATABLE READ a
+ * drop reads and deletes with the latest snapshot too, since its own
+ * predates what it waited for.
+ *
+ * A dead-letter queue is referenced by id through a foreign key, so it
+ * cannot be dropped while a queue still sends it messages.
+ *
+ * Cache.  Every put and get needs its queue's row, so each backend keeps
+ * the rows it read in a local hash, stamped with the catalog generation in
+ * shared memory.  A transaction that creates, drops or grants a queue bumps
+ * the generation when it ends, in the transaction callback, which runs
+ * before its locks are released: whoever then gets the name lock sees the
+ * new generation and reads the catalog again.  Rows read by a transaction
+ * that changed the catalog itself are not cached (they may roll back), and
+ * a relcache invalidation (DROP EXTENSION, say) empties the cache.  Without
+ * shared memory nothing is cached.
+ *
+ * Rights.  A queue belongs to the role that created it, and its row holds
+ * the privileges granted on it (rights.c).  Opening a queue works out what
+ * the current role may do with it; each function says what it needs.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "utils/acl.h"
+#include "utils/memutils.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+
+#include "queue/queue.h"
+
+typedef struct CachedQueue
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	uint64		generation;
+	RmsgQueue	queue;			/* rights not set */
+	Acl		   *acl;			/* in queue_cache_context, or NULL */
+} CachedQueue;
+
+static HTAB *queue_cache = NULL;
+static MemoryContext queue_cache_context = NULL;
+static bool queue_cache_stale = false;
+
+PG_FUNCTION_INFO_V1(rmsg_create_queue);
+PG_FUNCTION_INFO_V1(rmsg_drop_queue);
+
+static RmsgPlan lookup_plan = {
+	"SELECT queue_id, max_deliveries, coalesce(dead_letter_queue_id, 0), dedup,"
+	"       owner::oid, acl"
+	"  FROM rmsg.queue WHERE name = $1",
+	1, {TEXTOID}
+};
+
+static RmsgPlan insert_plan = {
+	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup, owner)"
+	" VALUES ($1, $2, nullif($3, 0), $4, $5)"
+	" ON CONFLICT (name) DO NOTHING RETURNING queue_id",
+	5, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID}
+};
+
+static RmsgPlan dlq_users_plan = {
+	"SELECT name FROM rmsg.queue"
+	" WHERE dead_letter_queue_id = $1 AND queue_id <> $1 ORDER BY name LIMIT 1",
+	1, {INT4OID}
+};
+
+/* Deletes a queue's messages, live and dead. */
+static RmsgPlan delete_messages_plan = {
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1)"
+	" DELETE FROM rmsg.dead_message WHERE queue_id = $1",
+	1, {INT4OID}
+};
+
+static RmsgPlan delete_queue_plan = {
+	"DELETE FROM rmsg.queue WHERE queue_id = $1",
+	1, {INT4OID}
+};
+
+/* Any relcache invalidation may mean our tables were dropped: start over. */
+static void
+QueueCacheInvalidate(Datum arg, Oid relid)
+{
+	queue_cache_stale = true;
+}
+
+void
+RmsgQueueCatalogInit(void)
+{
+	CacheRegisterRelcacheCallback(QueueCacheInvalidate, (Datum) 0);
+}
+
+static CachedQueue *
+QueueCacheEntry(const char *name, HASHACTION action, bool *found)
+{
+	if (queue_cache_stale && queue_cache != NULL)
+	{
+		hash_destroy(queue_cache);
+		queue_cache = NULL;
+		MemoryContextReset(queue_cache_context);
+	}
+	queue_cache_stale = false;
+
+	if (queue_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (action == HASH_FIND)
+			return NULL;
+		if (queue_cache_context == NULL)
+			queue_cache_context = AllocSetContextCreate(CacheMemoryContext,
+														"recoverable_msg queue lists",
+														ALLOCSET_SMALL_SIZES);
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(CachedQueue);
+		queue_cache = hash_create("recoverable_msg queues", 64, &ctl,
+								  HASH_ELEM | HASH_STRINGS);
+	}
+	return (CachedQueue *) hash_search(queue_cache, name, action, found);
+}
+
+static void
+RmsgLockQueueName(const char *name, LOCKMODE mode)
+{
+	(void) RmsgLockName(RMSG_LOCK_QUEUE_NAME, name, NULL, mode, true);
+}
+
+/*
+ * Reads a queue's catalog row with the latest snapshot; false if none.
+ * *acl is the row's list of privileges (in SPI's memory), or NULL.
+ */
+static bool
+RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	bool		isnull;
+	TupleDesc	desc;
+	HeapTuple	row;
+	char	   *dedup;
+	Datum		value;
+
+	RmsgPlanExecute(&lookup_plan, &arg, NULL, true, 1);
+	if (SPI_processed == 0)
+		return false;
+
+	desc = SPI_tuptable->tupdesc;
+	row = SPI_tuptable->vals[0];
+	queue->queue_id = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
+	queue->max_deliveries = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	queue->dead_letter_queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	dedup = TextDatumGetCString(SPI_getbinval(row, desc, 4, &isnull));
+	queue->dedup = RmsgParseDedupMode(dedup);
+	queue->owner = DatumGetObjectId(SPI_getbinval(row, desc, 5, &isnull));
+	value = SPI_getbinval(row, desc, 6, &isnull);
+	*acl = isnull ? NULL : DatumGetAclP(value);
+	return true;
+}
+
+/*
+ * Checks the name, locks it and looks the queue up, in the cache when it is
+ * current; false when there is no such queue (the lock is kept all the
+ * same).  Call inside SPI.
+ */
+bool
+RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue)
+{
+	uint64		generation;
+	bool		cacheable;
+	CachedQueue *cached;
+	bool		found;
+	Acl		   *acl;
+
+	RmsgCheckName(name, "queue");
+	RmsgLockQueueName(name, mode);
+
+	/* read before the catalog, so a change meanwhile makes the entry stale */
+	generation = RmsgCatalogGeneration();
+	cacheable = generation != 0 && !RmsgCatalogChangedHere();
+	if (cacheable)
+	{
+		cached = QueueCacheEntry(name, HASH_FIND, NULL);
+		if (cached != NULL && cached->generation == generation)
+		{
+			*queue = cached->queue;
+			queue->rights = RmsgRightsOf(RMSG_QUEUE, GetUserId(), queue->owner, cached->acl);
+			return true;
+		}
+	}
+
+	if (!RmsgLookupQueue(name, queue, &acl))
+		return false;
+	queue->rights = RmsgRightsOf(RMSG_QUEUE, GetUserId(), queue->owner, acl);
+
+	if (cacheable)
+	{
+		cached = QueueCacheEntry(name, HASH_ENTER, &found);
+		if (found && cached->acl != NULL)
+			pfree(cached->acl);
+		cached->generation = generation;
+		cached->queue = *queue;
+		cached->acl = NULL;
+		if (acl != NULL)
+		{
+			cached->acl = MemoryContextAlloc(queue_cache_context, VARSIZE(acl));
+			memcpy(cached->acl, acl, VARSIZE(acl));
+		}
+	}
+	return true;
+}
+
+/* As RmsgTryOpenQueue, but an unknown queue is an error. */
+RmsgQueue
+RmsgOpenQueue(const char *name, LOCKMODE mode)
+{
+	RmsgQueue	queue;
+
+	if (!RmsgTryOpenQueue(name, mode, &queue))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("queue \"%s\" does not exist", name)));
+	return queue;
+}
+
+/*
+ * Refuses a role that lacks `needed` on an existing queue before any lock
+ * is taken: a drop's exclusive lock, even held for a moment, or waited for,
+ * would hold up the queue's producers and consumers for a role that may
+ * not touch it.
+ */
+static void
+PrecheckRights(const char *name, AclMode needed)
+{
+	AclMode		rights;
+
+	RmsgCheckName(name, "queue");
+	if (RmsgObjectRights(RMSG_QUEUE, 0, name, GetUserId(), &rights, NULL))
+		RmsgRequireRights(RMSG_QUEUE, name, rights, needed);
+}
+
+/*
+ * As RmsgOpenQueue, for a role that must hold the `needed` privileges:
+ * checked before the lock is taken, and again on the row read under it.
+ */
+RmsgQueue
+RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed)
+{
+	RmsgQueue	queue;
+
+	PrecheckRights(name, needed);
+	queue = RmsgOpenQueue(name, mode);
+	RmsgRequireRights(RMSG_QUEUE, name, queue.rights, needed);
+	return queue;
+}
+
+static void
+ReportQueueExists(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_OBJECT),
+			 errmsg("queue \"%s\" already exists", name)));
+}
+
+static void
+CheckDedupArg(FunctionCallInfo fcinfo, int argno)
+{
+	(void) RmsgParseDedupMode(RmsgTextArg(fcinfo, argno, "dedup"));
+}
+
+/*
+ * rmsg.create_queue(queue, max_deliveries, dead_letter_queue, dedup)
+ */
+Datum
+rmsg_create_queue(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	int32		max_deliveries;
+	char	   *dlq_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int32		dlq_id = 0;
+	Datum		values[5];
+
+	RmsgEnter("rmsg.create_queue", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
+	RmsgCheckName(name, "queue");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_deliveries must not be null")));
+	max_deliveries = PG_GETARG_INT32(1);
+	if (max_deliveries < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_deliveries must be at least 1, not %d", max_deliveries)));
+	CheckDedupArg(fcinfo, 3);
+	if (dlq_name != NULL)
+	{
+		RmsgCheckName(dlq_name, "queue");
+		if (strcmp(dlq_name, name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("queue \"%s\" cannot be its own dead-letter queue", name)));
+	}
+
+	/*
+	 * Before any lock: the dead-letter queue comes to depend on the new
+	 * queue (it cannot be dropped while the new one sends it messages), so
+	 * naming one takes manage on it; and a name taken already is refused
+	 * without its lock, which the queue's users hold.
+	 */
+	if (dlq_name != NULL)
+		PrecheckRights(dlq_name, RMSG_MANAGE);
+	{
+		AclMode		rights;
+
+		if (RmsgObjectRights(RMSG_QUEUE, 0, name, GetUserId(), &rights, NULL))
+			ReportQueueExists(name);
+	}
+
+	RmsgSpiConnect();
+	RmsgLockQueueName(name, AccessExclusiveLock);
+	RmsgNoteCatalogChange();
+	if (dlq_name != NULL)
+		dlq_id = RmsgOpenQueueFor(dlq_name, AccessShareLock, RMSG_MANAGE).queue_id;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int32GetDatum(max_deliveries);
+	values[2] = Int32GetDatum(dlq_id);
+	values[3] = PG_GETARG_DATUM(3);
+	values[4] = ObjectIdGetDatum(GetUserId());
+	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
+	if (SPI_processed == 0)
+		ReportQueueExists(name);
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * rmsg.drop_queue(queue): the queue and its messages go in one
+ * transaction; payload rows only they referenced wait for
+ * rmsg.collect_payloads.
+ */
+Datum
+rmsg_drop_queue(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	RmsgQueue	queue;
+	Datum		arg;
+
+	RmsgEnter("rmsg.drop_queue", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
+	RmsgSpiConnect();
+	RmsgNoteCatalogChange();	/* also: read the catalog, not the cache */
+	queue = RmsgOpenQueueFor(name, AccessExclusiveLock, RMSG_MANAGE);
+	arg = Int32GetDatum(queue.queue_id);
+
+	RmsgPlanExecute(&dlq_users_plan, &arg, NULL, true, 1);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("queue \"%s\" is the dead-letter queue of queue \"%s\"", name,
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Drop that queue first.")));
+
+	/*
+	 * The latest snapshot: under REPEATABLE READ the transaction's snapshot
+	 * predates puts that committed while we waited for the name lock, and
+	 * their messages would outlive the queue.
+	 */
+	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, true, 0);
+	RmsgQueueStatsForget(queue.queue_id);
+
+	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, true, 0);
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,102 @@
+/*-------------------------------------------------------------------------
+ *
+ * dead_letter.c
+ *	  Moving messages whose deliveries are used up out of their queue.
+ *
+ * A dead message goes to its queue's dead-letter queue, where it starts
+ * afresh (ready at once, no deliveries), or, when the queue has none, to
+ * rmsg.dead_message, payload reference and all, so nothing is lost.  It is
+ * a durable write like any other: not a lease.
+ *
+ * Three callers: a get that meets exhausted messages (by the tids of the
+ * rows it locked), the worker whose handler failed the last allowed time,
+ * and the worker's maintenance, which sweeps exhausted messages whose last
+ * lease ran out while nobody was getting from their queue (both by msg_id,
+ * on rows they hold locked).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
+
+#include "queue/queue.h"
+
+/*
+ * The two ways, for rows named by `rows`: $1 the rows' tids or msg_ids, $2
+ * the dead-letter queue, $3 now.
+ */
+#define MOVE_TO_DLQ(rows) \
+	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0," \
+	"       visible_at = $3" \
+	" WHERE " rows
+#define KEEP_DEAD(rows) \
+	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)" \
+	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
+	"        died_at, payload_size, payload_id, headers, inline_data)" \
+	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size," \
+	"        payload_id, headers, inline_data FROM gone"
+
+static RmsgPlan move_to_dlq_by_tid_plan = {
+	MOVE_TO_DLQ("ctid = ANY($1)"), 3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
+};
+static RmsgPlan keep_dead_by_tid_plan = {
+	KEEP_DEAD("ctid = ANY($1)"), 3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
+};
+static RmsgPlan move_to_dlq_by_id_plan = {
+	MOVE_TO_DLQ("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+};
+static RmsgPlan keep_dead_by_id_plan = {
+	KEEP_DEAD("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
+};
+
+/* Runs one of the pairs above on an array of row identifiers; returns how many rows went. */
+static int
+DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
+{
+	Datum		values[3];
+
+	values[0] = rows;
+	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	if (queue->dead_letter_queue_id != 0)
+	{
+		RmsgPlanExecute(to_dlq, values, NULL, false, 0);
+		RmsgWakeQueueAtCommit(queue->dead_letter_queue_id);
+	}
+	else
+		RmsgPlanExecute(keep, values, NULL, false, 0);
+	return (int) SPI_processed;
+}
+
+/*
+ * Dead-letters messages of the queue by the tids of row versions the caller
+ * has locked (which keeps the tids stable until commit).
+ */
+void
+RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n)
+{
+	ArrayType  *array = construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
+										false, TYPALIGN_SHORT);
+
+	(void) DeadLetter(queue, &move_to_dlq_by_tid_plan, &keep_dead_by_tid_plan,
+					  PointerGetDatum(array));
+}
+
+/* Dead-letters messages of the queue by msg_id; returns how many went. */
+int
+RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	ArrayType  *array;
+
+	for (int i = 0; i < n; i++)
+		ids[i] = Int64GetDatum(msg_ids[i]);
+	array = construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+							TYPALIGN_DOUBLE);
+	return DeadLetter(queue, &move_to_dlq_by_id_plan, &keep_dead_by_id_plan,
+					  PointerGetDatum(array));
+}

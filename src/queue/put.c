@@ -1,0 +1,395 @@
+/*-------------------------------------------------------------------------
+ *
+ * put.c
+ *	  rmsg.put and rmsg.put_batch: adding messages to a queue.
+ *
+ * dedup.c decides where the data goes: a reference to a payload row
+ * already logged (named by a data token, or found by content), inline in
+ * the message row (up to rmsg.inline_payload_max, 2000 bytes, just below
+ * the size at which PostgreSQL would toast the row), or a payload row of
+ * its own.  The message row is inserted directly (insert.c).  Each put
+ * hands the session a data token for its data (tokens.c).
+ *
+ * A put holds its queue's name lock in AccessShareLock until commit
+ * (queue_admin.c explains why) and asks for waiting consumers to be woken
+ * when it commits (wakeup.c).  The role putting must hold the queue's put
+ * privilege (rights.c).
+ *
+ * A put with both a token and a payload stores exactly the payload given:
+ * the reference is used only when the token's data is the same bytes (its
+ * size and hash, or the bytes themselves where the hash is not known);
+ * different bytes are refused, never silently replaced by the token's.
+ * rmsg.put_with_token hands back the new data's token in the same
+ * statement, for clients behind a pooler that cannot ask
+ * rmsg.last_data_token() in the same transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "queue/queue.h"
+
+PG_FUNCTION_INFO_V1(rmsg_put);
+PG_FUNCTION_INFO_V1(rmsg_put_text);
+PG_FUNCTION_INFO_V1(rmsg_put_jsonb);
+PG_FUNCTION_INFO_V1(rmsg_put_batch);
+PG_FUNCTION_INFO_V1(rmsg_put_with_token);
+
+/*
+ * The batch form, for queues that do not look for equal content: payload
+ * ids are drawn first, for the elements that need a row, so that messages
+ * and payload rows can be matched; msg_ids are drawn in array order and
+ * returned in it, with where each message keeps its data.  $1 queue_id,
+ * $2 now, $3 headers, $4 data[], $5 inline limit.
+ */
+static RmsgPlan put_batch_plan = {
+	"WITH d AS MATERIALIZED ("
+	"   SELECT ord, data, length(data) AS size,"
+	"          CASE WHEN length(data) > $5 THEN nextval('rmsg.payload_id_seq') END AS pid"
+	"     FROM unnest($4::bytea[]) WITH ORDINALITY AS u (data, ord)),"
+	" p AS (INSERT INTO rmsg.payload (payload_id, data)"
+	"       SELECT pid, data FROM d WHERE pid IS NOT NULL),"
+	" m AS (INSERT INTO rmsg.message"
+	"        (msg_id, queue_id, visible_at, enqueued_at, payload_size, headers, payload_id, inline_data)"
+	"       SELECT nextval('rmsg.msg_id_seq'), $1, $2, $2, size, $3, pid,"
+	"              CASE WHEN pid IS NULL THEN data END"
+	"         FROM (SELECT * FROM d ORDER BY ord) o"
+	"       RETURNING msg_id, payload_id, payload_size)"
+	" SELECT msg_id, payload_id, payload_size FROM m ORDER BY msg_id",
+	5, {INT4OID, TIMESTAMPTZOID, JSONBOID, BYTEAARRAYOID, INT4OID}
+};
+
+/* The data a token names, read back, or NULL when it is gone.  Inside SPI. */
+static bytea *
+TokenData(const RmsgTokenData *source)
+{
+	bytea	   *data = NULL;
+
+	if (source->payload_id != 0)
+		data = RmsgReadPayload(source->payload_id);
+	if (data == NULL && source->msg_id != 0)
+		data = RmsgReadInlineData(source->msg_id);
+	return data;
+}
+
+/*
+ * A put gave both a payload and a token: the reference may stand for the
+ * payload only if the token's data is the same bytes.  Sizes and, where
+ * known, hashes tell most differences apart at no cost; otherwise the
+ * token's data is read and compared.  False when that data is gone (the
+ * put then writes the payload).  Inside SPI.
+ */
+static bool
+CheckTokenMatches(int64 token, const RmsgTokenData *source, bytea *payload)
+{
+	Size		size = VARSIZE_ANY_EXHDR(payload);
+	bool		same;
+
+	if (size != (Size) source->size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload does not match the data of token " INT64_FORMAT, token),
+				 errdetail("The payload has %zu bytes, the token's data %d.",
+						   size, source->size)));
+	if (source->hash_known)
+		same = RmsgContentHash(payload) == source->hash;
+	else
+	{
+		bytea	   *stored = TokenData(source);
+
+		if (stored == NULL)
+			return false;
+		same = memcmp(VARDATA_ANY(stored), VARDATA_ANY(payload), size) == 0;
+	}
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload does not match the data of token " INT64_FORMAT, token),
+				 errdetail("The payload has the same size as the token's data, but other bytes."),
+				 errhint("Pass the token alone to put the token's data, or the payload alone to put new data.")));
+	return true;
+}
+
+/*
+ * What a put's data_token names, when it is given (argument argno).  An
+ * unknown token is an error only when there is no payload to fall back on;
+ * a payload that is not the token's data is an error.  Inside SPI.
+ */
+static bool
+TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
+			int64 *token, RmsgTokenData *source)
+{
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+	{
+		if (payload == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payload must not be null"),
+					 errhint("Pass the payload, or a data_token naming data this session put or got.")));
+		return false;
+	}
+	*token = PG_GETARG_INT64(argno);
+	if (!RmsgLookupToken(*token, source))
+	{
+		if (payload != NULL)
+			return false;		/* the seed's fallback: write what was given */
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("data token " INT64_FORMAT " is not known to this session", *token),
+				 errdetail("A data token is valid only in the session and for the role that put or got its data, among the last %d tokens it was handed.",
+						   RMSG_SESSION_TOKENS)));
+	}
+	if (payload != NULL)
+		return CheckTokenMatches(*token, source, payload);
+	return true;
+}
+
+/*
+ * The common part of the put overloads: arguments 0 queue, 2 headers,
+ * 3 delay, 4 data_token; the payload comes converted to bytea, or NULL.
+ * Returns the msg_id, and the new data's token in *new_token.
+ */
+static int64
+PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
+{
+	char	   *queue_name = RmsgTextArg(fcinfo, 0, "queue name");
+	int64		delay = RmsgIntervalArg(fcinfo, 3, "delay", 0, true);
+	TimestampTz now = GetCurrentTimestamp();
+	RmsgQueue	queue;
+	RmsgTokenData source;
+	int64		token = 0;
+	bool		by_token;
+	int64		source_msg_id;
+	int64		source_payload_id;
+	RmsgStoredData stored;
+	int64		msg_id;
+
+	RmsgCheckHeaders(fcinfo, 2);
+	if (payload != NULL)
+		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(payload));
+
+	RmsgSpiConnect();
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
+	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
+	if (payload == NULL)
+		RmsgCheckPayloadSize((Size) source.size);
+	source_msg_id = by_token ? source.msg_id : 0;
+	source_payload_id = by_token ? source.payload_id : 0;
+
+	if (!RmsgStoreData(queue.dedup, queue.owner, payload, by_token ? &source : NULL, false, &stored))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the data of token " INT64_FORMAT " is no longer available", token),
+				 errdetail("The payload row and the message that held it are gone: acknowledged and collected, or rolled back."),
+				 errhint("Pass the payload as well: it is written when the reference cannot be used.")));
+	if (by_token && source.payload_id != source_payload_id)
+		RmsgTokenPromoted(token, source.payload_id);
+
+	msg_id = RmsgInsertMessage(queue.queue_id, RmsgTimeAfter(now, delay), now,
+							   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+							   PG_ARGISNULL(2), &stored);
+	RmsgSpiFinish();
+
+	RmsgCountPut(queue.queue_id, stored.size, stored.referenced);
+	*new_token = RmsgIssuePutToken(msg_id, &stored,
+								   stored.payload_id != source_payload_id ? source_msg_id : 0,
+								   payload, by_token ? &source : NULL);
+	RmsgWakeQueueAtCommit(queue.queue_id);
+	return msg_id;
+}
+
+/* rmsg.put(queue, payload bytea, headers, delay, data_token) */
+Datum
+rmsg_put(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	RmsgEnter("rmsg.put", true);
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1), &token));
+}
+
+/* rmsg.put(queue, payload text, ...): text and bytea share a representation */
+Datum
+rmsg_put_text(PG_FUNCTION_ARGS)
+{
+	int64		token;
+
+	RmsgEnter("rmsg.put", true);
+	PG_RETURN_INT64(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : (bytea *) PG_GETARG_TEXT_PP(1),
+							   &token));
+}
+
+/* rmsg.put(queue, payload jsonb, ...): stored as the value's text form */
+Datum
+rmsg_put_jsonb(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *value;
+	int64		token;
+
+	RmsgEnter("rmsg.put", true);
+	if (PG_ARGISNULL(1))
+		PG_RETURN_INT64(PutMessage(fcinfo, NULL, &token));
+	value = PG_GETARG_JSONB_P(1);
+	PG_RETURN_INT64(PutMessage(fcinfo, (bytea *) cstring_to_text(
+										   JsonbToCString(NULL, &value->root, VARSIZE(value))),
+							   &token));
+}
+
+/*
+ * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token)
+ *	 -> (msg_id, data_token): a put that hands back its data's token at once.
+ */
+Datum
+rmsg_put_with_token(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		result[2];
+	bool		nulls[2] = {false, false};
+	int64		token;
+
+	RmsgEnter("rmsg.put_with_token", true);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	result[0] = Int64GetDatum(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1),
+										 &token));
+	result[1] = Int64GetDatum(token);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), result, nulls)));
+}
+
+/*
+ * The batch one message at a time, for queues that look for equal content:
+ * each element may find its data logged already, even by an earlier
+ * element of the same batch.
+ */
+static void
+PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
+			   TimestampTz now, Datum headers, bool headers_null,
+			   ReturnSetInfo *rsinfo)
+{
+	for (int i = 0; i < nelems; i++)
+	{
+		RmsgStoredData stored;
+		Datum		msg_id;
+		bool		null = false;
+
+		(void) RmsgStoreData(queue->dedup, queue->owner, DatumGetByteaPP(elems[i]), NULL, false, &stored);
+		msg_id = Int64GetDatum(RmsgInsertMessage(queue->queue_id, now, now,
+												 headers, headers_null, &stored));
+		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
+		if (i == nelems - 1)
+			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0,
+									 DatumGetByteaPP(elems[i]), NULL);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
+	}
+}
+
+/*
+ * The batch as one statement (put_batch_plan); every element's data is
+ * written.
+ */
+static void
+PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, bytea *last,
+				  TimestampTz now, Datum headers, bool headers_null,
+				  ReturnSetInfo *rsinfo)
+{
+	Datum		values[5];
+	bool		isnull[5] = {false, false, headers_null, false, false};
+	RmsgStoredData stored = {0};
+
+	values[0] = Int32GetDatum(queue->queue_id);
+	values[1] = TimestampTzGetDatum(now);
+	values[2] = headers;
+	values[3] = PointerGetDatum(payloads);
+	values[4] = Int32GetDatum(rmsg_inline_payload_max);
+	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		null;
+		bool		inline_data;
+		Datum		msg_id = SPI_getbinval(row, desc, 1, &null);
+		Datum		payload_id = SPI_getbinval(row, desc, 2, &inline_data);
+
+		stored.payload_id = inline_data ? 0 : DatumGetInt64(payload_id);
+		stored.size = DatumGetInt32(SPI_getbinval(row, desc, 3, &null));
+		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
+		if (i == SPI_processed - 1)
+			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0, last, NULL);
+		null = false;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
+	}
+}
+
+/*
+ * rmsg.put_batch(queue, payloads bytea[], headers): every element is
+ * checked before anything is written.  The session's last data token names
+ * the last element's data.
+ */
+Datum
+rmsg_put_batch(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *queue_name;
+	ArrayType  *payloads;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	TimestampTz now = GetCurrentTimestamp();
+	RmsgQueue	queue;
+	Datum		headers;
+	bool		headers_null = PG_ARGISNULL(2);
+
+	RmsgEnter("rmsg.put_batch", true);
+	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("payloads must not be null")));
+	payloads = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(payloads) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("payloads must be a one-dimensional array")));
+	deconstruct_array(payloads, BYTEAOID, -1, false, TYPALIGN_INT,
+					  &elems, &elem_nulls, &nelems);
+	for (int i = 0; i < nelems; i++)
+	{
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payload %d of the batch is null", i + 1)));
+		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(DatumGetPointer(elems[i])));
+	}
+	RmsgCheckHeaders(fcinfo, 2);
+	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	RmsgSpiConnect();
+	/* an empty batch still names a queue, which must exist */
+	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
+	if (nelems == 0)
+	{
+		RmsgSpiFinish();
+		return (Datum) 0;
+	}
+
+	if (queue.dedup == RMSG_DEDUP_CONTENT)
+		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null, rsinfo);
+	else
+		PutBatchStatement(&queue, payloads, DatumGetByteaPP(elems[nelems - 1]), now,
+						  headers, headers_null, rsinfo);
+	RmsgSpiFinish();
+
+	RmsgWakeQueueAtCommit(queue.queue_id);
+	return (Datum) 0;
+}

@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.h
+ *	  Persistent queues: the catalog of queues, putting, taking and settling
+ *	  messages, dead letters, fan-out and long polling.
+ *	  queue/README.md says how they fit together.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RMSG_QUEUE_H
+#define RMSG_QUEUE_H
+
+#include "core/core.h"
+#include "dedup/dedup.h"
+
+#include "executor/tuptable.h"
+#include "storage/itemptr.h"
+
+/* queue/catalog.c: the queue catalog and its locks */
+typedef struct RmsgQueue
+{
+	int32		queue_id;
+	int32		max_deliveries;
+	int32		dead_letter_queue_id;	/* 0 when none */
+	RmsgDedupMode dedup;
+	Oid			owner;
+	AclMode		rights;			/* of the role that opened it */
+} RmsgQueue;
+
+extern void RmsgQueueCatalogInit(void);
+extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
+extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed);
+extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
+
+/* queue/ready_scan.c: finding, locking and leasing a queue's ready messages */
+typedef struct RmsgTaken
+{
+	bool		exhausted;		/* deliveries used up: locked, not leased */
+	ItemPointerData tid;		/* of the locked version, when exhausted */
+	/* the rest only when leased */
+	int64		msg_id;
+	int64		receipt;
+	int32		deliveries;
+	TimestampTz enqueued_at;
+	Datum		headers;
+	bool		headers_null;
+	Datum		inline_data;
+	bool		inline_null;
+	int64		payload_id;		/* when inline_null */
+} RmsgTaken;
+
+extern int	RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now,
+								   TimestampTz lease_end, int32 max_deliveries,
+								   int max, RmsgTaken *taken);
+
+/* queue/get.c: taking ready messages, for rmsg.get and the worker */
+extern int	RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
+							 RmsgTaken *taken);
+extern Datum RmsgTakenPayload(const RmsgTaken *t);
+
+/* queue/dead_letter.c */
+extern void RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n);
+extern int	RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n);
+
+/* queue/insert.c: adding a message row, without the executor */
+extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
+								   bool key_unchanged);
+extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
+							   TimestampTz enqueued_at, Datum headers,
+							   bool headers_null, const RmsgStoredData *stored);
+
+/* queue/receipts.c: the number that names one lease (instances' too) */
+extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);
+
+/* queue/remove.c: deleting one message by msg_id, without the executor */
+typedef enum RmsgRemoveResult
+{
+	RMSG_REMOVE_DELETED,
+	RMSG_REMOVE_NOT_FOUND,		/* or of a queue the role may not get from */
+	RMSG_REMOVE_STALE			/* the receipt's lease is gone */
+} RmsgRemoveResult;
+
+extern RmsgRemoveResult RmsgDeleteMessage(int64 msg_id, const int64 *receipt,
+										  TimestampTz valid_at, bool check_rights,
+										  int32 *queue_id);
+
+/*
+ * queue/lease.c: rmsg.ack, rmsg.nack and rmsg.extend take any msg_id, and
+ * msg_ids are unique across queues and instances.  A message that is not
+ * a queue's is offered to the other kind of message that has leases,
+ * which registers how it settles its own (instance/lease.c).  Each
+ * callback answers RMSG_SETTLE_NOT_MINE for a msg_id it does not know.
+ */
+typedef enum RmsgSettleResult
+{
+	RMSG_SETTLE_NOT_MINE,		/* no such message here: look elsewhere */
+	RMSG_SETTLE_DONE,			/* acked, or its lease moved */
+	RMSG_SETTLE_REFUSED,		/* not in flight, or the role may not take it */
+	RMSG_SETTLE_STALE			/* the receipt named a lease that is gone */
+} RmsgSettleResult;
+
+typedef struct RmsgLeaseKeeper
+{
+	/* receipt NULL: without one */
+	RmsgSettleResult (*ack) (int64 msg_id, const int64 *receipt, TimestampTz now);
+	/* the lease ends at until; a nack gives the message back then */
+	RmsgSettleResult (*move_lease_end) (int64 msg_id, const int64 *receipt,
+										TimestampTz now, TimestampTz until,
+										bool nack);
+} RmsgLeaseKeeper;
+
+extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
+
+/* queue/long_poll.c: long polling, woken by committed puts */
+extern Size RmsgLongPollShmemSize(void);
+extern void RmsgLongPollShmemStartup(void);
+extern void RmsgWakeQueueAtCommit(int32 queue_id);
+extern void RmsgWakeQueueAtEnd(int32 queue_id);
+extern void RmsgWakeupXactEnd(bool committed);
+extern void RmsgWaitPrepare(int32 queue_id);
+extern bool RmsgWaitSleep(int32 queue_id, TimestampTz until);
+extern void RmsgWaitCancel(void);
+
+/*
+ * Called after a transaction that made messages of a queue ready ends
+ * (-1: perhaps of any queue), for whoever else takes messages besides the
+ * waiting gets: recoverable_msg.c points it at the background workers.
+ */
+typedef void (*RmsgQueueReadyHook) (int32 queue_id);
+extern RmsgQueueReadyHook rmsg_queue_ready_hook;
+
+#endif							/* RMSG_QUEUE_H */

@@ -1,0 +1,118 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch_queue.c
+ *	  The worker's work on a subscribed queue: one transaction takes up to
+ *	  the subscription's batch of ready messages and calls the handler for
+ *	  each of them.
+ *
+ * The messages are leased as a get leases them (get.c), so exhausted ones
+ * are dead-lettered on the way and two workers never take the same one:
+ * each holds the rows it leased locked until it commits.  Then, per
+ * message:
+ *	- the handler returns: the message is acked, in the same transaction;
+ *	- the handler fails (handler_call.c): its work is undone, and the
+ *	  message is dead-lettered if this was its last allowed delivery, or
+ *	  else given back to be tried again later (exponential backoff).  The
+ *	  error is written to the subscription's row.
+ * One commit covers the whole batch.  A crash before it loses nothing: the
+ * lease, the handler's work and the ack all roll back, and the messages
+ * are handled again.  A crash after it repeats nothing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include "worker/worker.h"
+
+/*
+ * $1 msg_id, $2 when to try again, $3 the deliveries of the worker's lease.
+ * The message goes to the back of its line.
+ */
+static RmsgPlan give_back_plan = {
+	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
+	" WHERE msg_id = $1 AND deliveries = $3",
+	3, {INT8OID, TIMESTAMPTZOID, INT4OID}
+};
+
+/*
+ * Handles up to h->batch ready messages of the subscribed queue in the
+ * current transaction, counting what happened into *counts.  Returns how
+ * many messages it took (0 when the queue is gone), or RMSG_HANDLERS_STALE
+ * (rmsg.h); *retry_at is moved earlier to the first retry it scheduled.
+ */
+int
+RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
+				  RmsgWorkCounts *counts, TimestampTz *retry_at)
+{
+	RmsgQueue	queue;
+	RmsgTaken  *taken;
+	int			ntaken;
+
+	RmsgSpiConnect();
+	if (!RmsgTryOpenQueue(h->target, AccessShareLock, &queue) ||
+		queue.queue_id != h->queue_id)
+	{
+		/* dropped, or dropped and made again, since we read the handlers */
+		RmsgSpiFinish();
+		return 0;
+	}
+
+	taken = palloc(sizeof(RmsgTaken) * h->batch);
+	ntaken = RmsgTakeMessages(&queue, h->batch, RMSG_WORKER_LEASE_USECS, taken);
+	/* taken after an unsubscribe or a new handler committed? */
+	if (ntaken > 0 && RmsgHandlerGeneration() != generation)
+	{
+		RmsgSpiFinish();
+		return RMSG_HANDLERS_STALE;
+	}
+
+	for (int i = 0; i < ntaken; i++)
+	{
+		RmsgTaken  *t = &taken[i];
+		Datum		args[RMSG_HANDLER_MAX_ARGS];
+		bool		nulls[RMSG_HANDLER_MAX_ARGS] = {false};
+		char	   *error = NULL;
+
+		CHECK_FOR_INTERRUPTS();
+		args[0] = RmsgTakenPayload(t);
+		args[1] = t->headers;
+		nulls[1] = t->headers_null;
+		args[2] = Int64GetDatum(t->msg_id);
+
+		if (RmsgCallHandler(h, h->queue_id, args, nulls, &error))
+		{
+			int32		queue_id;
+
+			/* our lease: we hold its row locked, so it cannot have run out */
+			if (RmsgDeleteMessage(t->msg_id, &t->receipt, 0, false, &queue_id) !=
+				RMSG_REMOVE_DELETED)
+				elog(ERROR, "message " INT64_FORMAT " is no longer leased by this worker",
+					 t->msg_id);
+			counts->processed++;
+			continue;
+		}
+
+		counts->failed++;
+		RmsgHandlerFailed(h, NULL, t->msg_id, t->deliveries, queue.max_deliveries, error);
+		if (t->deliveries >= queue.max_deliveries)
+			counts->dead_lettered += RmsgDeadLetterById(&queue, &t->msg_id, 1);
+		else
+		{
+			Datum		values[3];
+
+			values[0] = Int64GetDatum(t->msg_id);
+			values[1] = TimestampTzGetDatum(RmsgRetryAt(t->deliveries, retry_at));
+			values[2] = Int32GetDatum(t->deliveries);
+			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
+			counts->retried++;
+		}
+	}
+
+	RmsgSpiFinish();
+	return ntaken;
+}
