@@ -150,7 +150,8 @@ CREATE TABLE rmsg.instance (
 COMMENT ON TABLE rmsg.instance IS 'one row per instance: mode and saved state; use rmsg.create_instance and rmsg.drop_instance';
 
 -- An instance's messages, in msg_id order: deliveries to one instance are
--- serialized (instance.c), so that is also the order they committed in.
+-- serialized by its arrival lock (src/instance/catalog.c), so that is also
+-- the order they committed in.
 -- Taking a lease is a HOT update (no index holds lease_until).  The partial
 -- index finds a recovering instance's recovery messages without walking
 -- past its deferred normal ones.

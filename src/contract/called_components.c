@@ -1,38 +1,50 @@
 /*-------------------------------------------------------------------------
  *
- * components.c
- *	  The called-component table of the committed interaction contract
- *	  (seeds 000, 003), in shared memory.
+ * called_components.c
+ *	  The called-component table of the committed interaction contract, in
+ *	  shared memory: for each caller and callee, the CLSNs of the caller's
+ *	  last replies from that callee, so that prepare_call forces the WAL
+ *	  only when a callee is about to release a reply that is not yet stable.
  *
- * One entry per database and (caller, callee) pair that was called since
+ * A callee keeps its last rmsg.last_call_depth replies per caller (callee.c);
+ * calling it again releases the oldest of them.  Before that call the
+ * caller's own log must therefore hold that reply stably.  The entry of a
+ * (caller, callee) pair remembers, newest call first and up to
+ * RMSG_MAX_CALL_DEPTH of them, the CLSN of each reply the caller logged
+ * with rmsg.record_reply: the end of the commit record of the transaction
+ * that logged it (XactLastCommitEnd).  If the CLSN of the reply the next
+ * call releases lies beyond the flushed end of WAL, RmsgBeforeSend forces
+ * the WAL up to it; otherwise the call goes out without a flush.  At the
+ * default depth of 1 the rule reads: before calling a component a second
+ * time, make sure its last reply is stable.
+ *
+ * There is one entry per database and (caller, callee) pair called since
  * the server started: a caller of one database is not the caller of the
  * same name in another, and rmsg.called_components shows only the current
  * database's.  The key also holds the OID of the database's rmsg.caller
  * table: after DROP EXTENSION and CREATE EXTENSION a caller of the same
- * name starts a new log with call id 1, and the old entry's replies (call
+ * name starts a new log at call id 1, and the old entry's replies (call
  * ids 1, 2, ... with their CLSNs) must not stand for the new ones, or a
- * force the new log needs would be skipped.  It keeps the CLSNs of the caller's last replies from that
- * callee: the end of the commit record (XactLastCommitEnd) of each
- * transaction that logged one with rmsg.record_reply, newest call first,
- * up to RMSG_MAX_CALL_DEPTH of them.  A callee keeps its last
- * rmsg.last_call_depth replies per caller; calling it again releases the
- * oldest of them, so before that call the caller's log must hold that reply
- * stably: if its CLSN is beyond the flushed LSN, the WAL is forced up to it
- * (RmsgBeforeSend).  With a depth of 1 this is the seed's rule: force before
- * a second call to a component whose last reply is not yet stable.
+ * force the new log needs would be skipped.
  *
  * The table is not WAL-logged and starts empty after a restart, which is
  * correct: all WAL that survived a crash is stable.  It holds at most
  * rmsg.max_components entries.  When it is full, an entry whose replies are
  * all stable (and which no open transaction is about to update) is evicted,
- * the one called longest ago; forgetting it is safe for the same reason.
- * If no entry is stable, the WAL is forced once, which makes them all so.
+ * the one called longest ago: a stable reply never needs a force, so
+ * forgetting its CLSN loses nothing.  If no entry may go, the WAL is forced
+ * once, which makes them all stable, and the search is made again.
  *
- * Locking: components_lock guards the hash table and every entry; hold it
- * exclusively to create, change or remove an entry, shared to read.  An
- * entry's pending count keeps it from eviction between a record_reply and
- * the end of its transaction, when the CLSN is known.  The WAL is never
- * flushed while the lock is held.
+ * A reply's CLSN is known only once its transaction commits: until then
+ * each backend lists the replies its transaction recorded (pending_replies,
+ * backend-local) and hands their CLSNs over at commit, or drops them when
+ * the transaction or the subtransaction that recorded them aborts.
+ *
+ * Locking: components_lock (RMSG_LWLOCK_COMPONENTS, core/locks.h) guards
+ * the hash table and every entry; hold it exclusively to create, change or
+ * remove an entry, shared to read.  An entry's pending count keeps it from
+ * eviction between a record_reply and the end of its transaction, when the
+ * CLSN is known.  The WAL is never flushed while the lock is held.
  *
  *-------------------------------------------------------------------------
  */
@@ -253,8 +265,9 @@ EnterComponent(const ComponentKey *key)
  * Before the caller sends a call to callee: forces the WAL iff the reply
  * the callee will release by this call is not yet stable.  Returns whether
  * it forced.  Counts the send, and counts a force avoided when the caller's
- * session has a commit that is not yet flushed, which the prior art (force
- * before every send) would have flushed here.
+ * session has a commit that is not yet flushed: a caller that forced its
+ * log before every send, the simple way to survive crashes, would have
+ * flushed it here.
  */
 bool
 RmsgBeforeSend(const char *caller, const char *callee)

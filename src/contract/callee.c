@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * callee.c
- *	  The called side of the committed interaction contract (seeds 000,
- *	  003): a callee answers each call once and keeps its last replies per
- *	  caller stably, so that a caller that lost its log can ask again.
+ *	  The called side of the committed interaction contract: a callee
+ *	  answers each call once and keeps its last replies per caller stably,
+ *	  so that a caller that lost its log can ask again.
  *
  * The replies live in rmsg.last_call, keyed by (callee, caller, call_id).
  * rmsg.reply stores one in the transaction that did the call's work, which
@@ -11,14 +11,17 @@
  * call finds the reply (rmsg.accept_call says 'duplicate') or, if it raced
  * the first, fails on the key and rolls its work back.  That transaction
  * commits stably whatever the session's synchronous_commit
- * (commit_mode.c): the caller relies on the reply surviving a crash of the
- * callee.  After storing a reply, the callee forgets all but the newest
+ * (core/commit_mode.c): the caller relies on the reply surviving a crash of
+ * the callee.  After storing a reply, the callee forgets all but the newest
  * rmsg.last_call_depth replies to that caller: calling again is how a
  * caller releases a reply (its own log holds it stably by then, caller.c).
  *
- * Both functions take a transaction-level lock on the (callee, caller)
- * pair, so that a duplicate delivery waits for the first to commit and
- * then finds its reply instead of doing the work again (name_locks.c).
+ * Locking: both functions take a transaction-level lock on the (callee,
+ * caller) pair, RMSG_LOCK_CALL_PAIR in ExclusiveLock (core/locks.h), so
+ * that a duplicate delivery waits for the first to commit and then finds
+ * its reply instead of doing the work again.  The lock is taken after the
+ * privilege check, so a role that may not answer as the callee cannot
+ * hold it up.
  *
  * Answering as a callee takes the use privilege on its component, which
  * the role that first used the name owns (component_catalog.c).  The
@@ -72,7 +75,7 @@ static RmsgPlan store_reply_plan = {
 	"                      WHERE callee = $1 AND caller = $2"
 	"                      ORDER BY call_id DESC OFFSET $5 LIMIT 1)"
 	"  RETURNING 1)"
-	" SELECT newest, answered, (SELECT count(*) FROM released) FROM kept",
+	" SELECT newest, answered, (SELECT count(*) FROM released) AS released FROM kept",
 	5, {TEXTOID, TEXTOID, INT8OID, BYTEAOID, INT8OID}
 };
 
@@ -208,13 +211,11 @@ rmsg_accept_call(PG_FUNCTION_ARGS)
 static int64
 OldestKept(Datum *pair)
 {
-	bool		isnull;
 	int64		oldest = 0;
 
 	RmsgPlanExecute(&kept_replies_plan, pair, NULL, true, 0);
 	if (SPI_processed > 0)
-		oldest = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[SPI_processed - 1],
-											 SPI_tuptable->tupdesc, 1, &isnull));
+		oldest = DatumGetInt64(RmsgSpiNotNull(SPI_processed - 1, "call_id"));
 	return oldest;
 }
 
@@ -232,7 +233,6 @@ rmsg_reply(PG_FUNCTION_ARGS)
 	Datum		values[5];
 	Datum		newest;
 	bool		no_reply_yet;
-	bool		isnull;
 
 	RmsgEnter("rmsg.reply", true);
 	callee = RmsgTextArg(fcinfo, 0, "callee");
@@ -257,8 +257,8 @@ rmsg_reply(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum((int64) rmsg_last_call_depth - 1);
 	/* the newest committed replies, even under REPEATABLE READ */
 	RmsgPlanExecute(&store_reply_plan, values, NULL, true, 0);
-	newest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_reply_yet);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	newest = RmsgSpiValue(0, "newest", &no_reply_yet);
+	if (DatumGetBool(RmsgSpiNotNull(0, "answered")))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("call " INT64_FORMAT " from caller \"%s\" already has a reply from callee \"%s\"",

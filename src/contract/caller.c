@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * caller.c
- *	  The calling side of the committed interaction contract (seeds 000,
- *	  003): deterministic call ids, a lazily written log of calls and
- *	  replies, forces only when a callee is about to release a reply the log
- *	  does not yet hold stably, and restart and replay after a crash.
+ *	  The calling side of the committed interaction contract: deterministic
+ *	  call ids, a lazily written log of calls and replies, forces only when
+ *	  a callee is about to release a reply the log does not yet hold
+ *	  stably, and restart and replay after a crash.
  *
  * A caller is an application component that runs deterministically between
  * its calls.  Its log is two tables:
@@ -15,15 +15,15 @@
  *	 rmsg.call_log	one row per call since the checkpoint: callee, request
  *					and, once recorded, the reply
  *
- * Every write to them commits lazily (commit_mode.c), so a crash may lose
- * the newest of them.  That is safe because a callee keeps its last replies
- * per caller stably (callee.c) until the caller calls it again, and
+ * Every write to them commits lazily (core/commit_mode.c), so a crash may
+ * lose the newest of them.  That is safe because a callee keeps its last
+ * replies per caller stably (callee.c) until the caller calls it again, and
  * prepare_call forces the WAL before a call that would release a reply the
- * log does not yet hold stably (components.c).  After a crash the caller
- * restarts from its checkpoint and runs again: prepare_call hands out the
- * same call ids in the same order, returns each reply the log kept, and
- * for a lost one the call is sent again and the callee answers it from
- * what it kept.
+ * log does not yet hold stably (called_components.c).  After a crash the
+ * caller restarts from its checkpoint and runs again: prepare_call hands
+ * out the same call ids in the same order, returns each reply the log
+ * kept, and for a lost one the call is sent again and the callee answers
+ * it from what it kept.
  *
  * A crash of the server may lose log writes the application has already
  * acted on, so its in-memory state can be ahead of the log.  prepare_call
@@ -32,8 +32,10 @@
  * server start and after every crash.  For that the caller's row must
  * survive any crash: the transaction that makes it commits stably.
  *
- * Two sessions acting for one caller are serialized by the row lock on the
- * caller's row, which every prepare_call takes by updating it.
+ * Locking: two sessions acting for one caller are serialized by the row
+ * lock on the caller's row, which every prepare_call, checkpoint and
+ * restart takes by updating it, until its transaction ends.  The
+ * called-component table has a lock of its own (called_components.c).
  *
  * Acting as a caller takes the use privilege on its component, which the
  * role that first used the name owns (component_catalog.c).
@@ -164,8 +166,9 @@ static RmsgPlan restart_plan = {
 
 /*
  * Everything a contract function writes is the caller's log, committed
- * lazily (commit_mode.c): its statements, and the WAL their reads may write
- * as a side effect, such as pruning old row versions of rmsg.call_log.
+ * lazily (core/commit_mode.c): its statements, and the WAL their reads may
+ * write as a side effect, such as pruning old row versions of
+ * rmsg.call_log.
  * Each function connects to SPI and marks the start of its log writes in
  * one go, and marks their end as it finishes.
  */
@@ -209,13 +212,6 @@ ExecuteForCaller(RmsgPlan *plan, Datum *values, const bool *nulls)
 	if (SPI_processed == 0)
 		elog(ERROR, "caller \"%s\" vanished while it was being made",
 			 TextDatumGetCString(values[0]));
-}
-
-/* Column col of the first result row; *isnull says whether it is NULL. */
-static Datum
-ResultValue(int col, bool *isnull)
-{
-	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, isnull);
 }
 
 /*
@@ -375,7 +371,6 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 	int64		call_id;
 	Datum		reply;
 	Datum		values[4];
-	bool		isnull;
 
 	RmsgEnter("rmsg.record_reply", true);
 	caller = RmsgTextArg(fcinfo, 0, "caller");
@@ -402,8 +397,7 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 	values[3] = TimestampTzGetDatum(RmsgIncarnation());
 	RmsgPlanExecute(&record_reply_plan, values, NULL, false, 0);
 	if (SPI_processed > 0)
-		RmsgReplyRecorded(caller, TextDatumGetCString(ResultValue(1, &isnull)),
-						  call_id);
+		RmsgReplyRecorded(caller, RmsgSpiText(0, "callee"), call_id);
 	else
 	{
 		/* Why not: the caller needs a restart, or the call is unknown or replied. */
@@ -412,14 +406,14 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 
 		RmsgPlanExecute(&incarnation_plan, values, NULL, false, 0);
 		if (SPI_processed > 0)
-			CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(1, &isnull)));
+			CheckIncarnation(caller, DatumGetTimestampTz(RmsgSpiNotNull(0, "incarnation")));
 		RmsgPlanExecute(&logged_call_plan, values, NULL, false, 0);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_NO_DATA_FOUND),
 					 errmsg("call " INT64_FORMAT " of caller \"%s\" does not exist", call_id, caller),
 					 errhint("Record the reply to a call_id that rmsg.prepare_call returned.")));
-		logged_reply = ResultValue(3, &logged_null);
+		logged_reply = RmsgSpiValue(0, "reply", &logged_null);
 		if (!SameBytes(reply, false, logged_reply, logged_null))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -459,7 +453,6 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 {
 	char	   *caller;
 	Datum		values[2];
-	bool		isnull;
 	int64		covered;
 
 	RmsgEnter("rmsg.checkpoint", true);
@@ -476,17 +469,21 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(caller);
 	values[1] = PG_GETARG_DATUM(1);
 	ExecuteForCaller(&checkpoint_plan, values, NULL);
-	covered = DatumGetInt64(ResultValue(1, &isnull));
-	CheckIncarnation(caller, DatumGetTimestampTz(ResultValue(2, &isnull)));
+	covered = DatumGetInt64(RmsgSpiNotNull(0, "checkpoint_call_id"));
+	CheckIncarnation(caller, DatumGetTimestampTz(RmsgSpiNotNull(0, "incarnation")));
 
 	values[1] = Int64GetDatum(covered);
 	RmsgPlanExecute(&unreplied_call_plan, values, NULL, false, 0);
 	if (SPI_processed > 0)
+	{
+		int64		unreplied = DatumGetInt64(RmsgSpiNotNull(0, "call_id"));
+
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("call " INT64_FORMAT " of caller \"%s\" has no recorded reply",
-						DatumGetInt64(ResultValue(1, &isnull)), caller),
+						unreplied, caller),
 				 errhint("Record its reply with rmsg.record_reply before the checkpoint.")));
+	}
 	RmsgPlanExecute(&forget_calls_plan, values, NULL, false, 0);
 	LogEnd();
 	PG_RETURN_VOID();
@@ -550,9 +547,11 @@ rmsg_replay(PG_FUNCTION_ARGS)
 		Datum		values[4];
 		bool		nulls[4];
 
-		for (int col = 0; col < 4; col++)
-			values[col] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-										col + 1, &nulls[col]);
+		/* in the order of rmsg.replay's result columns */
+		values[0] = RmsgSpiValue(i, "call_id", &nulls[0]);
+		values[1] = RmsgSpiValue(i, "callee", &nulls[1]);
+		values[2] = RmsgSpiValue(i, "request", &nulls[2]);
+		values[3] = RmsgSpiValue(i, "reply", &nulls[3]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	RmsgSpiFinish();

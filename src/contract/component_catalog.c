@@ -9,13 +9,15 @@
  * and callees share one catalog, rmsg.component.  A name belongs to the
  * role that first used it: the first use makes its row, with that role as
  * its owner.  Others act as it only with the use privilege, which its owner
- * (or a role with manage) grants with rmsg.grant_component (rights.c).
+ * (or a role with manage) grants with rmsg.grant_component.  As for queues
+ * and instances, core/privileges.c does the rest: it computes the rights,
+ * grants, revokes and gives a component to another owner.
  *
  * The row is made in the transaction of that first use, and that
  * transaction commits stably even where the contract commits lazily
- * (commit_mode.c): a row lost in a crash would leave the name to whichever
- * role used it next.  Two roles that race to a new name both try to make
- * it; the unique key lets one in, and the other then finds it taken.
+ * (core/commit_mode.c): a row lost in a crash would leave the name to
+ * whichever role used it next.  Two roles that race to a new name both try
+ * to make it; the unique key lets one in, and the other then finds it taken.
  *
  *-------------------------------------------------------------------------
  */

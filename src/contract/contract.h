@@ -2,8 +2,9 @@
  *
  * contract.h
  *	  The committed interaction contract: calls between components that
- *	  happen exactly once across crashes, with a force of the WAL only
- *	  when a callee's reply is not yet stable.
+ *	  take effect exactly once across crashes, where the caller forces its
+ *	  WAL only before a call that would make a callee release a reply the
+ *	  caller's log does not yet hold stably.
  *	  contract/README.md says how it works.
  *
  *-------------------------------------------------------------------------
@@ -13,7 +14,11 @@
 
 #include "core/core.h"
 
-/* The most replies per caller a callee can be told to keep. */
+/*
+ * The most replies per caller a callee can be told to keep
+ * (rmsg.last_call_depth), and so the most CLSNs an entry of the
+ * called-component table remembers.
+ */
 #define RMSG_MAX_CALL_DEPTH 32
 
 extern int	rmsg_last_call_depth;
@@ -29,7 +34,7 @@ extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
 									 SubTransactionId parent);
 extern XLogRecPtr RmsgForceLog(void);
 
-/* contract/component_catalog.c: who may act as a caller or callee */
+/* contract/component_catalog.c: who may act as a caller or callee (42501 if not) */
 extern bool RmsgUseComponent(const char *name, bool may_make);
 
 #endif							/* RMSG_CONTRACT_H */

@@ -83,6 +83,7 @@ RmsgCheckName(const char *name, const char *what)
 	}
 }
 
+/* An interval as the user wrote it, for messages. */
 static char *
 IntervalText(Interval *iv)
 {
@@ -115,11 +116,16 @@ RmsgIntervalArg(FunctionCallInfo fcinfo, int argno, const char *what,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("%s \"%s\" is out of range", what, IntervalText(iv))));
 
-	if (usecs < 0 || (usecs == 0 && !allow_zero))
+	if (allow_zero && usecs < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be %s, not \"%s\"", what,
-						allow_zero ? "zero or positive" : "positive", IntervalText(iv))));
+				 errmsg("%s must be zero or positive, not \"%s\"",
+						what, IntervalText(iv))));
+	if (!allow_zero && usecs <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive, not \"%s\"",
+						what, IntervalText(iv))));
 
 	/*
 	 * Checked against now, with a day to spare for the later "now" at which
@@ -176,6 +182,10 @@ RmsgCountArg(FunctionCallInfo fcinfo, int argno, const char *what, int32 limit)
 	return value;
 }
 
+/*
+ * Any payload (a message's, a call's request or reply, the data a data
+ * token names) must fit rmsg.max_payload_size: 54000 otherwise.
+ */
 void
 RmsgCheckPayloadSize(Size size)
 {

@@ -2,20 +2,22 @@
  *
  * commit_mode.c
  *	  How a transaction's commit reaches disk: lazily for writes a crash may
- *	  lose, stably for replies a crash must not lose.
+ *	  lose, stably for writes a crash must not lose.
  *
  * Two kinds of our writes may be lost in a crash without harm:
  *
- * - A lease (get, nack, extend) changes when a message is visible, nothing
- *	 more.  A forgotten lease leaves the message ready again, which is what
- *	 the lease's expiry would have done anyway: delivery is at least once
- *	 either way.  (rmsg.lazy_leases = off turns this off.)
+ * - A lease (get, nack, extend, receive) changes when a message is visible,
+ *	 nothing more.  A forgotten lease leaves the message ready again, which
+ *	 is what the lease's expiry would have done anyway: delivery is at
+ *	 least once either way.  (rmsg.lazy_leases = off turns this off.)
  * - A caller's log write (prepare_call, record_reply, checkpoint, restart)
- *	 is the "memory buffer" of the committed interaction contract (seeds
- *	 000, 003): the callee keeps its reply stably until the caller calls it
- *	 again, and the caller forces its log before that (caller.c), so a lost
- *	 log write is recovered by replay.  (rmsg.lazy_caller_log = off turns
- *	 this off, to measure what it saves.)
+ *	 in the committed interaction contract.  The caller's log does not have
+ *	 to be on disk at once: each callee keeps its last replies stably until
+ *	 the caller calls it again, and the caller flushes its log before a call
+ *	 that would let a callee forget a reply the log does not yet hold stably
+ *	 (contract/called_components.c).  A log write lost in a crash is redone
+ *	 when the caller replays from its checkpoint.  (rmsg.lazy_caller_log =
+ *	 off turns this off, to measure what it saves.)
  *
  * A transaction that wrote nothing but such writes commits as if
  * synchronous_commit were off, whatever the session's setting.  PostgreSQL
@@ -26,11 +28,15 @@
  * (assigned on the first write) and by XactLastRecEnd, this backend's end of
  * WAL, noted after each lazy write: if it moved since, someone else wrote.
  *
- * The opposite case is a callee's reply (callee.c), which the contract
- * requires to be stable once its transaction commits: if the session has
- * synchronous_commit off, that transaction commits with it set to local.
+ * The opposite case is a write the contract needs on disk as soon as its
+ * transaction commits: a callee's reply (contract/callee.c), which the
+ * caller may depend on after a crash, and the first row of a caller or a
+ * component (contract/caller.c, contract/component_catalog.c).  If the
+ * session has synchronous_commit off, such a transaction commits with it
+ * set to local.
  *
- * State is backend-local and reset at every transaction end.
+ * State is backend-local and reset at every transaction end
+ * (recoverable_msg.c calls in before the commit record and at the end).
  *
  *-------------------------------------------------------------------------
  */
@@ -90,7 +96,11 @@ RmsgLazyWriteEnd(void)
 		wal_end_after_lazy = XactLastRecEnd;
 }
 
-/* This transaction stored a reply: its commit must be flushed. */
+/*
+ * This transaction wrote something the contract needs on disk once it
+ * commits (a reply, a caller's or a component's first row): its commit
+ * must be flushed, whatever else it wrote.
+ */
 void
 RmsgRequireStableCommit(void)
 {
@@ -98,8 +108,11 @@ RmsgRequireStableCommit(void)
 }
 
 /*
- * Before the commit record.  The settings are LOCAL, so they end with the
- * transaction.
+ * Before the commit record: choose how it reaches disk by setting
+ * synchronous_commit for this transaction only (GUC_ACTION_LOCAL), so the
+ * session's own setting is back once the transaction ends.  A stable
+ * write wins over lazy ones; a transaction is lazy only when every write
+ * it made was lazy and the setting for each kind it made allows it.
  */
 void
 RmsgCommitModePreCommit(void)
@@ -120,6 +133,7 @@ RmsgCommitModePreCommit(void)
 								 GUC_ACTION_LOCAL, true, 0, false);
 }
 
+/* At every transaction end (commit, abort or PREPARE): forget it all. */
 void
 RmsgCommitModeXactEnd(void)
 {

@@ -62,10 +62,13 @@ extern bool RmsgCatalogChangedHere(void);
 extern void RmsgCatalogXactEnd(void);
 extern void RmsgBumpCatalogGeneration(void);
 
-/* core/commit_mode.c: lazy commits for losable writes, stable ones for replies */
+/*
+ * core/commit_mode.c: lazy commits for writes a crash may lose, stable ones
+ * for what the contract must keep (replies, a caller's or component's row)
+ */
 typedef enum RmsgLazyKind
 {
-	RMSG_LAZY_LEASE,			/* get, nack, extend (rmsg.lazy_leases) */
+	RMSG_LAZY_LEASE,			/* get, nack, extend, receive (rmsg.lazy_leases) */
 	RMSG_LAZY_CALLER_LOG		/* the caller's log of the contract */
 } RmsgLazyKind;
 

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
- * spi_plans.c
- *	  Prepared statements kept for the life of the backend.
+ * kept_plans.c
+ *	  Prepared statements kept for the life of the backend, and reading
+ *	  their results by column name.
  *
  * Every statement the extension runs is a static RmsgPlan: its text is
  * parsed and planned on first use and kept (SPI_keepplan), so a put or a get
@@ -31,11 +32,15 @@
  * for int, say) is never chosen.  And every statement runs as the owner of
  * the extension's tables, as PostgreSQL's own foreign-key checks run as the
  * table's owner: applications hold no rights on our tables at all, and the
- * C functions check the rights the extension grants (rights.c) before they
- * run anything.  Nothing but our statements and PostgreSQL's foreign-key
- * checks runs inside (relations.c refuses triggers on our tables), and as
- * a security-restricted operation it could neither switch roles nor leave
- * session state behind anyway.
+ * C functions check the rights the extension grants (privileges.c) before
+ * they run anything.  Nothing but our statements and PostgreSQL's
+ * foreign-key checks runs inside (relations.c refuses triggers on our
+ * tables), and as a security-restricted operation it could neither switch
+ * roles nor leave session state behind anyway.
+ *
+ * Results are read by column name (RmsgSpiValue and its kin), never by
+ * position: the statement's SELECT list or RETURNING clause names what each
+ * column is, and the code that reads it says the same name.
  *
  *-------------------------------------------------------------------------
  */
@@ -52,6 +57,11 @@
 
 #include "core/core.h"
 
+/*
+ * The kept plan of a statement, prepared on its first use in this backend.
+ * Called with the search path and user of RmsgPlanExecute in place, so the
+ * names in the statement resolve as they will when it runs.
+ */
 static SPIPlanPtr
 RmsgPlanGet(RmsgPlan *p)
 {
@@ -133,6 +143,10 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	return rc;
 }
 
+/*
+ * SPI_connect and SPI_finish, raising an internal error when they fail:
+ * neither can fail in correct code, so no caller checks.
+ */
 void
 RmsgSpiConnect(void)
 {

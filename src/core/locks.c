@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * name_locks.c
+ * locks.c
  *	  The heavyweight locks the extension takes on names: of queues, of
  *	  instances, and of a callee's pair with a caller.
  *
@@ -12,16 +12,21 @@
  * make them collide on purpose, holding up another tenant's queue with a
  * name of their own (with the 32-bit hash of 1.0, a tenant found such a
  * name in under a minute): so the hash has 64 bits and a secret seed,
- * drawn when the server starts (shmem.c).  They are taken for the
+ * drawn whenever shared memory is made (shmem.c).  They are taken for the
  * transaction: they go with it, or with the subtransaction that took them.
  * pg_locks shows them as advisory locks, with objsubid the kind's code.
  *
- * The kinds, and who takes them (the files say why):
- *	queue name		  put, get and the worker in AccessShareLock, create and
- *					  drop in AccessExclusiveLock (queue_admin.c)
- *	instance arrival  deliver, begin/complete_recovery, create, drop (ExclusiveLock)
- *	instance take	  receive, receive_any without waiting, drop (ExclusiveLock)
- *	call pair		  accept_call and reply (ExclusiveLock, callee.c)
+ * The kinds, and who takes them in which mode (locks.h says the same from
+ * the reader's side; the files named say why):
+ *	queue name		  put, get, grant_queue, revoke_queue and the worker in
+ *					  AccessShareLock; create_queue, drop_queue and DROP
+ *					  OWNED in AccessExclusiveLock (queue/catalog.c,
+ *					  roles/owned_objects.c)
+ *	instance arrival  deliver, begin/complete_recovery, create, drop and
+ *					  DROP OWNED (ExclusiveLock, instance/catalog.c)
+ *	instance take	  receive, receive_any without waiting, drop and DROP
+ *					  OWNED (ExclusiveLock, instance/catalog.c)
+ *	call pair		  accept_call and reply (ExclusiveLock, contract/callee.c)
  *
  *-------------------------------------------------------------------------
  */

@@ -26,12 +26,15 @@
  *    until the transaction (or subtransaction) that took them ends, and
  *    show in pg_locks as advisory locks whose objsubid is the kind's code.
  *
- *	  RMSG_LOCK_QUEUE_NAME		   'RQ'  put, get and the worker share it;
- *									     create_queue and drop_queue take it
- *									     exclusively (queue/catalog.c)
+ *	  RMSG_LOCK_QUEUE_NAME		   'RQ'  put, get, grant_queue, revoke_queue
+ *									     and the worker share it;
+ *									     create_queue, drop_queue and DROP
+ *									     OWNED take it exclusively
+ *									     (queue/catalog.c)
  *	  RMSG_LOCK_INSTANCE_ARRIVAL   'RA'  deliver, begin_recovery,
- *									     complete_recovery, create and drop:
- *									     one arrival at a time per instance
+ *									     complete_recovery, create, drop and
+ *									     DROP OWNED: one arrival at a time
+ *									     per instance
  *	  RMSG_LOCK_INSTANCE_TAKE	   'RT'  receive and the worker: one taker at
  *									     a time per instance (instance/catalog.c)
  *	  RMSG_LOCK_CALL_PAIR		   'RM'  accept_call and reply: one call of a

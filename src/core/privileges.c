@@ -1,11 +1,11 @@
 /*-------------------------------------------------------------------------
  *
- * rights.c
+ * privileges.c
  *	  The extension's own privileges: who may do what with a queue, an
  *	  instance or a component of the committed interaction contract.
  *
  * Applications hold no rights on the extension's tables (our statements
- * run as the tables' owner, spi_plans.c).  Instead each queue, instance
+ * run as the tables' owner, kept_plans.c).  Instead each queue, instance
  * and component has an owner, the role that created it (a component: the
  * role that first used its name), and an access control list in its
  * catalog row, an aclitem[] as PostgreSQL keeps for its own objects.  The
@@ -27,7 +27,13 @@
  * emptied whenever the catalog generation (shmem.c) moves, which every
  * transaction that creates, drops or grants something does when it ends.
  * A transaction that changed the catalog itself reads the rows instead, so
- * that it sees its own changes.
+ * that it sees its own changes.  Without shared memory there is no
+ * generation, and every check reads the row.
+ *
+ * Grants, revokes and owner changes lock the object's catalog row (FOR
+ * UPDATE) while they change it, so that two of them never lose each
+ * other's change; a role is refused before it waits for that lock, so a
+ * role that may not manage an object cannot hold up those who may.
  *
  *-------------------------------------------------------------------------
  */
@@ -95,7 +101,7 @@ typedef struct KindInfo
 static KindInfo kinds[] = {
 	[RMSG_QUEUE] = {
 		"queue", "rmsg.grant_queue", "rmsg.revoke_queue", queue_rights,
-		{"SELECT queue_id::bigint, owner::oid, acl FROM rmsg.queue WHERE name = $1", 1, {TEXTOID}},
+		{"SELECT queue_id::bigint AS id, owner::oid, acl FROM rmsg.queue WHERE name = $1", 1, {TEXTOID}},
 		{"SELECT name, owner::oid, acl FROM rmsg.queue WHERE queue_id = $1", 1, {INT8OID}},
 		{"SELECT owner::oid, acl FROM rmsg.queue WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.queue SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
@@ -103,7 +109,7 @@ static KindInfo kinds[] = {
 	},
 	[RMSG_INSTANCE] = {
 		"instance", "rmsg.grant_instance", "rmsg.revoke_instance", instance_rights,
-		{"SELECT instance_id, owner::oid, acl FROM rmsg.instance WHERE name = $1", 1, {TEXTOID}},
+		{"SELECT instance_id AS id, owner::oid, acl FROM rmsg.instance WHERE name = $1", 1, {TEXTOID}},
 		{"SELECT name, owner::oid, acl FROM rmsg.instance WHERE instance_id = $1", 1, {INT8OID}},
 		{"SELECT owner::oid, acl FROM rmsg.instance WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.instance SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
@@ -111,13 +117,18 @@ static KindInfo kinds[] = {
 	},
 	[RMSG_COMPONENT] = {
 		"component", "rmsg.grant_component", "rmsg.revoke_component", component_rights,
-		{"SELECT 0::bigint, owner::oid, acl FROM rmsg.component WHERE name = $1", 1, {TEXTOID}},
+		/* components are known by name only: their id is always 0 */
+		{"SELECT 0::bigint AS id, owner::oid, acl FROM rmsg.component WHERE name = $1", 1, {TEXTOID}},
 		{NULL, 0, {InvalidOid}},
 		{"SELECT owner::oid, acl FROM rmsg.component WHERE name = $1 FOR UPDATE", 1, {TEXTOID}},
 		{"UPDATE rmsg.component SET acl = $2 WHERE name = $1", 2, {TEXTOID, ACLITEMARRAYOID}},
 		{"UPDATE rmsg.component SET owner = $2, acl = $3 WHERE name = $1", 3, {TEXTOID, OIDOID, ACLITEMARRAYOID}},
 	},
 };
+
+static void ReportUnknownRight(RmsgObjectKind kind, const char *word) pg_attribute_noreturn();
+static void ReportNoSuchObject(RmsgObjectKind kind, const char *name) pg_attribute_noreturn();
+static void ReportNotOwner(RmsgObjectKind kind, const char *name) pg_attribute_noreturn();
 
 /* Every privilege of a kind. */
 static AclMode
@@ -172,25 +183,93 @@ RightsText(RmsgObjectKind kind, AclMode rights, int *count)
 	return buf.data;
 }
 
-/* The error for a role that lacks `needed` on the object. */
+/*
+ * The detail of a "permission denied" error: which privileges are missing.
+ * Called inside ereport, as PostgreSQL's own errdetail helpers are.
+ */
+static int
+ErrdetailRightsNeeded(RmsgObjectKind kind, AclMode missing)
+{
+	int			count;
+	char	   *names = RightsText(kind, missing, &count);
+
+	if (count == 1)
+		return errdetail("The %s privilege is needed.", names);
+	return errdetail("The %s privileges are needed.", names);
+}
+
+/*
+ * The error for a role that lacks `needed` on the object.  One message per
+ * kind of object, so that each is a whole sentence.
+ */
 void
 RmsgRequireRights(RmsgObjectKind kind, const char *name, AclMode held,
 				  AclMode needed)
 {
 	AclMode		missing = needed & ~held;
-	char	   *names;
-	int			count;
 
 	if (missing == 0)
 		return;
-	names = RightsText(kind, missing, &count);
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for %s \"%s\"", kinds[kind].noun, name),
-			 count == 1 ? errdetail("The %s privilege is needed.", names)
-			 : errdetail("The %s privileges are needed.", names),
-			 errhint("Its owner, or a role with the manage privilege on it, can grant it with %s.",
-					 kinds[kind].grant_function)));
+	switch (kind)
+	{
+		case RMSG_QUEUE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for queue \"%s\"", name),
+					 ErrdetailRightsNeeded(kind, missing),
+					 errhint("Its owner, or a role with the manage privilege on it, can grant it with %s.",
+							 "rmsg.grant_queue")));
+			break;
+		case RMSG_INSTANCE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for instance \"%s\"", name),
+					 ErrdetailRightsNeeded(kind, missing),
+					 errhint("Its owner, or a role with the manage privilege on it, can grant it with %s.",
+							 "rmsg.grant_instance")));
+			break;
+		case RMSG_COMPONENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for component \"%s\"", name),
+					 ErrdetailRightsNeeded(kind, missing),
+					 errhint("Its owner, or a role with the manage privilege on it, can grant it with %s.",
+							 "rmsg.grant_component")));
+			break;
+	}
+	elog(ERROR, "unrecognized object kind: %d", (int) kind);
+}
+
+/*
+ * The error for a privilege name that the kind does not have.  The hints
+ * list each kind's privileges as queue_rights, instance_rights and
+ * component_rights above do: change them together.
+ */
+static void
+ReportUnknownRight(RmsgObjectKind kind, const char *word)
+{
+	switch (kind)
+	{
+		case RMSG_QUEUE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unrecognized queue privilege \"%s\"", word),
+					 errhint("The queue privileges are put, get and manage, or all of them: all.")));
+			break;
+		case RMSG_INSTANCE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unrecognized instance privilege \"%s\"", word),
+					 errhint("The instance privileges are deliver, receive and manage, or all of them: all.")));
+			break;
+		case RMSG_COMPONENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unrecognized component privilege \"%s\"", word),
+					 errhint("The component privileges are use and manage, or all of them: all.")));
+			break;
+	}
+	elog(ERROR, "unrecognized object kind: %d", (int) kind);
 }
 
 /*
@@ -234,11 +313,7 @@ RmsgParseRights(RmsgObjectKind kind, const char *text)
 			}
 		}
 		if (!known)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unrecognized %s privilege \"%s\"", kinds[kind].noun, word),
-					 errhint("The %s privileges are %s, or all of them: all.", kinds[kind].noun,
-							 RightsText(kind, AllRights(kind), NULL))));
+			ReportUnknownRight(kind, word);
 		if (comma == NULL)
 			break;
 		next = comma + 1;
@@ -275,6 +350,7 @@ static MemoryContext acl_context = NULL;
 static uint64 acl_generation = 0;
 static bool acl_callback_registered = false;
 
+/* Relcache callback: our tables may be gone or new (DROP EXTENSION). */
 static void
 AclCacheInvalidate(Datum arg, Oid relid)
 {
@@ -314,6 +390,7 @@ AclCache(void)
 	return acl_cache;
 }
 
+/* The key for an object by name, or by id when name is NULL; zero-padded. */
 static void
 MakeAclKey(AclKey *key, RmsgObjectKind kind, int64 id, const char *name)
 {
@@ -357,8 +434,6 @@ LookupAcl(RmsgObjectKind kind, int64 id, const char *name, AclEntry *out)
 	Datum		arg;
 	bool		isnull;
 	Datum		value;
-	HeapTuple	row;
-	TupleDesc	desc;
 
 	MakeAclKey(&key, kind, id, name);
 	if (cache != NULL)
@@ -387,21 +462,19 @@ LookupAcl(RmsgObjectKind kind, int64 id, const char *name, AclEntry *out)
 	out->exists = SPI_processed > 0;
 	if (out->exists)
 	{
-		row = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
 		if (name != NULL)
 		{
-			out->id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+			out->id = DatumGetInt64(RmsgSpiNotNull(0, "id"));
 			strlcpy(out->name, name, NAMEDATALEN);
 		}
 		else
 		{
 			out->id = id;
-			text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(row, desc, 1, &isnull)),
+			text_to_cstring_buffer(DatumGetTextPP(RmsgSpiNotNull(0, "name")),
 								   out->name, NAMEDATALEN);
 		}
-		out->owner = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
-		value = SPI_getbinval(row, desc, 3, &isnull);
+		out->owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+		value = RmsgSpiValue(0, "acl", &isnull);
 		if (!isnull)
 		{
 			/* out of SPI's memory, which goes at SPI_finish */
@@ -461,6 +534,31 @@ RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name, AclMode any_of)
 		return true;
 	return RmsgObjectRights(kind, id, name, GetUserId(), &rights, NULL) &&
 		(rights & any_of) != 0;
+}
+
+/* The error for an object that a grant, revoke or owner change names. */
+static void
+ReportNoSuchObject(RmsgObjectKind kind, const char *name)
+{
+	switch (kind)
+	{
+		case RMSG_QUEUE:
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("queue \"%s\" does not exist", name)));
+			break;
+		case RMSG_INSTANCE:
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("instance \"%s\" does not exist", name)));
+			break;
+		case RMSG_COMPONENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("component \"%s\" does not exist", name)));
+			break;
+	}
+	elog(ERROR, "unrecognized object kind: %d", (int) kind);
 }
 
 /*
@@ -533,11 +631,9 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 	values[0] = CStringGetTextDatum(name);
 	RmsgPlanExecute(&info->lock, values, NULL, true, 1);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("%s \"%s\" does not exist", info->noun, name)));
-	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		ReportNoSuchObject(kind, name);
+	owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+	value = RmsgSpiValue(0, "acl", &isnull);
 	if (!isnull)
 		acl = DatumGetAclP(value);
 	RmsgRequireRights(kind, name, RmsgRightsOf(kind, GetUserId(), owner, acl),
@@ -652,20 +748,37 @@ rmsg_has_component_privilege_role(PG_FUNCTION_ARGS)
 	return HasPrivilege(fcinfo, RMSG_COMPONENT, true);
 }
 
+/* The error for a role that must own the object and does not. */
+static void
+ReportNotOwner(RmsgObjectKind kind, const char *name)
+{
+	switch (kind)
+	{
+		case RMSG_QUEUE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of queue \"%s\"", name)));
+			break;
+		case RMSG_INSTANCE:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of instance \"%s\"", name)));
+			break;
+		case RMSG_COMPONENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of component \"%s\"", name)));
+			break;
+	}
+	elog(ERROR, "unrecognized object kind: %d", (int) kind);
+}
+
 /*
  * rmsg.alter_queue_owner(queue, owner) and its kin, as ALTER ... OWNER TO:
  * the object's owner (or a role with its privileges) gives it to a role it
  * is a member of; superusers to anyone.  The grants in its list were made
  * by the old owner, and now are by the new one.
  */
-static void
-ReportNotOwner(KindInfo *info, const char *name)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("must be owner of %s \"%s\"", info->noun, name)));
-}
-
 static void
 AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 {
@@ -703,7 +816,7 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 
 		if (RmsgObjectRights(kind, 0, name, GetUserId(), &rights, &cached_owner) &&
 			!has_privs_of_role(GetUserId(), cached_owner))
-			ReportNotOwner(info, name);
+			ReportNotOwner(kind, name);
 	}
 
 	RmsgNoteCatalogChange();
@@ -711,15 +824,13 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 	values[0] = CStringGetTextDatum(name);
 	RmsgPlanExecute(&info->lock, values, NULL, true, 1);
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("%s \"%s\" does not exist", info->noun, name)));
-	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		ReportNoSuchObject(kind, name);
+	owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+	value = RmsgSpiValue(0, "acl", &isnull);
 	if (!isnull)
 		acl = DatumGetAclP(value);
 	if (!has_privs_of_role(GetUserId(), owner))
-		ReportNotOwner(info, name);
+		ReportNotOwner(kind, name);
 	check_is_member_of_role(GetUserId(), new_owner);
 
 	values[1] = ObjectIdGetDatum(new_owner);

@@ -8,7 +8,7 @@
  * any relcache invalidation (DROP EXTENSION and CREATE EXTENSION give the
  * tables new OIDs, ALTER EXTENSION UPDATE alters them) makes us look them
  * up again.  With them we note who owns the tables (our statements run as
- * that role, spi_plans.c), the search path our statements are planned
+ * that role, kept_plans.c), the search path our statements are planned
  * under, and that the SQL objects are of the version this library was
  * built for: a database whose extension was not yet updated gets an error
  * that says what to run, never a call with arguments of another shape.
@@ -39,12 +39,14 @@ static RmsgRelations relations;
 static bool relations_valid = false;
 static bool callback_registered = false;
 
+/* Relcache callback: any invalidation may concern our tables. */
 static void
 RelationsInvalidate(Datum arg, Oid relid)
 {
 	relations_valid = false;
 }
 
+/* The OID of relation rmsg.<name>; 42P01 when it is missing. */
 static Oid
 RelidOf(Oid namespace, const char *name)
 {
@@ -58,6 +60,11 @@ RelidOf(Oid namespace, const char *name)
 	return relid;
 }
 
+/*
+ * The attribute number of a column of ours, looked up by name rather than
+ * assumed: an update script that adds or drops a column (ALTER TABLE adds
+ * at the end) would otherwise have us read the wrong one.
+ */
 static AttrNumber
 AttnumOf(Relation rel, const char *name)
 {
@@ -126,7 +133,7 @@ CheckInstalledVersion(void)
 }
 
 /*
- * Our statements run as the tables' owner (spi_plans.c), and so would any
+ * Our statements run as the tables' owner (kept_plans.c), and so would any
  * trigger on our tables: a trigger someone added (1.0 let roles with the
  * TRIGGER right do so) would run as a superuser inside every function of
  * the extension.  No trigger of ours exists but PostgreSQL's own, for the
@@ -166,17 +173,28 @@ RefuseTriggers(Oid namespace)
 void
 RmsgRefuseBypass(Relation rel, const char *what)
 {
-	if (rel->trigdesc != NULL || rel->rd_rel->relrowsecurity)
+	if (rel->trigdesc != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table %s has %s, which %s would bypass",
-						RelationGetRelationName(rel),
-						rel->trigdesc != NULL ? "triggers" : "row-level security",
-						what),
+				 errmsg("table %s has triggers, which %s would bypass",
+						RelationGetRelationName(rel), what),
+				 errdetail("recoverable_msg writes this table directly, without the executor."),
+				 errhint("Drop the trigger or disable row-level security on the extension's tables.")));
+	if (rel->rd_rel->relrowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has row-level security, which %s would bypass",
+						RelationGetRelationName(rel), what),
 				 errdetail("recoverable_msg writes this table directly, without the executor."),
 				 errhint("Drop the trigger or disable row-level security on the extension's tables.")));
 }
 
+/*
+ * Our tables' OIDs and attribute numbers, looked up again after any
+ * relcache invalidation.  Also the check that the SQL objects are of the
+ * version this library needs, and that nobody added a trigger to our
+ * tables: every SQL-callable function passes here first (RmsgEnter).
+ */
 const RmsgRelations *
 RmsgGetRelations(void)
 {

@@ -15,7 +15,9 @@
  * Our own state here: the generation of the catalog of queues, instances
  * and components (bumped at the end of a transaction that changed it, so
  * that backends drop their caches), when this shared memory was made, and
- * the secret seed of the name locks' hash (core/locks.c).
+ * the secret seed of the name locks' hash (core/locks.c).  It needs no
+ * lock: the generation is an atomic counter, and the other two are written
+ * once, under AddinShmemInitLock, before any backend can read them.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,6 +57,11 @@ static bool shmem_ready = false;
 /* The current transaction created, dropped or granted something. */
 static bool catalog_changed_in_xact = false;
 
+/*
+ * shmem_request_hook: room for our own state and every area (each given a
+ * cache line to spare for ShmemInitStruct's alignment), and our tranche of
+ * lightweight locks.
+ */
 static void
 RmsgShmemRequestHook(void)
 {
@@ -68,6 +75,11 @@ RmsgShmemRequestHook(void)
 	RequestNamedLWLockTranche("recoverable_msg", RMSG_LWLOCK_COUNT);
 }
 
+/*
+ * shmem_startup_hook: find our state, or set it up when this shared memory
+ * is new (at server start and after every crash), then let each area do
+ * the same.
+ */
 static void
 RmsgShmemStartupHook(void)
 {
@@ -140,7 +152,7 @@ RmsgNameLockSeed(void)
 /*
  * When this server's shared memory was made, which happens at start and
  * again after every crash: a caller that was restarted in an earlier
- * incarnation may have lost log writes since (caller.c).
+ * incarnation may have lost log writes since (contract/caller.c).
  */
 TimestampTz
 RmsgIncarnation(void)
@@ -160,6 +172,10 @@ RmsgNoteCatalogChange(void)
 	catalog_changed_in_xact = true;
 }
 
+/*
+ * Whether the current transaction changed the catalog: it must then read
+ * the rows rather than any cache, to see its own changes.
+ */
 bool
 RmsgCatalogChangedHere(void)
 {
@@ -185,8 +201,8 @@ RmsgCatalogXactEnd(void)
 /*
  * Makes every backend's caches of the catalog stale.  Besides the end of a
  * transaction that changed it, after COMMIT PREPARED and ROLLBACK PREPARED
- * (utility.c): a prepared change becomes true (or not) only then, and a
- * backend may have cached the catalog as it stood meanwhile.
+ * (roles/utility_hook.c): a prepared change becomes true (or not) only
+ * then, and a backend may have cached the catalog as it stood meanwhile.
  */
 void
 RmsgBumpCatalogGeneration(void)

@@ -9,11 +9,13 @@
  * backend adds to.  Per-queue counts live in a shared hash table keyed by
  * the database, the OID of its rmsg.queue table (an extension dropped and
  * made again starts afresh) and the queue_id, so that no database sees
- * another's: to add to an existing entry one holds stats->lock shared (the
- * counters are atomics), to create or remove an entry exclusively.  The
- * table has room for RMSG_MAX_QUEUE_STATS queues; beyond that, queues are
- * counted in the totals only (their columns in rmsg.queues are NULL).
- * Without shared memory (the library not preloaded) nothing is counted.
+ * another's.  To find an entry or read them all one holds stats->lock
+ * (RMSG_LWLOCK_STATS) shared, to create or remove one exclusively; the
+ * counters in an entry are atomics, added to after the lock is released
+ * (RmsgCountPut says why a put's entry stays put).  The table has room for
+ * RMSG_MAX_QUEUE_STATS queues; beyond that, queues are counted in the
+ * totals only (their columns in rmsg.queues are NULL).  Without shared
+ * memory (the library not preloaded) nothing is counted.
  *
  *-------------------------------------------------------------------------
  */
@@ -105,6 +107,10 @@ RmsgStatsShmemStartup(void)
 								&info, HASH_ELEM | HASH_BLOBS);
 }
 
+/*
+ * The key of a queue of this database's extension: zeroed first, as the
+ * hash compares the key's bytes, padding included.
+ */
 static void
 MakeQueueKey(QueueKey *key, int32 queue_id)
 {
@@ -168,10 +174,10 @@ QueueEntry(int32 queue_id)
 
 /*
  * A message was put to queue_id, its data of `size` bytes written or
- * referenced.  The
- * entry pointer stays valid after the lock is released: only
- * RmsgQueueStatsForget removes entries, for a queue being dropped, which
- * holds the queue's name lock exclusively and so excludes every put.
+ * referenced.  The entry pointer stays valid after the lock is released:
+ * only RmsgQueueStatsForget removes entries of this database's live
+ * extension, for a queue being dropped, which holds the queue's name lock
+ * exclusively and so excludes every put.
  */
 void
 RmsgCountPut(int32 queue_id, int32 size, bool referenced)
@@ -197,7 +203,7 @@ RmsgCountPut(int32 queue_id, int32 size, bool referenced)
 	}
 }
 
-/* The WAL was forced for the contract (components.c). */
+/* The WAL was forced for the contract (contract/called_components.c). */
 void
 RmsgCountForce(void)
 {
@@ -205,7 +211,11 @@ RmsgCountForce(void)
 		pg_atomic_fetch_add_u64(&stats->forces, 1);
 }
 
-/* A call was sent without a force the prior art would have made. */
+/*
+ * A call was sent without a force while the caller's session had a commit
+ * not yet flushed: a protocol that forces the log before every call would
+ * have flushed it here.  This is what the contract saves.
+ */
 void
 RmsgCountForceAvoided(void)
 {
@@ -229,6 +239,7 @@ RmsgCountStaleReceipt(int32 queue_id)
 		pg_atomic_fetch_add_u64(&entry->stale_receipts, 1);
 }
 
+/* Payload rows no message referenced any more were removed. */
 void
 RmsgCountCollected(int64 n)
 {
@@ -250,6 +261,7 @@ RmsgQueueStatsForget(int32 queue_id)
 	LWLockRelease(stats->lock);
 }
 
+/* A counter as the bigint the SQL functions return. */
 static Datum
 Counter(pg_atomic_uint64 *counter)
 {
@@ -293,11 +305,11 @@ rmsg_stat_log(PG_FUNCTION_ARGS)
 
 /*
  * The per-queue counters of this database's queues; with only_visible,
- * those of the queues the current role manages (rights.c): how many bytes
- * a put referenced instead of writing would tell a producer of a content
- * queue whether others had put the same bytes.  The entries
- * are copied under the lock, and their rights checked after it, since
- * that may read the catalog.
+ * those of the queues the current role manages (privileges.c), or all of
+ * them for a role with pg_read_all_stats: how many bytes a put referenced
+ * instead of writing would tell a producer of a content queue whether
+ * others had put the same bytes.  The entries are copied under the lock,
+ * and the rights checked after it, since that may read the catalog.
  */
 static void
 ReturnQueueCounters(FunctionCallInfo fcinfo, bool only_visible)

@@ -6,8 +6,10 @@
  * A payload row is written once and referenced by every message (live or
  * dead) that carries its data.  Nothing counts the references: sharing a
  * row costs a put no write to the row, and concurrent puts sharing one row
- * never wait for each other.  rmsg.collect_payloads (the seed's
- * checkpoint) removes the rows that no message references.
+ * never wait for each other.  Instead, rmsg.collect_payloads (which the
+ * worker's maintenance also runs) removes the rows that no message
+ * references any more, the way a log's old segments are recycled once
+ * nothing needs them.
  *
  * The race between the two is settled with row locks.  A put that
  * references a row it did not write first pins it: it finds the row in the
@@ -123,12 +125,11 @@ RmsgWritePayload(bytea *data, bool findable, Oid owner)
 {
 	Datum		values[2];
 	bool		isnull[2] = {!findable, false};
-	bool		null;
 
 	values[0] = findable ? Int64GetDatum(ContentKey(data, owner)) : (Datum) 0;
 	values[1] = PointerGetDatum(data);
 	RmsgPlanExecute(&write_payload_plan, values, isnull, false, 1);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
+	return DatumGetInt64(RmsgSpiNotNull(0, "payload_id"));
 }
 
 /*
@@ -250,9 +251,12 @@ RmsgFindPayload(bytea *data, Oid owner)
 	return found;
 }
 
-/* Runs a one-column, at most one-row read; its value detoasted, or NULL. */
+/*
+ * Runs an at most one-row read by id and returns the bytea column `column`
+ * of its row, detoasted, or NULL when there is no row or the value is NULL.
+ */
 static bytea *
-ReadOne(RmsgPlan *plan, int64 id)
+ReadOne(RmsgPlan *plan, int64 id, const char *column)
 {
 	Datum		arg = Int64GetDatum(id);
 	bool		isnull;
@@ -261,7 +265,7 @@ ReadOne(RmsgPlan *plan, int64 id)
 	RmsgPlanExecute(plan, &arg, NULL, true, 1);
 	if (SPI_processed == 0)
 		return NULL;
-	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	value = RmsgSpiValue(0, column, &isnull);
 	return isnull ? NULL : DatumGetByteaPP(value);
 }
 
@@ -269,7 +273,7 @@ ReadOne(RmsgPlan *plan, int64 id)
 bytea *
 RmsgReadPayload(int64 payload_id)
 {
-	return ReadOne(&read_payload_plan, payload_id);
+	return ReadOne(&read_payload_plan, payload_id, "data");
 }
 
 /*
@@ -279,14 +283,14 @@ RmsgReadPayload(int64 payload_id)
 bytea *
 RmsgReadInlineData(int64 msg_id)
 {
-	return ReadOne(&read_inline_plan, msg_id);
+	return ReadOne(&read_inline_plan, msg_id, "inline_data");
 }
 
 /*
  * rmsg.collect_payloads() and the worker's maintenance: removes the payload
- * rows no message references any more; returns how many.  In batches, each locked, looked at again and
- * deleted (see the file header); rows a put has pinned are left for the
- * next collection.
+ * rows no message references any more; returns how many.  Works in batches
+ * of COLLECT_BATCH, each locked, looked at again and deleted (see the file
+ * header); rows a put has pinned are left for the next collection.
  */
 int64
 RmsgCollectPayloads(void)
@@ -308,11 +312,7 @@ RmsgCollectPayloads(void)
 			break;
 		ids = palloc(sizeof(Datum) * SPI_processed);
 		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-
-			ids[nids++] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		}
+			ids[nids++] = RmsgSpiNotNull(i, "payload_id");
 		after = DatumGetInt64(ids[nids - 1]);
 
 		array = construct_array(ids, nids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);

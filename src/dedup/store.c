@@ -1,28 +1,33 @@
 /*-------------------------------------------------------------------------
  *
- * dedup.c
+ * store.c
  *	  Deciding how a put stores its data: inline, in a new payload row, or
- *	  as a reference to a payload row already logged (seed 004, Figure 4).
+ *	  as a reference to a payload row already logged.
  *
  * A put knows its data from the payload given, from a data token (the
  * session put or got it before, tokens.c), or from a message (forward).
  * When the data already sits in a payload row that still exists, the
- * message references that row and nothing else is written (step 406).
- * Otherwise the data is written (step 404): inline in the message row when
- * it is small and not worth sharing, else in a payload row of its own.
- * References always name the payload row that holds the data, never a
- * message that references it, so there are no chains to follow.
+ * message references that row and nothing else is written: the data is
+ * logged once, however many messages carry it.  Otherwise the data is
+ * written: inline in the message row when it is small and not worth
+ * sharing, else in a payload row of its own.  References always name the
+ * payload row that holds the data, never a message that references it, so
+ * a reader never follows a chain.
  *
- * Inline data that is shared (by token, forward or put_many) moves to a
- * payload row on its first share, and later shares reference that row:
- * data below RMSG_MIN_SHARED_SIZE is not worth it, since a reference costs
- * about as much WAL as the bytes it saves.
+ * Inline data that is shared (by token, forward or put_many) is copied to
+ * a payload row on its first share (the original message keeps its inline
+ * copy), and later shares reference that row.  Data below
+ * RMSG_MIN_SHARED_SIZE is not worth it: a reference costs about as much
+ * WAL as the bytes it saves.
  *
  * A queue's dedup setting limits this: 'none' never references (the data
  * is written each time, read from its earlier occurrence if the put gave
  * only a token), 'token' references what tokens and fan-outs name, and
  * 'content' also finds equal data that content queues of the same owner
  * logged, by hash (payload.c says why not other owners').
+ *
+ * This file keeps no state and takes no lock of its own: the row locks
+ * that keep a referenced payload row alive are payload.c's.
  *
  *-------------------------------------------------------------------------
  */
@@ -77,16 +82,17 @@ Written(RmsgDedupMode mode, Oid owner, bytea *data, bool will_share, RmsgStoredD
 }
 
 /*
- * Decides where a put to a queue with this dedup mode and owner stores its data, and writes the payload row
- * if one is needed (the message row is the caller's).  data is the payload
- * given, or NULL; source what a token or message says of the data, or
- * NULL.  One of them is set.  will_share: the caller is going to
- * reference the result from more messages (put_many).
+ * Decides where a put to a queue with this dedup mode and owner stores its
+ * data, and writes the payload row if one is needed (the message row is
+ * the caller's).  data is the payload given, or NULL; source what a token
+ * or message says of the data, or NULL.  One of them is set.  will_share:
+ * the caller is going to reference the result from more messages
+ * (put_many).
  *
- * When source's data had to be moved to a payload row, source->payload_id
- * names the new row; the caller tells the token map.  Returns false, with
- * nothing written, when only source was given and its data is no longer
- * available.  Inside SPI.
+ * When source's inline data had to be copied to a payload row,
+ * source->payload_id names the new row; the caller tells the token map.
+ * Returns false, with nothing written, when only source was given and its
+ * data is no longer available.  Inside SPI.
  */
 bool
 RmsgStoreData(RmsgDedupMode mode, Oid owner, bytea *data, RmsgTokenData *source,
@@ -96,7 +102,11 @@ RmsgStoreData(RmsgDedupMode mode, Oid owner, bytea *data, RmsgTokenData *source,
 	{
 		bool		may_reference = (mode != RMSG_DEDUP_NONE);
 
-		/* step 403: the earlier occurrence, if it is still in the log */
+		/*
+		 * Reference the earlier occurrence, if it is still logged: pinning
+		 * its row keeps the collector away until this put's transaction
+		 * ends.
+		 */
 		if (may_reference && source->payload_id != 0 &&
 			RmsgPinPayload(source->payload_id))
 		{
@@ -110,7 +120,7 @@ RmsgStoreData(RmsgDedupMode mode, Oid owner, bytea *data, RmsgTokenData *source,
 		if (data == NULL)
 			return false;
 
-		/* the first share of inline data moves it to a payload row */
+		/* the first share of inline data copies it to a payload row */
 		if (may_reference && source->msg_id != 0 &&
 			VARSIZE_ANY_EXHDR(data) >= RMSG_MIN_SHARED_SIZE)
 		{

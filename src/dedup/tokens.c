@@ -2,33 +2,36 @@
  *
  * tokens.c
  *	  The session's data tokens: which data this session put or got, and
- *	  where that data is logged (seed 004's volatile storage).
+ *	  where that data is logged, kept in the backend's memory only.
  *
  * Every put and every message a get returns is handed a token.  The token
  * maps, in this backend's memory only, to the payload row that holds the
- * data, or to the message whose row holds it inline (a later share
- * promotes it to a payload row, remembered here so the next share
- * references that row).  A token is a random 63-bit number: another
- * session's tokens, or invented ones, are simply not in this map, and
- * even a collision could only reach data this session itself saw.
+ * data, or to the message whose row holds it inline (a later share copies
+ * it to a payload row, remembered here so the next share references that
+ * row).  Knowing where the data lies without reading the log is what lets
+ * a put by token reference it cheaply.  A token is a random 63-bit number:
+ * another session's tokens, or invented ones, are simply not in this map,
+ * and even a collision could only reach data this session itself saw.
  *
  * The map is a ring of RMSG_SESSION_TOKENS entries; the oldest token is
  * forgotten first.  A forgotten token is like data that is no longer
  * available: a put with a payload writes it again, one without fails.
  * Entries are not transactional: a payload row written by a transaction
  * that rolled back is simply not found when the token is used, and the
- * put falls back to the message or the payload given (dedup.c).
+ * put falls back to the message or the payload given (store.c).
  *
  * A token is good only for the role that was handed it, and only for the
  * extension it was handed by: an entry remembers the role and the OID of
- * rmsg.message, which DROP EXTENSION and CREATE EXTENSION change, and a
- * token whose data now has another payload row or message of the same
- * number is never accepted.  It also remembers a hash of the data where
+ * rmsg.message, which DROP EXTENSION and CREATE EXTENSION change, so a
+ * token from before them, whose payload_id or msg_id may now number other
+ * data, is never accepted.  It also remembers a hash of the data where
  * the data was in hand, so that a put giving a payload with a token can
- * check that the two agree (put.c).  And rmsg.last_data_token() answers only
- * in the transaction that was handed the token: behind a pooler in
- * transaction mode the next transaction on this backend may be another
- * client's.
+ * check that the two agree (queue/put.c).  And rmsg.last_data_token()
+ * answers only in the transaction that was handed the token: behind a
+ * pooler in transaction mode the next transaction on this backend may be
+ * another client's.
+ *
+ * Nothing here is shared between backends, so no lock guards it.
  *
  *-------------------------------------------------------------------------
  */

@@ -1,11 +1,11 @@
 /*-------------------------------------------------------------------------
  *
- * instance_catalog.c
- *	  Finding and locking instances (seeds 001, 002), and the cache of
- *	  their modes in shared memory.
+ * catalog.c
+ *	  Finding and locking instances, and the cache of their ids and modes
+ *	  in shared memory.
  *
- * Locking.  Two heavyweight locks per instance name, each held until the
- * end of the transaction:
+ * Locking.  Two heavyweight locks per instance name (core/locks.h), each
+ * held until the end of the transaction:
  *	- the arrival lock, taken by deliver, begin_recovery, complete_recovery,
  *	  create_instance and drop_instance.  Deliveries to one instance are
  *	  therefore serialized, and each takes its msg_id after the one before
@@ -18,29 +18,30 @@
  * The locks are taken before the instance row is read, and the row is read
  * with the latest snapshot, so whoever waited sees what the holder did.
  *
- * Cache (claims 2 and 3: the state is brought into memory when a message
- * arrives).  Every delivery needs its instance's id and mode; the shared
- * hash table instance_cache keeps them by name, so that a delivery reads
- * no row but its own insert.  The table is the truth; the cache is only
- * ever filled by a transaction holding the instance's arrival lock, from a
- * fresh read of the row.  A transaction that changes an instance removes its
- * entry at once and again when it ends, in the transaction callback, which
- * runs before its locks are released: the next holder of the arrival lock
- * finds no entry and reads the committed row.  A rolled-back change thus
- * leaves no trace, and a transaction never uses the cache for an instance
- * it changed itself (its view of the row may yet roll back).  Readers that
- * hold only the take lock may use an entry but never add one.  The cache
- * starts empty after a restart; when it is full, instances beyond it are
- * simply read from the table.  rmsg.instance_cache = off bypasses it, for
+ * Cache.  Every delivery must know its instance's id and mode before it
+ * can file the message, and reading them from the table each time would
+ * cost a row read per delivery; so the shared hash table instance_cache
+ * keeps them by name, and a delivery reads no row but its own insert.  The
+ * table is the truth; the cache is only ever filled by a transaction
+ * holding the instance's arrival lock, from a fresh read of the row.  A
+ * transaction that changes an instance removes its entry at once and again
+ * when it ends, in the transaction callback, which runs before its locks
+ * are released: the next holder of the arrival lock finds no entry and
+ * reads the committed row.  A rolled-back change thus leaves no trace, and
+ * a transaction never uses the cache for an instance it changed itself
+ * (its view of the row may yet roll back).  Readers that hold only the
+ * take lock may use an entry but never add one.  The cache starts empty
+ * after a restart; when it is full, instances beyond it are simply read
+ * from the table.  rmsg.instance_cache = off bypasses it, for
  * measuring what it buys.
  *
- * instance_lock guards the hash table: shared to look up, exclusive to add
- * or remove an entry.
+ * instance_lock (RMSG_LWLOCK_INSTANCES) guards the hash table: to look an
+ * entry up, hold it shared; to add or remove one, hold it exclusively.
  *
  * Rights.  An instance belongs to the role that created it, and its row
  * holds the privileges granted on it; opening one works out what the
- * current role may do with it (rights.c), and the caller says what it
- * needs.
+ * current role may do with it (core/privileges.c), and the caller says
+ * what it needs.
  *
  *-------------------------------------------------------------------------
  */
@@ -51,10 +52,10 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
-#include "utils/acl.h"
 #include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -96,7 +97,7 @@ static HTAB *instance_cache = NULL;
 static List *changed_keys = NIL;
 
 static RmsgPlan find_plan = {
-	"SELECT instance_id, mode = 'recovery' FROM rmsg.instance WHERE name = $1",
+	"SELECT instance_id, mode = 'recovery' AS recovering FROM rmsg.instance WHERE name = $1",
 	1, {TEXTOID}
 };
 
@@ -105,13 +106,17 @@ static RmsgPlan name_plan = {
 	1, {INT8OID}
 };
 
+/* The cache's share of shared memory, asked for at preload. */
 Size
 RmsgInstanceCacheShmemSize(void)
 {
 	return hash_estimate_size(RMSG_INSTANCE_CACHE_SIZE, sizeof(CachedInstance));
 }
 
-/* Called under AddinShmemInitLock. */
+/*
+ * Attaches to the cache, or sets it up empty in the first process to get
+ * here.  Called under AddinShmemInitLock.
+ */
 void
 RmsgInstanceCacheShmemStartup(void)
 {
@@ -125,6 +130,7 @@ RmsgInstanceCacheShmemStartup(void)
 								   &info, HASH_ELEM | HASH_BLOBS);
 }
 
+/* The one error for an instance that is not there (42704). */
 void
 RmsgReportNoInstance(const char *name)
 {
@@ -133,6 +139,7 @@ RmsgReportNoInstance(const char *name)
 			 errmsg("instance \"%s\" does not exist", name)));
 }
 
+/* The cache key of the instance of this name in our database. */
 static void
 MakeKey(InstanceKey *key, const char *name)
 {
@@ -142,6 +149,10 @@ MakeKey(InstanceKey *key, const char *name)
 	strlcpy(key->name, name, NAMEDATALEN);
 }
 
+/*
+ * Whether this transaction changed the instance: then only its row (as
+ * this transaction sees it) may be trusted, never the cache.
+ */
 static bool
 ChangedHere(const InstanceKey *key)
 {
@@ -155,6 +166,7 @@ ChangedHere(const InstanceKey *key)
 	return false;
 }
 
+/* The cached id and mode, if the cache holds the instance. */
 static bool
 CacheLookup(const InstanceKey *key, RmsgInstance *out)
 {
@@ -181,6 +193,7 @@ CacheStore(const InstanceKey *key, const RmsgInstance *instance)
 	LWLockRelease(instance_lock);
 }
 
+/* Forgets the instance; harmless when it is not cached, or there is no cache. */
 static void
 CacheRemove(const InstanceKey *key)
 {
@@ -191,7 +204,7 @@ CacheRemove(const InstanceKey *key)
 	LWLockRelease(instance_lock);
 }
 
-/* Takes one of the instance's locks (name_locks.c), waiting if need be. */
+/* Takes one of the instance's locks (core/locks.c), waiting if need be. */
 void
 RmsgLockInstance(const char *name, RmsgNameLock lock_kind)
 {
@@ -204,18 +217,15 @@ ReadInstance(const char *name, RmsgInstance *out)
 {
 	Datum		arg = CStringGetTextDatum(name);
 	bool		found;
-	bool		isnull;
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&find_plan, &arg, NULL, true, 1);
 	found = SPI_processed > 0;
 	if (found)
 	{
-		HeapTuple	row = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-
-		out->instance_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-		out->recovering = DatumGetBool(SPI_getbinval(row, desc, 2, &isnull));
+		out->instance_id = DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
+		/* mode is NOT NULL, so the comparison never is */
+		out->recovering = DatumGetBool(RmsgSpiNotNull(0, "recovering"));
 	}
 	RmsgSpiFinish();
 	return found;
@@ -294,7 +304,6 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
 {
 	Datum		id_arg = Int64GetDatum(instance_id);
 	LockAcquireResult locked;
-	bool		isnull;
 	bool		found;
 	bool		same;
 
@@ -302,9 +311,7 @@ RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted, void *arg,
 	RmsgPlanExecute(&name_plan, &id_arg, NULL, true, 1);
 	found = SPI_processed > 0;
 	if (found)
-		text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[0],
-															 SPI_tuptable->tupdesc,
-															 1, &isnull)),
+		text_to_cstring_buffer(DatumGetTextPP(RmsgSpiNotNull(0, "name")),
 							   name, NAMEDATALEN);
 	RmsgSpiFinish();
 	if (!found || (wanted != NULL && !wanted(instance_id, name, arg)))

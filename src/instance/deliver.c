@@ -1,20 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * deliver.c
- *	  rmsg.deliver: a message arrives for an instance (seeds 001, 002).
+ *	  rmsg.deliver: a message arrives for an instance.
  *
- * The message joins the end of the instance's line.  The instance's mode
- * decides what deliver reports (claim 1): a normal message for an instance
- * in recovery is 'deferred', it waits in the line, which is a persistent
- * queue, until recovery completes; anything else is 'ready'.  Other
- * instances never wait for this one: each has its own locks and line.
+ * The message joins the end of the instance's line.  The instance's mode,
+ * read when the message arrives, decides what deliver reports: a normal
+ * message for an instance in recovery is 'deferred', it waits in the line,
+ * which is a persistent queue, until recovery completes; anything else is
+ * 'ready'.  Nothing in the row marks a message as deferred: the mode alone
+ * decides what receive hands out (receive.c).  Other instances never wait
+ * for this one: each has its own locks and line.
  *
  * The delivery holds the instance's arrival lock until it commits
- * (instance_catalog.c), and takes its msg_id under it, so the messages of
- * one instance are numbered in the order they committed, and a completion
- * of recovery waits for the deliveries already under way.  The mode is read
- * under that lock, from the shared cache when it holds the instance.  The
- * role delivering must hold the instance's deliver privilege.
+ * (catalog.c), and takes its msg_id under it, so the messages of one
+ * instance are numbered in the order they committed, and a completion of
+ * recovery waits for the deliveries already under way.  The mode is read
+ * under that lock, from the shared cache when the instance is in it (the
+ * cache and its lightweight lock are catalog.c's).  The role delivering
+ * must hold the instance's deliver privilege.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,7 +37,9 @@ RmsgInstanceReadyHook rmsg_instance_ready_hook = NULL;
 
 /*
  * This transaction made messages of some instance ready: whoever takes
- * them besides the receivers (the workers, through the hook) may look.
+ * them besides the receivers (the workers, through the hook that
+ * recoverable_msg.c sets) may look once it commits.  A deferred delivery
+ * does not call it: nothing can take that message yet.
  */
 void
 RmsgInstanceMessagesReady(void)
@@ -77,7 +82,6 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	RmsgInstance instance;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, PG_ARGISNULL(3), false};
-	bool		isnull;
 	int64		msg_id;
 	bool		deferred;
 	TupleDesc	desc;
@@ -103,7 +107,7 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	values[4] = PointerGetDatum(payload);
 	RmsgSpiConnect();
 	RmsgPlanExecute(&deliver_plan, values, nulls, false, 0);
-	msg_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	msg_id = DatumGetInt64(RmsgSpiNotNull(0, "msg_id"));
 	RmsgSpiFinish();
 	if (!deferred)
 		RmsgInstanceMessagesReady();

@@ -58,9 +58,11 @@ extern bool RmsgTakeInstanceMessage(int64 *cursor, RmsgInstanceFilter wanted,
 extern void RmsgInstanceLeaseInit(void);
 
 /*
- * Called when a transaction made instance messages ready (a delivery, the
- * end of a recovery): recoverable_msg.c points it at the background
- * workers, which then look at the instances when it commits.
+ * instance/deliver.c: called when a transaction made instance messages
+ * ready (a delivery that is not deferred, the end of a recovery):
+ * recoverable_msg.c points the hook at the background workers, which then
+ * look at the instances when it commits.  The hook is how this folder
+ * tells the workers above it without calling up into worker/.
  */
 typedef void (*RmsgInstanceReadyHook) (void);
 extern RmsgInstanceReadyHook rmsg_instance_ready_hook;

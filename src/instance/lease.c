@@ -12,6 +12,12 @@
  * the message back at once: the lease runs until then and holds the line
  * (receive.c), and the message's lease is named by its deliveries alone.
  *
+ * No instance lock is taken here.  Each statement checks the lease again
+ * as it changes the row (with a receipt: the same deliveries and a lease
+ * still running; nack and extend want a running lease in any case), and
+ * two settlers of one message queue on the row's lock, so the second sees
+ * what the first did.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -51,6 +57,7 @@ static RmsgPlan nack_plan = {
 	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT4OID}
 };
 
+/* The same arguments as nack_plan: the lease, still running, now ends at $3. */
 static RmsgPlan extend_plan = {
 	"UPDATE rmsg.instance_message SET lease_until = $3"
 	" WHERE msg_id = $1 AND instance_id = $4 AND lease_until > $2"
@@ -78,7 +85,11 @@ FindMessage(int64 msg_id, int64 *instance_id, int32 *deliveries, bool *exists)
 		(rights & RMSG_RECEIVE) != 0;
 }
 
-/* Inside SPI. */
+/*
+ * rmsg.ack of an instance's message: deletes it.  Given a receipt, only
+ * while the lease it names is still running; without one, whatever its
+ * lease.  Inside SPI.
+ */
 static RmsgSettleResult
 AckInstanceMessage(int64 msg_id, const int64 *receipt, TimestampTz now)
 {
@@ -103,7 +114,10 @@ AckInstanceMessage(int64 msg_id, const int64 *receipt, TimestampTz now)
 	return receipt != NULL ? RMSG_SETTLE_STALE : RMSG_SETTLE_REFUSED;
 }
 
-/* Inside SPI. */
+/*
+ * rmsg.nack and rmsg.extend of an instance's message: moves the end of its
+ * running lease to until (a nack without a delay ends it).  Inside SPI.
+ */
 static RmsgSettleResult
 MoveInstanceLeaseEnd(int64 msg_id, const int64 *receipt, TimestampTz now,
 					 TimestampTz until, bool nack)
@@ -133,6 +147,7 @@ MoveInstanceLeaseEnd(int64 msg_id, const int64 *receipt, TimestampTz now,
 	return receipt != NULL ? RMSG_SETTLE_STALE : RMSG_SETTLE_REFUSED;
 }
 
+/* What queue/lease.c calls for a msg_id that is no queue's. */
 static const RmsgLeaseKeeper instance_leases = {
 	AckInstanceMessage,
 	MoveInstanceLeaseEnd,

@@ -1,18 +1,25 @@
 /*-------------------------------------------------------------------------
  *
- * instance_admin.c
- *	  The life of an instance (seeds 001, 002): create_instance,
- *	  drop_instance, begin_recovery, complete_recovery, and its state.
+ * lifecycle.c
+ *	  The life of an instance: create_instance, drop_instance,
+ *	  begin_recovery, complete_recovery, and its state.
  *
  * An instance's mode is saved in its row and nowhere else that matters:
  * its normal messages that arrive while it recovers are not marked, they
  * merely are not received while the mode says recovery (receive.c).  So
- * complete_recovery releases them all by saving the mode as normal (claim
- * 8), and none can be stranded however deliveries race it; they are first
- * in the instance's line, as they arrived first.  The mode changes under
- * the instance's arrival lock (instance_catalog.c), which deliveries hold
- * too: a delivery that reported 'deferred' committed before the completion
- * that released it.
+ * complete_recovery releases them all by saving the mode as normal, and
+ * none can be stranded however deliveries race it; they are first in the
+ * instance's line, as they arrived first.  The mode changes under the
+ * instance's arrival lock (catalog.c), which deliveries hold too: a
+ * delivery that reported 'deferred' committed before the completion that
+ * released it.  Creating, dropping and each change of mode also drop the
+ * instance from the shared cache of modes (RmsgInstanceChanged), so that
+ * no delivery reads a mode this transaction may yet roll back.
+ *
+ * The state is an ordinary column, written by the transaction that
+ * handles a message: it commits or rolls back with that message's ack
+ * when the handler acks in the same transaction, so a crash never leaves
+ * the state ahead of or behind the messages handled.
  *
  * Rights.  create_instance is for the roles granted EXECUTE on it, and the
  * instance belongs to its creator.  Dropping it takes manage; its recovery
@@ -72,10 +79,10 @@ static RmsgPlan complete_plan = {
 	"         state = coalesce($2, state),"
 	"         state_saved_at = CASE WHEN $2 IS NULL THEN state_saved_at ELSE $3 END"
 	"   WHERE instance_id = $1 AND mode = 'recovery' RETURNING 1)"
-	" SELECT EXISTS (SELECT 1 FROM completed),"
+	" SELECT EXISTS (SELECT 1 FROM completed) AS completed,"
 	"        (SELECT count(*) FROM rmsg.instance_message"
 	"          WHERE instance_id = $1 AND kind = 'normal'"
-	"            AND (lease_until IS NULL OR lease_until <= $3))",
+	"            AND (lease_until IS NULL OR lease_until <= $3)) AS released",
 	3, {INT8OID, JSONBOID, TIMESTAMPTZOID}
 };
 
@@ -122,13 +129,12 @@ HandledInstanceId(const char *name)
 	Oid			owner;
 	int64		id;
 	Datum		arg = CStringGetTextDatum(name);
-	bool		isnull;
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&lookup_id_plan, &arg, NULL, false, 1);
 	if (SPI_processed == 0)
 		RmsgReportNoInstance(name);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	id = DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
 	RmsgSpiFinish();
 	if (!RmsgObjectRights(RMSG_INSTANCE, id, NULL, GetUserId(), &rights, &owner))
 		RmsgReportNoInstance(name);
@@ -136,6 +142,7 @@ HandledInstanceId(const char *name)
 	return id;
 }
 
+/* A state argument: any jsonb, but not NULL (the column is NOT NULL). */
 static Datum
 StateArg(FunctionCallInfo fcinfo, int argno)
 {
@@ -214,9 +221,11 @@ rmsg_begin_recovery(PG_FUNCTION_ARGS)
 }
 
 /*
- * rmsg.complete_recovery(instance, state): saves the mode as normal (claim
- * 8), which releases the deferred messages first in line (claim 9);
- * returns how many.
+ * rmsg.complete_recovery(instance, state): saves the mode as normal, and
+ * the state with it when one is given, so that both commit together with
+ * the handling of the message that ended the recovery.  That releases the
+ * deferred messages, which are first in line; returns how many were
+ * waiting (normal messages in flight are not counted).
  */
 Datum
 rmsg_complete_recovery(PG_FUNCTION_ARGS)
@@ -225,7 +234,6 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 	RmsgInstance instance;
 	Datum		values[3];
 	bool		nulls[3] = {false, PG_ARGISNULL(1), false};
-	bool		isnull;
 	bool		completed;
 	int64		released;
 
@@ -235,8 +243,8 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	RmsgSpiConnect();
 	RmsgPlanExecute(&complete_plan, values, nulls, true, 0);
-	completed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	released = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	completed = DatumGetBool(RmsgSpiNotNull(0, "completed"));
+	released = DatumGetInt64(RmsgSpiNotNull(0, "released"));
 	if (!completed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -249,8 +257,9 @@ rmsg_complete_recovery(PG_FUNCTION_ARGS)
 
 /*
  * rmsg.save_state(instance, state): it commits with the transaction that
- * handled the message (claims 3, 6).  It takes no instance lock, so saving
- * never holds up deliveries; two saves of one instance wait on its row.
+ * handled the message, and so with that message's ack: a crash never
+ * keeps one without the other.  It takes no instance lock, so saving never
+ * holds up deliveries; two saves of one instance wait on its row.
  */
 Datum
 rmsg_save_state(PG_FUNCTION_ARGS)
@@ -269,7 +278,10 @@ rmsg_save_state(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* rmsg.load_state(instance): the state last saved (claims 2, 5) */
+/*
+ * rmsg.load_state(instance): the state as last saved (this transaction's
+ * own save included), which a handler reads before it acts on a message.
+ */
 Datum
 rmsg_load_state(PG_FUNCTION_ARGS)
 {

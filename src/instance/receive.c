@@ -2,14 +2,15 @@
  *
  * receive.c
  *	  rmsg.receive and rmsg.receive_any: handing out an instance's messages
- *	  in order, one batch at a time (seeds 001, 002).
+ *	  in order, one batch at a time.
  *
  * An instance's line is its messages in msg_id order.  A receive leases up
  * to max messages from the head of the line, and none while any message of
  * the instance is in flight (its lease running): an instance handles one
- * batch at a time, and with max = 1 one message at a time.  In recovery only
- * recovery messages are received (claim 4); the normal ones wait where they
- * are, and come first once the mode is normal again (claim 9).
+ * batch at a time, and with max = 1 one message at a time.  In recovery
+ * only recovery messages are received; the normal ones wait where they
+ * are, and, having arrived first, come first once the mode is normal
+ * again.
  *
  * Finding what is in flight takes two probes, not a scan, because leases are
  * only ever taken from the head: the messages in flight are always at the
@@ -24,11 +25,12 @@
  * the lock of an instance it took nothing from.  It visits instances
  * in the order of their ids, round-robin from where this backend left off,
  * so every instance with work gets its turn.  A lease is a losable write,
- * committed lazily like rmsg.get's (commit_mode.c).
+ * committed lazily like rmsg.get's (core/commit_mode.c): a crash may forget
+ * it, and the message is then handed out again.
  *
- * Each leased message comes with a receipt, as a get's does (receipts.c).
- * receive needs the instance's receive privilege, and receive_any visits
- * only the instances the role may receive from.
+ * Each leased message comes with a receipt, as a get's does
+ * (queue/receipts.c).  receive needs the instance's receive privilege, and
+ * receive_any visits only the instances the role may receive from.
  *
  *-------------------------------------------------------------------------
  */
@@ -109,8 +111,16 @@ static RmsgPlan next_instance_plan = {
 /* The last instance receive_any visited in this backend: it goes on after it. */
 static int64 last_visited = 0;
 
-/* the columns the lease statements return; the result adds the receipt */
-#define RECEIVE_COLUMNS 5
+/*
+ * The columns the lease statements return, in the order of rmsg.receive's
+ * result (receive_any's puts the instance's name before them); both
+ * results end with the receipt.
+ */
+static const char *const leased_columns[] = {
+	"msg_id", "kind", "payload", "headers", "deliveries"
+};
+
+#define RECEIVE_COLUMNS ((int) lengthof(leased_columns))
 
 /*
  * Leases up to max messages of the instance, leaving them in SPI_tuptable
@@ -154,12 +164,12 @@ ReturnLeased(const char *name, ReturnSetInfo *rsinfo)
 			nulls[0] = false;
 		}
 		for (int col = 0; col < RECEIVE_COLUMNS; col++)
-			values[first + col] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-												col + 1, &nulls[first + col]);
+			values[first + col] = RmsgSpiValue(i, leased_columns[col], &nulls[first + col]);
 		/* msg_id and deliveries name the lease */
 		values[first + RECEIVE_COLUMNS] =
-			Int64GetDatum(RmsgReceiptOf(DatumGetInt64(values[first]),
-										DatumGetInt32(values[first + 4]), 0));
+			Int64GetDatum(RmsgReceiptOf(DatumGetInt64(RmsgSpiNotNull(i, "msg_id")),
+										DatumGetInt32(RmsgSpiNotNull(i, "deliveries")),
+										0));
 		nulls[first + RECEIVE_COLUMNS] = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -170,12 +180,11 @@ static int64
 NextInstanceWithMessages(int64 after)
 {
 	Datum		arg = Int64GetDatum(after);
-	bool		isnull;
 
 	RmsgPlanExecute(&next_instance_plan, &arg, NULL, true, 1);
 	if (SPI_processed == 0)
 		return 0;
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
 }
 
 /* Leases from a line the round below has locked; returns how many. */

@@ -1,17 +1,18 @@
 /*-------------------------------------------------------------------------
  *
- * queue_admin.c
+ * catalog.c
  *	  The queue catalog: create_queue, drop_queue, and looking queues up.
  *
  * Locking.  A put must never add a message to a queue that a concurrent
- * drop_queue is deleting: the drop would not see the uncommitted message and
- * leave it behind.  So every put holds a heavyweight lock on the queue's
- * name in AccessShareLock until its transaction ends, and create_queue and
- * drop_queue take it in AccessExclusiveLock.  The lock is taken before the
- * catalog is read, and the catalog is read with the latest snapshot, so a
- * put that waited for a drop sees the queue gone (name_locks.c).  A get holds the same lock
- * in AccessShareLock, so a drop also waits for consumers that might be
- * dead-lettering a message into the queue's dead-message table.  Under REPEATABLE READ a
+ * drop_queue is deleting: the drop would not see the uncommitted message
+ * and would leave it behind.  So every put holds a heavyweight lock on the
+ * queue's name (RMSG_LOCK_QUEUE_NAME, core/locks.h) in AccessShareLock
+ * until its transaction ends, and create_queue and drop_queue take it in
+ * AccessExclusiveLock.  The lock is taken before the catalog is read, and
+ * the catalog is read with the latest snapshot, so a put that waited for a
+ * drop sees the queue gone.  A get holds the same lock in AccessShareLock,
+ * so a drop also waits for consumers that might be dead-lettering a
+ * message into the queue's dead-message table.  Under REPEATABLE READ a
  * drop reads and deletes with the latest snapshot too, since its own
  * predates what it waited for.
  *
@@ -20,17 +21,18 @@
  *
  * Cache.  Every put and get needs its queue's row, so each backend keeps
  * the rows it read in a local hash, stamped with the catalog generation in
- * shared memory.  A transaction that creates, drops or grants a queue bumps
- * the generation when it ends, in the transaction callback, which runs
- * before its locks are released: whoever then gets the name lock sees the
- * new generation and reads the catalog again.  Rows read by a transaction
- * that changed the catalog itself are not cached (they may roll back), and
- * a relcache invalidation (DROP EXTENSION, say) empties the cache.  Without
- * shared memory nothing is cached.
+ * shared memory (core/shmem.c).  A transaction that creates, drops or
+ * grants a queue bumps the generation when it ends, in the transaction
+ * callback, which runs before its locks are released: whoever then gets
+ * the name lock sees the new generation and reads the catalog again.  Rows
+ * read by a transaction that changed the catalog itself are not cached
+ * (they may roll back), and a relcache invalidation (DROP EXTENSION, say)
+ * empties the cache.  Without shared memory nothing is cached.
  *
  * Rights.  A queue belongs to the role that created it, and its row holds
- * the privileges granted on it (rights.c).  Opening a queue works out what
- * the current role may do with it; each function says what it needs.
+ * the privileges granted on it (core/privileges.c).  Opening a queue works
+ * out what the current role may do with it; each function says what it
+ * needs.
  *
  *-------------------------------------------------------------------------
  */
@@ -38,14 +40,14 @@
 
 #include "common/hashfn.h"
 #include "fmgr.h"
-#include "utils/acl.h"
-#include "utils/memutils.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 
 #include "queue/queue.h"
 
@@ -64,9 +66,11 @@ static bool queue_cache_stale = false;
 PG_FUNCTION_INFO_V1(rmsg_create_queue);
 PG_FUNCTION_INFO_V1(rmsg_drop_queue);
 
+/* A queue's row; a queue without a dead-letter queue reads 0 for it.  $1 name */
 static RmsgPlan lookup_plan = {
-	"SELECT queue_id, max_deliveries, coalesce(dead_letter_queue_id, 0), dedup,"
-	"       owner::oid, acl"
+	"SELECT queue_id, max_deliveries,"
+	"       coalesce(dead_letter_queue_id, 0) AS dead_letter_queue_id, dedup,"
+	"       owner::oid AS owner, acl"
 	"  FROM rmsg.queue WHERE name = $1",
 	1, {TEXTOID}
 };
@@ -78,6 +82,7 @@ static RmsgPlan insert_plan = {
 	5, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
+/* A queue, other than $1 itself, that sends its dead letters to queue $1. */
 static RmsgPlan dlq_users_plan = {
 	"SELECT name FROM rmsg.queue"
 	" WHERE dead_letter_queue_id = $1 AND queue_id <> $1 ORDER BY name LIMIT 1",
@@ -103,12 +108,18 @@ QueueCacheInvalidate(Datum arg, Oid relid)
 	queue_cache_stale = true;
 }
 
+/* Called from _PG_init: a relcache invalidation empties the cache. */
 void
 RmsgQueueCatalogInit(void)
 {
 	CacheRegisterRelcacheCallback(QueueCacheInvalidate, (Datum) 0);
 }
 
+/*
+ * Finds (HASH_FIND) or makes (HASH_ENTER) the cache entry of a queue name,
+ * first emptying a cache that an invalidation made stale.  NULL when
+ * finding in an empty cache.
+ */
 static CachedQueue *
 QueueCacheEntry(const char *name, HASHACTION action, bool *found)
 {
@@ -138,6 +149,7 @@ QueueCacheEntry(const char *name, HASHACTION action, bool *found)
 	return (CachedQueue *) hash_search(queue_cache, name, action, found);
 }
 
+/* Waits for the queue's name lock in `mode`; kept until the transaction ends. */
 static void
 RmsgLockQueueName(const char *name, LOCKMODE mode)
 {
@@ -153,24 +165,18 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
 {
 	Datum		arg = CStringGetTextDatum(name);
 	bool		isnull;
-	TupleDesc	desc;
-	HeapTuple	row;
-	char	   *dedup;
 	Datum		value;
 
 	RmsgPlanExecute(&lookup_plan, &arg, NULL, true, 1);
 	if (SPI_processed == 0)
 		return false;
 
-	desc = SPI_tuptable->tupdesc;
-	row = SPI_tuptable->vals[0];
-	queue->queue_id = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
-	queue->max_deliveries = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-	queue->dead_letter_queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-	dedup = TextDatumGetCString(SPI_getbinval(row, desc, 4, &isnull));
-	queue->dedup = RmsgParseDedupMode(dedup);
-	queue->owner = DatumGetObjectId(SPI_getbinval(row, desc, 5, &isnull));
-	value = SPI_getbinval(row, desc, 6, &isnull);
+	queue->queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
+	queue->max_deliveries = DatumGetInt32(RmsgSpiNotNull(0, "max_deliveries"));
+	queue->dead_letter_queue_id = DatumGetInt32(RmsgSpiNotNull(0, "dead_letter_queue_id"));
+	queue->dedup = RmsgParseDedupMode(TextDatumGetCString(RmsgSpiNotNull(0, "dedup")));
+	queue->owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+	value = RmsgSpiValue(0, "acl", &isnull);
 	*acl = isnull ? NULL : DatumGetAclP(value);
 	return true;
 }
@@ -271,6 +277,7 @@ RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed)
 	return queue;
 }
 
+/* The error of a create_queue whose name is taken. */
 static void
 ReportQueueExists(const char *name)
 {
@@ -279,6 +286,7 @@ ReportQueueExists(const char *name)
 			 errmsg("queue \"%s\" already exists", name)));
 }
 
+/* Refuses a dedup argument that names no mode, before any lock is taken. */
 static void
 CheckDedupArg(FunctionCallInfo fcinfo, int argno)
 {
@@ -376,7 +384,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 errmsg("queue \"%s\" is the dead-letter queue of queue \"%s\"", name,
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						RmsgSpiText(0, "name")),
 				 errhint("Drop that queue first.")));
 
 	/*

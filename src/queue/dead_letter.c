@@ -9,10 +9,12 @@
  * a durable write like any other: not a lease.
  *
  * Three callers: a get that meets exhausted messages (by the tids of the
- * rows it locked), the worker whose handler failed the last allowed time,
- * and the worker's maintenance, which sweeps exhausted messages whose last
- * lease ran out while nobody was getting from their queue (both by msg_id,
- * on rows they hold locked).
+ * rows it locked, get.c), the worker whose handler failed the last allowed
+ * time (worker/dispatch_queue.c), and the worker's maintenance, which
+ * sweeps exhausted messages whose last lease ran out while nobody was
+ * getting from their queue (worker/maintenance.c); both of these by
+ * msg_id, on rows they hold locked.  A message moved into a dead-letter
+ * queue is ready there, so that queue's waiters are woken at commit.
  *
  *-------------------------------------------------------------------------
  */

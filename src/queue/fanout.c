@@ -5,11 +5,12 @@
  *	  once, without the application handling data tokens.
  *
  * forward puts a copy of an existing message (its data and headers) to a
- * queue; the copy references the original's payload row, which is the
- * seed's get-then-put pattern in one call.  put_many publishes one payload
- * to several queues: the data is written once and every other message
+ * queue; the copy references the original's payload row.  It is the usual
+ * relay (get a message, put its data on to another queue by the data token
+ * the get returned) in one call.  put_many publishes one payload to
+ * several queues: the data is written once and every other message
  * references it.  Queues with dedup = 'none' get their own copy of the
- * data either way (dedup.c).
+ * data either way (dedup/store.c).
  *
  * Forwarding reads the source message's data, so the role must hold get on
  * the source's queue (a message of a queue it may not get from is, for it,
@@ -33,7 +34,7 @@
 PG_FUNCTION_INFO_V1(rmsg_forward);
 PG_FUNCTION_INFO_V1(rmsg_put_many);
 
-/* The message to forward, live or dead. */
+/* The message to forward, live or dead.  $1 msg_id */
 static RmsgPlan source_message_plan = {
 	"SELECT payload_id, inline_data, payload_size, headers, queue_id"
 	"  FROM rmsg.message WHERE msg_id = $1"
@@ -43,6 +44,10 @@ static RmsgPlan source_message_plan = {
 	1, {INT8OID}
 };
 
+/*
+ * The error for a source message that does not exist, or that the role may
+ * not see: the two must look the same.
+ */
 static void
 ReportNoSuchMessage(int64 msg_id)
 {
@@ -62,8 +67,9 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	int64		source_msg_id;
 	Datum		arg;
 	RmsgQueue	queue;
-	HeapTuple	row;
-	TupleDesc	desc;
+	int32		source_queue_id;
+	Datum		payload_id;
+	Datum		inline_data;
 	bool		no_payload_row;
 	bool		no_inline_data;
 	bool		headers_null;
@@ -74,7 +80,6 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	int64		msg_id;
 	AclMode		source_rights;
-	bool		isnull;
 
 	RmsgEnter("rmsg.forward", true);
 	if (PG_ARGISNULL(0))
@@ -90,25 +95,29 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&source_message_plan, &arg, NULL, false, 1);
 	if (SPI_processed == 0)
 		ReportNoSuchMessage(source_msg_id);
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	if (!RmsgObjectRights(RMSG_QUEUE, DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull)),
-						  NULL, GetUserId(), &source_rights, NULL) ||
+	/* read the whole row now: the rights check may run a statement */
+	source_queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
+	payload_id = RmsgSpiValue(0, "payload_id", &no_payload_row);
+	inline_data = RmsgSpiValue(0, "inline_data", &no_inline_data);
+	source.size = DatumGetInt32(RmsgSpiNotNull(0, "payload_size"));
+	headers = RmsgSpiValue(0, "headers", &headers_null);
+	if (!RmsgObjectRights(RMSG_QUEUE, source_queue_id, NULL, GetUserId(),
+						  &source_rights, NULL) ||
 		(source_rights & RMSG_GET) == 0)
 		ReportNoSuchMessage(source_msg_id);
 
-	source.payload_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &no_payload_row));
 	if (no_payload_row)
 	{
-		data = DatumGetByteaPP(SPI_getbinval(row, desc, 2, &no_inline_data));
+		data = DatumGetByteaPP(inline_data);
 		source.msg_id = source_msg_id;
 		/* a payload row this session made of it when it first shared it */
 		source.payload_id = RmsgPromotedPayloadOf(source_msg_id);
 	}
 	else
+	{
+		source.payload_id = DatumGetInt64(payload_id);
 		source.msg_id = 0;
-	source.size = DatumGetInt32(SPI_getbinval(row, desc, 3, &no_inline_data));
-	headers = SPI_getbinval(row, desc, 4, &headers_null);
+	}
 
 	/*
 	 * The source exists in our snapshot, so its payload row can be gone

@@ -10,21 +10,24 @@
  * would, and leases them: deliveries + 1, lease_until = now + visibility.
  * So two consumers are never handed the same message while its lease runs,
  * and a consumer whose transaction rolls back hands its messages straight
- * back.
+ * back.  A lease is a write a crash may lose without harm (the message is
+ * then ready again, as if the lease had run out), so a transaction that
+ * wrote nothing else commits without waiting for its WAL to be flushed
+ * (core/commit_mode.c).
  *
  * A message found with its deliveries used up is not leased but
  * dead-lettered (dead_letter.c).  Then the get looks again, so dead
  * messages never cost a consumer an empty answer.
  *
- * Every message returned comes with a data token (tokens.c), so that the
- * consumer can put the same data elsewhere by reference, and a receipt:
- * the number that names this lease (receipts.c), so that an ack, nack or
- * extend that gives it acts only while this lease holds (settle.c).  The role
- * getting must hold the queue's get privilege.
+ * Every message returned comes with a data token (dedup/tokens.c), so that
+ * the consumer can put the same data elsewhere by reference, and a
+ * receipt: the number that names this lease (receipts.c), so that an ack,
+ * nack or extend that gives it acts only while this lease holds
+ * (lease.c).  The role getting must hold the queue's get privilege.
  *
  * With a wait, the get sleeps on the queue's condition variable
- * (wakeup.c) until a commit makes a message ready, a delayed message or an
- * expired lease becomes ready, or the wait is over.
+ * (long_poll.c) until a commit makes a message ready, a delayed message or
+ * an expired lease becomes ready, or the wait is over.
  *
  *-------------------------------------------------------------------------
  */
@@ -47,11 +50,13 @@ PG_FUNCTION_INFO_V1(rmsg_get);
 /*
  * When the next delayed message or running lease of the queue comes due.
  * Only future times: a ready message that another consumer has locked is
- * that consumer's, and its commit or rollback wakes us.
+ * that consumer's, and its commit or rollback wakes us.  $1 queue_id,
+ * $2 now.
  */
 static RmsgPlan next_visible_plan = {
 	"SELECT least(min(visible_at) FILTER (WHERE visible_at > $2),"
 	"             min(lease_until) FILTER (WHERE lease_until > $2))"
+	"       AS next_visible_at"
 	"  FROM rmsg.message WHERE queue_id = $1",
 	2, {INT4OID, TIMESTAMPTZOID}
 };
@@ -76,7 +81,7 @@ RmsgTakenPayload(const RmsgTaken *t)
  * Leases up to max ready messages of the queue (ready_scan.c) into taken[],
  * oldest-ready first; returns how many.  Exhausted messages met on the way
  * are dead-lettered and replaced.  taken has room for max entries.  Used by
- * rmsg.get and by the worker (dispatch_queue.c).
+ * rmsg.get and by the worker (worker/dispatch_queue.c).
  */
 int
 RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
@@ -147,7 +152,10 @@ ReturnMessages(RmsgTaken *taken, int n, ReturnSetInfo *rsinfo)
 		nulls[2] = t->headers_null;
 		values[3] = Int32GetDatum(t->deliveries);
 		values[4] = TimestampTzGetDatum(t->enqueued_at);
-		/* seed 004, step 503: the session may put this data by reference */
+		/*
+		 * Remember where this data is logged, so that the session may put
+		 * it again by reference instead of writing it once more.
+		 */
 		token.payload_id = t->inline_null ? t->payload_id : 0;
 		token.msg_id = t->inline_null ? 0 : t->msg_id;
 		token.size = (int32) VARSIZE_ANY_EXHDR(data);
@@ -170,7 +178,7 @@ NextVisibleAt(const RmsgQueue *queue)
 	args[0] = Int32GetDatum(queue->queue_id);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	RmsgPlanExecute(&next_visible_plan, args, NULL, false, 1);
-	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	next = RmsgSpiValue(0, "next_visible_at", &isnull);
 	return isnull ? 0 : DatumGetTimestampTz(next);
 }
 

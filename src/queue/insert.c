@@ -12,10 +12,10 @@
  * predicate we know (message_payload_idx: payload_id IS NOT NULL), and the
  * row we form always satisfies its constraints (exactly one of payload_id
  * and inline_data).  Should someone add a trigger or row security to the
- * table, we refuse rather than bypass it (relations.c).  The caller has
- * checked the extension's own privileges (rights.c); applications hold
- * none on the table.  Payload rows (payload.c) and batches stay SQL
- * statements.
+ * table, we refuse rather than bypass it (core/relations.c).  The caller
+ * has checked the extension's own privileges (core/privileges.c);
+ * applications hold none on the table.  Payload rows (dedup/payload.c) and
+ * batches stay SQL statements.
  *
  *-------------------------------------------------------------------------
  */
@@ -91,7 +91,8 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 /*
  * Inserts one message; returns its msg_id.  Its data is either inline
  * (data set) or in the payload row payload_id, which the caller has
- * written or pinned (payload.c); size is the data's length either way.
+ * written or pinned (dedup/payload.c); size is the data's length either
+ * way.
  */
 int64
 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,

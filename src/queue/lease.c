@@ -12,10 +12,11 @@
  *
  * An ack removes the message, live (remove.c) or dead; a payload row it
  * referenced stays until rmsg.collect_payloads finds it unreferenced
- * (payload.c).  An ack commits under the session's synchronous_commit like
- * any write.  A nack or an extend only moves the end of a lease, so it
- * commits lazily when it is all its transaction wrote (commit_mode.c).
- * Both apply only to a message in flight: its lease_until still ahead.
+ * (dedup/payload.c).  An ack commits under the session's
+ * synchronous_commit like any write.  A nack or an extend only moves the
+ * end of a lease, so it commits lazily when it is all its transaction
+ * wrote (core/commit_mode.c).  Both apply only to a message in flight: its
+ * lease_until still ahead.
  *
  * Rights.  A message of a queue the role may not get from (or of an
  * instance it may not receive from) is, for that role, no message at all:
@@ -54,6 +55,10 @@ PG_FUNCTION_INFO_V1(rmsg_extend);
 /* The other kind of message with leases: an instance's (instance/lease.c). */
 static const RmsgLeaseKeeper *other_keeper = NULL;
 
+/*
+ * Called from _PG_init by instance/lease.c: the messages that are no
+ * queue's go to this keeper.  There is one other kind, so one keeper.
+ */
 void
 RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper)
 {
@@ -209,17 +214,10 @@ rmsg_ack_receipt(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(found);
 }
 
-/* The elements of a one-dimensional bigint[] argument. */
+/* The elements of a bigint[] argument, which the caller checked is flat. */
 static void
-BigintArray(FunctionCallInfo fcinfo, int argno, const char *what,
-			Datum **elems, bool **nulls, int *n)
+BigintElements(ArrayType *array, Datum **elems, bool **nulls, int *n)
 {
-	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(argno);
-
-	if (ARR_NDIM(array) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("%s must be a one-dimensional array", what)));
 	deconstruct_array(array, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, elems, nulls, n);
 }
@@ -240,11 +238,22 @@ AckMany(FunctionCallInfo fcinfo, bool with_receipts)
 	int			nreceipts = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	int32		count = 0;
+	ArrayType  *id_array = PG_GETARG_ARRAYTYPE_P(0);
 
-	BigintArray(fcinfo, 0, "msg_ids", &ids, &id_nulls, &n);
+	if (ARR_NDIM(id_array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("msg_ids must be a one-dimensional array")));
+	BigintElements(id_array, &ids, &id_nulls, &n);
 	if (with_receipts)
 	{
-		BigintArray(fcinfo, 1, "receipts", &receipts, &receipt_nulls, &nreceipts);
+		ArrayType  *receipt_array = PG_GETARG_ARRAYTYPE_P(1);
+
+		if (ARR_NDIM(receipt_array) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("receipts must be a one-dimensional array")));
+		BigintElements(receipt_array, &receipts, &receipt_nulls, &nreceipts);
 		if (nreceipts != n)
 			ereport(ERROR,
 					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
@@ -269,6 +278,7 @@ AckMany(FunctionCallInfo fcinfo, bool with_receipts)
 	return count;
 }
 
+/* rmsg.ack(msg_ids bigint[]) */
 Datum
 rmsg_ack_many(PG_FUNCTION_ARGS)
 {
@@ -276,6 +286,7 @@ rmsg_ack_many(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(AckMany(fcinfo, false));
 }
 
+/* rmsg.ack(msg_ids bigint[], receipts bigint[]) */
 Datum
 rmsg_ack_many_receipts(PG_FUNCTION_ARGS)
 {

@@ -1,18 +1,23 @@
 /*-------------------------------------------------------------------------
  *
- * wakeup.c
+ * long_poll.c
  *	  Long polling: a get with a wait sleeps until a commit makes a message
  *	  of its queue ready.
  *
  * Shared state is an array of condition variables; queue q uses slot
- * q % RMSG_WAKE_SLOTS, so queues sharing a slot only cost a spurious wakeup.
- * Condition variables need no lock of ours.
+ * q % RMSG_WAKE_SLOTS, so queues sharing a slot (of one database or of
+ * two) only cost a spurious wakeup.  Condition variables need no lock of
+ * ours: a waiter registers on its slot before it looks for messages, so a
+ * broadcast between its look and its sleep is not lost.
  *
- * A backend remembers which queues its transaction made ready (puts, and
- * leases that a rollback hands back) and broadcasts on their slots when the
- * transaction ends: only then can a waiter see the change.  The background
- * workers hear of the same queues (worker_state.c).  The list is
- * backend-local and bounded; when it overflows every slot is woken.
+ * A backend remembers which queues its transaction made ready (puts,
+ * nacks, dead letters moved into a queue, and leases that a rollback hands
+ * back) and broadcasts on their slots when the transaction ends: only then
+ * can a waiter see the change.  Whoever else takes messages hears of the
+ * same queues through rmsg_queue_ready_hook, which recoverable_msg.c
+ * points at the background workers (worker/slots.c), so that this folder
+ * does not call up into theirs.  The list is backend-local and bounded;
+ * when it overflows every slot is woken, and the hook is told -1.
  *
  *-------------------------------------------------------------------------
  */
@@ -47,6 +52,7 @@ static PendingWake pending[RMSG_PENDING_MAX];
 static int	npending = 0;
 static bool pending_overflow = false;
 
+/* The shared memory long polling needs: one condition variable per slot. */
 Size
 RmsgLongPollShmemSize(void)
 {
@@ -68,12 +74,17 @@ RmsgLongPollShmemStartup(void)
 	}
 }
 
+/* The condition variable a queue's waiters sleep on. */
 static ConditionVariable *
 SlotFor(int32 queue_id)
 {
 	return &wake_slots[(uint32) queue_id % RMSG_WAKE_SLOTS].cv;
 }
 
+/*
+ * Notes a queue to wake at transaction end; also_on_abort: even if the
+ * transaction rolls back.
+ */
 static void
 Remember(int32 queue_id, bool also_on_abort)
 {
@@ -175,6 +186,7 @@ RmsgWaitSleep(int32 queue_id, TimestampTz until)
 	return true;
 }
 
+/* No longer a waiter: after the last look, whatever it found. */
 void
 RmsgWaitCancel(void)
 {

@@ -3,17 +3,17 @@
  * put.c
  *	  rmsg.put and rmsg.put_batch: adding messages to a queue.
  *
- * dedup.c decides where the data goes: a reference to a payload row
+ * dedup/store.c decides where the data goes: a reference to a payload row
  * already logged (named by a data token, or found by content), inline in
  * the message row (up to rmsg.inline_payload_max, 2000 bytes, just below
  * the size at which PostgreSQL would toast the row), or a payload row of
  * its own.  The message row is inserted directly (insert.c).  Each put
- * hands the session a data token for its data (tokens.c).
+ * hands the session a data token for its data (dedup/tokens.c).
  *
  * A put holds its queue's name lock in AccessShareLock until commit
- * (queue_admin.c explains why) and asks for waiting consumers to be woken
- * when it commits (wakeup.c).  The role putting must hold the queue's put
- * privilege (rights.c).
+ * (catalog.c explains why) and asks for waiting consumers to be woken
+ * when it commits (long_poll.c).  The role putting must hold the queue's
+ * put privilege (core/privileges.c).
  *
  * A put with both a token and a payload stores exactly the payload given:
  * the reference is used only when the token's data is the same bytes (its
@@ -140,7 +140,7 @@ TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
 	if (!RmsgLookupToken(*token, source))
 	{
 		if (payload != NULL)
-			return false;		/* the seed's fallback: write what was given */
+			return false;		/* a token we cannot use: write the payload given */
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("data token " INT64_FORMAT " is not known to this session", *token),
@@ -311,21 +311,19 @@ PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, bytea *last,
 	values[4] = Int32GetDatum(rmsg_inline_payload_max);
 	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
 
+	/* nothing in the loop runs a statement, so SPI_tuptable stays this result */
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		null;
+		bool		null = false;
 		bool		inline_data;
-		Datum		msg_id = SPI_getbinval(row, desc, 1, &null);
-		Datum		payload_id = SPI_getbinval(row, desc, 2, &inline_data);
+		Datum		msg_id = RmsgSpiNotNull(i, "msg_id");
+		Datum		payload_id = RmsgSpiValue(i, "payload_id", &inline_data);
 
 		stored.payload_id = inline_data ? 0 : DatumGetInt64(payload_id);
-		stored.size = DatumGetInt32(SPI_getbinval(row, desc, 3, &null));
+		stored.size = DatumGetInt32(RmsgSpiNotNull(i, "payload_size"));
 		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
 		if (i == SPI_processed - 1)
 			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0, last, NULL);
-		null = false;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
 	}
 }

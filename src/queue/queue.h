@@ -58,7 +58,7 @@ extern int	RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 							 RmsgTaken *taken);
 extern Datum RmsgTakenPayload(const RmsgTaken *t);
 
-/* queue/dead_letter.c */
+/* queue/dead_letter.c: moving messages whose deliveries are used up */
 extern void RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n);
 extern int	RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n);
 
@@ -111,7 +111,7 @@ typedef struct RmsgLeaseKeeper
 
 extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
 
-/* queue/long_poll.c: long polling, woken by committed puts */
+/* queue/long_poll.c: long polling, woken by the commits that make messages ready */
 extern Size RmsgLongPollShmemSize(void);
 extern void RmsgLongPollShmemStartup(void);
 extern void RmsgWakeQueueAtCommit(int32 queue_id);

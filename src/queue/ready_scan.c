@@ -9,9 +9,9 @@
  * statistics say "a few rows in a thousand pages", and a bitmap scan plus
  * sort, which reads every entry of the queue, dead ones included, looks as
  * cheap as the ordered index scan that stops after max rows; and its
- * executor start and end were a good part of a get's cost.  So we walk the ready index
- * ourselves: btree keys queue_id = q AND visible_at <= now, in index order,
- * stepping over messages whose lease is still running.
+ * executor start and end were a good part of a get's cost.  So we walk the
+ * ready index ourselves: btree keys queue_id = q AND visible_at <= now, in
+ * index order, stepping over messages whose lease is still running.
  *
  * Each candidate is locked as SELECT ... FOR UPDATE SKIP LOCKED would:
  * table_tuple_lock with LockWaitSkip, following the update chain to the
@@ -21,9 +21,10 @@
  * update is HOT when its page has room, and when it is not we add the index
  * entries ourselves (insert.c).  The lease's receipt follows from its new
  * delivery count (receipts.c).  The table has no triggers (we refuse one
- * that has, relations.c) and the new row keeps every constraint.  A message whose deliveries are used up is left
- * locked and unleased, for the caller to dead-letter by its tid, which our
- * lock keeps stable until commit.
+ * that has, core/relations.c) and the new row keeps every constraint.  A
+ * message whose deliveries are used up is left locked and unleased, for
+ * the caller to dead-letter by its tid, which our lock keeps stable until
+ * commit.
  *
  *-------------------------------------------------------------------------
  */

@@ -18,7 +18,7 @@
  * column added at the end, after the payload, would have put the payload
  * into every lease's WAL record.
  *
- * A receipt acts (settle.c, remove.c) only while its lease holds: the
+ * A receipt acts (lease.c, remove.c) only while its lease holds: the
  * message's current deliveries (and visible_at) hash to it, and its lease
  * has not run out.  A nack without a delay ends the lease at once; an
  * instance's nack with a delay keeps the lease until then, to hold its line

@@ -9,7 +9,8 @@
  * DELETE would (waiting for a consumer whose get is still in progress,
  * following the update chain of a lease committed since our snapshot), and
  * delete that version.  message has no triggers (we refuse one that has,
- * relations.c), and a delete touches no index, so nothing else is owed.
+ * core/relations.c), and a delete touches no index, so nothing else is
+ * owed.
  * Under REPEATABLE READ, a row changed since the transaction's snapshot
  * raises a serialization failure, as a DELETE would.
  *
@@ -55,6 +56,7 @@ FindMessage(Relation rel, Relation pkey, Snapshot snapshot, int64 msg_id,
 	return found;
 }
 
+/* The queue a version of a message row belongs to. */
 static int32
 QueueOf(TupleTableSlot *slot, const RmsgRelations *rels)
 {

@@ -1,16 +1,17 @@
 /*-------------------------------------------------------------------------
  *
- * role_references.c
+ * owned_objects.c
  *	  Roles that own or were granted the extension's objects: DROP ROLE,
- *	  REASSIGN OWNED and DROP OWNED (utility.c calls these).
+ *	  REASSIGN OWNED and DROP OWNED (utility_hook.c calls these).
  *
  * PostgreSQL refuses to drop a role that owns objects or holds privileges,
  * and offers REASSIGN OWNED and DROP OWNED, run in each database, to hand
  * them on or remove them.  Our owners and privileges live in our own
- * catalog rows (rights.c), which PostgreSQL does not know of, so we do the
- * same for them in the database the statement runs in.  Left alone, a
- * dropped role's number would stay in an owner column or an aclitem, and
- * pg_dump would write it out as a number that no restore can read.
+ * catalog rows (core/privileges.c), which PostgreSQL does not know of, so
+ * we do the same for them in the database the statement runs in.  Left
+ * alone, a dropped role's OID would stay in an owner column or an aclitem,
+ * naming no role (or, once OIDs wrap around, some later role), and a dump
+ * would carry it as a bare number.
  *
  *	DROP ROLE		   refused while the role owns a queue, an instance or a
  *					   component, holds a privilege on one, or is a handler's
@@ -24,6 +25,12 @@
  *
  * Each does nothing in a database without the extension, or with it at
  * another version than the library's.
+ *
+ * Locks: the catalog rows an owner or privilege change rewrites are locked
+ * FOR UPDATE first, as grant and revoke lock them (core/privileges.c).  A
+ * queue is dropped under its name lock taken exclusively, an instance
+ * under both of its name locks, as drop_queue and drop_instance take them
+ * (core/locks.h lists them all).
  *
  *-------------------------------------------------------------------------
  */
@@ -85,7 +92,11 @@ static OwnedTable owned_tables[] = {
 	[RMSG_COMPONENT] = OWNED_TABLE("component"),
 };
 
-/* $1 old role, $2 new: handlers that run as it (a prefix the new role has a handler for keeps that one) */
+/*
+ * $1 old role, $2 new: the handlers that run as the old role now run as
+ * the new one, except where the new role already has a handler for the
+ * same instance prefix: that one is kept, and the old role's removed.
+ */
 static RmsgPlan reassign_handlers_plan = {
 	"WITH queues AS (UPDATE rmsg.subscription SET owner = $2 WHERE owner = $1),"
 	" prefixes AS (UPDATE rmsg.instance_handler h SET owner = $2 WHERE owner = $1"
@@ -163,15 +174,18 @@ AclWithout(Acl *acl, Oid role)
 	return result;
 }
 
-/* A row's name and list, from the first two columns of an SPI result. */
+/*
+ * A row's name and privilege list (NULL: none granted), from the columns
+ * name and acl of the current SPI result.
+ */
 static void
 NameAndAcl(uint64 row, char **name, Acl **acl)
 {
 	bool		isnull;
 	Datum		value;
 
-	*name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1, &isnull));
-	value = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 2, &isnull);
+	*name = TextDatumGetCString(RmsgSpiNotNull(row, "name"));
+	value = RmsgSpiValue(row, "acl", &isnull);
 	*acl = isnull ? NULL : DatumGetAclPCopy(value);
 }
 
@@ -197,7 +211,7 @@ RmsgCheckRoleUnreferenced(Oid role, const char *name)
 	initStringInfo(&detail);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		appendStringInfo(&detail, "%s%s", i > 0 ? "\n" : "",
-						 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+						 RmsgSpiText(i, "what"));
 	ereport(ERROR,
 			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 			 errmsg("role \"%s\" cannot be dropped because objects of recoverable_msg depend on it", name),
@@ -310,7 +324,6 @@ RmsgDropOwned(Oid role)
 			char	   *name;
 			Acl		   *acl;
 			Datum		name_arg;
-			bool		isnull;
 
 			SPI_tuptable = rows;
 			NameAndAcl(i, &name, &acl);
@@ -321,9 +334,7 @@ RmsgDropOwned(Oid role)
 					(void) RmsgLockName(RMSG_LOCK_QUEUE_NAME, name, NULL, AccessExclusiveLock, true);
 					RmsgPlanExecute(&drop_queue_plan, &name_arg, NULL, true, 0);
 					if (SPI_processed > 0)
-						RmsgQueueStatsForget(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-																		 SPI_tuptable->tupdesc,
-																		 1, &isnull)));
+						RmsgQueueStatsForget(DatumGetInt32(RmsgSpiNotNull(0, "queue_id")));
 					break;
 				case RMSG_INSTANCE:
 					RmsgLockInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);

@@ -1,12 +1,12 @@
 /*-------------------------------------------------------------------------
  *
- * utility.c
+ * utility_hook.c
  *	  What some of PostgreSQL's own statements mean for the extension: a
  *	  hook on utility statements.
  *
  * COMMIT PREPARED and ROLLBACK PREPARED.  A transaction that created,
  * dropped or granted one of our objects makes the backends' caches of the
- * catalog stale when it ends (shmem.c).  A prepared one ends twice: at
+ * catalog stale when it ends (core/shmem.c).  A prepared one ends twice: at
  * PREPARE, in its own backend, and at COMMIT PREPARED or ROLLBACK PREPARED,
  * perhaps in another backend, which knows nothing of what it changed.  A
  * backend that read the catalog in between cached it as it then stood; so
@@ -15,8 +15,12 @@
  *
  * DROP ROLE, REASSIGN OWNED and DROP OWNED.  Our owners and privileges are
  * rows of our catalog, which PostgreSQL's own dependency checks do not see:
- * role_references.c does for them what PostgreSQL does for its objects, in
+ * owned_objects.c does for them what PostgreSQL does for its objects, in
  * the database the statement runs in.
+ *
+ * The hook exists only in backends that loaded the library (every backend
+ * when it is in shared_preload_libraries).  It keeps no state; the catalog
+ * generation it advances is an atomic counter in shared memory.
  *
  *-------------------------------------------------------------------------
  */
@@ -31,6 +35,12 @@
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
+/*
+ * Runs PostgreSQL's own work for a utility statement (or the next hook's),
+ * with ours around it: DROP ROLE is checked before, since afterwards the
+ * role is gone; REASSIGN OWNED and DROP OWNED act after, once PostgreSQL
+ * has checked that the user may run them.
+ */
 static void
 RmsgProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				   bool readOnlyTree, ProcessUtilityContext context,

@@ -1,18 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * dispatch_instance.c
- *	  The worker's work on instances (seeds 001, 002): one transaction
- *	  takes the head message of one instance that has a handler and calls
- *	  the handler for it.
+ *	  The worker's work on instances: one transaction takes the head
+ *	  message of one instance that has a handler and calls the handler for
+ *	  it.
+ *
+ * An instance is one conversation whose messages must be handled one at a
+ * time, in the order they arrived; while it recovers, only its recovery
+ * messages may be handled, and its normal ones (those that arrived before
+ * the recovery began as well as since) wait until it completes.
  *
  * The message is received as rmsg.receive_any would receive it
- * (receive.c): the next instance round-robin whose line no other receiver
- * holds, in recovery only its recovery messages, never while a message of
- * the instance is in flight.  The instance's take lock is held until the
- * transaction ends, so no two workers handle one instance at once, and
- * one message at a time keeps the line's order: the messages deferred
- * while the instance recovered are handled first once it completes, in
- * arrival order.
+ * (instance/receive.c): the next instance round-robin whose line no other
+ * receiver holds, in recovery only its recovery messages, never while a
+ * message of the instance is in flight.  The instance's take lock
+ * (core/locks.h) is held until the transaction ends, so no two workers
+ * handle one instance at once, and one message at a time keeps the line's
+ * order: the messages deferred while the instance recovered are handled
+ * first once it completes, in arrival order.
  *
  * On success the message is acked in the handler's transaction.  On
  * failure it keeps its place at the head: its lease is set to run out when
@@ -86,7 +91,7 @@ HasHandler(int64 instance_id, const char *name, void *arg)
 /*
  * Handles the head message of the next instance with a handler in the
  * current transaction, counting into *counts.  Returns 1, 0 when no
- * instance had a message to take, or RMSG_HANDLERS_STALE (rmsg.h).
+ * instance had a message to take, or RMSG_HANDLERS_STALE (worker.h).
  * *cursor is where the round-robin goes on; *retry_at is moved earlier to
  * a retry this schedules.
  */

@@ -5,9 +5,9 @@
  *	  the subscription's batch of ready messages and calls the handler for
  *	  each of them.
  *
- * The messages are leased as a get leases them (get.c), so exhausted ones
- * are dead-lettered on the way and two workers never take the same one:
- * each holds the rows it leased locked until it commits.  Then, per
+ * The messages are leased as a get leases them (queue/get.c), so exhausted
+ * ones are dead-lettered on the way and two workers never take the same
+ * one: each holds the rows it leased locked until it commits.  Then, per
  * message:
  *	- the handler returns: the message is acked, in the same transaction;
  *	- the handler fails (handler_call.c): its work is undone, and the
@@ -17,6 +17,10 @@
  * One commit covers the whole batch.  A crash before it loses nothing: the
  * lease, the handler's work and the ack all roll back, and the messages
  * are handled again.  A crash after it repeats nothing.
+ *
+ * Locks: the queue's name lock, shared, as a put or a get takes it, so that
+ * drop_queue waits for the transaction to end; and the row locks of the
+ * leased messages (core/locks.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -43,7 +47,7 @@ static RmsgPlan give_back_plan = {
  * Handles up to h->batch ready messages of the subscribed queue in the
  * current transaction, counting what happened into *counts.  Returns how
  * many messages it took (0 when the queue is gone), or RMSG_HANDLERS_STALE
- * (rmsg.h); *retry_at is moved earlier to the first retry it scheduled.
+ * (worker.h); *retry_at is moved earlier to the first retry it scheduled.
  */
 int
 RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,

@@ -74,6 +74,11 @@ HandlerTimeoutFired(void)
 	SetLatch(MyLatch);
 }
 
+/*
+ * Arms rmsg.handler_timeout for one call.  The timer is registered once per
+ * process, on first use: a backend that never calls a handler never takes a
+ * timeout slot.
+ */
 static void
 StartHandlerTimer(void)
 {
@@ -84,6 +89,7 @@ StartHandlerTimer(void)
 		enable_timeout_after(handler_timeout_id, rmsg_handler_timeout);
 }
 
+/* Disarms it, whether the call returned or failed. */
 static void
 StopHandlerTimer(void)
 {
@@ -142,10 +148,18 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 		if (pg_proc_aclcheck(h->handler, h->owner, ACL_EXECUTE) != ACLCHECK_OK)
 			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(h->handler));
 		if (!RmsgHandlerMayTake(h, target_id))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("role of the handler of %s \"%s\" may no longer take its messages",
-							h->for_instances ? "instance prefix" : "queue", h->target)));
+		{
+			if (h->for_instances)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("role of the handler of instance prefix \"%s\" may no longer take its messages",
+								h->target)));
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("role of the handler of queue \"%s\" may no longer take its messages",
+								h->target)));
+		}
 		fmgr_info(h->handler, &flinfo);
 		InitFunctionCallInfoData(*fcinfo, &flinfo, nargs, InvalidOid, NULL, NULL);
 		for (int i = 0; i < nargs; i++)

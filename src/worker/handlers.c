@@ -14,7 +14,7 @@
  *			  [, msg_id bigint]]])
  * It runs as the role that registered it, which must be allowed to execute
  * it.  Registering one commits like any write; the workers read the
- * handlers again when such a transaction commits (worker_state.c).
+ * handlers again when such a transaction commits (slots.c).
  *
  * Rights.  Subscribing takes manage on the queue, and since the handler
  * runs as the subscriber and takes the queue's messages, get as well; the
@@ -26,9 +26,9 @@
  * longest prefix among those whose role may receive from that instance
  * (the first registered, between equal prefixes), so a handler registered
  * by a role without that right is simply not chosen, and no role can take
- * a prefix away from another.  The
- * tables also keep each handler's error count and last error, which the
- * worker writes in the transaction that records the failure.
+ * a prefix away from another.  The tables also keep each handler's error
+ * count and last error, which the worker writes in the transaction that
+ * records the failure.
  *
  *-------------------------------------------------------------------------
  */
@@ -92,9 +92,13 @@ static RmsgPlan remove_handler_plan = {
 	2, {TEXTOID, OIDOID}
 };
 
-/* Every handler: queues first, then instance prefixes, each prefix's first registered first. */
+/*
+ * Every handler: queues first, then instance prefixes, each prefix's first
+ * registered first.  The first arm names the columns of the union.
+ */
 static RmsgPlan load_plan = {
-	"SELECT false, q.name, s.queue_id, s.handler::oid, s.owner::oid, s.batch, s.created_at"
+	"SELECT false AS for_instances, q.name AS target, s.queue_id,"
+	"       s.handler::oid AS handler, s.owner::oid AS owner, s.batch, s.created_at"
 	"  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)"
 	" UNION ALL"
 	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1, h.created_at"
@@ -188,6 +192,7 @@ CheckMayExecute(Oid handler)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(handler));
 }
 
+/* The handler argument: a regprocedure, which must be given. */
 static Oid
 HandlerArg(FunctionCallInfo fcinfo, int argno)
 {
@@ -326,21 +331,19 @@ RmsgLoadHandlers(MemoryContext into)
 	RmsgPlanExecute(&load_plan, NULL, NULL, false, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
 		RmsgHandler *h;
 		MemoryContext old = MemoryContextSwitchTo(into);
 
 		h = palloc0(sizeof(RmsgHandler));
 		MemoryContextSwitchTo(old);
-		h->for_instances = DatumGetBool(SPI_getbinval(row, desc, 1, &isnull));
-		text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(row, desc, 2, &isnull)),
+		/* every column is NOT NULL in its table, or a constant */
+		h->for_instances = DatumGetBool(RmsgSpiNotNull(i, "for_instances"));
+		text_to_cstring_buffer(DatumGetTextPP(RmsgSpiNotNull(i, "target")),
 							   h->target, sizeof(h->target));
-		h->queue_id = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-		h->handler = DatumGetObjectId(SPI_getbinval(row, desc, 4, &isnull));
-		h->owner = DatumGetObjectId(SPI_getbinval(row, desc, 5, &isnull));
-		h->batch = DatumGetInt32(SPI_getbinval(row, desc, 6, &isnull));
+		h->queue_id = DatumGetInt32(RmsgSpiNotNull(i, "queue_id"));
+		h->handler = DatumGetObjectId(RmsgSpiNotNull(i, "handler"));
+		h->owner = DatumGetObjectId(RmsgSpiNotNull(i, "owner"));
+		h->batch = DatumGetInt32(RmsgSpiNotNull(i, "batch"));
 
 		old = MemoryContextSwitchTo(into);
 		handlers = lappend(handlers, h);

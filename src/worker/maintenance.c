@@ -4,17 +4,23 @@
  *	  What the worker does on a schedule rather than on a wakeup: collect
  *	  unreferenced payloads, and dead-letter messages nobody will get.
  *
- * Payload rows are shared by reference (seed 004) and stay until a
- * collection finds no message referencing them (payload.c); the worker is
- * the seed's periodic checkpoint that makes them unavailable.
+ * A payload row is written once and shared by every message that carries
+ * its data.  Nothing counts those references, so no ack or drop removes
+ * the row: it stays until a collection finds no message referencing it any
+ * more (dedup/payload.c).  The worker runs that collection periodically,
+ * so that unreferenced payloads do not pile up where nobody calls
+ * rmsg.collect_payloads.
  *
  * A message whose deliveries are used up is dead-lettered by the next get
  * on its queue that meets it.  On a queue nobody gets from any more (its
  * consumers crashed holding leases, say), that might never happen; the
  * sweep does it once the last lease has run out, as that get would have.
- * It locks the messages as a get does, skipping rows a consumer holds.
+ * It takes each queue's name lock shared, as a get does, and locks the
+ * messages FOR UPDATE SKIP LOCKED, passing over rows a consumer holds
+ * (core/locks.h).
  *
- * Each part runs in the caller's transaction; the worker gives each its own.
+ * The sweep runs in the caller's transaction; worker 0 gives it, and the
+ * collection, a transaction each (worker.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -32,7 +38,7 @@
 
 /* The queues that have exhausted messages ready at $1. */
 static RmsgPlan exhausted_queues_plan = {
-	"SELECT q.name FROM rmsg.queue q"
+	"SELECT q.name AS queue_name FROM rmsg.queue q"
 	" WHERE EXISTS (SELECT 1 FROM rmsg.message m"
 	"                WHERE m.queue_id = q.queue_id AND m.visible_at <= $1"
 	"                  AND m.deliveries >= q.max_deliveries"
@@ -76,12 +82,7 @@ SweepQueue(const char *name)
 			break;
 		ids = palloc(sizeof(int64) * n);
 		for (int i = 0; i < n; i++)
-		{
-			bool		isnull;
-
-			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-		}
+			ids[i] = DatumGetInt64(RmsgSpiNotNull(i, "msg_id"));
 		swept += RmsgDeadLetterById(&queue, ids, n);
 		pfree(ids);
 		if (n < SWEEP_BATCH)
@@ -101,13 +102,11 @@ RmsgSweepExhausted(void)
 
 	RmsgSpiConnect();
 	RmsgPlanExecute(&exhausted_queues_plan, &now, NULL, false, 0);
+	/* read them all first: each queue's sweep runs statements of its own */
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		bool		isnull;
-		Datum		name = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-
 		/* in SPI's memory, which lasts until SPI_finish */
-		names = lappend(names, TextDatumGetCString(name));
+		names = lappend(names, RmsgSpiText(i, "queue_name"));
 	}
 	foreach(lc, names)
 		swept += SweepQueue((const char *) lfirst(lc));

@@ -1,15 +1,17 @@
 /*-------------------------------------------------------------------------
  *
- * worker_state.c
+ * slots.c
  *	  What the background workers share with everyone else: one slot per
  *	  worker (what it is doing, its counters, its last error, its latch),
  *	  what wakes them, and rmsg.stat_worker behind the view rmsg.worker.
  *
  * A worker sleeps on its latch when it has nothing to do.  A transaction
- * that made work for it sets the latches of all workers when it commits:
- *	- a message ready in a queue.  Only queues with a handler matter, and
- *	  the workers publish which ones they serve as a mask of queue_id % 64;
- *	  a commit whose queues miss the mask wakes nobody;
+ * that made work for it sets the latches of all workers when it ends:
+ *	- a message ready in a queue (a put or a nack committed, a dead letter
+ *	  moved to a dead-letter queue, a lease rolled back).  Only queues
+ *	  with a handler matter, and the workers publish which ones they serve
+ *	  as a mask of queue_id % 64; a transaction whose queues miss the mask
+ *	  wakes nobody;
  *	- a message delivered to an instance, or an instance's recovery
  *	  completed, while any instance handler exists;
  *	- a handler added, changed or removed: the handler generation goes up,
@@ -17,6 +19,12 @@
  * Setting a latch is cheap when its owner is busy, and waking a worker for
  * nothing costs it one look, so a shared mask is as precise as it needs to
  * be.  Until a worker has published its mask, every queue wakes it.
+ *
+ * queue/ and instance/ know nothing of the workers: they call a hook when
+ * a transaction made messages ready (rmsg_queue_ready_hook from
+ * queue/long_poll.c at the transaction's end, rmsg_instance_ready_hook from
+ * instance/deliver.c while it runs), and recoverable_msg.c points those
+ * hooks at RmsgWakeWorkersForQueue and RmsgWakeWorkersAtCommit below.
  *
  * Locking: each slot has a spinlock, taken by its worker to change the slot
  * and by readers (the view) to copy it.  The worker's process number is
@@ -190,6 +198,7 @@ RmsgWorkerNoteError(const char *message, bool count)
 	SpinLockRelease(&my_slot->mutex);
 }
 
+/* Worker 0 ran the maintenance: when, and what it collected and swept. */
 void
 RmsgWorkerMaintained(int64 collected, int64 dead_lettered)
 {
@@ -208,12 +217,18 @@ RmsgWorkersPublishTargets(uint64 queue_mask, bool instances)
 	pg_atomic_write_u32(&workers->instance_handlers, instances ? 1 : 0);
 }
 
+/*
+ * The handler generation: it goes up with every commit that changed the
+ * handlers, so a worker that read them at another generation must read
+ * them again.
+ */
 uint64
 RmsgHandlerGeneration(void)
 {
 	return pg_atomic_read_u64(&workers->handler_generation);
 }
 
+/* Sets the latch of every running worker. */
 static void
 WakeAllWorkers(void)
 {
@@ -227,9 +242,10 @@ WakeAllWorkers(void)
 }
 
 /*
- * A committed transaction made a message of this queue ready (of any queue,
- * when queue_id is negative: too many to remember).  Called from the
- * transaction's end (wakeup.c): must not fail.
+ * A transaction that ended made a message of this queue ready (of any
+ * queue, when queue_id is negative: too many to remember).  Called through
+ * rmsg_queue_ready_hook from the transaction's end (queue/long_poll.c):
+ * must not fail.
  */
 void
 RmsgWakeWorkersForQueue(int32 queue_id)
@@ -243,7 +259,10 @@ RmsgWakeWorkersForQueue(int32 queue_id)
 		WakeAllWorkers();
 }
 
-/* The current transaction gives an instance something to handle. */
+/*
+ * The current transaction gives an instance something to handle (called
+ * through rmsg_instance_ready_hook); the workers hear of it at commit.
+ */
 void
 RmsgWakeWorkersAtCommit(void)
 {

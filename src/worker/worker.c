@@ -18,15 +18,22 @@
  * INSTANCE_TURNS transactions of one message each (dispatch_instance.c).
  * Worker 0 also runs the maintenance (maintenance.c) once per
  * rmsg.worker_naptime.  When a pass found nothing to do, the worker sleeps
- * on its latch until a commit gives it work (worker_state.c), a delayed
- * message or a retry comes due, or rmsg.worker_naptime has passed.
- * Several workers share the work without coordinating: leases and row locks
- * keep them off each other's messages, take locks off each other's
- * instances.
+ * on its latch until a commit gives it work (slots.c), a delayed message
+ * or a retry comes due, or rmsg.worker_naptime has passed.  Several
+ * workers share the work without coordinating: leases and row locks keep
+ * them off each other's messages, take locks off each other's instances.
+ *
+ * The worker runs only against the SQL objects of the version this library
+ * was built for: while the database has no extension, or one that still
+ * needs ALTER EXTENSION UPDATE, it leaves the extension's tables alone,
+ * shows why in its slot and looks again after each sleep.
  *
  * An error outside a handler (the extension dropped under it, say) is
  * logged and kept in the worker's slot; the worker rolls back, waits a
  * second, reads the handlers again and goes on.
+ *
+ * Everything in this file is the worker's own, in its process memory: the
+ * state it shares with other backends is in slots.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -82,7 +89,7 @@ static TimestampTz next_maintenance = 0;
 
 /* $1 subscribed queue ids, $2 now: when the first delayed message comes due */
 static RmsgPlan next_due_plan = {
-	"SELECT min(n.visible_at) FROM unnest($1) q(id)"
+	"SELECT min(n.visible_at) AS next_due FROM unnest($1) q(id)"
 	" CROSS JOIN LATERAL (SELECT visible_at FROM rmsg.message"
 	"                      WHERE queue_id = q.id AND visible_at > $2"
 	"                      ORDER BY queue_id, visible_at LIMIT 1) n",
@@ -110,7 +117,11 @@ RmsgRegisterWorkers(void)
 	}
 }
 
-/* Starts a transaction for one unit of work, as a statement would run. */
+/*
+ * Starts a transaction for one unit of work, as a client's statement would
+ * start: with a fresh start time (so that now() in a handler is this
+ * transaction's), a snapshot, and its activity in pg_stat_activity.
+ */
 static void
 BeginUnit(const char *activity)
 {
@@ -120,6 +131,7 @@ BeginUnit(const char *activity)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
+/* Commits the unit of work: its handlers' work and its acks together. */
 static void
 EndUnit(void)
 {
@@ -132,7 +144,8 @@ EndUnit(void)
  * Whether a handler can be called: its function and its role still exist,
  * and a queue's handler role may still get from its queue (an instance
  * handler's right is checked per instance, dispatch_instance.c).  One that
- * cannot is skipped, its messages untouched, and said so once.
+ * cannot is skipped, its messages untouched, and said so once: in the log,
+ * and as the last error of the worker's slot.
  */
 static void
 CheckUsable(RmsgHandler *h)
@@ -146,17 +159,40 @@ CheckUsable(RmsgHandler *h)
 	{
 		char		message[256];
 
-		if (!exists)
+		/*
+		 * The slot keeps the first clause; the log line says what happens
+		 * to the messages as well.
+		 */
+		if (!exists && h->for_instances)
+		{
 			snprintf(message, sizeof(message),
-					 "the handler of %s \"%s\" (function %u, role %u) no longer exists",
-					 h->for_instances ? "instance prefix" : "queue", h->target,
-					 h->handler, h->owner);
+					 "the handler of instance prefix \"%s\" (function %u, role %u) no longer exists",
+					 h->target, h->handler, h->owner);
+			ereport(WARNING,
+					(errmsg("the handler of instance prefix \"%s\" (function %u, role %u) no longer exists; its messages wait",
+							h->target, h->handler, h->owner),
+					 errhint("Register the handler again, or grant the role get on the queue.")));
+		}
+		else if (!exists)
+		{
+			snprintf(message, sizeof(message),
+					 "the handler of queue \"%s\" (function %u, role %u) no longer exists",
+					 h->target, h->handler, h->owner);
+			ereport(WARNING,
+					(errmsg("the handler of queue \"%s\" (function %u, role %u) no longer exists; its messages wait",
+							h->target, h->handler, h->owner),
+					 errhint("Register the handler again, or grant the role get on the queue.")));
+		}
 		else
+		{
 			snprintf(message, sizeof(message),
 					 "the role of the handler of queue \"%s\" (role %u) no longer holds get on it",
 					 h->target, h->owner);
-		ereport(WARNING, (errmsg("%s; its messages wait", message),
-						  errhint("Register the handler again, or grant the role get on the queue.")));
+			ereport(WARNING,
+					(errmsg("the role of the handler of queue \"%s\" (role %u) no longer holds get on it; its messages wait",
+							h->target, h->owner),
+					 errhint("Register the handler again, or grant the role get on the queue.")));
+		}
 		RmsgWorkerNoteError(message, true);
 	}
 	h->usable = usable;
@@ -311,8 +347,9 @@ Maintain(void)
 	EndUnit();
 	RmsgWorkerMaintained(collected, swept);
 	if (swept > 0 || collected > 0)
-		elog(DEBUG1, "recoverable_msg maintenance: " INT64_FORMAT " messages dead-lettered, " INT64_FORMAT " payloads collected",
-			 swept, collected);
+		ereport(DEBUG1,
+				(errmsg("recoverable_msg maintenance: " INT64_FORMAT " messages dead-lettered, " INT64_FORMAT " payloads collected",
+						swept, collected)));
 }
 
 /* When the first delayed message of a subscribed queue comes due, or 0. */
@@ -352,7 +389,8 @@ NextDelayedMessage(void)
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	RmsgSpiConnect();
 	RmsgPlanExecute(&next_due_plan, values, NULL, false, 1);
-	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	/* min() of no rows is NULL: no delayed message */
+	next = RmsgSpiValue(0, "next_due", &isnull);
 	if (!isnull)
 		due = DatumGetTimestampTz(next);
 	RmsgSpiFinish();
@@ -501,6 +539,11 @@ RecoverFromError(MemoryContext error_context)
 	SleepUntil(GetCurrentTimestamp() + ERROR_PAUSE_MS * 1000);
 }
 
+/*
+ * The worker's entry point (bgw_function_name); main_arg is its slot.
+ * Errors outside a handler come back to the sigsetjmp below, and the loop
+ * goes on after RecoverFromError.
+ */
 void
 rmsg_worker_main(Datum main_arg)
 {

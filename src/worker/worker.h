@@ -34,7 +34,7 @@ typedef struct RmsgHandler
 	Oid			handler;		/* pg_proc */
 	Oid			owner;			/* the role it runs as */
 	int32		batch;
-	bool		usable;			/* function and role exist (worker.c) */
+	bool		usable;			/* callable now (worker.c's CheckUsable) */
 } RmsgHandler;
 
 extern int	RmsgCheckHandler(Oid handler, bool for_instances);
