@@ -35,7 +35,7 @@ SELECT sqlstate_of($$SELECT rmsg.deliver('err-1', 'x', NULL)$$);
 SELECT sqlstate_of($$SELECT rmsg.save_state('err-1', NULL)$$);
 SELECT sqlstate_of($$SELECT rmsg.receive('err-1', NULL)$$);
 SELECT sqlstate_of($$SELECT rmsg.receive_any(1, NULL)$$);
--- bad max and visibility: 22023
+-- bad max and visibility: 22023 (a zero visibility is a lease that ends at once, as for get)
 SELECT sqlstate_of($$SELECT rmsg.receive('err-1', 0)$$);
 SELECT sqlstate_of($$SELECT rmsg.receive_any(-1)$$);
 SELECT sqlstate_of($$SELECT rmsg.receive('err-1', 1, '0 seconds')$$);

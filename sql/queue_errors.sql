@@ -116,7 +116,7 @@ SELECT count(*) AS batch_at_limit
 ROLLBACK;
 RESET rmsg.max_payload_size;
 
--- negative intervals: 22023; an extend must be positive; absurd ones are out of range
+-- negative intervals: 22023; a lease of zero (get, receive, extend) ends at once; absurd ones are out of range
 SELECT sqlstate_of($$SELECT rmsg.put('err', 'x'::text, delay => '-1 second')$$);
 SELECT sqlstate_of($$SELECT rmsg.put('err', '\x01'::bytea, NULL, '-1 day')$$);
 SELECT sqlstate_of($$SELECT rmsg.put('err', '{}'::jsonb, delay => '1 day -25 hours')$$);

@@ -456,6 +456,38 @@ RmsgForceLog(void)
 	return GetFlushRecPtr(NULL);
 }
 
+/*
+ * A component was dropped (DROP OWNED, roles/owned_objects.c): its entries,
+ * as a caller or as a callee, go, so that a component made later under the
+ * same name does not inherit the replies this one was told.  The WAL is
+ * flushed first, so every reply the entries speak of is stable and
+ * forgetting them can never skip a force that was due, whether or not the
+ * drop commits.  Entries with replies still being recorded stay.
+ */
+void
+RmsgComponentsForget(const char *name)
+{
+	HASH_SEQ_STATUS status;
+	CalledComponent *entry;
+	Oid			caller_table;
+
+	if (components == NULL || RecoveryInProgress())
+		return;
+	(void) ForceUpTo(InsertedEnd());
+	caller_table = RmsgGetRelations()->caller;
+	LWLockAcquire(components_lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, components);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.database != MyDatabaseId || entry->key.caller_table != caller_table ||
+			entry->pending > 0)
+			continue;
+		if (strcmp(entry->key.caller, name) == 0 || strcmp(entry->key.callee, name) == 0)
+			hash_search(components, &entry->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(components_lock);
+}
+
 /* rmsg.stat_components(): the table, behind rmsg.called_components. */
 Datum
 rmsg_stat_components(PG_FUNCTION_ARGS)

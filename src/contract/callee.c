@@ -91,10 +91,7 @@ CallIdArg(FunctionCallInfo fcinfo, int argno)
 {
 	int64		call_id;
 
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("call_id must not be null")));
+	RmsgRequireArg(fcinfo, argno, "call_id");
 	call_id = PG_GETARG_INT64(argno);
 	if (call_id < 1)
 		ereport(ERROR,

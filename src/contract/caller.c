@@ -376,10 +376,7 @@ rmsg_record_reply(PG_FUNCTION_ARGS)
 	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
 	RmsgUseComponent(caller, true);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("call_id must not be null")));
+	RmsgRequireArg(fcinfo, 1, "call_id");
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -459,10 +456,7 @@ rmsg_checkpoint(PG_FUNCTION_ARGS)
 	caller = RmsgTextArg(fcinfo, 0, "caller");
 	RmsgCheckName(caller, "caller");
 	RmsgUseComponent(caller, true);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("state must not be null")));
+	RmsgRequireArg(fcinfo, 1, "state");
 	RmsgRequireShmem("the committed interaction contract");
 
 	LogBegin();

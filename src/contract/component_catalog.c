@@ -54,6 +54,7 @@ RmsgUseComponent(const char *name, bool may_make)
 		if (!may_make)
 			return false;
 		values[0] = CStringGetTextDatum(name);
+		RmsgLockRole(GetUserId());
 		values[1] = ObjectIdGetDatum(GetUserId());
 		RmsgNoteCatalogChange();
 		RmsgSpiConnect();

@@ -33,6 +33,7 @@ extern void RmsgComponentsXactEnd(bool committed);
 extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
 									 SubTransactionId parent);
 extern XLogRecPtr RmsgForceLog(void);
+extern void RmsgComponentsForget(const char *name);
 
 /* contract/component_catalog.c: who may act as a caller or callee (42501 if not) */
 extern bool RmsgUseComponent(const char *name, bool may_make);

@@ -46,14 +46,25 @@ RmsgEnter(const char *function, bool writes)
 	(void) RmsgGetRelations();
 }
 
-/* A text argument that must not be NULL, as a C string. */
-char *
-RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what)
+/*
+ * An argument that must not be NULL (22004).  The SQL functions are not
+ * STRICT, so that a NULL gets an error that names it rather than a NULL
+ * result that a caller might take for "nothing happened".
+ */
+void
+RmsgRequireArg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", what)));
+}
+
+/* A text argument that must not be NULL, as a C string. */
+char *
+RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	RmsgRequireArg(fcinfo, argno, what);
 	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
 }
 
@@ -143,6 +154,19 @@ RmsgIntervalArg(FunctionCallInfo fcinfo, int argno, const char *what,
 					 errdetail("It would reach beyond the last timestamp PostgreSQL can represent.")));
 	}
 	return usecs;
+}
+
+/*
+ * The length of a lease (get, receive, receive_any, extend), in
+ * microseconds: one rule for all of them.  It must be given (22004), and
+ * may be zero: a lease that ends at once, so the message counts a delivery
+ * and is ready again immediately (or, for extend, the lease ends now).
+ */
+int64
+RmsgVisibilityArg(FunctionCallInfo fcinfo, int argno)
+{
+	RmsgRequireArg(fcinfo, argno, "visibility");
+	return RmsgIntervalArg(fcinfo, argno, "visibility", 0, true);
 }
 
 /*

@@ -106,6 +106,7 @@ extern char *RmsgSpiText(uint64 row, const char *column);
 /* core/args.c: entry and argument checks shared by every SQL-callable function */
 extern int	rmsg_max_payload_size;
 extern void RmsgEnter(const char *function, bool writes);
+extern void RmsgRequireArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern char *RmsgTextArg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void RmsgCheckName(const char *name, const char *what);
 extern int64 RmsgIntervalArg(FunctionCallInfo fcinfo, int argno,
@@ -141,6 +142,7 @@ extern AclMode RmsgParseRights(RmsgObjectKind kind, const char *text);
 extern bool RmsgObjectRights(RmsgObjectKind kind, int64 id, const char *name,
 							 Oid role, AclMode *rights, Oid *owner);
 extern bool RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name, AclMode any_of);
+extern void RmsgLockRole(Oid role);
 
 /* core/relations.c: our tables, for direct access */
 typedef struct RmsgRelations

@@ -44,11 +44,13 @@
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "core/core.h"
 
@@ -599,10 +601,7 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 	RmsgEnter(grant ? info->grant_function : info->revoke_function, true);
 	name = RmsgTextArg(fcinfo, 0, info->noun);
 	RmsgCheckName(name, info->noun);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("role must not be null")));
+	RmsgRequireArg(fcinfo, 1, "role");
 	grantee = PG_GETARG_OID(1);
 	if (!OidIsValid(grantee))
 		ereport(ERROR,
@@ -639,6 +638,8 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 	RmsgRequireRights(kind, name, RmsgRightsOf(kind, GetUserId(), owner, acl),
 					  RMSG_MANAGE);
 
+	if (grant)
+		RmsgLockRole(grantee);
 	acl = ChangeAcl(acl, owner, grantee, rights, grant);
 	values[1] = PointerGetDatum(acl);
 	RmsgPlanExecute(&info->update, values, NULL, true, 0);
@@ -795,10 +796,7 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 	RmsgEnter(function, true);
 	name = RmsgTextArg(fcinfo, 0, info->noun);
 	RmsgCheckName(name, info->noun);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("owner must not be null")));
+	RmsgRequireArg(fcinfo, 1, "owner");
 	new_owner = PG_GETARG_OID(1);
 	if (!OidIsValid(new_owner))
 		ereport(ERROR,
@@ -832,6 +830,7 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 	if (!has_privs_of_role(GetUserId(), owner))
 		ReportNotOwner(kind, name);
 	check_is_member_of_role(GetUserId(), new_owner);
+	RmsgLockRole(new_owner);
 
 	values[1] = ObjectIdGetDatum(new_owner);
 	values[2] = acl ? PointerGetDatum(aclnewowner(acl, owner, new_owner)) : (Datum) 0;
@@ -859,4 +858,22 @@ rmsg_alter_component_owner(PG_FUNCTION_ARGS)
 {
 	AlterOwner(fcinfo, RMSG_COMPONENT, "rmsg.alter_component_owner");
 	PG_RETURN_VOID();
+}
+
+/*
+ * Called before a role's OID is written into our catalog (as an owner, a
+ * grantee or the role a handler runs as).  The role is locked as
+ * PostgreSQL locks a role it records a dependency on: a concurrent DROP
+ * ROLE, which locks the role exclusively, waits until we commit and then
+ * finds the row (roles/owned_objects.c); and the role must still exist,
+ * since it may have been dropped since our caller looked it up.
+ */
+void
+RmsgLockRole(Oid role)
+{
+	LockSharedObject(AuthIdRelationId, role, 0, AccessShareLock);
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u does not exist", role)));
 }

@@ -225,18 +225,29 @@ RmsgCountForceAvoided(void)
 
 /*
  * An ack, nack or extend came with a receipt whose lease is gone; queue_id
- * is the message's queue, 0 when the message is gone too.
+ * is the message's queue, 0 when the message is gone too.  Unlike a put,
+ * these hold no lock on the queue's name, so a drop_queue may be removing
+ * the queue's entry meanwhile: the entry is only looked up, never made
+ * (a queue that no put has counted yet keeps its NULL), and added to under
+ * the lock, which the removal takes exclusively.
  */
 void
 RmsgCountStaleReceipt(int32 queue_id)
 {
+	QueueKey	key;
 	QueueCounters *entry;
 
 	if (stats == NULL)
 		return;
 	pg_atomic_fetch_add_u64(&stats->stale_receipts, 1);
-	if (queue_id != 0 && (entry = QueueEntry(queue_id)) != NULL)
+	if (queue_id == 0)
+		return;
+	MakeQueueKey(&key, queue_id);
+	LWLockAcquire(stats->lock, LW_SHARED);
+	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
+	if (entry != NULL)
 		pg_atomic_fetch_add_u64(&entry->stale_receipts, 1);
+	LWLockRelease(stats->lock);
 }
 
 /* Payload rows no message referenced any more were removed. */

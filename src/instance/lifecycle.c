@@ -163,6 +163,7 @@ rmsg_create_instance(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = StateArg(fcinfo, 1);
+	RmsgLockRole(GetUserId());
 	values[2] = ObjectIdGetDatum(GetUserId());
 
 	RmsgLockInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);

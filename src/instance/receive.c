@@ -242,11 +242,7 @@ static void
 BatchArgs(FunctionCallInfo fcinfo, int argno, int32 *max, int64 *visibility)
 {
 	*max = RmsgCountArg(fcinfo, argno, "max", RMSG_MAX_BATCH);
-	if (PG_ARGISNULL(argno + 1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("visibility must not be null")));
-	*visibility = RmsgIntervalArg(fcinfo, argno + 1, "visibility", 0, false);
+	*visibility = RmsgVisibilityArg(fcinfo, argno + 1);
 }
 
 /* rmsg.receive(instance, max, visibility) */

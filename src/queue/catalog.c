@@ -308,10 +308,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 	RmsgEnter("rmsg.create_queue", true);
 	name = RmsgTextArg(fcinfo, 0, "queue name");
 	RmsgCheckName(name, "queue");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("max_deliveries must not be null")));
+	RmsgRequireArg(fcinfo, 1, "max_deliveries");
 	max_deliveries = PG_GETARG_INT32(1);
 	if (max_deliveries < 1)
 		ereport(ERROR,
@@ -352,6 +349,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 	values[1] = Int32GetDatum(max_deliveries);
 	values[2] = Int32GetDatum(dlq_id);
 	values[3] = PG_GETARG_DATUM(3);
+	RmsgLockRole(GetUserId());
 	values[4] = ObjectIdGetDatum(GetUserId());
 	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
 	if (SPI_processed == 0)

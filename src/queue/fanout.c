@@ -82,10 +82,7 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	AclMode		source_rights;
 
 	RmsgEnter("rmsg.forward", true);
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("msg_id must not be null")));
+	RmsgRequireArg(fcinfo, 0, "msg_id");
 	source_msg_id = PG_GETARG_INT64(0);
 	queue_name = RmsgTextArg(fcinfo, 1, "queue name");
 
@@ -148,10 +145,7 @@ QueueNames(FunctionCallInfo fcinfo, int argno, int *count)
 	bool	   *nulls;
 	char	  **names;
 
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("queues must not be null")));
+	RmsgRequireArg(fcinfo, argno, "queues");
 	array = PG_GETARG_ARRAYTYPE_P(argno);
 	if (ARR_NDIM(array) > 1)
 		ereport(ERROR,

@@ -200,11 +200,7 @@ rmsg_get(PG_FUNCTION_ARGS)
 	RmsgEnter("rmsg.get", true);
 	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
 	max = RmsgCountArg(fcinfo, 1, "max", RMSG_MAX_BATCH);
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("visibility must not be null")));
-	visibility = RmsgIntervalArg(fcinfo, 2, "visibility", 0, true);
+	visibility = RmsgVisibilityArg(fcinfo, 2);
 	wait = RmsgIntervalArg(fcinfo, 3, "wait", 0, true);
 	if (wait > 0)
 	{

@@ -315,10 +315,7 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 	TimestampTz visible_at;
 	bool		moved;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("msg_id must not be null")));
+	RmsgRequireArg(fcinfo, 0, "msg_id");
 	msg_id = PG_GETARG_INT64(0);
 	if (!PG_ARGISNULL(2))
 	{
@@ -387,10 +384,6 @@ rmsg_extend(PG_FUNCTION_ARGS)
 	int64		visibility;
 
 	RmsgEnter("rmsg.extend", true);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("visibility must not be null")));
-	visibility = RmsgIntervalArg(fcinfo, 1, "visibility", 0, false);
+	visibility = RmsgVisibilityArg(fcinfo, 1);
 	PG_RETURN_BOOL(MoveLeaseEnd(fcinfo, visibility, false));
 }

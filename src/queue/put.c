@@ -349,10 +349,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 
 	RmsgEnter("rmsg.put_batch", true);
 	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("payloads must not be null")));
+	RmsgRequireArg(fcinfo, 1, "payloads");
 	payloads = PG_GETARG_ARRAYTYPE_P(1);
 	if (ARR_NDIM(payloads) > 1)
 		ereport(ERROR,

@@ -21,7 +21,9 @@
  *	DROP OWNED		   revokes the role's privileges, removes the handlers that
  *					   run as it, and drops what it owns: queues with their
  *					   messages, instances with theirs, components with their
- *					   logs and kept replies.
+ *					   logs, the replies kept for them and by them, and their
+ *					   entries in the called-component table (so that a
+ *					   component made later under the name starts afresh).
  *
  * Each does nothing in a database without the extension, or with it at
  * another version than the library's.
@@ -43,6 +45,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 
+#include "contract/contract.h"
 #include "roles/roles.h"
 #include "worker/worker.h"
 
@@ -136,7 +139,7 @@ static RmsgPlan drop_component_plan = {
 	"WITH c AS (DELETE FROM rmsg.component WHERE name = $1),"
 	" caller AS (DELETE FROM rmsg.caller WHERE caller = $1),"
 	" log AS (DELETE FROM rmsg.call_log WHERE caller = $1)"
-	" DELETE FROM rmsg.last_call WHERE callee = $1",
+	" DELETE FROM rmsg.last_call WHERE callee = $1 OR caller = $1",
 	1, {TEXTOID}
 };
 
@@ -344,6 +347,7 @@ RmsgDropOwned(Oid role)
 					break;
 				case RMSG_COMPONENT:
 					RmsgPlanExecute(&drop_component_plan, &name_arg, NULL, true, 0);
+					RmsgComponentsForget(name);
 					break;
 			}
 		}

@@ -12,11 +12,15 @@
  * backend that read the catalog in between cached it as it then stood; so
  * after every COMMIT PREPARED and ROLLBACK PREPARED the caches go stale
  * again.  Such statements are rare, and a stale cache costs one read.
+ * After COMMIT PREPARED the workers also read their handlers again and
+ * look for work, which the prepared transaction may have changed or made.
  *
  * DROP ROLE, REASSIGN OWNED and DROP OWNED.  Our owners and privileges are
  * rows of our catalog, which PostgreSQL's own dependency checks do not see:
  * owned_objects.c does for them what PostgreSQL does for its objects, in
- * the database the statement runs in.
+ * the database the statement runs in.  The DROP ROLE check runs after
+ * PostgreSQL's own work: a user who may not drop the role learns nothing
+ * of what refers to it, and the role is then locked against new references.
  *
  * The hook exists only in backends that loaded the library (every backend
  * when it is in shared_preload_libraries).  It keeps no state; the catalog
@@ -35,11 +39,20 @@
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
+/* A role named by DROP ROLE, as it was before PostgreSQL dropped it. */
+typedef struct DroppedRole
+{
+	Oid			role;
+	char	   *name;
+} DroppedRole;
+
 /*
  * Runs PostgreSQL's own work for a utility statement (or the next hook's),
- * with ours around it: DROP ROLE is checked before, since afterwards the
- * role is gone; REASSIGN OWNED and DROP OWNED act after, once PostgreSQL
- * has checked that the user may run them.
+ * with ours after it, once PostgreSQL has checked that the user may run it
+ * (so that our checks tell nothing to a user who may not) and, for DROP
+ * ROLE, locked the role, so that nothing of ours can name it meanwhile
+ * (core/privileges.c's RmsgLockRole waits for that lock).  An error of
+ * ours undoes PostgreSQL's work with the rest of the transaction.
  */
 static void
 RmsgProcessUtility(PlannedStmt *pstmt, const char *queryString,
@@ -48,27 +61,33 @@ RmsgProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				   DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
-	bool		ends_prepared = false;
+	TransactionStmtKind ends_prepared = TRANS_STMT_BEGIN;	/* none */
+	List	   *dropped_roles = NIL;
+	ListCell   *lc;
 
 	if (IsA(parsetree, TransactionStmt))
 	{
 		TransactionStmtKind kind = ((TransactionStmt *) parsetree)->kind;
 
-		ends_prepared = (kind == TRANS_STMT_COMMIT_PREPARED ||
-						 kind == TRANS_STMT_ROLLBACK_PREPARED);
+		if (kind == TRANS_STMT_COMMIT_PREPARED || kind == TRANS_STMT_ROLLBACK_PREPARED)
+			ends_prepared = kind;
 	}
 	else if (IsA(parsetree, DropRoleStmt))
 	{
-		DropRoleStmt *stmt = (DropRoleStmt *) parsetree;
-		ListCell   *lc;
-
-		foreach(lc, stmt->roles)
+		/* their OIDs and names, while they exist */
+		foreach(lc, ((DropRoleStmt *) parsetree)->roles)
 		{
 			RoleSpec   *spec = lfirst(lc);
 			Oid			role = get_rolespec_oid(spec, true);
 
 			if (OidIsValid(role))
-				RmsgCheckRoleUnreferenced(role, get_rolespec_name(spec));
+			{
+				DroppedRole *dropped = palloc(sizeof(DroppedRole));
+
+				dropped->role = role;
+				dropped->name = pstrdup(get_rolespec_name(spec));
+				dropped_roles = lappend(dropped_roles, dropped);
+			}
 		}
 	}
 
@@ -79,25 +98,32 @@ RmsgProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
 
-	if (ends_prepared)
+	if (ends_prepared != TRANS_STMT_BEGIN)
+	{
 		RmsgBumpCatalogGeneration();
+		if (ends_prepared == TRANS_STMT_COMMIT_PREPARED)
+			RmsgWorkersRecheckAll();
+	}
 
-	/* after PostgreSQL's own, which checks the right to do it */
+	foreach(lc, dropped_roles)
+	{
+		DroppedRole *dropped = lfirst(lc);
+
+		RmsgCheckRoleUnreferenced(dropped->role, dropped->name);
+	}
+
 	if (IsA(parsetree, ReassignOwnedStmt))
 	{
 		ReassignOwnedStmt *stmt = (ReassignOwnedStmt *) parsetree;
 		Oid			new_role = get_rolespec_oid(stmt->newrole, false);
-		ListCell   *lc;
 
+		RmsgLockRole(new_role);
 		foreach(lc, stmt->roles)
 			RmsgReassignOwned(get_rolespec_oid(lfirst(lc), false), new_role);
 	}
 	else if (IsA(parsetree, DropOwnedStmt))
 	{
-		DropOwnedStmt *stmt = (DropOwnedStmt *) parsetree;
-		ListCell   *lc;
-
-		foreach(lc, stmt->roles)
+		foreach(lc, ((DropOwnedStmt *) parsetree)->roles)
 			RmsgDropOwned(get_rolespec_oid(lfirst(lc), false));
 	}
 }

@@ -196,10 +196,7 @@ CheckMayExecute(Oid handler)
 static Oid
 HandlerArg(FunctionCallInfo fcinfo, int argno)
 {
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("handler must not be null")));
+	RmsgRequireArg(fcinfo, argno, "handler");
 	return PG_GETARG_OID(argno);
 }
 
@@ -242,6 +239,7 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(queue.queue_id);
 	values[1] = ObjectIdGetDatum(handler);
 	values[2] = Int32GetDatum(batch);
+	RmsgLockRole(GetUserId());
 	values[3] = ObjectIdGetDatum(GetUserId());
 	RmsgPlanExecute(&subscribe_plan, values, NULL, true, 0);
 	RmsgSpiFinish();
@@ -288,6 +286,7 @@ rmsg_set_handler(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(prefix);
 	values[1] = ObjectIdGetDatum(handler);
+	RmsgLockRole(GetUserId());
 	values[2] = ObjectIdGetDatum(GetUserId());
 	RmsgSpiConnect();
 	RmsgPlanExecute(&set_handler_plan, values, NULL, true, 0);

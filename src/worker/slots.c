@@ -276,6 +276,21 @@ RmsgHandlersChangedAtCommit(void)
 	handlers_changed = true;
 }
 
+/*
+ * After COMMIT PREPARED (roles/utility_hook.c): the prepared transaction
+ * may have changed handlers or made messages ready, and ended in its own
+ * backend at PREPARE, when nothing was known of its outcome.  The workers
+ * read their handlers again and look for work.
+ */
+void
+RmsgWorkersRecheckAll(void)
+{
+	if (workers == NULL || workers->nslots == 0)
+		return;
+	pg_atomic_fetch_add_u64(&workers->handler_generation, 1);
+	WakeAllWorkers();
+}
+
 /* Transaction end (commit callback or abort): must not fail. */
 void
 RmsgWorkerXactEnd(bool committed)

@@ -107,6 +107,7 @@ extern void RmsgWakeWorkersForQueue(int32 queue_id);
 extern void RmsgWakeWorkersAtCommit(void);
 extern void RmsgHandlersChangedAtCommit(void);
 extern void RmsgWorkerXactEnd(bool committed);
+extern void RmsgWorkersRecheckAll(void);
 
 /* worker/worker.c */
 extern void RmsgRegisterWorkers(void);

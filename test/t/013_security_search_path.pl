@@ -33,6 +33,7 @@ my $node = new_node(
 rmsg.worker_naptime = '100ms'
 rmsg.retry_delay = '100ms'
 log_statement = 'none'
+max_prepared_transactions = 2
 });
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
@@ -358,5 +359,27 @@ is(sql(q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg
 	'the worker holds no advisory lock');
 
 $node->safe_psql('postgres', q{SET ROLE app; SELECT rmsg.unsubscribe('sp_slow')});
+
+#---------------------------------------------------------------------------
+# 6. A handler registered in a prepared transaction: the workers read their
+#    handlers again after COMMIT PREPARED (the transaction ended in its own
+#    backend at PREPARE, when its outcome was not known): the catalog's
+#    generation moves then, and the workers are woken.
+#---------------------------------------------------------------------------
+
+sql(q{SELECT rmsg.create_queue('sp_prepared');
+      CREATE FUNCTION public.prepared_handler(p bytea) RETURNS void
+      LANGUAGE sql AS $$ INSERT INTO public.handled VALUES ('prepared', NULL, NULL) $$;
+      BEGIN;
+      SELECT rmsg.subscribe('sp_prepared', 'public.prepared_handler(bytea)');
+      PREPARE TRANSACTION 'subscribe_prepared';});
+sql(q{SELECT rmsg.put('sp_prepared', 'x'::text)});
+sleep(1);
+is(sql(q{SELECT count(*) FROM public.handled WHERE tag = 'prepared'}), '0',
+	'before COMMIT PREPARED the prepared subscription is not used');
+sql(q{COMMIT PREPARED 'subscribe_prepared'});
+ok(wait_for(q{SELECT count(*) = 1 FROM public.handled WHERE tag = 'prepared'}, 20),
+	'after COMMIT PREPARED the workers use it');
+
 $node->stop;
 done_testing();
