@@ -1,6 +1,6 @@
 --
--- contract_callee: the called side of the committed interaction contract
--- (seeds 000, 003): a call's work and its reply commit together, a second
+-- contract_callee: the called side of the committed interaction contract:
+-- a call's work and its reply commit together, a second
 -- delivery gets the saved reply, the callee keeps rmsg.last_call_depth
 -- replies per caller and refuses older calls; every error with its SQLSTATE,
 -- and nothing changed after it.  Crashes and the stability of replies are

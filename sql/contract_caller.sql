@@ -1,6 +1,6 @@
 --
--- contract_caller: the calling side of the committed interaction contract
--- (seeds 000, 003) in one session: call ids, the log of calls and replies,
+-- contract_caller: the calling side of the committed interaction contract,
+-- in one session: call ids, the log of calls and replies,
 -- checkpoint, restart and replay, and every error with its SQLSTATE and
 -- that nothing changed after it.  Whether prepare_call forces depends on
 -- when the WAL writer last flushed, so it is asserted only where it cannot

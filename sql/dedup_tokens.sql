@@ -1,5 +1,5 @@
 --
--- dedup_tokens: data tokens (seed 004).  A put or get hands the session a
+-- dedup_tokens: data tokens.  A put or get hands the session a
 -- token; a put by token references the payload row that already holds the
 -- data instead of writing it again, falls back to the payload given when
 -- that row is gone, and fails cleanly without one.  rmsg.last_data_token()

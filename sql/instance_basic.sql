@@ -1,5 +1,5 @@
 --
--- instance_basic: recovery-mode instances (seeds 001, 002).  An order
+-- instance_basic: recovery-mode instances.  An order
 -- conversation whose instance recovers: normal messages that arrive meanwhile
 -- are deferred, recovery messages are received, completing recovery saves
 -- the mode as normal and releases the deferred ones first, in arrival order.
@@ -61,7 +61,7 @@ SELECT deliver('order-17', 'refund');
 SELECT deliver('order-17', 'replay-2', 'recovery');
 SELECT * FROM line;
 SELECT take_and_ack('order-17');
--- claims 5 and 6: state loaded and saved around a recovery message
+-- the state is loaded and saved in the transaction that handles a recovery message
 SELECT rmsg.load_state('order-17');
 SELECT rmsg.save_state('order-17', '{"status": "paid", "replayed": 1}');
 SELECT take_and_ack('order-17');

@@ -380,7 +380,7 @@ COMMENT ON FUNCTION rmsg.stat_log() IS 'the counters behind rmsg.log_stats';
 -- Counters since the server started (stats_since).  forces: WAL flushes
 -- the contract made (prepare_call, force_log); forces_avoided: calls sent
 -- without a force although the caller's session had a commit not yet
--- flushed, which the prior art (force before every send) would have made.
+-- flushed, which a caller forcing its log before every send would have made.
 CREATE VIEW rmsg.log_stats AS
 SELECT s.*,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows

@@ -5,7 +5,7 @@
 -- Every row here is WAL-backed: a message survives a crash exactly when the
 -- transaction that put it committed.  Payload data lives in rows of its own
 -- (rmsg.payload) that messages reference, so that a later put of the same
--- data can store a reference instead of the data (seed 004); payloads no
+-- data can store a reference instead of the data; payloads no
 -- larger than rmsg.inline_payload_max (2000 bytes by default) are kept
 -- inline in the message row, which saves every put a second row.
 --
@@ -89,7 +89,7 @@ CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
 CREATE INDEX dead_message_payload_idx ON rmsg.dead_message (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
 
--- The committed interaction contract (seeds 000, 003).  A caller's log:
+-- The committed interaction contract.  A caller's log:
 -- its row here (next call id, last checkpoint) and its calls since that
 -- checkpoint in rmsg.call_log.  Written by the contract functions only, and
 -- committed lazily: prepare_call forces the WAL when a callee is about to
@@ -130,7 +130,7 @@ CREATE TABLE rmsg.last_call (
 );
 COMMENT ON TABLE rmsg.last_call IS 'the replies each callee keeps for its callers';
 
--- Recovery-mode instances (seeds 001, 002).  An instance governs one
+-- Recovery-mode instances.  An instance governs one
 -- conversation: its mode, the application's state, and a line of messages
 -- in arrival order.  While it recovers, its normal messages wait in that
 -- line ("deferred"); nothing marks them, so completing recovery releases
@@ -298,7 +298,7 @@ COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
--- Deduplicated logging (seed 004)
+-- Deduplicated logging
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION rmsg.last_data_token()
@@ -382,7 +382,7 @@ COMMENT ON FUNCTION rmsg.extend(bigint, interval, bigint) IS
   'keep a delivered message invisible for visibility from now; false when it is not in flight (under the receipt''s lease, when given)';
 
 ------------------------------------------------------------------------------
--- The committed interaction contract (seeds 000, 003)
+-- The committed interaction contract
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION rmsg.prepare_call(caller text, callee text, request bytea DEFAULT NULL,
@@ -446,7 +446,7 @@ COMMENT ON FUNCTION rmsg.reply(text, text, bigint, bytea) IS
   'callee side: store the reply with the call''s work; stable when the transaction commits, whatever synchronous_commit';
 
 ------------------------------------------------------------------------------
--- Recovery-mode instances (seeds 001, 002)
+-- Recovery-mode instances
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION rmsg.create_instance(instance text, state jsonb DEFAULT '{}')
@@ -700,7 +700,7 @@ COMMENT ON FUNCTION rmsg.stat_queues() IS 'the counters of every queue of this d
 -- Counters since the server started (stats_since).  forces: WAL flushes
 -- the contract made (prepare_call, force_log); forces_avoided: calls sent
 -- without a force although the caller's session had a commit not yet
--- flushed, which the prior art (force before every send) would have made.
+-- flushed, which a caller forcing its log before every send would have made.
 CREATE VIEW rmsg.log_stats AS
 SELECT s.*,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows

@@ -5,7 +5,7 @@
 # logs its callees' replies lazily and forces only before calling a
 # component again whose last reply is not yet flushed (the contract), against
 # the same calls with every log write forced, and against forcing the log
-# before each send (the prior art the contract improves on).
+# before each send (the usual way, which the contract improves on).
 #
 #   test/bench/contract.sh                       # 7 rounds of 1000 calls per case
 #   ROUNDS=1 CALLS=200 test/bench/contract.sh    # a quick look
@@ -26,14 +26,14 @@
 #   contract  as above, the extension's defaults: the caller's log writes
 #             commit lazily and prepare_call forces when the callee is about
 #             to release a reply not yet flushed.
-#   send      the prior art, force before each send: as above plus
+#   send      the usual way, force before each send: as above plus
 #             rmsg.force_log(caller) at the start of step 1, before
 #             prepare_call.  That one force makes everything logged before
 #             the send stable, the last reply included, so prepare_call never
 #             needs to force as well; forcing after prepare_call instead
 #             would add the contract's own force at N = 1 (the reply of the
 #             previous call to the same callee is unflushed by then) and make
-#             the prior art look worse than it is.
+#             forcing before each send look worse than it is.
 #   every     every log write forced: rmsg.lazy_caller_log = off with
 #             synchronous_commit = on, so both commits of a call flush.
 #

@@ -15,10 +15,11 @@ CREATE TABLE order_events (
 );
 
 -- Handles the next message of one order, if one is handed out: loads the
--- state (claim 2), applies the message, saves the state (claims 3, 6) and
--- acks, all in the caller's transaction.  A recovery message 'resync'
--- carries the payment provider's word on the order; it completes recovery
--- (claims 7, 8), which releases the messages deferred meanwhile.
+-- state, applies the message, saves the state and acks, all in the
+-- caller's transaction, so that a crash never separates the state from the
+-- ack.  A recovery message 'resync' carries the payment provider's word on
+-- the order; it completes recovery, which releases the messages deferred
+-- meanwhile.
 -- Returns the message handled, or NULL when none was handed out.
 CREATE FUNCTION handle_next(order_name text) RETURNS text
 LANGUAGE plpgsql AS $$

@@ -1,7 +1,7 @@
 use strict;
 use warnings FATAL => 'all';
 
-# Crash recovery of deduplicated logging (seed 004): a real crash (immediate
+# Crash recovery of deduplicated logging: a real crash (immediate
 # shutdown, no checkpoint at the end) while messages share payload rows by
 # data token, put_many, forward and content dedup, with uncommitted puts,
 # an uncommitted collection and pinned payload rows in flight.

@@ -258,8 +258,9 @@ is(sql(q{SELECT count(*) FROM rmsg.worker WHERE pid IS NOT NULL AND state <> 're
 
 #---------------------------------------------------------------------------
 # 3. The worker checks the handler's role before it takes messages: once
-#    the role lost get on the queue, or EXECUTE on the function, the
-#    messages wait (and are not burnt as failures); granted again, they go.
+#    the role lost get on the queue, the messages wait (and are not burnt
+#    as failures); granted again, they go.  Without EXECUTE on the function
+#    the call fails, as a statement calling it would.
 #---------------------------------------------------------------------------
 
 sql(q{SELECT rmsg.create_queue('sp_rights');
