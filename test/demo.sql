@@ -155,8 +155,13 @@ SELECT receipt AS second_receipt FROM rmsg.get('invoices') \gset
 SELECT rmsg.ack(:inv, :first_receipt) AS stale_receipt_acks, rmsg.ack(:inv, :second_receipt) AS holder_acks;
 RESET ROLE;
 SELECT queue, stale_receipts FROM rmsg.queues WHERE queue = 'invoices';
-\echo '-- DROP ROLE knows the extension: a role that owns a queue or holds a privilege on it'
-\echo '-- cannot be dropped (2BP01); DROP OWNED revokes its privileges and drops its queues:'
+\echo '-- DROP ROLE knows the extension: once PostgreSQL has nothing against it, a role that'
+\echo '-- owns a queue or holds a privilege on one still cannot be dropped (2BP01);'
+\echo '-- DROP OWNED revokes its privileges and drops its queues:'
+\set QUIET 1
+REVOKE USAGE ON SCHEMA rmsg FROM demo_owner, demo_shop, demo_billing;
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM demo_owner;
+\unset QUIET
 \set ON_ERROR_STOP 0
 DROP ROLE demo_owner, demo_shop, demo_billing;
 \set ON_ERROR_STOP 1
