@@ -12,6 +12,44 @@
 -- now, and then every right on the tables is revoked (see the end).
 
 ------------------------------------------------------------------------------
+-- Ids that survive a dump and restore
+------------------------------------------------------------------------------
+
+-- pg_dump keeps the state of an extension's sequence only when it is
+-- registered with pg_extension_config_dump, which the sequence of an
+-- identity column cannot be: after a restore, create_queue and
+-- create_instance reused the ids of restored rows (23505).  The identity
+-- columns become plain sequences, which continue from where the identity
+-- stood.
+DO $ids$
+DECLARE
+    next_queue_id bigint;
+    next_instance_id bigint;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END INTO next_queue_id
+      FROM rmsg.queue_queue_id_seq;
+    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END INTO next_instance_id
+      FROM rmsg.instance_instance_id_seq;
+    ALTER TABLE rmsg.queue ALTER COLUMN queue_id DROP IDENTITY;
+    ALTER TABLE rmsg.instance ALTER COLUMN instance_id DROP IDENTITY;
+    CREATE SEQUENCE rmsg.queue_id_seq AS int;
+    CREATE SEQUENCE rmsg.instance_id_seq;
+    PERFORM pg_catalog.setval('rmsg.queue_id_seq',
+                              greatest(next_queue_id, (SELECT coalesce(max(queue_id), 0) + 1 FROM rmsg.queue)),
+                              false);
+    PERFORM pg_catalog.setval('rmsg.instance_id_seq',
+                              greatest(next_instance_id, (SELECT coalesce(max(instance_id), 0) + 1 FROM rmsg.instance)),
+                              false);
+END
+$ids$;
+ALTER TABLE rmsg.queue ALTER COLUMN queue_id SET DEFAULT nextval('rmsg.queue_id_seq');
+ALTER SEQUENCE rmsg.queue_id_seq OWNED BY rmsg.queue.queue_id;
+ALTER TABLE rmsg.instance ALTER COLUMN instance_id SET DEFAULT nextval('rmsg.instance_id_seq');
+ALTER SEQUENCE rmsg.instance_id_seq OWNED BY rmsg.instance.instance_id;
+SELECT pg_catalog.pg_extension_config_dump('rmsg.queue_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_id_seq', '');
+
+------------------------------------------------------------------------------
 -- Owners and privileges
 ------------------------------------------------------------------------------
 

@@ -17,9 +17,16 @@
 
 CREATE SEQUENCE rmsg.msg_id_seq;
 CREATE SEQUENCE rmsg.payload_id_seq;
+-- Plain sequences rather than identity columns: pg_dump keeps the state of
+-- an extension's sequence only when it is registered with
+-- pg_extension_config_dump, which an identity column's sequence cannot be;
+-- after a restore, new queues and instances would reuse the ids of
+-- restored ones.
+CREATE SEQUENCE rmsg.queue_id_seq AS int;
+CREATE SEQUENCE rmsg.instance_id_seq;
 
 CREATE TABLE rmsg.queue (
-    queue_id        int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue_id        int PRIMARY KEY DEFAULT nextval('rmsg.queue_id_seq'),
     name            text NOT NULL UNIQUE,
     max_deliveries  int NOT NULL CHECK (max_deliveries > 0),
     dead_letter_queue_id int REFERENCES rmsg.queue (queue_id),
@@ -29,11 +36,12 @@ CREATE TABLE rmsg.queue (
     acl             aclitem[]           -- put (INSERT), get (SELECT), manage (UPDATE)
 );
 COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
+ALTER SEQUENCE rmsg.queue_id_seq OWNED BY rmsg.queue.queue_id;
 
 -- A payload row is written once and referenced by every message (live or
 -- dead) that carries its data; nothing counts the references, so sharing a
 -- row costs a put no write to it.  rmsg.collect_payloads removes the rows no
--- message references any more (the seed's checkpoint).  hash is set for
+-- message references any more.  hash is set for
 -- rows written by queues with dedup = 'content', which find them by it.
 CREATE TABLE rmsg.payload (
     payload_id      bigint PRIMARY KEY DEFAULT nextval('rmsg.payload_id_seq'),
@@ -136,7 +144,7 @@ COMMENT ON TABLE rmsg.last_call IS 'the replies each callee keeps for its caller
 -- line ("deferred"); nothing marks them, so completing recovery releases
 -- them all by changing the mode alone, and none can be left behind.
 CREATE TABLE rmsg.instance (
-    instance_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    instance_id     bigint PRIMARY KEY DEFAULT nextval('rmsg.instance_id_seq'),
     name            text NOT NULL UNIQUE,
     mode            text NOT NULL DEFAULT 'normal' CHECK (mode IN ('normal', 'recovery')),
     recovery_since  timestamptz,
@@ -148,6 +156,7 @@ CREATE TABLE rmsg.instance (
     acl             aclitem[]           -- deliver (INSERT), receive (SELECT), manage (UPDATE)
 );
 COMMENT ON TABLE rmsg.instance IS 'one row per instance: mode and saved state; use rmsg.create_instance and rmsg.drop_instance';
+ALTER SEQUENCE rmsg.instance_id_seq OWNED BY rmsg.instance.instance_id;
 
 -- An instance's messages, in msg_id order: deliveries to one instance are
 -- serialized by its arrival lock (src/instance/catalog.c), so that is also
@@ -221,6 +230,8 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.queue_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.caller', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.call_log', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.last_call', '');
