@@ -68,3 +68,21 @@ SELECT count(*) AS queues, (SELECT count(*) FROM rmsg.message) AS messages,
        (SELECT count(*) FROM rmsg.dead_message) AS dead_messages,
        (SELECT count(*) FROM rmsg.payload) AS payload_rows
   FROM rmsg.queue;
+
+-- The per-queue counters have room for 1024 queues and no more: queues
+-- beyond are counted in the totals only, and the table never takes the
+-- spare shared memory that PostgreSQL's lock table grows into.
+DO $$
+BEGIN
+  FOR i IN 1..1100 LOOP
+    PERFORM rmsg.create_queue('vw_many_' || i);
+    PERFORM rmsg.put('vw_many_' || i, 'x'::text);
+  END LOOP;
+END $$;
+SELECT count(*) <= 1024 AS bounded, count(*) >= 1000 AS filled FROM rmsg.stat_queues();
+DO $$
+BEGIN
+  FOR i IN 1..1100 LOOP
+    PERFORM rmsg.drop_queue('vw_many_' || i);
+  END LOOP;
+END $$;

@@ -122,9 +122,13 @@ RmsgComponentsShmemStartup(void)
 	components_lock = RmsgLWLock(RMSG_LWLOCK_COMPONENTS);
 	info.keysize = sizeof(ComponentKey);
 	info.entrysize = sizeof(CalledComponent);
+	/*
+	 * Of fixed size: a full table refuses new entries rather than take the
+	 * spare shared memory that PostgreSQL's lock table grows into.
+	 */
 	components = ShmemInitHash("recoverable_msg called components",
 							   rmsg_max_components, rmsg_max_components,
-							   &info, HASH_ELEM | HASH_BLOBS);
+							   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 static void
@@ -462,7 +466,8 @@ RmsgForceLog(void)
  * same name does not inherit the replies this one was told.  The WAL is
  * flushed first, so every reply the entries speak of is stable and
  * forgetting them can never skip a force that was due, whether or not the
- * drop commits.  Entries with replies still being recorded stay.
+ * drop commits.  Entries with replies still being recorded, or recorded
+ * since the flush, stay: forgetting those could skip a force that is due.
  */
 void
 RmsgComponentsForget(const char *name)
@@ -470,17 +475,20 @@ RmsgComponentsForget(const char *name)
 	HASH_SEQ_STATUS status;
 	CalledComponent *entry;
 	Oid			caller_table;
+	XLogRecPtr	flushed;
 
 	if (components == NULL || RecoveryInProgress())
 		return;
 	(void) ForceUpTo(InsertedEnd());
+	flushed = FlushedLsn();
 	caller_table = RmsgGetRelations()->caller;
 	LWLockAcquire(components_lock, LW_EXCLUSIVE);
 	hash_seq_init(&status, components);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
+		/* a reply committed since the flush is not stable: keep its entry */
 		if (entry->key.database != MyDatabaseId || entry->key.caller_table != caller_table ||
-			entry->pending > 0)
+			entry->pending > 0 || NewestClsn(entry) > flushed)
 			continue;
 		if (strcmp(entry->key.caller, name) == 0 || strcmp(entry->key.callee, name) == 0)
 			hash_search(components, &entry->key, HASH_REMOVE, NULL);

@@ -609,6 +609,13 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 				 errmsg("role must name a role")));
 	rights = RmsgParseRights(kind, RmsgTextArg(fcinfo, 2, "privileges"));
 
+	/*
+	 * The grantee is locked first, before anything a drop_queue or a put
+	 * could wait for: if a DROP ROLE of it is open, only this grant waits.
+	 */
+	if (grant)
+		RmsgLockRole(grantee);
+
 	/* a queue's name lock, as a put takes it: a drop waits for us */
 	if (kind == RMSG_QUEUE)
 		(void) RmsgLockName(RMSG_LOCK_QUEUE_NAME, name, NULL, AccessShareLock, true);
@@ -638,8 +645,6 @@ GrantOrRevoke(FunctionCallInfo fcinfo, RmsgObjectKind kind, bool grant)
 	RmsgRequireRights(kind, name, RmsgRightsOf(kind, GetUserId(), owner, acl),
 					  RMSG_MANAGE);
 
-	if (grant)
-		RmsgLockRole(grantee);
 	acl = ChangeAcl(acl, owner, grantee, rights, grant);
 	values[1] = PointerGetDatum(acl);
 	RmsgPlanExecute(&info->update, values, NULL, true, 0);
@@ -817,6 +822,10 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 			ReportNotOwner(kind, name);
 	}
 
+	/* the new owner is locked before the row, as a grantee is (GrantOrRevoke) */
+	check_is_member_of_role(GetUserId(), new_owner);
+	RmsgLockRole(new_owner);
+
 	RmsgNoteCatalogChange();
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(name);
@@ -829,8 +838,6 @@ AlterOwner(FunctionCallInfo fcinfo, RmsgObjectKind kind, const char *function)
 		acl = DatumGetAclP(value);
 	if (!has_privs_of_role(GetUserId(), owner))
 		ReportNotOwner(kind, name);
-	check_is_member_of_role(GetUserId(), new_owner);
-	RmsgLockRole(new_owner);
 
 	values[1] = ObjectIdGetDatum(new_owner);
 	values[2] = acl ? PointerGetDatum(aclnewowner(acl, owner, new_owner)) : (Datum) 0;

@@ -102,9 +102,13 @@ RmsgStatsShmemStartup(void)
 	}
 	info.keysize = sizeof(QueueKey);
 	info.entrysize = sizeof(QueueCounters);
+	/*
+	 * Of fixed size: a full table refuses new entries rather than take the
+	 * spare shared memory that PostgreSQL's lock table grows into.
+	 */
 	queue_stats = ShmemInitHash("recoverable_msg queue stats",
 								RMSG_MAX_QUEUE_STATS, RMSG_MAX_QUEUE_STATS,
-								&info, HASH_ELEM | HASH_BLOBS);
+								&info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 /*

@@ -125,9 +125,13 @@ RmsgInstanceCacheShmemStartup(void)
 	instance_lock = RmsgLWLock(RMSG_LWLOCK_INSTANCES);
 	info.keysize = sizeof(InstanceKey);
 	info.entrysize = sizeof(CachedInstance);
+	/*
+	 * Of fixed size: a full table refuses new entries rather than take the
+	 * spare shared memory that PostgreSQL's lock table grows into.
+	 */
 	instance_cache = ShmemInitHash("recoverable_msg instance cache",
 								   RMSG_INSTANCE_CACHE_SIZE, RMSG_INSTANCE_CACHE_SIZE,
-								   &info, HASH_ELEM | HASH_BLOBS);
+								   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 /* The one error for an instance that is not there (42704). */

@@ -143,7 +143,12 @@ MoveInstanceLeaseEnd(int64 msg_id, const int64 *receipt, TimestampTz now,
 	RmsgPlanExecute(nack ? &nack_plan : &extend_plan, values, nulls, false, 0);
 	RmsgLazyWriteEnd();
 	if (SPI_processed > 0)
+	{
+		/* the lease ended now: the instance's line is free for the workers */
+		if (until <= now)
+			RmsgInstanceMessagesReady();
 		return RMSG_SETTLE_DONE;
+	}
 	return receipt != NULL ? RMSG_SETTLE_STALE : RMSG_SETTLE_REFUSED;
 }
 

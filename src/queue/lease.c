@@ -361,7 +361,8 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 
 	if (!moved && given != NULL)
 		RmsgCountStaleReceipt(queue_id);
-	if (moved && nack)
+	/* ready again now: a nack, or a lease made to end at once */
+	if (moved && (nack || until <= now))
 		RmsgWakeQueueAtCommit(queue_id);
 	return moved;
 }

@@ -141,6 +141,24 @@ my $elapsed = time - $t;
 cmp_ok($elapsed, '>=', 1, 'after waiting the full second');
 cmp_ok($elapsed, '<', 3, 'and not much longer');
 
+#---------------------------------------------------------------------------
+# 5b. A nack, and an extend to a lease of zero, give a message back at once:
+#     both wake the waiter.
+#---------------------------------------------------------------------------
+for my $how ('nack', 'extend')
+{
+	$node->safe_psql('postgres', "SELECT rmsg.put('lp', '$how'::text)");
+	my $id = $node->safe_psql('postgres',
+		"SELECT msg_id FROM rmsg.get('lp', visibility => '1 minute')");
+	$n = start_waiter($node, $w, '10 seconds');
+	$t = time;
+	$node->safe_psql('postgres',
+		$how eq 'nack' ? "SELECT rmsg.nack($id)" : "SELECT rmsg.extend($id, '0 seconds')");
+	($out, $err) = session_wait($w, $n, 15);
+	cmp_ok(time - $t, '<', 3, "a committed $how wakes the waiter well before its wait ends");
+	is($out, "$how:2", "which gets the message given back, its second delivery");
+}
+
 session_kill($w);
 session_kill($g);
 $node->stop;
