@@ -186,6 +186,7 @@ RESET ROLE;
 -- Handlers
 ------------------------------------------------------------------------------
 
+-- (the workers serve another database: each registration warns so)
 CREATE FUNCTION sec_handler(p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
 CREATE FUNCTION sec_instance_handler(i text, p bytea) RETURNS void LANGUAGE sql AS 'SELECT 1';
 SET ROLE sec_tenant_b;

@@ -21,7 +21,10 @@ CREATE FUNCTION wh_i2(instance text, payload bytea) RETURNS void LANGUAGE sql AS
 CREATE FUNCTION wh_i5(instance text, payload bytea, kind text, headers jsonb, msg_id bigint)
   RETURNS void LANGUAGE sql AS 'SELECT';
 
+-- registered where no worker serves: a warning says which database they serve
 SELECT rmsg.subscribe('wh_orders', 'wh_q3(bytea,jsonb,bigint)');
+-- (the same warning for every registration below: not shown again)
+SET client_min_messages = error;
 SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', batch => 10);
 SELECT rmsg.set_handler('order-', 'wh_i5(text,bytea,text,jsonb,bigint)');
 SELECT rmsg.set_handler('', 'wh_i2(text,bytea)');

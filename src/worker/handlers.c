@@ -37,6 +37,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
@@ -216,6 +217,31 @@ PrefixArg(FunctionCallInfo fcinfo, int argno)
 	return prefix;
 }
 
+/*
+ * A handler registered where no worker will call it is almost certainly a
+ * mistake that would otherwise only show as messages that never move: say
+ * so at once (the registration itself stands, for when the setting
+ * changes).
+ */
+static void
+WarnIfNotServed(void)
+{
+	char	   *here = get_database_name(MyDatabaseId);
+
+	if (rmsg_worker_count == 0)
+		ereport(WARNING,
+				(errmsg("no background worker runs to call this handler"),
+				 errdetail("rmsg.worker_count is 0, or recoverable_msg is not in shared_preload_libraries."),
+				 errhint("Preload recoverable_msg with rmsg.worker_count of 1 or more, and restart the server.")));
+	else if (here != NULL && strcmp(here, rmsg_database) != 0)
+		ereport(WARNING,
+				(errmsg("the background workers serve database \"%s\", not \"%s\"",
+						rmsg_database, here),
+				 errdetail("The handler is registered, but no worker calls it while rmsg.database names another database."),
+				 errhint("Set rmsg.database to \"%s\" and reload the configuration, or register the handler in database \"%s\".",
+						 here, rmsg_database)));
+}
+
 /* rmsg.subscribe(queue, handler, batch) */
 Datum
 rmsg_subscribe(PG_FUNCTION_ARGS)
@@ -244,6 +270,7 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&subscribe_plan, values, NULL, true, 0);
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
+	WarnIfNotServed();
 	PG_RETURN_VOID();
 }
 
@@ -292,6 +319,7 @@ rmsg_set_handler(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&set_handler_plan, values, NULL, true, 0);
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
+	WarnIfNotServed();
 	PG_RETURN_VOID();
 }
 

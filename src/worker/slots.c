@@ -58,6 +58,12 @@ typedef struct WorkerSlot
 	pid_t		pid;
 	RmsgWorkerState state;
 	char		database[NAMEDATALEN];
+	/*
+	 * The database a worker of this slot was connecting to, kept until the
+	 * connection succeeds: still set when the next worker of the slot
+	 * starts, it says the connection failed (the database is missing).
+	 */
+	char		connecting[NAMEDATALEN];
 	char		current[2 * NAMEDATALEN];	/* what it handles now */
 	TimestampTz started_at;
 	TimestampTz last_activity;
@@ -94,6 +100,7 @@ static const char *const state_names[] = {
 	[RMSG_WORKER_MAINTAINING] = "maintenance",
 	[RMSG_WORKER_NO_EXTENSION] = "waiting for the extension",
 	[RMSG_WORKER_OLD_EXTENSION] = "waiting for ALTER EXTENSION UPDATE",
+	[RMSG_WORKER_NO_DATABASE] = "waiting for its database",
 	[RMSG_WORKER_FAILED] = "recovering from an error",
 };
 
@@ -158,6 +165,44 @@ RmsgWorkerAttach(int index, const char *database)
 	SpinLockRelease(&my_slot->mutex);
 
 	before_shmem_exit(WorkerDetach, (Datum) 0);
+}
+
+/*
+ * Whether the last worker of slot `index` tried to connect to `database`
+ * and did not get there.  A failed connection is a FATAL error that ends
+ * the process, and the postmaster starts the slot's worker again a few
+ * seconds later: this is how the next one knows.
+ */
+bool
+RmsgWorkerConnectFailed(int index, const char *database)
+{
+	WorkerSlot *slot;
+	bool		failed;
+
+	if (workers == NULL || index < 0 || index >= workers->nslots)
+		return false;
+	slot = &workers->slots[index];
+	SpinLockAcquire(&slot->mutex);
+	failed = (strcmp(slot->connecting, database) == 0);
+	SpinLockRelease(&slot->mutex);
+	return failed;
+}
+
+/*
+ * Notes that slot `index` is about to connect to `database` (NULL: it got
+ * there, or is to try again).
+ */
+void
+RmsgWorkerConnecting(int index, const char *database)
+{
+	WorkerSlot *slot;
+
+	if (workers == NULL || index < 0 || index >= workers->nslots)
+		return;
+	slot = &workers->slots[index];
+	SpinLockAcquire(&slot->mutex);
+	strlcpy(slot->connecting, database ? database : "", NAMEDATALEN);
+	SpinLockRelease(&slot->mutex);
 }
 
 /* What the worker is doing now; `current` names what it handles, or NULL. */

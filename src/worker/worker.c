@@ -12,6 +12,14 @@
  * and reads the configuration again on SIGHUP; if rmsg.database changed,
  * it exits and comes back connected to the new database.
  *
+ * A database that does not exist cannot be connected to: the attempt is a
+ * FATAL error, and the postmaster would start the worker again every
+ * RESTART_SECONDS, logging each time.  So the next worker of the slot,
+ * seeing that its predecessor did not get there (slots.c), waits instead
+ * while connected to no database (the shared catalogs are readable then),
+ * logs why once, and exits to be started again, connected, when the
+ * database appears or rmsg.database changes.
+ *
  * Each worker goes round in passes.  A pass makes sure the handlers it
  * knows are current, then gives every subscribed queue one transaction (up
  * to its batch of messages, dispatch_queue.c) and instances up to
@@ -39,7 +47,12 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -539,6 +552,63 @@ RecoverFromError(MemoryContext error_context)
 	SleepUntil(GetCurrentTimestamp() + ERROR_PAUSE_MS * 1000);
 }
 
+/* Whether a database of that name exists: a scan of the shared catalog. */
+static bool
+DatabaseExists(const char *name)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		found = (strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname), name) == 0);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * The previous worker of this slot could not connect to connected_database:
+ * waits, connected to no database, until it exists or rmsg.database names
+ * another one, then exits so that the postmaster starts the worker again
+ * (after RESTART_SECONDS) to connect.  Logs why once.
+ */
+static void
+WaitForDatabase(void)
+{
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	RmsgWorkerAttach(worker_index, connected_database);
+	RmsgWorkerReport(RMSG_WORKER_NO_DATABASE, NULL);
+	ereport(LOG,
+			(errmsg("recoverable_msg worker %d waits for database \"%s\", which does not exist",
+					worker_index, connected_database),
+			 errhint("Create the database, or set rmsg.database to a database that exists and reload the configuration.")));
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(rmsg_database, connected_database) != 0)
+				break;
+		}
+		if (DatabaseExists(connected_database))
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 rmsg_worker_naptime, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	RmsgWorkerConnecting(worker_index, NULL);
+	proc_exit(1);				/* the postmaster starts us again, to connect */
+}
+
 /*
  * The worker's entry point (bgw_function_name); main_arg is its slot.
  * Errors outside a handler come back to the sigsetjmp below, and the loop
@@ -556,7 +626,11 @@ rmsg_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	strlcpy(connected_database, rmsg_database, NAMEDATALEN);
+	if (RmsgWorkerConnectFailed(worker_index, connected_database))
+		WaitForDatabase();		/* does not return */
+	RmsgWorkerConnecting(worker_index, connected_database);
 	BackgroundWorkerInitializeConnection(connected_database, NULL, 0);
+	RmsgWorkerConnecting(worker_index, NULL);
 	RmsgWorkerAttach(worker_index, connected_database);
 	ereport(LOG,
 			(errmsg("recoverable_msg worker %d started in database \"%s\"",

@@ -91,12 +91,15 @@ typedef enum RmsgWorkerState
 	RMSG_WORKER_MAINTAINING,
 	RMSG_WORKER_NO_EXTENSION,
 	RMSG_WORKER_OLD_EXTENSION,
+	RMSG_WORKER_NO_DATABASE,
 	RMSG_WORKER_FAILED
 } RmsgWorkerState;
 
 extern Size RmsgWorkerShmemSize(void);
 extern void RmsgWorkerShmemStartup(void);
 extern void RmsgWorkerAttach(int index, const char *database);
+extern bool RmsgWorkerConnectFailed(int index, const char *database);
+extern void RmsgWorkerConnecting(int index, const char *database);
 extern void RmsgWorkerReport(RmsgWorkerState state, const char *current);
 extern void RmsgWorkerCount(const RmsgWorkCounts *counts);
 extern void RmsgWorkerNoteError(const char *message, bool count);

@@ -11,7 +11,9 @@ use warnings FATAL => 'all';
 #     pg_stat_activity's 'recoverable_msg worker' rows, idle in 'postgres';
 #  2. rmsg.database pointing at a database without the extension: the
 #     workers restart there and wait for it; once it is created they handle
-#     its queues; pointed back, they come back to 'postgres';
+#     its queues; pointed back, they come back to 'postgres'; pointing at a
+#     database that does not exist: the failed connection is logged once
+#     per worker, which then waits for the database;
 #  3. a reload of rmsg.retry_delay changes the backoff without a restart, and
 #     one of rmsg.worker_naptime the maintenance's schedule;
 #  4. an idle worker terminated: back with a new pid after the restart
@@ -269,6 +271,33 @@ my $pids = sql($worker_pids_sql);
 is(scalar(grep { $in_other{$_} } split /,/, $pids), 0, 'with new pids again');
 is(sql(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'recoverable_msg worker' AND datname = 'other'}),
 	'0', 'no worker left in other');
+
+#---------------------------------------------------------------------------
+# 2b. rmsg.database naming a database that does not exist: each worker's
+#     connection fails once (FATAL); the next one waits, connected to no
+#     database, says why once, and connects when the database is created.
+#---------------------------------------------------------------------------
+
+$log_offset = -s $node->logfile;
+sql(q{ALTER SYSTEM SET rmsg.database = 'nowhere'});
+sql('SELECT pg_reload_conf()');
+wait_ok(q{SELECT count(*) FROM rmsg.worker WHERE state = 'waiting for its database' AND database = 'nowhere'},
+	'2', 'rmsg.database = nowhere: both workers wait for the database');
+sleep(12);
+my $log = slurp_file($node->logfile, $log_offset);
+my $fatals = () = $log =~ /FATAL:  database "nowhere" does not exist/g;
+is($fatals, 2, 'in 12 s the failed connection is logged once per worker, not every 5 s');
+my $waits = () = $log =~ /recoverable_msg worker \d waits for database "nowhere", which does not exist/g;
+is($waits, 2, 'and each worker says once that it waits');
+is(sql(q{SELECT count(*) FROM rmsg.worker WHERE state = 'waiting for its database' AND pid IS NOT NULL}),
+	'2', 'still waiting, running');
+sql('CREATE DATABASE nowhere');
+wait_workers(2, 'waiting for the extension', 'nowhere',
+	'once the database is created, both workers connect to it');
+sql(q{ALTER SYSTEM RESET rmsg.database});
+sql('SELECT pg_reload_conf()');
+wait_workers(2, 'idle', 'postgres', 'back to postgres');
+sql('DROP DATABASE nowhere');
 
 #---------------------------------------------------------------------------
 # 3. A reload of rmsg.retry_delay: the new backoff applies, no restart
