@@ -78,6 +78,29 @@ SET default_transaction_isolation = 'repeatable read';
 SELECT count(*) AS got FROM rmsg.get('wt', 1, wait => '1 second');
 RESET default_transaction_isolation;
 
+-- rmsg.max_wait is a ceiling on every wait: an operator sets it for the
+-- roles that come through a pooler in transaction mode, where a waiting
+-- get holds a server connection.  A wait of 30 s then ends after 0.2 s
+-- with nothing, as if it had asked for 0.2 s; shorter waits are kept.
+SET rmsg.max_wait = '200ms';
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(*) AS got FROM rmsg.get('wt', 1, wait => '30 seconds');
+SELECT clock_timestamp() - :'t0' < interval '10 seconds' AS cut_short,
+       clock_timestamp() - :'t0' >= interval '200 milliseconds' AS waited_the_ceiling;
+-- a message that is ready is still taken at once, whatever the ceiling
+SELECT rmsg.put('wt', 'capped'::text) IS NOT NULL AS put;
+SELECT msg_id AS mid, convert_from(payload, 'UTF8') AS text, receipt AS rc
+  FROM rmsg.get('wt', 1, wait => '30 seconds') \gset
+SELECT :'text' AS text, rmsg.ack(:mid, :rc) AS acked;
+RESET rmsg.max_wait;
+-- the roles it guards cannot lift it (42501); negative values are refused
+CREATE ROLE rmsg_wait_tenant;
+SET ROLE rmsg_wait_tenant;
+SET rmsg.max_wait = 0;
+RESET ROLE;
+SET rmsg.max_wait = -1;
+DROP ROLE rmsg_wait_tenant;
+
 -- clean up
 SELECT rmsg.drop_queue('wt');
 SELECT count(*) AS queues, (SELECT count(*) FROM rmsg.message) AS messages FROM rmsg.queue;

@@ -183,6 +183,14 @@ DefineSettings(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("rmsg.max_wait",
+							"Longest time a get may wait for a message, whatever wait it asks for.",
+							"Set it for the roles that reach the server through a pooler in transaction mode, where a waiting get holds a server connection.  0 means no ceiling.",
+							&rmsg_max_wait,
+							0, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("rmsg.handler_timeout",
 							"Longest time a handler may run on one message before its call is cancelled.",
 							"The cancelled call fails and its message is retried as after any error.  0 means no limit.",

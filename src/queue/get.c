@@ -201,7 +201,7 @@ rmsg_get(PG_FUNCTION_ARGS)
 	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
 	max = RmsgCountArg(fcinfo, 1, "max", RMSG_MAX_BATCH);
 	visibility = RmsgVisibilityArg(fcinfo, 2);
-	wait = RmsgIntervalArg(fcinfo, 3, "wait", 0, true);
+	wait = RmsgWaitCeiling(RmsgIntervalArg(fcinfo, 3, "wait", 0, true));
 	if (wait > 0)
 	{
 		RmsgRequireShmem("rmsg.get with a wait");

@@ -48,6 +48,16 @@ static WakeSlot *wake_slots = NULL;
 
 RmsgQueueReadyHook rmsg_queue_ready_hook = NULL;
 
+/*
+ * rmsg.max_wait: the longest a get may sleep, whatever wait it asks for;
+ * 0 means no ceiling.  A sleeping get holds its server connection, which
+ * behind a pooler in transaction mode is a connection no other client can
+ * use meanwhile.  The operator sets a ceiling for the roles that come
+ * through such a pool, and it is PGC_SUSET so that those roles cannot lift
+ * it themselves.
+ */
+int			rmsg_max_wait = 0;
+
 static PendingWake pending[RMSG_PENDING_MAX];
 static int	npending = 0;
 static bool pending_overflow = false;
@@ -72,6 +82,22 @@ RmsgLongPollShmemStartup(void)
 		for (int i = 0; i < RMSG_WAKE_SLOTS; i++)
 			ConditionVariableInit(&wake_slots[i].cv);
 	}
+}
+
+/*
+ * The wait a get asks for, in microseconds, cut to rmsg.max_wait.  A get
+ * cut short returns what it has (often nothing), exactly as if its own
+ * wait had run out; the client polls again, on whatever server connection
+ * the pooler gives it then.
+ */
+int64
+RmsgWaitCeiling(int64 wait)
+{
+	int64		ceiling = (int64) rmsg_max_wait * 1000;
+
+	if (rmsg_max_wait > 0 && wait > ceiling)
+		return ceiling;
+	return wait;
 }
 
 /* The condition variable a queue's waiters sleep on. */

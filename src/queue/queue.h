@@ -117,6 +117,7 @@ extern void RmsgLongPollShmemStartup(void);
 extern void RmsgWakeQueueAtCommit(int32 queue_id);
 extern void RmsgWakeQueueAtEnd(int32 queue_id);
 extern void RmsgWakeupXactEnd(bool committed);
+extern int64 RmsgWaitCeiling(int64 wait);
 extern void RmsgWaitPrepare(int32 queue_id);
 extern bool RmsgWaitSleep(int32 queue_id, TimestampTz until);
 extern void RmsgWaitCancel(void);
@@ -128,5 +129,6 @@ extern void RmsgWaitCancel(void);
  */
 typedef void (*RmsgQueueReadyHook) (int32 queue_id);
 extern RmsgQueueReadyHook rmsg_queue_ready_hook;
+extern int	rmsg_max_wait;		/* ms, 0: no ceiling */
 
 #endif							/* RMSG_QUEUE_H */

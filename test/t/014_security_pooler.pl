@@ -21,33 +21,23 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Digest::MD5 qw(md5_hex);
-use File::Basename qw(basename);
-use IPC::Run;
 use Time::HiRes qw(time usleep);
 
 use FindBin;
 use lib "$FindBin::RealBin/../lib";
 use RmsgSession;
 use RmsgNode;
+use RmsgPooler;
 
-my $pgbouncer_bin = '/usr/sbin/pgbouncer';
 # test/check.sh installs the Debian package; only a machine set up by hand
 # may lack it.
-plan skip_all => "PgBouncer is not installed ($pgbouncer_bin, Debian package pgbouncer)"
-  unless -x $pgbouncer_bin;
+plan skip_all => 'PgBouncer is not installed (' . pgbouncer_binary() . ', Debian package pgbouncer)'
+  unless -x pgbouncer_binary();
 
 use constant CLIENTS => 4;
 use constant ROUNDS => 60;       # rounds of steps a, b and c per client
 use constant D_ROUNDS => 16;     # rounds of step d
 use constant POOL_SIZE => 2;
-
-# The pooler runs in the foreground under IPC::Run; it is stopped at the
-# end, and here too when the test dies halfway.
-my $bouncer;
-END
-{
-	eval { $bouncer->kill_kill if $bouncer; };
-}
 
 #---------------------------------------------------------------------------
 # Payloads: a unit naming client, round and step, repeated to one of three
@@ -126,71 +116,16 @@ $node->safe_psql(
 	SELECT rmsg.create_queue(q)
 	  FROM unnest(ARRAY['pq', 'pq2', 'pq3', 'pqd', 'pq4', 'plain']) q;
 });
-my $user = $node->safe_psql('postgres', 'SELECT current_user');
 
-# The pooler listens on a Unix socket only (no TCP port to collide with
-# anything), in a short directory: socket paths are limited to ~100 bytes.
-my $bdir = PostgreSQL::Test::Utils::tempdir_short();
-my $bport = PostgreSQL::Test::Cluster::get_free_port();
-my $test_name = basename($0, '.pl');
-my $blog = "$PostgreSQL::Test::Utils::log_path/${test_name}_pgbouncer.log";
-my $host = $node->host;
-my $port = $node->port;
-append_to_file("$bdir/userlist.txt", qq{"$user" ""\n});
-# default_pool_size 2 with no reserve: four clients share two backends.
-# server_round_robin 0 (the default, written out because step d relies on
-# it): a released backend is the next one handed out (LIFO).
-append_to_file(
-	"$bdir/pgbouncer.ini", qq{
-[databases]
-postgres = host=$host port=$port dbname=postgres
-
-[pgbouncer]
-listen_port = $bport
-unix_socket_dir = $bdir
-auth_type = trust
-auth_file = $bdir/userlist.txt
-admin_users = $user
-pool_mode = transaction
-default_pool_size = ${\ POOL_SIZE}
-min_pool_size = 0
-reserve_pool_size = 0
-max_client_conn = 50
-server_round_robin = 0
-logfile = $blog
-pidfile = $bdir/pgbouncer.pid
-});
-my ($bout, $berr) = ('', '');
-$bouncer = IPC::Run::start([ $pgbouncer_bin, "$bdir/pgbouncer.ini" ],
-	'<', \undef, '>', \$bout, '2>', \$berr);
-
-my $pooled = "host=$bdir port=$bport dbname=postgres";
-my $ready = 0;
-for (1 .. 150)
-{
-	my ($o, $e) = ('', '');
-	IPC::Run::run([ 'psql', '-XAtq', '-d', $pooled, '-c', 'SELECT 1' ],
-		'<', \undef, '>', \$o, '2>', \$e);
-	if ($o eq "1\n")
-	{
-		$ready = 1;
-		last;
-	}
-	usleep(100_000);
-}
-ok($ready, 'PgBouncer accepts connections') or do
-{
-	diag("pgbouncer stderr:\n$berr");
-	die 'PgBouncer did not start';
-};
-my ($cfg) = ('');
-IPC::Run::run(
-	[
-		'psql', '-XAtq', '-d', "host=$bdir port=$bport dbname=pgbouncer",
-		'-c', 'SHOW CONFIG'
-	],
-	'<', \undef, '>', \$cfg, '2>', \my $cfg_err);
-like($cfg, qr/^pool_mode\|transaction\|/m, 'PgBouncer pools by transaction');
+# Four clients share two backends (no reserve).  server_round_robin 0 (the
+# default, written out by start_pgbouncer because step d relies on it): a
+# released backend is the next one handed out (LIFO).
+my $pooler = start_pgbouncer($node,
+	databases => { postgres => 'pool_mode=transaction pool_size=' . POOL_SIZE });
+pass('PgBouncer accepts connections');
+like(RmsgPooler::admin($pooler, 'SHOW CONFIG'),
+	qr/^pool_mode\|transaction\|/m, 'PgBouncer pools by transaction');
+my $pooled = $pooler->{connstr}->('postgres');
 
 my @clients = map { session_open($node, "client$_", $pooled) } 1 .. CLIENTS;
 unshift @clients, undef;    # clients are numbered from 1
@@ -533,9 +468,7 @@ is(scalar(keys %{ $expect{pq2} }), CLIENTS * ROUNDS, 'pq2 holds one message per 
 is(scalar(keys %{ $expect{pq3} }), CLIENTS * ROUNDS, 'pq3 holds one message per client and round');
 
 session_kill($clients[$_]) for 1 .. CLIENTS;
-$bouncer->signal('TERM');
-$bouncer->finish;
-undef $bouncer;
+stop_pgbouncer($pooler);
 $node->stop;
 note(sprintf('runtime %.1f s', time - $t0));
 
