@@ -49,6 +49,24 @@ ALTER SEQUENCE rmsg.instance_id_seq OWNED BY rmsg.instance.instance_id;
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_id_seq', '');
 
+-- The foreign key from rmsg.queue to itself (a queue's dead-letter queue)
+-- makes pg_dump warn of a circular reference on every dump, and a dump
+-- restored one INSERT per row fails when a dead-letter queue's row comes
+-- after a queue that uses it.  drop_queue and DROP OWNED refuse to drop a
+-- queue that another sends its dead letters to, without the key.
+DO $fk$
+DECLARE
+    fk name;
+BEGIN
+    FOR fk IN SELECT conname FROM pg_catalog.pg_constraint
+               WHERE conrelid = 'rmsg.queue'::pg_catalog.regclass
+                 AND confrelid = 'rmsg.queue'::pg_catalog.regclass AND contype = 'f'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE rmsg.queue DROP CONSTRAINT %I', fk);
+    END LOOP;
+END
+$fk$;
+
 ------------------------------------------------------------------------------
 -- Owners and privileges
 ------------------------------------------------------------------------------

@@ -29,7 +29,11 @@ CREATE TABLE rmsg.queue (
     queue_id        int PRIMARY KEY DEFAULT nextval('rmsg.queue_id_seq'),
     name            text NOT NULL UNIQUE,
     max_deliveries  int NOT NULL CHECK (max_deliveries > 0),
-    dead_letter_queue_id int REFERENCES rmsg.queue (queue_id),
+    -- No foreign key: one from the table to itself makes pg_dump warn of a
+    -- circular reference, and a dump restored one INSERT per row fail.
+    -- drop_queue and DROP OWNED refuse to drop a queue that another sends
+    -- its dead letters to.
+    dead_letter_queue_id int,
     dedup           text NOT NULL CHECK (dedup IN ('none', 'token', 'content')),
     created_at      timestamptz NOT NULL DEFAULT now(),
     owner           regrole NOT NULL,   -- the role that created it

@@ -356,6 +356,17 @@ DROP FUNCTION sec_handler(bytea), sec_instance_handler(text, bytea);
 -- starts afresh
 SELECT count(*) > 0 AS known_before FROM rmsg.called_components
  WHERE caller LIKE 'sec-%' OR callee LIKE 'sec-%';
+-- a queue of a's that another role's queue sends its dead letters to stops
+-- DROP OWNED, as it stops drop_queue (2BP01), and nothing is dropped
+SELECT rmsg.create_queue('sec_a_dlq');
+SELECT rmsg.alter_queue_owner('sec_a_dlq', 'sec_tenant_a');
+SELECT rmsg.create_queue('sec_super_src', dead_letter_queue => 'sec_a_dlq');
+\set VERBOSITY sqlstate
+DROP OWNED BY sec_tenant_a;
+\set VERBOSITY default
+DROP OWNED BY sec_tenant_a;
+SELECT count(*) AS queues_of_a FROM rmsg.queue WHERE owner::oid = 'sec_tenant_a'::regrole;
+SELECT rmsg.drop_queue('sec_super_src');
 DROP OWNED BY sec_tenant_a;
 SELECT count(*) AS known_after FROM rmsg.called_components
  WHERE caller LIKE 'sec-%' OR callee LIKE 'sec-%';

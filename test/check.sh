@@ -5,11 +5,14 @@
 #   regress    REGRESS     sql/*.sql vs expected/*.out      (pg_regress)
 #   isolation  ISOLATION   test/specs/*.spec                (pg_isolation_regress)
 #   tap        PROVE_TESTS test/t/*.pl                       (prove)
+# and the examples (test/examples/run_examples.sh: the Python and Node.js
+# clients and the SQL examples, run in the background beside the others),
 # each against servers of its own, in a private work directory and on free
 # ports. Prints one line per layer and, as the very last line,
 #   N passed, N failed
 # (pg_regress tests and isolation specs count one each, TAP assertions one
-# each). Exits non-zero when anything failed, the build included.
+# each, the examples' checks one each). Exits non-zero when anything failed,
+# the build included.
 #
 # Works as root (servers then run as the postgres OS user) or as a sudo user,
 # with no terminal: this is what CI runs through .ci/run.
@@ -297,6 +300,52 @@ stage_tap() {
     fi
 }
 
+# The examples start in the background before the other stages, whose
+# drivers leave the second core idle much of the time, and are waited for
+# after them.  Their output is shown when they have ended, not mixed into
+# the other stages'.
+stage_examples_start() {
+    EXAMPLES_OUT=$WORK/examples.out
+    log "examples: test/examples/run_examples.sh started in the background"
+    RMSG_EXAMPLES_WORK=$WORK/examples \
+        bash "$COPY/test/examples/run_examples.sh" >"$EXAMPLES_OUT" 2>&1 </dev/null &
+    EXAMPLES_PID=$!
+}
+
+# Ends the examples if the run ends before stage_examples_finish waited for
+# them (an error, Ctrl-C, a CI timeout), then cleans up as always.
+stop_examples_and_cleanup() {
+    if [[ -n ${EXAMPLES_PID:-} ]]; then
+        kill "$EXAMPLES_PID" 2>/dev/null || true
+        wait "$EXAMPLES_PID" 2>/dev/null || true
+    fi
+    cleanup_workdir
+}
+
+# Waits for the examples and counts their "ok" and "not ok" lines, checked
+# against their closing "N passed, N failed".
+stage_examples_finish() {
+    local rc=0 figures pass fail
+    log "examples: waiting for them"
+    wait "$EXAMPLES_PID" || rc=$?
+    EXAMPLES_PID=
+    show_file "$EXAMPLES_OUT"
+    pass=$(grep -c '^ok - ' "$EXAMPLES_OUT" || true)
+    fail=$(grep -c '^not ok - ' "$EXAMPLES_OUT" || true)
+    figures=$(tail -n 1 "$EXAMPLES_OUT" | grep -xE '[0-9]+ passed, [0-9]+ failed' || true)
+    if [[ -z $figures ]]; then
+        # It died midway: what it checked counts, and the death one failure.
+        echo "examples: run_examples.sh exited with status $rc before its summary"
+        fail=$((fail + 1))
+    elif [[ $figures != "$pass passed, $fail failed" ]]; then
+        echo "examples: its summary ($figures) disagrees with its lines: counted as one more failure"
+        fail=$((fail + 1))
+    elif [[ $rc -ne 0 && $fail -eq 0 ]]; then
+        fail=1
+    fi
+    record examples "$pass" "$fail"
+}
+
 # Ends the run before any test could run, still with the closing line.
 fail_early() {
     echo "$1"
@@ -305,7 +354,9 @@ fail_early() {
 }
 
 main() {
-    ensure_packages || fail_early "could not install the required packages"
+    # shellcheck disable=SC2046  # a word list: the clients' packages
+    ensure_packages $(bash "$ROOT/test/examples/run_examples.sh" --packages) ||
+        fail_early "could not install the required packages"
     init_pg_env
     build_and_install || fail_early "build failed"
     make_workdir
@@ -316,9 +367,12 @@ main() {
     give_to_pg "$TMPDIR"
     copy_tree
     write_temp_config
+    trap stop_examples_and_cleanup EXIT
+    stage_examples_start
     stage_regress
     stage_isolation
     stage_tap
+    stage_examples_finish
     finish
 }
 

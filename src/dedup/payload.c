@@ -41,6 +41,7 @@
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -103,16 +104,26 @@ RmsgContentHash(bytea *data)
 
 /*
  * The key by which content queues find equal data: the hash of the data
- * seeded with the role that owns the queue.  So a queue finds only what
- * queues of its own owner logged: another owner's data would otherwise be
- * found too, and a put's counters (bytes referenced instead of written)
- * would tell whether someone else had logged exactly these bytes.
+ * seeded with the name of the role that owns the queue.  So a queue finds
+ * only what queues of its own owner logged: another owner's data would
+ * otherwise be found too, and a put's counters (bytes referenced instead
+ * of written) would tell whether someone else had logged exactly these
+ * bytes.  The name, not the OID: the key is stored in rmsg.payload.hash,
+ * and pg_dump carries role names over to another cluster, where the same
+ * roles have other OIDs (and an OID of the old cluster may be another
+ * role's).  A role renamed stops finding what it logged under its old name,
+ * which costs a payload row, never a wrong reference: the bytes are always
+ * compared too.
  */
 static int64
 ContentKey(bytea *data, Oid owner)
 {
+	char	   *owner_name = GetUserNameFromId(owner, false);
+	uint64		seed = hash_bytes_extended((const unsigned char *) owner_name,
+										   strlen(owner_name), 0);
+
 	return (int64) hash_bytes_extended((const unsigned char *) VARDATA_ANY(data),
-									   VARSIZE_ANY_EXHDR(data), owner);
+									   VARSIZE_ANY_EXHDR(data), seed);
 }
 
 /*

@@ -82,11 +82,12 @@ static RmsgPlan insert_plan = {
 	5, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
-/* A queue, other than $1 itself, that sends its dead letters to queue $1. */
+/* A queue, other than queue $1 itself, that sends its dead letters to it. */
 static RmsgPlan dlq_users_plan = {
-	"SELECT name FROM rmsg.queue"
-	" WHERE dead_letter_queue_id = $1 AND queue_id <> $1 ORDER BY name LIMIT 1",
-	1, {INT4OID}
+	"SELECT u.name FROM rmsg.queue q JOIN rmsg.queue u"
+	"   ON u.dead_letter_queue_id = q.queue_id AND u.queue_id <> q.queue_id"
+	" WHERE q.name = $1 ORDER BY u.name LIMIT 1",
+	1, {TEXTOID}
 };
 
 /* Deletes a queue's messages, live and dead. */
@@ -359,6 +360,31 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Refuses (2BP01) to drop queue `name` while another queue sends its dead
+ * letters there.  No foreign key guards rmsg.queue.dead_letter_queue_id:
+ * a key from the table to itself makes pg_dump warn of a circular
+ * reference on every dump, and a dump restored one INSERT per row fails
+ * when a dead-letter queue's row comes after its users'.  Instead, whoever
+ * drops a queue holds its name lock in AccessExclusiveLock, which waits
+ * for a create_queue naming it as dead-letter queue (that holds the name
+ * lock in AccessShareLock until it commits), and then looks for users in
+ * the latest snapshot, which includes that new queue.
+ */
+void
+RmsgRefuseDropOfDeadLetterQueue(const char *name)
+{
+	Datum		arg = CStringGetTextDatum(name);
+
+	RmsgPlanExecute(&dlq_users_plan, &arg, NULL, true, 1);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("queue \"%s\" is the dead-letter queue of queue \"%s\"", name,
+						RmsgSpiText(0, "name")),
+				 errhint("Drop that queue first.")));
+}
+
+/*
  * rmsg.drop_queue(queue): the queue and its messages go in one
  * transaction; payload rows only they referenced wait for
  * rmsg.collect_payloads.
@@ -377,13 +403,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	queue = RmsgOpenQueueFor(name, AccessExclusiveLock, RMSG_MANAGE);
 	arg = Int32GetDatum(queue.queue_id);
 
-	RmsgPlanExecute(&dlq_users_plan, &arg, NULL, true, 1);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("queue \"%s\" is the dead-letter queue of queue \"%s\"", name,
-						RmsgSpiText(0, "name")),
-				 errhint("Drop that queue first.")));
+	RmsgRefuseDropOfDeadLetterQueue(name);
 
 	/*
 	 * The latest snapshot: under REPEATABLE READ the transaction's snapshot

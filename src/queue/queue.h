@@ -30,6 +30,7 @@ typedef struct RmsgQueue
 extern void RmsgQueueCatalogInit(void);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
 extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed);
+extern void RmsgRefuseDropOfDeadLetterQueue(const char *name);
 extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
 
 /* queue/ready_scan.c: finding, locking and leasing a queue's ready messages */

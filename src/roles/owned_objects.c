@@ -46,6 +46,7 @@
 #include "utils/builtins.h"
 
 #include "contract/contract.h"
+#include "queue/queue.h"
 #include "roles/roles.h"
 #include "worker/worker.h"
 
@@ -311,7 +312,7 @@ RmsgDropOwned(Oid role)
 	/*
 	 * What it owns.  A queue goes as drop_queue drops it, under its name
 	 * lock, so that no put adds to it meanwhile; one that another role's
-	 * queue sends dead letters to cannot go (23503), as drop_queue refuses.
+	 * queue sends dead letters to cannot go (2BP01), as drop_queue refuses.
 	 */
 	RmsgPlanExecute(&unlink_dead_letters_plan, &arg, NULL, true, 0);
 	for (int kind = 0; kind < lengthof(owned_tables); kind++)
@@ -335,6 +336,7 @@ RmsgDropOwned(Oid role)
 			{
 				case RMSG_QUEUE:
 					(void) RmsgLockName(RMSG_LOCK_QUEUE_NAME, name, NULL, AccessExclusiveLock, true);
+					RmsgRefuseDropOfDeadLetterQueue(name);
 					RmsgPlanExecute(&drop_queue_plan, &name_arg, NULL, true, 0);
 					if (SPI_processed > 0)
 						RmsgQueueStatsForget(DatumGetInt32(RmsgSpiNotNull(0, "queue_id")));
