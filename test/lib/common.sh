@@ -9,7 +9,8 @@
 #                                    servers stopped) when the script exits
 #   free_port                        print a TCP port nobody listens on
 #   run_as_pg CMD...                 run CMD as the postgres OS user when root
-#   build_and_install [MAKE_ARG...]  clean, build (-Werror by default), install
+#   build_and_install [MAKE_ARG...]  clean, build (-Werror by default), install,
+#                                    quietly: make's output only on failure
 #   start_bench_cluster, start_named_cluster: scratch servers for benchmarks
 #
 # Everything a run creates (data directories, sockets, logs, copies of the
@@ -219,19 +220,36 @@ free_port() {
     return 1
 }
 
-# Builds from scratch and installs the extension. COPT=-Werror turns warnings
-# into errors unless BUILD_WERROR=0. Written without relying on `set -e`,
-# which bash ignores inside a function called from an `if`.  Arguments go to
-# make; the callers here pass none.
+# Builds from scratch and installs the extension, quietly: make's output goes
+# to a log file that is printed (on stderr) only when the build or the
+# install fails, so a good build is the one line "==> building and
+# installing ... ok".  COPT=-Werror turns warnings into errors unless
+# BUILD_WERROR=0.  Written without relying on `set -e`, which bash ignores
+# inside a function called from an `if`.  Arguments go to make (demo.sh
+# passes -j).
 # shellcheck disable=SC2120
 build_and_install() {
-    local copt=()
+    local copt=() build_log status=0
     [[ ${BUILD_WERROR:-1} == 1 ]] && copt=(COPT=-Werror)
-    log "building in $ROOT"
-    make -C "$ROOT" PG_CONFIG="$PG_CONFIG" clean >/dev/null || return 1
-    make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "${copt[@]}" "$@" || return 1
-    log "installing"
-    as_root make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "$@" install >/dev/null || return 1
+    build_log=$(mktemp /tmp/rmsg-build-XXXXXX.log) || return 1
+    printf '==> building and installing %s ... ' "$ROOT"
+    {
+        make -C "$ROOT" PG_CONFIG="$PG_CONFIG" clean &&
+            make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "${copt[@]}" "$@" &&
+            as_root make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "$@" install
+    } >"$build_log" 2>&1 || status=1
+    if ((status == 0)); then
+        echo ok
+    else
+        echo failed
+        {
+            echo "---- make's output ----"
+            cat "$build_log"
+            echo "---- end of make's output ----"
+        } >&2
+    fi
+    rm -f "$build_log"
+    return "$status"
 }
 
 # A benchmark's build: unless BUILD=0, builds and installs the extension
