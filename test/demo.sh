@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 #
-# A guided tour of recoverable_msg: builds and installs the extension, starts
-# a scratch cluster of its own (private data directory, free port, unix
-# socket in the work directory, the library preloaded), runs test/demo.sql
-# through psql with every statement echoed before its result, and stops the
-# cluster and removes everything when it ends, however it ends.
+# A guided tour of recoverable_msg: builds and installs the extension
+# (quietly, unless the build fails), starts a scratch cluster of its own
+# (private data directory, free port, unix socket in the work directory, the
+# library preloaded), and shows each capability the README lists, in its
+# order, every statement echoed before its result: test/demo.sql for
+# security, queues and deduplicated logging, then the functions below for
+# the contract, instances and the background worker.  It stops the cluster
+# and removes everything when it ends, however it ends.
 #
 # Works as root (the cluster then runs as the postgres OS user) or as a sudo
 # user, with or without a terminal.
@@ -22,7 +25,17 @@ DEMO_SQL=$ROOT/test/demo.sql
 # Extra Debian packages the walk-through may use, space separated.
 DEMO_PACKAGES=${DEMO_PACKAGES:-}
 
-# Creates and starts the scratch cluster; exports PGHOST/PGPORT for psql.
+# Prints a section's title and the sentences that say why it exists.
+section() {
+    printf '\n=== %s ===\n' "$1"
+    shift
+    printf '%s\n' "$@" ""
+}
+
+# Creates and starts the scratch cluster; exports PGHOST/PGPORT for psql and
+# PGDATA for the pg_ctl of demo.sql's crash.  The workers serve the database
+# shipping, which the worker section uses; it is made at once, so that they
+# are connected by then.
 start_cluster() {
     local data=$WORK/demo_data port lib
     port=$(free_port)
@@ -33,77 +46,52 @@ start_cluster() {
         die "initdb failed"
     fi
     # The socket lives in WORK only: nothing else on the machine can reach,
-    # or be disturbed by, this cluster.
+    # or be disturbed by, this cluster.  A short naptime and retry delay
+    # keep the worker section short.
     cat >>"$data/postgresql.conf" <<CONF
 port = $port
 listen_addresses = ''
 unix_socket_directories = '$WORK'
 shared_preload_libraries = '${lib:-recoverable_msg}'
-max_prepared_transactions = 10
 rmsg.worker_count = 2
-rmsg.worker_naptime = '1min'
+rmsg.database = 'shipping'
+rmsg.worker_naptime = '1s'
+rmsg.retry_delay = '200ms'
 CONF
     log "starting the cluster on port $port"
     if ! run_as_pg pg_ctl -D "$data" -l "$WORK/server.log" -w start >/dev/null; then
         cat "$WORK/server.log"
         die "the server did not start"
     fi
-    export PGHOST=$WORK PGPORT=$port PGDATABASE=postgres
+    export PGHOST=$WORK PGPORT=$port PGDATABASE=postgres PGDATA=$data
     DEMO_DATA=$data
+    run_as_pg psql -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE shipping" >/dev/null
+    run_as_pg psql -X -q -v ON_ERROR_STOP=1 -d shipping -c "CREATE EXTENSION recoverable_msg" >/dev/null
 }
 
 stop_cluster() {
     run_as_pg pg_ctl -D "$DEMO_DATA" -m fast -w stop >/dev/null
 }
 
-# Runs the walk-through. psql reads demo.sql from our stdin so that the
-# postgres user needs no access to the repository; -e prints each statement
-# as sent to the server, ON_ERROR_STOP makes the first error fatal.
+# A crash: an immediate stop (no checkpoint, no clean shutdown), then a start,
+# which recovers from the WAL.
+crash_and_restart() {
+    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
+    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
+}
+
+# Runs the first part of the walk-through, demo.sql. psql reads it from our
+# stdin so that the postgres user needs no access to the repository; -e
+# prints each statement as sent to the server, ON_ERROR_STOP makes an
+# unexpected error fatal.  DEMO_SERVER_LOG is for the restart in its crash.
 run_walkthrough() {
     log "running $DEMO_SQL"
-    if ! run_as_pg psql -X -e -v ON_ERROR_STOP=1 -f - <"$DEMO_SQL"; then
+    if ! run_as_pg env DEMO_SERVER_LOG="$WORK/server.log" \
+        psql -X -e -v ON_ERROR_STOP=1 -f - <"$DEMO_SQL"; then
         echo "---- last lines of the server log ----"
         tail -n 30 "$WORK/server.log"
         die "the walk-through stopped at an error"
     fi
-}
-
-# The point of it all: crash the server (an immediate stop, no shutdown
-# checkpoint) with a committed put, an uncommitted put and a lease in
-# flight, restart it, and look at what survived.
-crash_and_recover() {
-    local psql=(psql -X -v ON_ERROR_STOP=1)
-    log "crash recovery: committed messages survive, uncommitted ones do not"
-    run_as_pg "${psql[@]}" -e <<'SQL'
-SELECT rmsg.create_queue('payments');
-SELECT rmsg.put('payments', 'payment 1: committed, then leased'::text) AS msg_id;
-SELECT rmsg.put('payments', 'payment 2: committed'::text) AS msg_id;
--- the oldest message is leased for 2 seconds:
-SELECT msg_id, convert_from(payload, 'UTF8') AS payload
-  FROM rmsg.get('payments', visibility => '2 seconds');
-SQL
-    # An open transaction with a put that never commits.
-    run_as_pg "${psql[@]}" -c "BEGIN" \
-        -c "SELECT rmsg.put('payments', 'payment 3: never committed'::text)" \
-        -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
-    sleep 1
-    log "pg_ctl stop -m immediate (a crash: no checkpoint, no clean shutdown)"
-    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
-    wait || true
-    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
-    log "restarted after crash recovery"
-    run_as_pg "${psql[@]}" -e <<'SQL'
--- both committed messages are there, payment 3 is not; the lease was
--- committed lazily, so it may or may not have survived the crash
--- (deliveries 1 or 0 for payment 1):
-SELECT convert_from(coalesce(inline_data, ''), 'UTF8') AS payload, deliveries
-  FROM rmsg.message ORDER BY msg_id;
-SELECT pg_sleep(2.2);
--- once the lease has run out at the latest, both are delivered:
-SELECT msg_id, convert_from(payload, 'UTF8') AS payload, deliveries, rmsg.ack(msg_id) AS acked
-  FROM rmsg.get('payments', max => 10);
-SELECT rmsg.drop_queue('payments');
-SQL
 }
 
 # The committed interaction contract (README, "A worked example"): a caller
@@ -112,44 +100,61 @@ SQL
 # the same CALL after the restart recovers it, and every call's work is
 # done exactly once.
 contract_demo() {
-    local psql=(psql -X -v ON_ERROR_STOP=1) conninfo
+    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)') conninfo
     conninfo="dbname=callees host=$PGHOST port=$PGPORT"
-    log "committed interaction contract: a caller, two callees, a crash mid-run"
+    section "4. Committed interaction contract" \
+        "A caller that keeps state between calls must survive a crash without sending a call twice, and" \
+        "without forcing its log to disk before every call. Callees keep their last reply to it; it logs" \
+        "their replies lazily, forces only before a callee would drop a reply its log may lack, and after" \
+        "a crash replays from a checkpoint."
+    echo "-- the shop (database shop, test/examples/contract_caller.sql) takes orders: for each it calls"
+    echo "-- warehouse, then billing (database callees, test/examples/contract_callees.sql) through dblink."
     run_as_pg "${psql[@]}" -q -c "CREATE DATABASE callees" -c "CREATE DATABASE shop"
     run_as_pg "${psql[@]}" -q -d callees -f - <"$ROOT/test/examples/contract_callees.sql"
     run_as_pg "${psql[@]}" -q -d shop -f - <"$ROOT/test/examples/contract_caller.sql"
     run_as_pg "${psql[@]}" -d shop -e <<SQL
--- five orders (ten calls), a checkpoint after the fifth:
+\echo '-- five orders, ten calls, a checkpoint after every fifth order. Call ids number the shop''s calls'
+\echo '-- from 1: order n is call 2n-1 to warehouse and call 2n to billing.'
 CALL take_orders(5, '$conninfo');
-SELECT * FROM rmsg.callers;
+SELECT caller, next_call_id, checkpoint_call_id, logged_calls, calls_without_reply FROM rmsg.callers;
 SQL
     run_as_pg "${psql[@]}" -d callees -e <<'SQL'
--- each callee keeps its last reply to the shop:
+\echo '-- each callee keeps its last reply to the shop:'
 SELECT callee, caller, call_id, reply_bytes FROM rmsg.last_calls;
 SQL
-    # Twenty orders, slowly, and a crash in the middle of them.
+    echo "-- twenty orders, a tenth of a second apart; the server crashes a second in:"
     run_as_pg "${psql[@]}" -d shop -c "CALL take_orders(20, '$conninfo', 0.1)" >/dev/null 2>&1 &
     sleep 1
-    log "pg_ctl stop -m immediate while the shop takes orders"
-    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
+    log "pg_ctl stop -m immediate while the shop takes orders, then start"
+    crash_and_restart
     wait || true
-    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
-    log "restarted; the shop's log since its last checkpoint:"
     run_as_pg "${psql[@]}" -d shop -e <<SQL
+\echo '-- the shop''s log holds the calls since its last checkpoint (a checkpoint every fifth order). A'
+\echo '-- reply the crash took shows as (null): that call will be sent again, and its callee answers from'
+\echo '-- the reply it kept.'
+SELECT caller, checkpoint_call_id FROM rmsg.callers;
 SELECT call_id, callee, convert_from(request, 'UTF8') AS request,
        convert_from(reply, 'UTF8') AS reply FROM rmsg.replay('shop');
-SQL
-    echo "-- until it restarts, the caller may not call (its state may be ahead of its log):"
-    run_as_pg psql -X -d shop -e -c "SELECT * FROM rmsg.prepare_call('shop', 'warehouse')" 2>&1 || true
-    run_as_pg "${psql[@]}" -d shop -e <<SQL
--- the same CALL recovers it: restart, replay from the log, send the rest
+\echo '-- until the caller restarts, it may not call: its state in memory may be ahead of its log'
+\echo '-- (expected error 55000):'
+\set ON_ERROR_STOP 0
+SELECT * FROM rmsg.prepare_call('shop', 'warehouse');
+\set ON_ERROR_STOP 1
+\echo '-- the same CALL recovers it: restart from the checkpoint, replay from the log, send the rest:'
 CALL take_orders(20, '$conninfo');
-SELECT * FROM rmsg.callers;
+SELECT caller, next_call_id, checkpoint_call_id, logged_calls, calls_without_reply FROM rmsg.callers;
+\echo '-- calls counts the calls sent since the restart (replayed ones were answered from the log);'
+\echo '-- stable says whether the callee''s last reply is on disk here (if not, the next call to it forces'
+\echo '-- first). No forces: the callees share this server, and their flushed commits flushed the shop''s'
+\echo '-- lazy writes too. forces_avoided counts the flushes of a caller that forces before every send.'
 SELECT caller, callee, stable, calls, forces FROM rmsg.called_components;
 SELECT forces, forces_avoided FROM rmsg.log_stats;
+\echo '-- after a step replay cannot repeat (a clock read, a random number), a caller forces its log;'
+\echo '-- force_log returns the WAL position it flushed:'
+SELECT rmsg.force_log('shop') <= pg_current_wal_flush_lsn() AS on_disk;
 SQL
     run_as_pg "${psql[@]}" -d callees -e <<'SQL'
--- every order reserved and charged exactly once, crash or not:
+\echo '-- every order reserved and charged exactly once, crash or not:'
 SELECT on_hand, 100 - on_hand AS reserved FROM stock;
 SELECT count(*) AS charges, count(DISTINCT call_id) AS distinct_calls FROM charges;
 SQL
@@ -159,37 +164,60 @@ SQL
 # instances"): an order recovers while its customer keeps writing; the
 # server crashes in the middle; after the restart the order is still in
 # recovery with the deferred messages, and completing recovery releases
-# them in the order they arrived.
+# them in the order they arrived.  Then receive_any, for a consumer of many
+# conversations.
 instance_demo() {
-    local psql=(psql -X -v ON_ERROR_STOP=1)
-    log "recovery-mode instances: an order recovers, a crash in the middle"
+    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)')
+    section "5. Recovery-mode instances" \
+        "An instance governs one conversation, an order say. While it recovers (its state is behind, a" \
+        "partner must resync), the normal messages that keep coming must be neither handled nor lost:" \
+        "they wait in its line, and completing recovery releases them first, in order."
+    echo "-- order-42's handler, handle_next, is in test/examples/order_conversation.sql: it applies one"
+    echo "-- message to the order's state and acks it, in one transaction; drain calls it until none is left."
     run_as_pg "${psql[@]}" -q -c "CREATE DATABASE orders"
     run_as_pg "${psql[@]}" -q -d orders -f - <"$ROOT/test/examples/order_conversation.sql"
     run_as_pg "${psql[@]}" -d orders -e <<'SQL'
 SELECT rmsg.create_instance('order-42', '{"status": "new", "paid": false}');
-SELECT * FROM rmsg.deliver('order-42', 'placed');
+SELECT disposition FROM rmsg.deliver('order-42', 'placed');
 CALL drain('order-42');
--- the payment provider reports a mismatch: the order must recover
+\echo '-- the payment provider reports a mismatch: the order must recover. The customer keeps writing:'
+\echo '-- those messages are deferred.'
 SELECT rmsg.begin_recovery('order-42');
--- the customer keeps writing: those messages are deferred
-SELECT * FROM rmsg.deliver('order-42', 'address changed');
-SELECT * FROM rmsg.deliver('order-42', 'gift wrap');
+SELECT disposition FROM rmsg.deliver('order-42', 'address changed');
+SELECT disposition FROM rmsg.deliver('order-42', 'gift wrap');
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
 SQL
-    log "pg_ctl stop -m immediate while order-42 recovers"
-    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
-    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
+    log "pg_ctl stop -m immediate while order-42 recovers, then start"
+    crash_and_restart
     run_as_pg "${psql[@]}" -d orders -e <<'SQL'
--- after the crash: still in recovery, its state and both deferred messages kept
+\echo '-- after the crash: still in recovery, its state and both deferred messages kept:'
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
 SELECT rmsg.load_state('order-42');
--- the recovery message: handling it completes recovery, then the deferred
--- messages are handled in the order they arrived
-SELECT * FROM rmsg.deliver('order-42', 'resync: paid', 'recovery');
+\echo '-- the provider''s answer, a recovery message: handling it completes recovery, and then the deferred'
+\echo '-- messages are handled, in the order they arrived:'
+SELECT disposition FROM rmsg.deliver('order-42', 'resync: paid', 'recovery');
 CALL drain('order-42');
 SELECT mode, kind, message, status FROM order_events ORDER BY seq;
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
 SELECT rmsg.load_state('order-42');
+\echo '-- other instances never wait for one that recovers, and one consumer can serve them all:'
+\echo '-- receive_any takes the next message of up to max instances, one each, in turn. order-42 recovers'
+\echo '-- again, and its new message waits while order-43 and order-44 are served:'
+SELECT rmsg.begin_recovery('order-42');
+SELECT disposition FROM rmsg.deliver('order-42', 'returned');
+SELECT rmsg.create_instance('order-43'), rmsg.create_instance('order-44');
+SELECT disposition FROM rmsg.deliver('order-43', 'placed');
+SELECT disposition FROM rmsg.deliver('order-43', 'paid');
+SELECT disposition FROM rmsg.deliver('order-44', 'placed');
+SELECT disposition FROM rmsg.deliver('order-44', 'cancelled');
+CREATE TEMP TABLE took AS SELECT * FROM rmsg.receive_any(max => 10);
+SELECT instance, convert_from(payload, 'UTF8') AS message, rmsg.ack(msg_id, receipt) AS acked
+  FROM took ORDER BY instance;
+DROP TABLE took;
+CREATE TEMP TABLE took AS SELECT * FROM rmsg.receive_any(max => 10);
+SELECT instance, convert_from(payload, 'UTF8') AS message, rmsg.ack(msg_id, receipt) AS acked
+  FROM took ORDER BY instance;
+SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances ORDER BY instance;
 SQL
 }
 
@@ -203,72 +231,103 @@ wait_for() {
     die "gave up waiting for: $query"
 }
 
-# The background worker (README, "Background worker"): the workers move to
-# a database of their own on a reload, bill orders through a queue handler
-# (one order fails until it is dead-lettered), and handle an order
-# conversation through an instance handler: nothing while it recovers, a
-# crash in the middle, and the deferred messages in order once the recovery
-# message completes it.
+# The background worker (README, "Background worker"): the workers serve
+# database shipping; they bill orders through a queue handler (one order
+# fails until it is dead-lettered), handle an order conversation through an
+# instance handler (nothing while it recovers, the deferred messages in
+# order once the recovery message completes it), collect payloads, and
+# leave the messages alone once the handlers are removed.
 worker_demo() {
-    local psql=(psql -X -v ON_ERROR_STOP=1)
-    log "background worker: handlers for a queue and for instances"
-    run_as_pg "${psql[@]}" -q -c "CREATE DATABASE shipping"
-    run_as_pg "${psql[@]}" -q -d shipping -c "CREATE EXTENSION recoverable_msg"
-    run_as_pg "${psql[@]}" -e <<'SQL'
--- the workers serve the database rmsg.database names; a reload moves them
-ALTER SYSTEM SET rmsg.database = 'shipping';
-ALTER SYSTEM SET rmsg.worker_naptime = '1s';
-ALTER SYSTEM SET rmsg.retry_delay = '200ms';
-SELECT pg_reload_conf();
-SQL
-    wait_for postgres "SELECT count(*) = 2 FROM rmsg.worker WHERE database = 'shipping' AND state = 'idle'"
+    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)')
+    section "6. The background worker" \
+        "Handlers, plain SQL functions subscribed to a queue or to instances, run inside the server: no" \
+        "consumer process to run. Each message is handled in one transaction with its ack, so its work is" \
+        "done exactly once; failures are retried with backoff, then dead-lettered."
+    echo "-- the cluster runs 2 workers for database shipping (postgresql.conf: rmsg.worker_count = 2,"
+    echo "-- rmsg.database = 'shipping', and, to keep the demo short, rmsg.worker_naptime = '1s' and"
+    echo "-- rmsg.retry_delay = '200ms'); demo.sh created shipping with the extension at the start."
+    echo "-- The handlers bill(bytea,jsonb) and on_order_event(text,bytea,text) are in"
+    echo "-- test/examples/worker_handlers.sql, which subscribes bill to the queue billing."
+    wait_for shipping "SELECT count(*) = 2 FROM rmsg.worker WHERE database = 'shipping' AND state = 'idle'"
     run_as_pg "${psql[@]}" -q -d shipping -f - <"$ROOT/test/examples/worker_handlers.sql" >/dev/null
     run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
 SELECT worker, pid IS NOT NULL AS running, state, database FROM rmsg.worker;
 SELECT kind, target, handler, batch FROM rmsg.handlers;
--- three orders; the second has no amount: its handler fails
+\echo '-- three orders; the second has no amount, so its handler fails. (msg_ids start at 1 here: each'
+\echo '-- database has its own sequence.)'
+\set ECHO none
+\set QUIET 1
+CREATE TEMP TABLE puts_began AS SELECT clock_timestamp() AS at;
+\set ECHO queries
+\unset QUIET
 SELECT rmsg.put('billing', '{"id": 1, "amount": 20}'::jsonb) AS msg_id;
 SELECT rmsg.put('billing', '{"id": 2, "amount": 0}'::jsonb) AS msg_id;
 SELECT rmsg.put('billing', '{"id": 3, "amount": 5}'::jsonb) AS msg_id;
+\set ECHO none
+\set QUIET 1
+DO $$
+BEGIN
+    FOR i IN 1..3000 LOOP    -- 30 s at most
+        EXIT WHEN EXISTS (SELECT FROM invoices WHERE order_id = 1);
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM invoices WHERE order_id = 1) THEN
+        RAISE EXCEPTION 'order 1 was not billed within 30 s';
+    END IF;
+    RAISE NOTICE 'order 1 was billed within % ms of its put: its commit woke a worker, which would otherwise have slept up to rmsg.worker_naptime',
+        (SELECT ceil(extract(epoch FROM clock_timestamp() - at) * 1000) FROM puts_began);
+END $$;
 SQL
     wait_for shipping "SELECT ready = 1 FROM rmsg.queues WHERE queue = 'billing_dead'"
     run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
--- 1 and 3 billed at once, each in the transaction that acked it;
--- 2 was tried three times (200 ms, then 400 ms later) and dead-lettered
+\echo '-- orders 1 and 3 billed, each in the transaction that acked it. Order 2 failed three times (its'
+\echo '-- queue''s max_deliveries; tried again after 200 ms, then after 400 ms) and went to billing_dead:'
 SELECT order_id, amount FROM invoices ORDER BY order_id;
 SELECT queue, ready, in_flight, delayed, dead FROM rmsg.queues ORDER BY queue;
 SELECT kind, target, errors, last_error FROM rmsg.handlers;
 SELECT worker, state, processed, errors, retried, dead_lettered, last_error FROM rmsg.worker;
--- an order conversation: placed, then the provider reports a mismatch
+\echo '-- an instance handler serves the orders (prefix order-): placed, then the provider reports a'
+\echo '-- mismatch and the order recovers; the customer''s messages meanwhile are deferred:'
 SELECT rmsg.create_instance('order-7', '{"status": "new", "paid": false}');
-SELECT * FROM rmsg.deliver('order-7', 'placed');
+SELECT disposition FROM rmsg.deliver('order-7', 'placed');
 SQL
     wait_for shipping "SELECT count(*) = 1 FROM order_events"
     run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
 SELECT rmsg.begin_recovery('order-7');
-SELECT * FROM rmsg.deliver('order-7', 'address changed');   -- deferred
-SELECT * FROM rmsg.deliver('order-7', 'gift wrap');         -- deferred
-SELECT pg_sleep(1);
--- the workers leave them alone while the order recovers:
+SELECT disposition FROM rmsg.deliver('order-7', 'address changed');
+SELECT disposition FROM rmsg.deliver('order-7', 'gift wrap');
+SELECT pg_sleep(0.5);
+\echo '-- half a second later, the workers have left them alone:'
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
-SQL
-    log "pg_ctl stop -m immediate while order-7 recovers"
-    run_as_pg pg_ctl -D "$DEMO_DATA" -m immediate -w stop >/dev/null
-    run_as_pg pg_ctl -D "$DEMO_DATA" -l "$WORK/server.log" -w start >/dev/null
-    wait_for postgres "SELECT count(*) = 2 FROM rmsg.worker WHERE database = 'shipping' AND state = 'idle'"
-    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
--- after the crash: still recovering, both messages deferred
-SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
--- the provider's answer: its handler completes recovery
-SELECT * FROM rmsg.deliver('order-7', 'resync: paid', 'recovery');
+\echo '-- the provider''s answer: its handler completes recovery, and the deferred messages follow:'
+SELECT disposition FROM rmsg.deliver('order-7', 'resync: paid', 'recovery');
 SQL
     wait_for shipping "SELECT count(*) = 4 FROM order_events"
     run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
--- handled in order: the deferred messages right after the recovery
 SELECT kind, message, status FROM order_events ORDER BY seq;
 SELECT instance, mode, ready, deferred, in_flight FROM rmsg.instances;
 SELECT rmsg.load_state('order-7');
-SELECT worker, state, processed, errors FROM rmsg.worker;
+\echo '-- worker 0 also runs the maintenance every rmsg.worker_naptime; among it, collect_payloads. A'
+\echo '-- 5000-byte message, too large to live in its message row, is put, taken and acked:'
+SELECT rmsg.create_queue('archive');
+SELECT rmsg.put('archive', convert_to(repeat('x', 5000), 'UTF8')) AS msg_id;
+SELECT rmsg.ack(msg_id) AS acked FROM rmsg.get('archive');
+SELECT payload_rows FROM rmsg.log_stats;
+SQL
+    wait_for shipping "SELECT payload_rows = 0 FROM rmsg.log_stats"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+\echo '-- within a second its payload row is gone:'
+SELECT payload_rows FROM rmsg.log_stats;
+SELECT worker, processed, payloads_collected FROM rmsg.worker;
+\echo '-- unsubscribe and remove_handler take the handlers away; the messages then stay where they are:'
+SELECT rmsg.unsubscribe('billing');
+SELECT rmsg.remove_handler('order-');
+SELECT count(*) AS handlers FROM rmsg.handlers;
+SELECT rmsg.put('billing', '{"id": 4, "amount": 7}'::jsonb) AS msg_id;
+SELECT disposition FROM rmsg.deliver('order-7', 'delivered');
+SELECT pg_sleep(0.5);
+SELECT queue, ready, in_flight FROM rmsg.queues WHERE queue = 'billing';
+SELECT instance, mode, ready, in_flight FROM rmsg.instances;
 SQL
 }
 
@@ -276,15 +335,15 @@ main() {
     # shellcheck disable=SC2086  # a space-separated package list
     ensure_packages $DEMO_PACKAGES || die "could not install the required packages"
     init_pg_env
-    BUILD_WERROR=0 build_and_install || die "build failed"
+    BUILD_WERROR=0 build_and_install -j"$(nproc)" || die "build failed"
     make_workdir
     start_cluster
     run_walkthrough
-    crash_and_recover
     contract_demo
     instance_demo
     worker_demo
     stop_cluster   # the EXIT trap stops it too, should anything above fail
+    echo
     log "demo finished"
 }
 

@@ -18,7 +18,7 @@
 -- The queue overview, shown after the steps that change it.
 \set show_queues 'SELECT queue, ready, in_flight, delayed, dead FROM rmsg.queues ORDER BY queue;'
 -- Seconds since the statement started, for the gets that wait.
-\set waited 'round(extract(epoch FROM clock_timestamp() - statement_timestamp())::numeric, 1) AS waited_seconds'
+\set waited 'round(extract(epoch FROM clock_timestamp() - statement_timestamp()), 1) AS waited_seconds'
 
 \echo
 \echo '=== Install: the library is in shared_preload_libraries, the extension goes in each database ==='
@@ -74,7 +74,8 @@ RESET ROLE;
 SET ROLE demo_shop;
 SET search_path = public, pg_catalog;
 SELECT count(*) FROM unnest(ARRAY['a', 'b']::bytea[]);
-\echo '-- ... but put_batch, which unnests its array in a statement of its own, does not (no NOTICE):'
+\echo '-- ... but put_batch, whose own statement unnests the array, does not (no NOTICE): the extension'
+\echo '-- plans its statements with pg_catalog and rmsg alone on the path:'
 SELECT count(*) AS invoices_put FROM rmsg.put_batch('invoices', ARRAY['invoice 2', 'invoice 3']::bytea[]);
 RESET search_path;
 RESET ROLE;
@@ -128,16 +129,16 @@ SELECT msg_id, convert_from(payload, 'UTF8') AS payload, headers, deliveries FRO
 :show_queues
 \echo '-- ack the first (done: it is removed); nack the second (cannot handle it now: it is ready again'
 \echo '-- at once, in its old place):'
-SELECT rmsg.ack(msg_id, receipt) AS acked FROM got ORDER BY msg_id LIMIT 1;
-SELECT rmsg.nack(msg_id, receipt => receipt) AS nacked FROM got ORDER BY msg_id DESC LIMIT 1;
+SELECT rmsg.ack(msg_id, receipt) AS acked FROM got WHERE msg_id = (SELECT min(msg_id) FROM got);
+SELECT rmsg.nack(msg_id, receipt => receipt) AS nacked FROM got WHERE msg_id = (SELECT max(msg_id) FROM got);
 :show_queues
 
-\echo '-- extend: a consumer that needs more time moves the end of its lease. This lease of 0.2 s,'
-\echo '-- extended to a minute, still holds 0.3 s later:'
-CREATE TEMP TABLE slow AS SELECT * FROM rmsg.get('orders', visibility => '0.2 seconds');
+\echo '-- extend: a consumer that needs more time moves the end of its lease. This lease of half a'
+\echo '-- second, extended to a minute, still holds 0.6 s later:'
+CREATE TEMP TABLE slow AS SELECT * FROM rmsg.get('orders', visibility => '0.5 seconds');
 SELECT convert_from(payload, 'UTF8') AS payload, deliveries,
        rmsg.extend(msg_id, '1 minute', receipt) AS extended FROM slow;
-SELECT pg_sleep(0.3);
+SELECT pg_sleep(0.6);
 :show_queues
 SELECT rmsg.ack(msg_id, receipt) AS acked FROM slow;
 
@@ -205,13 +206,16 @@ SELECT msg_id, convert_from(payload, 'UTF8') AS payload
 \set QUIET 1
 DO $$
 BEGIN
-    -- until the other session sleeps, its put done
-    LOOP
+    -- until the other session sleeps, its put done (10 s at most)
+    FOR i IN 1..200 LOOP
         PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN EXISTS (SELECT FROM pg_stat_activity
-                           WHERE query = 'SELECT pg_sleep(60)' AND state = 'active');
+        IF EXISTS (SELECT FROM pg_stat_activity
+                    WHERE query = 'SELECT pg_sleep(60)' AND state = 'active') THEN
+            RETURN;
+        END IF;
         PERFORM pg_sleep(0.05);
     END LOOP;
+    RAISE EXCEPTION 'the session putting payment 3 did not start';
 END $$;
 \unset QUIET
 \set ECHO queries
@@ -240,9 +244,11 @@ SELECT rmsg.create_queue('billing');
 SELECT rmsg.create_queue('shipping');
 SELECT rmsg.create_queue('audit', dedup => 'none');
 SELECT rmsg.create_queue('catalog', dedup => 'content');
+\set ECHO none
 \set QUIET 1
 CREATE TEMP TABLE log_before AS SELECT * FROM rmsg.log_stats;
 \unset QUIET
+\set ECHO queries
 \echo '-- an order of 64 KiB of random bytes, put once; the relay gets it, with a data token naming its data:'
 SELECT rmsg.put('orders', decode(string_agg(md5(random()::text), ''), 'hex')) AS msg_id
   FROM generate_series(1, 4096);
@@ -270,7 +276,8 @@ SELECT rmsg.put('catalog', convert_to(repeat('price list 2026; ', 100), 'UTF8'))
 SELECT q.name AS queue, m.payload_size, m.payload_id
   FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
  WHERE m.payload_size = 1700 ORDER BY m.msg_id;
-\echo '-- payload bytes written, and referenced instead of written, in this section:'
+\echo '-- payload bytes written in this section (the order, audit''s copy, the price list) and referenced'
+\echo '-- instead (the order twice, the price list three times):'
 SELECT l.payload_bytes_written - b.payload_bytes_written AS bytes_written,
        l.payload_bytes_referenced - b.payload_bytes_referenced AS bytes_referenced
   FROM rmsg.log_stats l, log_before b;

@@ -234,7 +234,7 @@ build_and_install() {
     build_log=$(mktemp /tmp/rmsg-build-XXXXXX.log) || return 1
     printf '==> building and installing %s ... ' "$ROOT"
     {
-        make -C "$ROOT" PG_CONFIG="$PG_CONFIG" clean &&
+        make -C "$ROOT" PG_CONFIG="$PG_CONFIG" clean >/dev/null &&
             make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "${copt[@]}" "$@" &&
             as_root make -C "$ROOT" PG_CONFIG="$PG_CONFIG" "$@" install
     } >"$build_log" 2>&1 || status=1
