@@ -36,6 +36,7 @@ void		_PG_init(void);
 static const RmsgShmemArea shmem_areas[] = {
 	{"counters", RmsgStatsShmemSize, RmsgStatsShmemStartup},
 	{"long polling", RmsgLongPollShmemSize, RmsgLongPollShmemStartup},
+	{"ready hints", RmsgReadyHintShmemSize, RmsgReadyHintShmemStartup},
 	{"called components", RmsgComponentsShmemSize, RmsgComponentsShmemStartup},
 	{"instance cache", RmsgInstanceCacheShmemSize, RmsgInstanceCacheShmemStartup},
 	{"workers", RmsgWorkerShmemSize, RmsgWorkerShmemStartup},

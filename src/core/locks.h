@@ -17,6 +17,9 @@
  *							  component table
  *	  RMSG_LWLOCK_INSTANCES	  instance/catalog.c: the cache of instance ids
  *							  and modes
+ *	  RMSG_LWLOCK_READY_HINTS queue/ready_hint.c: where each queue's gets
+ *							  start (exclusive to add or remove an entry;
+ *							  each entry's fields have a spinlock)
  *
  *    Besides these: each worker slot has a spinlock (worker/slots.c), and
  *    long polling sleeps on condition variables (queue/long_poll.c).
@@ -71,6 +74,7 @@ typedef enum RmsgLWLockId
 	RMSG_LWLOCK_STATS,
 	RMSG_LWLOCK_COMPONENTS,
 	RMSG_LWLOCK_INSTANCES,
+	RMSG_LWLOCK_READY_HINTS,
 	RMSG_LWLOCK_COUNT
 } RmsgLWLockId;
 

@@ -412,6 +412,7 @@ rmsg_drop_queue(PG_FUNCTION_ARGS)
 	 */
 	RmsgPlanExecute(&delete_messages_plan, &arg, NULL, true, 0);
 	RmsgQueueStatsForget(queue.queue_id);
+	RmsgReadyHintForget(queue.queue_id);
 
 	RmsgPlanExecute(&delete_queue_plan, &arg, NULL, true, 0);
 	RmsgSpiFinish();

@@ -59,14 +59,17 @@ static int
 DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 {
 	Datum		values[3];
+	TimestampTz now = GetCurrentTimestamp();
 
 	values[0] = rows;
 	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
-	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[2] = TimestampTzGetDatum(now);
 
 	if (queue->dead_letter_queue_id != 0)
 	{
 		RmsgPlanExecute(to_dlq, values, NULL, false, 0);
+		/* the moved messages have new entries in the ready index */
+		RmsgReadyHintLower(queue->dead_letter_queue_id, now);
 		RmsgWakeQueueAtCommit(queue->dead_letter_queue_id);
 	}
 	else

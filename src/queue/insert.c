@@ -41,7 +41,8 @@
  * an insert, and for an update that could not be HOT.  key_unchanged says
  * the update changed no indexed column, which lets btree delete the old
  * versions' entries bottom-up instead of splitting pages, as the executor
- * arranges for such updates.
+ * arranges for such updates.  Then tells the queue's ready hint of the new
+ * entry (ready_hint.c).
  */
 void
 RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
@@ -86,6 +87,14 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 		index_close(index, NoLock);
 	}
 	list_free(indexes);
+
+	/* a new entry in the ready index: gets must not start past it */
+	{
+		bool		isnull;
+
+		RmsgReadyHintLower(DatumGetInt32(slot_getattr(slot, rels->att_queue_id, &isnull)),
+						   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
+	}
 }
 
 /*

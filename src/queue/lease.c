@@ -356,6 +356,12 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 		RmsgPlanExecute(nack ? &nack_plan : &extend_plan, values, nulls, false, 0);
 		RmsgLazyWriteEnd();
 		moved = SPI_processed > 0;
+		/*
+		 * An update that was not HOT added an index entry, at the old
+		 * visible_at or (a nack with a delay) a later one.
+		 */
+		if (moved)
+			RmsgReadyHintLower(queue_id, visible_at);
 	}
 	RmsgSpiFinish();
 

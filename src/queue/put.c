@@ -310,6 +310,7 @@ PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, bytea *last,
 	values[3] = PointerGetDatum(payloads);
 	values[4] = Int32GetDatum(rmsg_inline_payload_max);
 	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
+	RmsgReadyHintLower(queue->queue_id, now);
 
 	/* nothing in the loop runs a statement, so SPI_tuptable stays this result */
 	for (uint64 i = 0; i < SPI_processed; i++)

@@ -112,6 +112,18 @@ typedef struct RmsgLeaseKeeper
 
 extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
 
+/*
+ * queue/ready_hint.c: where a get may start in the ready index.  Every
+ * writer that adds an index entry to rmsg.message calls RmsgReadyHintLower
+ * with its visible_at before it commits.
+ */
+extern Size RmsgReadyHintShmemSize(void);
+extern void RmsgReadyHintShmemStartup(void);
+extern TimestampTz RmsgReadyHintRead(int32 queue_id, uint64 *epoch);
+extern void RmsgReadyHintAdvance(int32 queue_id, uint64 epoch, TimestampTz to);
+extern void RmsgReadyHintLower(int32 queue_id, TimestampTz key);
+extern void RmsgReadyHintForget(int32 queue_id);
+
 /* queue/long_poll.c: long polling, woken by the commits that make messages ready */
 extern Size RmsgLongPollShmemSize(void);
 extern void RmsgLongPollShmemStartup(void);

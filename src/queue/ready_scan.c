@@ -26,6 +26,12 @@
  * the caller to dead-letter by its tid, which our lock keeps stable until
  * commit.
  *
+ * The walk starts at the queue's hint (ready_hint.c) instead of the front,
+ * and moves the hint over the entries it finds gone for good.  So it sees
+ * the index entries our snapshot does not show: each of those is looked up
+ * again with a dirty snapshot, which tells "gone for good" (nothing found)
+ * from "a transaction is still at work on it" (found).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -42,6 +48,7 @@
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/snapshot.h"
 #include "utils/timestamp.h"
 
 #include "queue/queue.h"
@@ -124,6 +131,27 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 }
 
 /*
+ * Whether the index entry at tid may still matter: some version of its row
+ * is live, or a transaction still running inserted or is deleting it.  If
+ * so, its visible_at (the entry's key) goes to *key.
+ */
+static bool
+MayStillMatter(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
+			   const RmsgRelations *rels, TimestampTz *key)
+{
+	SnapshotData dirty;
+	bool		call_again = false;
+	bool		all_dead = false;
+	bool		isnull;
+
+	InitDirtySnapshot(dirty);
+	if (!table_index_fetch_tuple(fetch, tid, &dirty, slot, &call_again, &all_dead))
+		return false;
+	*key = DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull));
+	return true;
+}
+
+/*
  * Locks and leases up to max ready messages of the queue, oldest-ready
  * first, into taken[]; returns how many it locked.  Messages other
  * transactions have locked are skipped, never waited for.  Those whose
@@ -138,12 +166,20 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	Relation	index;
 	Snapshot	snapshot;
 	IndexScanDesc scan;
-	ScanKeyData keys[2];
+	ScanKeyData keys[3];
 	TupleTableSlot *seen;
 	TupleTableSlot *locked;
 	TupleTableSlot *leased;
+	TupleTableSlot *dirty;
+	IndexFetchTableData *dirty_fetch;
 	CommandId	cid = GetCurrentCommandId(true);
 	int			nfound = 0;
+	uint64		epoch;
+	TimestampTz scan_from;
+	bool		moving_hint = true;
+	TimestampTz hint_to = now;	/* where the hint may move, if nothing stops it */
+	ItemPointer tid;
+	int			nkeys = 2;
 
 	rel = table_open(rels->message, RowExclusiveLock);
 	RmsgRefuseBypass(rel, "rmsg.get");
@@ -160,14 +196,20 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 				Int32GetDatum(queue_id));
 	ScanKeyInit(&keys[1], 2, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
 				TimestampTzGetDatum(now));
+	scan_from = RmsgReadyHintRead(queue_id, &epoch);
+	if (scan_from != DT_NOBEGIN)
+		ScanKeyInit(&keys[nkeys++], 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
+					TimestampTzGetDatum(scan_from));
 
 	seen = table_slot_create(rel, NULL);
 	locked = table_slot_create(rel, NULL);
 	leased = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, index, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
+	dirty = table_slot_create(rel, NULL);
+	dirty_fetch = table_index_fetch_begin(rel);
+	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
 
-	while (nfound < max && index_getnext_slot(scan, ForwardScanDirection, seen))
+	while (nfound < max && (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
 	{
 		TM_FailureData tmfd;
 		TM_Result	result;
@@ -175,6 +217,29 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 		RmsgTaken  *t = &taken[nfound];
 
 		CHECK_FOR_INTERRUPTS();
+
+		if (!index_fetch_heap(scan, seen))
+		{
+			/*
+			 * Not in our snapshot.  Gone for good: the hint may move past
+			 * it.  Otherwise (an uncommitted put or ack, a put committed
+			 * after our snapshot) the hint stops here.
+			 */
+			TimestampTz key;
+
+			if (moving_hint && MayStillMatter(dirty_fetch, tid, dirty, rels, &key))
+			{
+				hint_to = key;
+				moving_hint = false;
+			}
+			continue;
+		}
+		if (moving_hint)
+		{
+			/* a live message, ready or leased: the hint stops here */
+			hint_to = DatumGetTimestampTz(slot_getattr(seen, rels->att_visible_at, &isnull));
+			moving_hint = false;
+		}
 
 		if (!IsReady(seen, rels, queue_id, now))
 			continue;			/* in flight */
@@ -210,6 +275,10 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();
 	index_endscan(scan);
+	table_index_fetch_end(dirty_fetch);
+	if (hint_to > scan_from)
+		RmsgReadyHintAdvance(queue_id, epoch, hint_to);
+	ExecDropSingleTupleTableSlot(dirty);
 	ExecDropSingleTupleTableSlot(seen);
 	ExecDropSingleTupleTableSlot(locked);
 	ExecDropSingleTupleTableSlot(leased);

@@ -339,7 +339,12 @@ RmsgDropOwned(Oid role)
 					RmsgRefuseDropOfDeadLetterQueue(name);
 					RmsgPlanExecute(&drop_queue_plan, &name_arg, NULL, true, 0);
 					if (SPI_processed > 0)
-						RmsgQueueStatsForget(DatumGetInt32(RmsgSpiNotNull(0, "queue_id")));
+					{
+						int32		queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
+
+						RmsgQueueStatsForget(queue_id);
+						RmsgReadyHintForget(queue_id);
+					}
 					break;
 				case RMSG_INSTANCE:
 					RmsgLockInstance(name, RMSG_LOCK_INSTANCE_ARRIVAL);

@@ -108,11 +108,14 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 		else
 		{
 			Datum		values[3];
+			TimestampTz again = RmsgRetryAt(t->deliveries, retry_at);
 
 			values[0] = Int64GetDatum(t->msg_id);
-			values[1] = TimestampTzGetDatum(RmsgRetryAt(t->deliveries, retry_at));
+			values[1] = TimestampTzGetDatum(again);
 			values[2] = Int32GetDatum(t->deliveries);
 			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
+			/* a new entry in the queue's ready index, at its retry time */
+			RmsgReadyHintLower(queue.queue_id, again);
 			counts->retried++;
 		}
 	}

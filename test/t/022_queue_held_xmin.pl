@@ -1,0 +1,142 @@
+use strict;
+use warnings FATAL => 'all';
+
+# A long transaction must not make gets walk every message acked since it
+# began.  While a transaction holds back the xmin horizon, VACUUM keeps the
+# index entries of every acked message, and a get that walked the ready
+# index from its front would read each of them from the heap.  Gets start
+# at the queue's hint instead (queue/ready_hint.c), and move it over
+# entries gone for good: the first get after a churn walks them once, the
+# next ones do not.  Counted in index entries read (the statistics'
+# idx_tup_read), which do not depend on the machine's speed.
+#
+# Then the hint must hold nothing back: with the horizon still held, a
+# producer whose transaction stays open across consumers' gets and acks,
+# leases that are rolled back or run out, and nacks, every message is
+# taken once it is ready, and exactly the messages put are acked.
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use FindBin;
+use lib "$FindBin::RealBin/../lib";
+use RmsgSession;
+use RmsgNode;
+
+use constant CHURN => 3000;
+
+my $node = new_node('xmin', workers => 0, extension => 1, conf => q{
+autovacuum = off
+});
+$node->safe_psql('postgres', q{SELECT rmsg.create_queue('jobs')});
+
+# The transaction that holds the horizon: an xid, REPEATABLE READ.
+my $holder = session_open($node, 'holder');
+session_query($holder, q{BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT txid_current() > 0;}, 'the horizon holder starts');
+
+# The index entries one get of queue jobs reads (idx_tup_read of the ready
+# index, counted by the statistics), and how many messages it took.  The
+# statistics of a session reach the shared counters when it goes idle after
+# pg_stat_force_next_flush(); psql sends each statement on its own, so each
+# line below ends idle.
+sub get_cost
+{
+	my $out = $node->safe_psql('postgres', q{
+SET stats_fetch_consistency = none;
+SELECT pg_stat_force_next_flush();
+SELECT 'before', idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'message_ready_idx';
+SELECT 'took', count(*) FROM rmsg.get('jobs', 1, '1 hour');
+SELECT pg_stat_force_next_flush();
+SELECT 'after', idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'message_ready_idx';
+});
+	my %v = $out =~ /^(before|took|after)\|(\d+)$/mg;
+	return ($v{after} - $v{before}, $v{took});
+}
+
+# Churn: CHURN messages put and acked by msg_id, in batches of 100, with no
+# get in between, so the hint has not moved: the first get after it walks
+# every entry they left.
+$node->safe_psql('postgres', qq{
+DO \$\$
+BEGIN
+  FOR b IN 1..${\ (CHURN / 100) } LOOP
+    PERFORM rmsg.ack(array_agg(id))
+       FROM rmsg.put_batch('jobs', (SELECT array_agg(convert_to('m' || i, 'UTF8'))
+                                      FROM generate_series(1, 100) i)) id;
+    COMMIT;
+  END LOOP;
+END \$\$;
+});
+my ($vacuum_out, $vacuum_err) = ('', '');
+$node->psql('postgres', 'VACUUM (VERBOSE) rmsg.message',
+	stdout => \$vacuum_out, stderr => \$vacuum_err);
+my ($kept) = $vacuum_err =~ /(\d+) are dead but not yet removable/;
+cmp_ok($kept // 0, '>=', CHURN,
+	'the held horizon keeps the row versions of every acked message from VACUUM');
+
+$node->safe_psql('postgres', q{SELECT rmsg.put('jobs', 'after the churn'::text)});
+my ($first, $rows1) = get_cost();
+$node->safe_psql('postgres', q{SELECT rmsg.put('jobs', 'and another'::text)});
+my ($second, $rows2) = get_cost();
+$node->safe_psql('postgres', q{SELECT rmsg.put('jobs', 'and a third'::text)});
+my ($third, $rows3) = get_cost();
+note("index entries the gets after the churn read: $first, then $second, then $third");
+is("$rows1|$rows2|$rows3", '1|1|1', 'each get takes its message');
+cmp_ok($first, '>', CHURN / 2, 'the first get walks the entries of the acked messages, once');
+cmp_ok($second, '<', 10, 'the next get starts past them');
+cmp_ok($third, '<', 10, 'and so does the one after');
+
+#---------------------------------------------------------------------------
+# Nothing is held back: a slow producer, rolled-back and expired leases,
+# nacks, with the horizon still held and the hint moving.
+#---------------------------------------------------------------------------
+$node->safe_psql('postgres', q{
+SELECT rmsg.ack(msg_id) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'jobs';
+CREATE TABLE handled (payload text PRIMARY KEY);
+});
+my $slow = session_open($node, 'slow');
+session_query($slow, q{BEGIN; SELECT rmsg.put('jobs', 'slow one'::text) > 0;}, 'a slow put, uncommitted');
+$node->safe_psql('postgres', q{SELECT rmsg.put('jobs', 'leased, rolled back'::text)});
+my $leaser = session_open($node, 'leaser');
+is(session_query($leaser, q{BEGIN; SELECT convert_from(payload, 'UTF8') FROM rmsg.get('jobs', 1, '1 hour');},
+	'a lease to roll back'), 'leased, rolled back', 'the lease to roll back takes its message');
+
+# Consumers: each round puts 20, leases some for no time (they run out at
+# once), nacks some, and handles and acks the rest, every round its own
+# transactions.
+for my $round (1 .. 30)
+{
+	$node->safe_psql('postgres', qq{
+SELECT count(rmsg.put('jobs', 'r$round n' || i)) FROM generate_series(1, 20) i;
+SELECT count(*) FROM rmsg.get('jobs', 3, '0 seconds');
+SELECT count(rmsg.nack(msg_id, receipt => receipt)) FROM rmsg.get('jobs', 2, '1 hour');
+WITH g AS (SELECT * FROM rmsg.get('jobs', 10, '1 hour')),
+     h AS (INSERT INTO handled SELECT convert_from(payload, 'UTF8') FROM g)
+SELECT count(rmsg.ack(msg_id, receipt)) FROM g;
+});
+}
+session_query($leaser, 'ROLLBACK;', 'the lease is rolled back');
+session_query($slow, 'COMMIT;', 'the slow put commits');
+
+# Drain: everything ready must come out.
+for (1 .. 100)
+{
+	my $got = $node->safe_psql('postgres', q{
+WITH g AS (SELECT * FROM rmsg.get('jobs', 100, '1 hour')),
+     h AS (INSERT INTO handled SELECT convert_from(payload, 'UTF8') FROM g)
+SELECT count(rmsg.ack(msg_id, receipt)) FROM g});
+	last if $got == 0;
+}
+is($node->safe_psql('postgres', q{SELECT ready, in_flight, delayed FROM rmsg.queues WHERE queue = 'jobs'}),
+	'0|0|0', 'the queue drains: nothing is held back behind the hint');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM handled}), 30 * 20 + 2,
+	'every message put was handled once, the slow one and the rolled-back lease\'s too');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM handled WHERE payload = 'slow one'}), 1,
+	'the slow put\'s message was found once it committed');
+
+session_query($holder, 'COMMIT;', 'the horizon holder ends');
+session_kill($_) for ($holder, $slow, $leaser);
+$node->stop;
+done_testing();
