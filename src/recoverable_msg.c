@@ -66,6 +66,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 			RmsgCatalogXactEnd();
+			RmsgReadyHintXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
 			RmsgInstanceCacheXactEnd();
@@ -75,6 +76,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			RmsgCatalogXactEnd();
+			RmsgReadyHintXactEnd();
 			RmsgWakeupXactEnd(false);
 			/*
 			 * A prepared reply's CLSN is not ours to learn, and need not

@@ -64,6 +64,7 @@ DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 	values[0] = rows;
 	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
 	values[2] = TimestampTzGetDatum(now);
+	RmsgReadyHintTouched(queue->queue_id);
 
 	if (queue->dead_letter_queue_id != 0)
 	{

@@ -357,11 +357,17 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 		RmsgLazyWriteEnd();
 		moved = SPI_processed > 0;
 		/*
-		 * An update that was not HOT added an index entry, at the old
-		 * visible_at or (a nack with a delay) a later one.
+		 * The queue's hint may have passed the message on its old lease
+		 * (queue/ready_hint.c).  A nack with a delay gives it a new place
+		 * in line (a new index entry); anything else keeps its place, and
+		 * the lease ends now (a nack) or at `until`.
 		 */
 		if (moved)
-			RmsgReadyHintLower(queue_id, visible_at);
+			RmsgReadyHintTouched(queue_id);
+		if (moved && nack && until > now)
+			RmsgReadyHintLower(queue_id, until);
+		else if (moved)
+			RmsgReadyHintLeaseMoved(queue_id, visible_at, nack ? now : until);
 	}
 	RmsgSpiFinish();
 

@@ -114,14 +114,25 @@ extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
 
 /*
  * queue/ready_hint.c: where a get may start in the ready index.  Every
- * writer that adds an index entry to rmsg.message calls RmsgReadyHintLower
- * with its visible_at before it commits.
+ * writer of rmsg.message keeps its rules (see there) before it commits.
  */
+typedef struct RmsgReadyWalk
+{
+	uint64		writes;			/* the hint's count of writes, when read */
+	TimestampTz start;			/* where the walk starts (DT_NOBEGIN: the front) */
+	bool		covers_passed;	/* it covers every leased message the hint passed */
+} RmsgReadyWalk;
+
 extern Size RmsgReadyHintShmemSize(void);
 extern void RmsgReadyHintShmemStartup(void);
-extern TimestampTz RmsgReadyHintRead(int32 queue_id, uint64 *epoch);
-extern void RmsgReadyHintAdvance(int32 queue_id, uint64 epoch, TimestampTz to);
+extern RmsgReadyWalk RmsgReadyHintRead(int32 queue_id, TimestampTz now);
+extern void RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
+								 TimestampTz leased_from, TimestampTz leased_until);
 extern void RmsgReadyHintLower(int32 queue_id, TimestampTz key);
+extern void RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until);
+extern void RmsgReadyHintTouched(int32 queue_id);
+extern bool RmsgReadyHintMayMove(int32 queue_id);
+extern void RmsgReadyHintXactEnd(void);
 extern void RmsgReadyHintForget(int32 queue_id);
 
 /* queue/long_poll.c: long polling, woken by the commits that make messages ready */

@@ -13,34 +13,49 @@
  * them, reading each from the heap, and consumers slow to a crawl.
  *
  * So each queue has a hint in shared memory, scan_from: a visible_at below
- * which the index holds no entry that matters.  A get starts its walk at
- * scan_from, and moves it forward over the entries it finds gone for good:
- * those whose every row version was deleted by a committed transaction or
- * inserted by an aborted one.  It asks that with a dirty snapshot, which
- * also sees what transactions still running inserted or are deleting: so a
- * message of an uncommitted put, or one an uncommitted ack is deleting,
- * stops the hint.  So does every live message, ready or leased (a lease
- * may run out, and the message is then ready at its old place in line).
+ * which the index holds no entry a get must look at.  A get starts its walk
+ * at scan_from, and moves it forward over what it may pass:
+ *  - entries gone for good: every row version deleted by a committed
+ *    transaction or inserted by an aborted one;
+ *  - messages leased by a committed get, whose lease has not run out.  A
+ *    lease ends, and the message is then ready at its old place in line;
+ *    so the hint also keeps return_from and return_at, the lowest key and
+ *    the earliest lease end among the leased messages it was moved past.
+ *    Once return_at has come, gets start at return_from again, walk the
+ *    region, and the first that covers all of it sets the two anew.
+ * It asks with a dirty snapshot, which also sees what transactions still
+ * running inserted, are deleting or are changing: an uncommitted put, ack,
+ * lease or nack stops the hint, as does a ready message.
  *
- * The invariant: every index entry of the queue that is not gone for good
- * has a key at or above scan_from.  Entries only become gone for good,
- * never back, so what breaks it is a new entry below scan_from, or one a
- * get did not see while it moved the hint past its place.  Hence the rule
- * for every writer of rmsg.message: after adding an index entry (a put, a
- * lease or nack whose update is not HOT, a move to a dead-letter queue),
- * and before committing, call RmsgReadyHintLower with its key.  It lowers
- * scan_from if the key is below, and notes the key in the floor of the
- * current epoch.  A get that read the hint before that entry existed may
- * have walked past the entry's place; when it publishes, it takes the
- * lowest key noted since it started (the floors of its epoch and the next;
- * two epochs later it gives up), so it never moves the hint past an entry
- * added while it walked.  Each move of the hint starts a new epoch.
+ * The invariant: every index entry of the queue that a get must look at
+ * has a key at or above scan_from, or is a leased message whose key is at
+ * or above return_from and whose lease ends at or after return_at.  What
+ * could break it: a new index entry a get did not see while it moved the
+ * hint past its place, a lease that ends sooner than the hint was told, a
+ * lease that is rolled back.  Hence the rules, for every writer of
+ * rmsg.message, before it commits:
+ *  - after adding an index entry (a put, an update that was not HOT, a move
+ *    to a dead-letter queue, a retry), RmsgReadyHintLower with its key;
+ *  - after ending or moving a lease (a nack, an extend), with the row's
+ *    key and the lease's new end, RmsgReadyHintLeaseMoved.
+ * A lease, ack or move that is not committed cannot be passed by anyone
+ * else's walk (the dirty snapshot says a transaction is at work on it); the
+ * transaction's own walks do not move the hint of a queue whose messages it
+ * wrote (RmsgReadyHintTouched), since all of that comes back if it rolls
+ * back.
+ * Each of those writes is noted, with its key, in a short ring of the
+ * latest writes.  A get that read the hint before the write may have walked
+ * past the place; when it publishes, it moves the hint no further than the
+ * lowest key written since it read it (and gives up if more writes came
+ * than the ring holds).  The return information it brings replaces the old
+ * only if its walk covered the whole region the old described.
  *
  * The hints live in shared memory only: after a restart every queue starts
  * from the front again and finds its place on the first get.  A queue
  * without an entry (the table is full) is walked from the front, as before.
- * Writing rmsg.message directly, outside the extension's functions, breaks
- * the rule; a restart mends it.
+ * Writing rmsg.message
+ * directly, outside the extension's functions, breaks the rules; a restart
+ * mends it.
  *
  *-------------------------------------------------------------------------
  */
@@ -56,7 +71,8 @@
 #include "core/locks.h"
 #include "queue/queue.h"
 
-#define RMSG_MAX_READY_HINTS 4096
+#define RMSG_MAX_READY_HINTS 1024
+#define RMSG_HINT_WRITES 64
 
 typedef struct ReadyHintKey
 {
@@ -70,9 +86,21 @@ typedef struct ReadyHint
 	ReadyHintKey key;			/* the hash key */
 	slock_t		mutex;			/* guards the fields below */
 	TimestampTz scan_from;
-	uint64		epoch;			/* moves of scan_from so far */
-	TimestampTz floor[2];		/* lowest key added in epochs of each parity */
+	uint64		writes;			/* writes noted so far */
+	TimestampTz written[RMSG_HINT_WRITES];	/* the key of write n at n % size */
+	TimestampTz return_from;	/* lowest key of a leased message passed */
+	TimestampTz return_at;		/* earliest end of the leases passed */
 } ReadyHint;
+
+/*
+ * The queues whose messages this transaction wrote (RmsgReadyHintTouched).
+ * Bounded: past it, every queue counts as written.
+ */
+#define RMSG_MAX_TOUCHED_QUEUES 16
+
+static int32 touched[RMSG_MAX_TOUCHED_QUEUES];
+static int	ntouched = 0;
+static bool touched_overflow = false;
 
 typedef struct ReadyHintShared
 {
@@ -142,8 +170,8 @@ FindHint(int32 queue_id, bool create)
 	{
 		SpinLockInit(&hint->mutex);
 		hint->scan_from = DT_NOBEGIN;
-		hint->epoch = 0;
-		hint->floor[0] = hint->floor[1] = DT_NOEND;
+		hint->writes = 0;
+		hint->return_from = hint->return_at = DT_NOEND;
 	}
 	LWLockRelease(shared->lock);
 	LWLockAcquire(shared->lock, LW_SHARED);
@@ -152,38 +180,42 @@ FindHint(int32 queue_id, bool create)
 }
 
 /*
- * Where a get of the queue may start; *epoch is handed back to
- * RmsgReadyHintAdvance.  DT_NOBEGIN: from the front.
+ * Where a get of the queue may start at `now`: past the leased messages
+ * too, until the first of their leases may have run out.
  */
-TimestampTz
-RmsgReadyHintRead(int32 queue_id, uint64 *epoch)
+RmsgReadyWalk
+RmsgReadyHintRead(int32 queue_id, TimestampTz now)
 {
 	ReadyHint  *hint;
-	TimestampTz scan_from = DT_NOBEGIN;
+	RmsgReadyWalk walk = {0, DT_NOBEGIN, true};
 
-	*epoch = 0;
 	if (hints == NULL)
-		return DT_NOBEGIN;		/* not preloaded: no shared memory */
+		return walk;			/* not preloaded: no shared memory */
 	LWLockAcquire(shared->lock, LW_SHARED);
 	hint = FindHint(queue_id, true);
 	if (hint != NULL)
 	{
 		SpinLockAcquire(&hint->mutex);
-		scan_from = hint->scan_from;
-		*epoch = hint->epoch;
+		walk.writes = hint->writes;
+		walk.start = hint->scan_from;
+		if (hint->return_at <= now)
+			walk.start = Min(walk.start, hint->return_from);
+		walk.covers_passed = (walk.start <= hint->return_from);
 		SpinLockRelease(&hint->mutex);
 	}
 	LWLockRelease(shared->lock);
-	return scan_from;
+	return walk;
 }
 
 /*
- * A get that read the hint in `epoch` found every entry below `to` gone for
- * good: moves the hint there, or as far as the entries added meanwhile
- * allow.
+ * A get that started as `walk` says could pass every entry below `to`; of
+ * those, the leased messages begin at key leased_from, and their leases
+ * end at leased_until at the earliest (DT_NOEND: there were none).  Moves
+ * the hint there, or as far as the writes made meanwhile allow.
  */
 void
-RmsgReadyHintAdvance(int32 queue_id, uint64 epoch, TimestampTz to)
+RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
+					 TimestampTz leased_from, TimestampTz leased_until)
 {
 	ReadyHint  *hint;
 
@@ -194,22 +226,41 @@ RmsgReadyHintAdvance(int32 queue_id, uint64 epoch, TimestampTz to)
 	if (hint != NULL)
 	{
 		SpinLockAcquire(&hint->mutex);
-		if (hint->epoch == epoch || hint->epoch == epoch + 1)
+		if (hint->writes - walk->writes <= RMSG_HINT_WRITES)
 		{
-			/* the lowest key added since the get read the hint */
-			to = Min(to, hint->floor[epoch % 2]);
-			if (hint->epoch == epoch + 1)
-				to = Min(to, hint->floor[(epoch + 1) % 2]);
-			if (to > hint->scan_from)
+			/* no further than the lowest key written since the get read the hint */
+			for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
+				to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
+
+			/*
+			 * What we saw replaces what the hint knew of the leases it
+			 * passed only if our walk covered all of that region, from its
+			 * lowest key to the new scan_from; else it adds to it.
+			 */
+			if (walk->covers_passed && to >= hint->scan_from)
 			{
-				hint->scan_from = to;
-				hint->epoch++;
-				hint->floor[hint->epoch % 2] = DT_NOEND;
+				hint->return_from = leased_from;
+				hint->return_at = leased_until;
 			}
+			else
+			{
+				hint->return_from = Min(hint->return_from, leased_from);
+				hint->return_at = Min(hint->return_at, leased_until);
+			}
+			if (to > hint->scan_from)
+				hint->scan_from = to;
 		}
 		SpinLockRelease(&hint->mutex);
 	}
 	LWLockRelease(shared->lock);
+}
+
+/* Notes a write with key `key`.  Spinlock held. */
+static void
+NoteWrite(ReadyHint *hint, TimestampTz key)
+{
+	hint->writes++;
+	hint->written[hint->writes % RMSG_HINT_WRITES] = key;
 }
 
 /*
@@ -230,11 +281,75 @@ RmsgReadyHintLower(int32 queue_id, TimestampTz key)
 		SpinLockAcquire(&hint->mutex);
 		if (key < hint->scan_from)
 			hint->scan_from = key;
-		if (key < hint->floor[hint->epoch % 2])
-			hint->floor[hint->epoch % 2] = key;
+		NoteWrite(hint, key);
 		SpinLockRelease(&hint->mutex);
 	}
 	LWLockRelease(shared->lock);
+}
+
+/*
+ * A writer ended or moved the lease of a message with key `key`: it ends at
+ * `until` now (a nack: now).  If the hint passed the message, gets must be
+ * back by then; and a get walking now must not pass it on the old lease.
+ */
+void
+RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until)
+{
+	ReadyHint  *hint;
+
+	if (hints == NULL)
+		return;
+	LWLockAcquire(shared->lock, LW_SHARED);
+	hint = FindHint(queue_id, false);
+	if (hint != NULL)
+	{
+		SpinLockAcquire(&hint->mutex);
+		NoteWrite(hint, key);
+		hint->return_from = Min(hint->return_from, key);
+		hint->return_at = Min(hint->return_at, until);
+		SpinLockRelease(&hint->mutex);
+	}
+	LWLockRelease(shared->lock);
+}
+
+/*
+ * This transaction wrote a message of the queue (leased, acked, nacked,
+ * extended, moved it).  Its own walks then publish nothing for the queue:
+ * a dirty snapshot finds no version of a row this transaction deleted, and
+ * takes for committed a lease this transaction made, yet both come back if
+ * it rolls back.  Other backends see such rows as being worked on, and
+ * stop.
+ */
+void
+RmsgReadyHintTouched(int32 queue_id)
+{
+	for (int i = 0; i < ntouched; i++)
+		if (touched[i] == queue_id)
+			return;
+	if (ntouched < RMSG_MAX_TOUCHED_QUEUES)
+		touched[ntouched++] = queue_id;
+	else
+		touched_overflow = true;
+}
+
+/* Whether this transaction's walks may move the queue's hint. */
+bool
+RmsgReadyHintMayMove(int32 queue_id)
+{
+	if (touched_overflow)
+		return false;
+	for (int i = 0; i < ntouched; i++)
+		if (touched[i] == queue_id)
+			return false;
+	return true;
+}
+
+/* The transaction ended (or was prepared): its list is done with. */
+void
+RmsgReadyHintXactEnd(void)
+{
+	ntouched = 0;
+	touched_overflow = false;
 }
 
 /* The queue is dropped: its entry goes, making room. */

@@ -27,10 +27,10 @@
  * commit.
  *
  * The walk starts at the queue's hint (ready_hint.c) instead of the front,
- * and moves the hint over the entries it finds gone for good.  So it sees
- * the index entries our snapshot does not show: each of those is looked up
- * again with a dirty snapshot, which tells "gone for good" (nothing found)
- * from "a transaction is still at work on it" (found).
+ * and moves the hint over the entries it may pass: gone for good, or leased
+ * by a committed get.  Each entry our snapshot does not show as ready is
+ * looked up again with a dirty snapshot, which tells those apart from the
+ * entries a transaction is still at work on (StateOfEntry).
  *
  *-------------------------------------------------------------------------
  */
@@ -130,25 +130,44 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 		RmsgInsertIndexEntries(rel, leased, true);
 }
 
+/* What a get may do with an index entry as it moves the queue's hint. */
+typedef enum EntryState
+{
+	ENTRY_GONE,					/* gone for good: pass it */
+	ENTRY_LEASED,				/* leased by a committed get: pass it, noting the lease */
+	ENTRY_STOPS					/* ready, or a transaction is at work on it: stop */
+} EntryState;
+
 /*
- * Whether the index entry at tid may still matter: some version of its row
- * is live, or a transaction still running inserted or is deleting it.  If
- * so, its visible_at (the entry's key) goes to *key.
+ * The state of the index entry at tid in the newest state of its row, read
+ * with a dirty snapshot: it finds no version when every version was
+ * deleted by a committed transaction or inserted by an aborted one, and
+ * says when a transaction still running inserted the version it found or
+ * is deleting or changing it.  Sets *key (the entry's visible_at) and, for
+ * a leased message, *lease_end.
  */
-static bool
-MayStillMatter(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
-			   const RmsgRelations *rels, TimestampTz *key)
+static EntryState
+StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
+			 const RmsgRelations *rels, TimestampTz now,
+			 TimestampTz *key, TimestampTz *lease_end)
 {
 	SnapshotData dirty;
 	bool		call_again = false;
 	bool		all_dead = false;
 	bool		isnull;
+	Datum		lease;
 
 	InitDirtySnapshot(dirty);
 	if (!table_index_fetch_tuple(fetch, tid, &dirty, slot, &call_again, &all_dead))
-		return false;
+		return ENTRY_GONE;
 	*key = DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull));
-	return true;
+	if (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax))
+		return ENTRY_STOPS;
+	lease = slot_getattr(slot, rels->att_lease_until, &isnull);
+	if (isnull || DatumGetTimestampTz(lease) <= now)
+		return ENTRY_STOPS;
+	*lease_end = DatumGetTimestampTz(lease);
+	return ENTRY_LEASED;
 }
 
 /*
@@ -174,10 +193,12 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	IndexFetchTableData *dirty_fetch;
 	CommandId	cid = GetCurrentCommandId(true);
 	int			nfound = 0;
-	uint64		epoch;
-	TimestampTz scan_from;
-	bool		moving_hint = true;
+	RmsgReadyWalk walk;
+	bool		may_move = RmsgReadyHintMayMove(queue_id);
+	bool		moving_hint = may_move;
 	TimestampTz hint_to = now;	/* where the hint may move, if nothing stops it */
+	TimestampTz leased_from = DT_NOEND;	/* the leased messages it passes */
+	TimestampTz leased_until = DT_NOEND;
 	ItemPointer tid;
 	int			nkeys = 2;
 
@@ -196,10 +217,10 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 				Int32GetDatum(queue_id));
 	ScanKeyInit(&keys[1], 2, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
 				TimestampTzGetDatum(now));
-	scan_from = RmsgReadyHintRead(queue_id, &epoch);
-	if (scan_from != DT_NOBEGIN)
+	walk = RmsgReadyHintRead(queue_id, now);
+	if (walk.start != DT_NOBEGIN)
 		ScanKeyInit(&keys[nkeys++], 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
-					TimestampTzGetDatum(scan_from));
+					TimestampTzGetDatum(walk.start));
 
 	seen = table_slot_create(rel, NULL);
 	locked = table_slot_create(rel, NULL);
@@ -216,33 +237,47 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 		bool		isnull;
 		RmsgTaken  *t = &taken[nfound];
 
+		/*
+		 * The entry's own tid, the root of its HOT chain: fetching the
+		 * heap moves the scan's tid to the chain member it found.
+		 */
+		ItemPointerData entry = *tid;
+
 		CHECK_FOR_INTERRUPTS();
 
-		if (!index_fetch_heap(scan, seen))
+		if (!index_fetch_heap(scan, seen) || !IsReady(seen, rels, queue_id, now))
 		{
 			/*
-			 * Not in our snapshot.  Gone for good: the hint may move past
-			 * it.  Otherwise (an uncommitted put or ack, a put committed
-			 * after our snapshot) the hint stops here.
+			 * Not in our snapshot, or leased there: nothing for us to take.
+			 * While the hint is moving, may it pass?
 			 */
-			TimestampTz key;
-
-			if (moving_hint && MayStillMatter(dirty_fetch, tid, dirty, rels, &key))
+			if (moving_hint)
 			{
-				hint_to = key;
-				moving_hint = false;
+				TimestampTz key;
+				TimestampTz lease_end;
+
+				switch (StateOfEntry(dirty_fetch, &entry, dirty, rels, now, &key, &lease_end))
+				{
+					case ENTRY_GONE:
+						break;
+					case ENTRY_LEASED:
+						leased_from = Min(leased_from, key);
+						leased_until = Min(leased_until, lease_end);
+						break;
+					case ENTRY_STOPS:
+						hint_to = key;
+						moving_hint = false;
+						break;
+				}
 			}
 			continue;
 		}
 		if (moving_hint)
 		{
-			/* a live message, ready or leased: the hint stops here */
+			/* a ready message: the hint stops here */
 			hint_to = DatumGetTimestampTz(slot_getattr(seen, rels->att_visible_at, &isnull));
 			moving_hint = false;
 		}
-
-		if (!IsReady(seen, rels, queue_id, now))
-			continue;			/* in flight */
 
 		result = table_tuple_lock(rel, &seen->tts_tid, snapshot, locked, cid,
 								  LockTupleExclusive, LockWaitSkip,
@@ -276,8 +311,10 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	CommandCounterIncrement();
 	index_endscan(scan);
 	table_index_fetch_end(dirty_fetch);
-	if (hint_to > scan_from)
-		RmsgReadyHintAdvance(queue_id, epoch, hint_to);
+	if (nfound > 0)
+		RmsgReadyHintTouched(queue_id); /* we leased, or will move, some */
+	if (may_move && hint_to > walk.start)
+		RmsgReadyHintAdvance(queue_id, &walk, hint_to, leased_from, leased_until);
 	ExecDropSingleTupleTableSlot(dirty);
 	ExecDropSingleTupleTableSlot(seen);
 	ExecDropSingleTupleTableSlot(locked);

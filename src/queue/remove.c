@@ -163,6 +163,7 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 					elog(ERROR, "could not delete locked message " INT64_FORMAT " (%d)",
 						 msg_id, (int) result);
 				outcome = RMSG_REMOVE_DELETED;
+				RmsgReadyHintTouched(QueueOf(locked, rels));
 			}
 			/* TM_Deleted: acked by someone else meanwhile; nothing to do */
 			else if (receipt != NULL)
