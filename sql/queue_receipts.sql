@@ -92,4 +92,20 @@ SELECT receipt AS ir3 FROM rmsg.receive('rc-1') \gset
 SELECT :ir3 <> :ir2 AS new_receipt, rmsg.nack(:im2, '1 minute', :ir3) AS nacked_with_delay,
        rmsg.extend(:im2, '2 minutes', :ir3) AS still_held, rmsg.ack(:im2, :ir3) AS acked;
 
+-- An ack is one WAL record of the heap: the delete.  The message version an
+-- ack sees is most often the newest, and is deleted straight away; only
+-- when it changed since (a lease, a nack) is the newest locked and looked
+-- at again first.  pg_walinspect lists the records the ack wrote.
+CREATE EXTENSION pg_walinspect;
+SELECT rmsg.put('rc', 'one record'::text) AS wm \gset
+SELECT receipt AS wr FROM rmsg.get('rc', 1, '1 minute') \gset
+SELECT pg_current_wal_insert_lsn() AS before_ack \gset
+SELECT rmsg.ack(:wm, :wr) AS acked;
+SELECT record_type, count(*) AS records
+  FROM pg_get_wal_records_info(:'before_ack', pg_current_wal_flush_lsn())
+ WHERE resource_manager = 'Heap'
+   AND block_ref LIKE '%/' || pg_relation_filenode('rmsg.message') || ' fork%'
+ GROUP BY 1 ORDER BY 1;
+DROP EXTENSION pg_walinspect;
+
 SELECT rmsg.drop_instance('rc-1'), rmsg.drop_queue('rc');

@@ -99,6 +99,48 @@ LeaseHolds(TupleTableSlot *slot, const RmsgRelations *rels, int64 receipt,
 }
 
 /*
+ * The message changed since our snapshot: locks its newest version
+ * (waiting for whoever holds it), checks again what we checked on the old
+ * one, and deletes it.
+ */
+static RmsgRemoveResult
+DeleteNewestVersion(Relation rel, const RmsgRelations *rels, TupleTableSlot *seen,
+					TupleTableSlot *locked, Snapshot snapshot, CommandId cid,
+					int64 msg_id, const int64 *receipt, TimestampTz valid_at,
+					bool check_rights, int32 *queue_id)
+{
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = table_tuple_lock(rel, &seen->tts_tid, snapshot, locked, cid,
+							  LockTupleExclusive, LockWaitBlock,
+							  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+	/* the executor leaves this check to its callers, and so do we */
+	if (result == TM_Ok && tmfd.traversed && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to concurrent update of message " INT64_FORMAT,
+						msg_id)));
+	if (result == TM_Ok && check_rights && tmfd.traversed &&
+		!MayTake(locked, rels, queue_id))
+		result = TM_Deleted;	/* moved to a queue we may not get from */
+	if (result == TM_Ok && receipt != NULL &&
+		!LeaseHolds(locked, rels, *receipt, valid_at))
+		return RMSG_REMOVE_STALE;
+	if (result == TM_Ok)
+	{
+		result = table_tuple_delete(rel, &locked->tts_tid, cid, snapshot,
+									InvalidSnapshot, true, &tmfd, false);
+		if (result != TM_Ok)
+			elog(ERROR, "could not delete locked message " INT64_FORMAT " (%d)",
+				 msg_id, (int) result);
+		return RMSG_REMOVE_DELETED;
+	}
+	/* TM_Deleted: acked by someone else meanwhile; nothing to do */
+	return receipt != NULL ? RMSG_REMOVE_STALE : RMSG_REMOVE_NOT_FOUND;
+}
+
+/*
  * Deletes the live message msg_id.  With check_rights, only a message of
  * a queue the current role may get from (the worker, which took the
  * message itself, needs no check).  With a receipt (not NULL), only while
@@ -140,34 +182,25 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 			outcome = RMSG_REMOVE_STALE;
 		else
 		{
-			result = table_tuple_lock(rel, &seen->tts_tid, snapshot, locked, cid,
-									  LockTupleExclusive, LockWaitBlock,
-									  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-			/* the executor leaves this check to its callers, and so do we */
-			if (result == TM_Ok && tmfd.traversed && IsolationUsesXactSnapshot())
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent update of message " INT64_FORMAT,
-								msg_id)));
-			if (result == TM_Ok && check_rights && tmfd.traversed &&
-				!MayTake(locked, rels, queue_id))
-				result = TM_Deleted;	/* moved to a queue we may not get from */
-			if (result == TM_Ok && receipt != NULL &&
-				!LeaseHolds(locked, rels, *receipt, valid_at))
-				outcome = RMSG_REMOVE_STALE;
-			else if (result == TM_Ok)
-			{
-				result = table_tuple_delete(rel, &locked->tts_tid, cid, snapshot,
-											InvalidSnapshot, true, &tmfd, false);
-				if (result != TM_Ok)
-					elog(ERROR, "could not delete locked message " INT64_FORMAT " (%d)",
-						 msg_id, (int) result);
+			/*
+			 * Most often the version we see is the newest: delete it
+			 * straight away, one WAL record.  heap_delete waits for a
+			 * transaction holding the row, and says TM_Updated if it
+			 * changed it (a consumer leased it, a nack moved it): then we
+			 * lock the newest version, look again, and delete that.
+			 */
+			result = table_tuple_delete(rel, &seen->tts_tid, cid, snapshot,
+										InvalidSnapshot, true, &tmfd, false);
+			if (result == TM_Ok)
 				outcome = RMSG_REMOVE_DELETED;
-				RmsgReadyHintTouched(QueueOf(locked, rels));
-			}
-			/* TM_Deleted: acked by someone else meanwhile; nothing to do */
+			else if (result == TM_Updated)
+				outcome = DeleteNewestVersion(rel, rels, seen, locked, snapshot, cid,
+											  msg_id, receipt, valid_at, check_rights,
+											  queue_id);
 			else if (receipt != NULL)
-				outcome = RMSG_REMOVE_STALE;
+				outcome = RMSG_REMOVE_STALE;	/* acked meanwhile */
+			if (outcome == RMSG_REMOVE_DELETED)
+				RmsgReadyHintTouched(QueueOf(seen, rels));
 		}
 	}
 
