@@ -36,25 +36,56 @@
 
 #include "queue/queue.h"
 
-/*
- * Adds the index entries of a row version to every index of the table: for
- * an insert, and for an update that could not be HOT.  key_unchanged says
- * the update changed no indexed column, which lets btree delete the old
- * versions' entries bottom-up instead of splitting pages, as the executor
- * arranges for such updates.  Then tells the queue's ready hint of the new
- * entry (ready_hint.c).
- */
-void
-RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
+/* The indexes of rmsg.message, open, with what inserting into them takes. */
+typedef struct MessageIndexes
 {
-	const RmsgRelations *rels = RmsgGetRelations();
-	List	   *indexes = RelationGetIndexList(rel);
+	int			count;
+	Relation   *indexes;
+	IndexInfo **infos;
+} MessageIndexes;
+
+static void
+OpenMessageIndexes(Relation rel, MessageIndexes *set)
+{
+	List	   *oids = RelationGetIndexList(rel);
 	ListCell   *lc;
 
-	foreach(lc, indexes)
+	set->count = 0;
+	set->indexes = palloc(sizeof(Relation) * list_length(oids));
+	set->infos = palloc(sizeof(IndexInfo *) * list_length(oids));
+	foreach(lc, oids)
 	{
 		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
 		IndexInfo  *info = BuildIndexInfo(index);
+
+		if (info->ii_Expressions != NIL)
+			elog(ERROR, "unexpected expression index \"%s\" on rmsg.message",
+				 RelationGetRelationName(index));
+		set->indexes[set->count] = index;
+		set->infos[set->count] = info;
+		set->count++;
+	}
+	list_free(oids);
+}
+
+static void
+CloseMessageIndexes(MessageIndexes *set)
+{
+	for (int i = 0; i < set->count; i++)
+		index_close(set->indexes[i], NoLock);
+}
+
+/* Adds the entries of one row version to the open indexes. */
+static void
+AddEntries(Relation rel, const MessageIndexes *set, TupleTableSlot *slot,
+		   bool key_unchanged)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+
+	for (int i = 0; i < set->count; i++)
+	{
+		Relation	index = set->indexes[i];
+		IndexInfo  *info = set->infos[i];
 		Datum		values[INDEX_MAX_KEYS];
 		bool		isnull[INDEX_MAX_KEYS];
 
@@ -72,61 +103,54 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 					 RelationGetRelationName(index));
 			(void) slot_getattr(slot, rels->att_payload_id, &no_payload_row);
 			if (no_payload_row)
-			{
-				index_close(index, NoLock);
 				continue;
-			}
 		}
-		if (info->ii_Expressions != NIL)
-			elog(ERROR, "unexpected expression index \"%s\" on rmsg.message",
-				 RelationGetRelationName(index));
 		FormIndexDatum(info, slot, NULL, values, isnull);
 		index_insert(index, values, isnull, &slot->tts_tid, rel,
 					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
 					 key_unchanged, info);
-		index_close(index, NoLock);
-	}
-	list_free(indexes);
-
-	/* a new entry in the ready index: gets must not start past it */
-	{
-		bool		isnull;
-
-		RmsgReadyHintLower(DatumGetInt32(slot_getattr(slot, rels->att_queue_id, &isnull)),
-						   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
 	}
 }
 
 /*
- * Inserts one message; returns its msg_id.  Its data is either inline
- * (data set) or in the payload row payload_id, which the caller has
- * written or pinned (dedup/payload.c); size is the data's length either
- * way.
+ * Adds the index entries of a row version to every index of the table: for
+ * an insert, and for an update that could not be HOT.  key_unchanged says
+ * the update changed no indexed column, which lets btree delete the old
+ * versions' entries bottom-up instead of splitting pages, as the executor
+ * arranges for such updates.  Then tells the queue's ready hint of the new
+ * entry (ready_hint.c).
  */
-int64
-RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
-				  TimestampTz enqueued_at, Datum headers, bool headers_null,
-				  const RmsgStoredData *stored)
+void
+RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
-	Relation	rel;
-	TupleDesc	desc;
-	Datum	   *values;
-	bool	   *nulls;
-	TupleTableSlot *slot;
-	int64		msg_id;
+	MessageIndexes set;
+	bool		isnull;
 
-	rel = table_open(rels->message, RowExclusiveLock);
-	RmsgRefuseBypass(rel, "a put");
-	desc = RelationGetDescr(rel);
+	OpenMessageIndexes(rel, &set);
+	AddEntries(rel, &set, slot, key_unchanged);
+	CloseMessageIndexes(&set);
 
-	msg_id = nextval_internal(rels->msg_id_seq, false);
+	/* a new entry in the ready index: gets must not start past it */
+	RmsgReadyHintLower(DatumGetInt32(slot_getattr(slot, rels->att_queue_id, &isnull)),
+					   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
+}
 
-	values = palloc0(sizeof(Datum) * desc->natts);
-	nulls = palloc(sizeof(bool) * desc->natts);
-	memset(nulls, true, sizeof(bool) * desc->natts);
+/* A message row, formed in a slot of the table's own kind. */
+static TupleTableSlot *
+FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
+			TimestampTz enqueued_at, Datum headers, bool headers_null,
+			const RmsgStoredData *stored)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+
+	ExecClearTuple(slot);
+	memset(slot->tts_values, 0, sizeof(Datum) * desc->natts);
+	memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
 #define SET_COLUMN(attnum, value) \
-	(values[(attnum) - 1] = (value), nulls[(attnum) - 1] = false)
+	(slot->tts_values[(attnum) - 1] = (value), slot->tts_isnull[(attnum) - 1] = false)
 	SET_COLUMN(rels->att_msg_id, Int64GetDatum(msg_id));
 	SET_COLUMN(rels->att_queue_id, Int32GetDatum(queue_id));
 	SET_COLUMN(rels->att_deliveries, Int32GetDatum(0));
@@ -140,15 +164,70 @@ RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 	if (!headers_null)
 		SET_COLUMN(rels->att_headers, headers);
 #undef SET_COLUMN
+	ExecStoreVirtualTuple(slot);
+	return slot;
+}
 
-	slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
-	ExecStoreHeapTuple(heap_form_tuple(desc, values, nulls), slot, true);
-	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	RmsgInsertIndexEntries(rel, slot, false);
+/*
+ * Inserts one message; returns its msg_id.  Its data is either inline
+ * (data set) or in the payload row payload_id, which the caller has
+ * written or pinned (dedup/payload.c); size is the data's length either
+ * way.
+ */
+int64
+RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
+				  TimestampTz enqueued_at, Datum headers, bool headers_null,
+				  const RmsgStoredData *stored)
+{
+	int64		msg_id;
+
+	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
+					   1, stored, &msg_id);
+	return msg_id;
+}
+
+/*
+ * Inserts n messages with the same times and headers, the data of message
+ * i as stored[i]; their msg_ids, ascending, go to msg_ids[].  Several rows
+ * go in one call of table_multi_insert, which fills a page with one WAL
+ * record where inserting row by row writes one per row.
+ */
+void
+RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
+				   Datum headers, bool headers_null, int n,
+				   const RmsgStoredData *stored, int64 *msg_ids)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	Relation	rel;
+	TupleTableSlot **slots;
+	MessageIndexes set;
+
+	rel = table_open(rels->message, RowExclusiveLock);
+	RmsgRefuseBypass(rel, "a put");
+
+	slots = palloc(sizeof(TupleTableSlot *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		msg_ids[i] = nextval_internal(rels->msg_id_seq, false);
+		slots[i] = FormMessage(rel, msg_ids[i], queue_id, visible_at, enqueued_at,
+							   headers, headers_null, &stored[i]);
+	}
+	if (n == 1)
+		table_tuple_insert(rel, slots[0], GetCurrentCommandId(true), 0, NULL);
+	else
+		table_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+
+	OpenMessageIndexes(rel, &set);
+	for (int i = 0; i < n; i++)
+		AddEntries(rel, &set, slots[i], false);
+	CloseMessageIndexes(&set);
+	/* new entries in the ready index: gets must not start past them */
+	RmsgReadyHintLower(queue_id, visible_at);
 
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();
-	ExecDropSingleTupleTableSlot(slot);
+	for (int i = 0; i < n; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
 	table_close(rel, NoLock);
-	return msg_id;
 }

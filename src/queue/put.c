@@ -43,30 +43,6 @@ PG_FUNCTION_INFO_V1(rmsg_put_jsonb);
 PG_FUNCTION_INFO_V1(rmsg_put_batch);
 PG_FUNCTION_INFO_V1(rmsg_put_with_token);
 
-/*
- * The batch form, for queues that do not look for equal content: payload
- * ids are drawn first, for the elements that need a row, so that messages
- * and payload rows can be matched; msg_ids are drawn in array order and
- * returned in it, with where each message keeps its data.  $1 queue_id,
- * $2 now, $3 headers, $4 data[], $5 inline limit.
- */
-static RmsgPlan put_batch_plan = {
-	"WITH d AS MATERIALIZED ("
-	"   SELECT ord, data, length(data) AS size,"
-	"          CASE WHEN length(data) > $5 THEN nextval('rmsg.payload_id_seq') END AS pid"
-	"     FROM unnest($4::bytea[]) WITH ORDINALITY AS u (data, ord)),"
-	" p AS (INSERT INTO rmsg.payload (payload_id, data)"
-	"       SELECT pid, data FROM d WHERE pid IS NOT NULL),"
-	" m AS (INSERT INTO rmsg.message"
-	"        (msg_id, queue_id, visible_at, enqueued_at, payload_size, headers, payload_id, inline_data)"
-	"       SELECT nextval('rmsg.msg_id_seq'), $1, $2, $2, size, $3, pid,"
-	"              CASE WHEN pid IS NULL THEN data END"
-	"         FROM (SELECT * FROM d ORDER BY ord) o"
-	"       RETURNING msg_id, payload_id, payload_size)"
-	" SELECT msg_id, payload_id, payload_size FROM m ORDER BY msg_id",
-	5, {INT4OID, TIMESTAMPTZOID, JSONBOID, BYTEAARRAYOID, INT4OID}
-};
-
 /* The data a token names, read back, or NULL when it is gone.  Inside SPI. */
 static bytea *
 TokenData(const RmsgTokenData *source)
@@ -292,39 +268,39 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 }
 
 /*
- * The batch as one statement (put_batch_plan); every element's data is
- * written.
+ * The batch in one multi-row insert; every element's data is written, in
+ * the message row or, above rmsg.inline_payload_max, in a payload row.
  */
 static void
-PutBatchStatement(const RmsgQueue *queue, ArrayType *payloads, bytea *last,
-				  TimestampTz now, Datum headers, bool headers_null,
-				  ReturnSetInfo *rsinfo)
+PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
+			 TimestampTz now, Datum headers, bool headers_null,
+			 ReturnSetInfo *rsinfo)
 {
-	Datum		values[5];
-	bool		isnull[5] = {false, false, headers_null, false, false};
-	RmsgStoredData stored = {0};
+	RmsgStoredData *stored = palloc0(sizeof(RmsgStoredData) * nelems);
+	int64	   *msg_ids = palloc(sizeof(int64) * nelems);
 
-	values[0] = Int32GetDatum(queue->queue_id);
-	values[1] = TimestampTzGetDatum(now);
-	values[2] = headers;
-	values[3] = PointerGetDatum(payloads);
-	values[4] = Int32GetDatum(rmsg_inline_payload_max);
-	RmsgPlanExecute(&put_batch_plan, values, isnull, false, 0);
-	RmsgReadyHintLower(queue->queue_id, now);
-
-	/* nothing in the loop runs a statement, so SPI_tuptable stays this result */
-	for (uint64 i = 0; i < SPI_processed; i++)
+	for (int i = 0; i < nelems; i++)
 	{
-		bool		null = false;
-		bool		inline_data;
-		Datum		msg_id = RmsgSpiNotNull(i, "msg_id");
-		Datum		payload_id = RmsgSpiValue(i, "payload_id", &inline_data);
+		bytea	   *data = DatumGetByteaPP(elems[i]);
 
-		stored.payload_id = inline_data ? 0 : DatumGetInt64(payload_id);
-		stored.size = DatumGetInt32(RmsgSpiNotNull(i, "payload_size"));
-		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
-		if (i == SPI_processed - 1)
-			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0, last, NULL);
+		stored[i].size = VARSIZE_ANY_EXHDR(data);
+		if (stored[i].size > rmsg_inline_payload_max)
+			stored[i].payload_id = RmsgWritePayload(data, false, queue->owner);
+		else
+			stored[i].inline_data = data;
+	}
+	RmsgInsertMessages(queue->queue_id, now, now, headers, headers_null,
+					   nelems, stored, msg_ids);
+
+	for (int i = 0; i < nelems; i++)
+	{
+		Datum		msg_id = Int64GetDatum(msg_ids[i]);
+		bool		null = false;
+
+		RmsgCountPut(queue->queue_id, stored[i].size, false);
+		if (i == nelems - 1)
+			(void) RmsgIssuePutToken(msg_ids[i], &stored[i], 0,
+									 DatumGetByteaPP(elems[i]), NULL);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
 	}
 }
@@ -382,8 +358,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	if (queue.dedup == RMSG_DEDUP_CONTENT)
 		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null, rsinfo);
 	else
-		PutBatchStatement(&queue, payloads, DatumGetByteaPP(elems[nelems - 1]), now,
-						  headers, headers_null, rsinfo);
+		PutBatchRows(&queue, elems, nelems, now, headers, headers_null, rsinfo);
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

@@ -69,6 +69,9 @@ extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
 extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 							   TimestampTz enqueued_at, Datum headers,
 							   bool headers_null, const RmsgStoredData *stored);
+extern void RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
+							   Datum headers, bool headers_null, int n,
+							   const RmsgStoredData *stored, int64 *msg_ids);
 
 /* queue/receipts.c: the number that names one lease (instances' too) */
 extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);
