@@ -3,8 +3,8 @@
  * insert.c
  *	  Adding a message row without the executor.
  *
- * Every single put is this: one row into rmsg.message and an entry in each
- * of its indexes.  As a SQL statement that costs an executor start and end,
+ * Every put is this: rows into rmsg.message and an entry in each of its
+ * indexes.  As a SQL statement that costs an executor start and end,
  * a good part of the put.  So we form the row, insert it with
  * table_tuple_insert, and insert the index entries ourselves.  What the
  * executor would do besides is owed nothing here: the table has no
@@ -14,8 +14,9 @@
  * and inline_data).  Should someone add a trigger or row security to the
  * table, we refuse rather than bypass it (core/relations.c).  The caller
  * has checked the extension's own privileges (core/privileges.c);
- * applications hold none on the table.  Payload rows (dedup/payload.c) and
- * batches stay SQL statements.
+ * applications hold none on the table.  A batch goes in one
+ * table_multi_insert, which writes one WAL record per page it fills.
+ * Payload rows (dedup/payload.c) stay SQL statements.
  *
  *-------------------------------------------------------------------------
  */
