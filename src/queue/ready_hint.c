@@ -180,6 +180,30 @@ FindHint(int32 queue_id, bool create)
 }
 
 /*
+ * The queue's hint with its spinlock held (and the table's lock, shared),
+ * or NULL (the table's lock held all the same); UnlockHint undoes both.
+ */
+static ReadyHint *
+LockHint(int32 queue_id, bool create)
+{
+	ReadyHint  *hint;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	hint = FindHint(queue_id, create);
+	if (hint != NULL)
+		SpinLockAcquire(&hint->mutex);
+	return hint;
+}
+
+static void
+UnlockHint(ReadyHint *hint)
+{
+	if (hint != NULL)
+		SpinLockRelease(&hint->mutex);
+	LWLockRelease(shared->lock);
+}
+
+/*
  * Where a get of the queue may start at `now`: past the leased messages
  * too, until the first of their leases may have run out.
  */
@@ -191,19 +215,16 @@ RmsgReadyHintRead(int32 queue_id, TimestampTz now)
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
-	LWLockAcquire(shared->lock, LW_SHARED);
-	hint = FindHint(queue_id, true);
+	hint = LockHint(queue_id, true);
 	if (hint != NULL)
 	{
-		SpinLockAcquire(&hint->mutex);
 		walk.writes = hint->writes;
 		walk.start = hint->scan_from;
 		if (hint->return_at <= now)
 			walk.start = Min(walk.start, hint->return_from);
 		walk.covers_passed = (walk.start <= hint->return_from);
-		SpinLockRelease(&hint->mutex);
 	}
-	LWLockRelease(shared->lock);
+	UnlockHint(hint);
 	return walk;
 }
 
@@ -221,38 +242,32 @@ RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
 
 	if (hints == NULL)
 		return;
-	LWLockAcquire(shared->lock, LW_SHARED);
-	hint = FindHint(queue_id, false);
-	if (hint != NULL)
+	hint = LockHint(queue_id, false);
+	if (hint != NULL && hint->writes - walk->writes <= RMSG_HINT_WRITES)
 	{
-		SpinLockAcquire(&hint->mutex);
-		if (hint->writes - walk->writes <= RMSG_HINT_WRITES)
-		{
-			/* no further than the lowest key written since the get read the hint */
-			for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
-				to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
+		/* no further than the lowest key written since the get read the hint */
+		for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
+			to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
 
-			/*
-			 * What we saw replaces what the hint knew of the leases it
-			 * passed only if our walk covered all of that region, from its
-			 * lowest key to the new scan_from; else it adds to it.
-			 */
-			if (walk->covers_passed && to >= hint->scan_from)
-			{
-				hint->return_from = leased_from;
-				hint->return_at = leased_until;
-			}
-			else
-			{
-				hint->return_from = Min(hint->return_from, leased_from);
-				hint->return_at = Min(hint->return_at, leased_until);
-			}
-			if (to > hint->scan_from)
-				hint->scan_from = to;
+		/*
+		 * What we saw replaces what the hint knew of the leases it
+		 * passed only if our walk covered all of that region, from its
+		 * lowest key to the new scan_from; else it adds to it.
+		 */
+		if (walk->covers_passed && to >= hint->scan_from)
+		{
+			hint->return_from = leased_from;
+			hint->return_at = leased_until;
 		}
-		SpinLockRelease(&hint->mutex);
+		else
+		{
+			hint->return_from = Min(hint->return_from, leased_from);
+			hint->return_at = Min(hint->return_at, leased_until);
+		}
+		if (to > hint->scan_from)
+			hint->scan_from = to;
 	}
-	LWLockRelease(shared->lock);
+	UnlockHint(hint);
 }
 
 /* Notes a write with key `key`.  Spinlock held. */
@@ -274,17 +289,14 @@ RmsgReadyHintLower(int32 queue_id, TimestampTz key)
 
 	if (hints == NULL)
 		return;
-	LWLockAcquire(shared->lock, LW_SHARED);
-	hint = FindHint(queue_id, false);
+	hint = LockHint(queue_id, false);
 	if (hint != NULL)
 	{
-		SpinLockAcquire(&hint->mutex);
 		if (key < hint->scan_from)
 			hint->scan_from = key;
 		NoteWrite(hint, key);
-		SpinLockRelease(&hint->mutex);
 	}
-	LWLockRelease(shared->lock);
+	UnlockHint(hint);
 }
 
 /*
@@ -299,17 +311,14 @@ RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until)
 
 	if (hints == NULL)
 		return;
-	LWLockAcquire(shared->lock, LW_SHARED);
-	hint = FindHint(queue_id, false);
+	hint = LockHint(queue_id, false);
 	if (hint != NULL)
 	{
-		SpinLockAcquire(&hint->mutex);
 		NoteWrite(hint, key);
 		hint->return_from = Min(hint->return_from, key);
 		hint->return_at = Min(hint->return_at, until);
-		SpinLockRelease(&hint->mutex);
 	}
-	LWLockRelease(shared->lock);
+	UnlockHint(hint);
 }
 
 /*
