@@ -123,7 +123,6 @@ typedef struct RmsgReadyWalk
 {
 	uint64		writes;			/* the hint's count of writes, when read */
 	TimestampTz start;			/* where the walk starts (DT_NOBEGIN: the front) */
-	bool		covers_passed;	/* it covers every leased message the hint passed */
 } RmsgReadyWalk;
 
 extern Size RmsgReadyHintShmemSize(void);

@@ -21,8 +21,8 @@
  *    lease ends, and the message is then ready at its old place in line;
  *    so the hint also keeps return_from and return_at, the lowest key and
  *    the earliest lease end among the leased messages it was moved past.
- *    Once return_at has come, gets start at return_from again, walk the
- *    region, and the first that covers all of it sets the two anew.
+ *    Once return_at has come, the hint goes back to return_from and
+ *    forgets both; gets walk that part again and pass what they may.
  * It asks with a dirty snapshot, which also sees what transactions still
  * running inserted, are deleting or are changing: an uncommitted put, ack,
  * lease or nack stops the hint, as does a ready message.
@@ -47,8 +47,8 @@
  * latest writes.  A get that read the hint before the write may have walked
  * past the place; when it publishes, it moves the hint no further than the
  * lowest key written since it read it (and gives up if more writes came
- * than the ring holds).  The return information it brings replaces the old
- * only if its walk covered the whole region the old described.
+ * than the ring holds); what it learned of the leases it passed is added
+ * to the hint's.
  *
  * The hints live in shared memory only: after a restart every queue starts
  * from the front again and finds its place on the first get.  A queue
@@ -179,6 +179,14 @@ FindHint(int32 queue_id, bool create)
 	return hash_search(hints, &key, HASH_FIND, NULL);
 }
 
+/* Notes a write with key `key`.  Spinlock held. */
+static void
+NoteWrite(ReadyHint *hint, TimestampTz key)
+{
+	hint->writes++;
+	hint->written[hint->writes % RMSG_HINT_WRITES] = key;
+}
+
 /*
  * The queue's hint with its spinlock held (and the table's lock, shared),
  * or NULL (the table's lock held all the same); UnlockHint undoes both.
@@ -204,25 +212,32 @@ UnlockHint(ReadyHint *hint)
 }
 
 /*
- * Where a get of the queue may start at `now`: past the leased messages
- * too, until the first of their leases may have run out.
+ * Where a get of the queue may start at `now`.  Once the first lease the
+ * hint passed may have ended, the hint goes back to the lowest leased
+ * message it passed and forgets what it knew of leases: the gets walk that
+ * part again, take what is ready there and pass the rest anew.  Going back
+ * is noted as a write, so that a get still walking from the old place
+ * cannot move the hint past it again.
  */
 RmsgReadyWalk
 RmsgReadyHintRead(int32 queue_id, TimestampTz now)
 {
 	ReadyHint  *hint;
-	RmsgReadyWalk walk = {0, DT_NOBEGIN, true};
+	RmsgReadyWalk walk = {0, DT_NOBEGIN};
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
 	hint = LockHint(queue_id, true);
 	if (hint != NULL)
 	{
+		if (hint->return_at <= now)
+		{
+			hint->scan_from = Min(hint->scan_from, hint->return_from);
+			NoteWrite(hint, hint->return_from);
+			hint->return_from = hint->return_at = DT_NOEND;
+		}
 		walk.writes = hint->writes;
 		walk.start = hint->scan_from;
-		if (hint->return_at <= now)
-			walk.start = Min(walk.start, hint->return_from);
-		walk.covers_passed = (walk.start <= hint->return_from);
 	}
 	UnlockHint(hint);
 	return walk;
@@ -249,33 +264,12 @@ RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
 		for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
 			to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
 
-		/*
-		 * What we saw replaces what the hint knew of the leases it
-		 * passed only if our walk covered all of that region, from its
-		 * lowest key to the new scan_from; else it adds to it.
-		 */
-		if (walk->covers_passed && to >= hint->scan_from)
-		{
-			hint->return_from = leased_from;
-			hint->return_at = leased_until;
-		}
-		else
-		{
-			hint->return_from = Min(hint->return_from, leased_from);
-			hint->return_at = Min(hint->return_at, leased_until);
-		}
+		hint->return_from = Min(hint->return_from, leased_from);
+		hint->return_at = Min(hint->return_at, leased_until);
 		if (to > hint->scan_from)
 			hint->scan_from = to;
 	}
 	UnlockHint(hint);
-}
-
-/* Notes a write with key `key`.  Spinlock held. */
-static void
-NoteWrite(ReadyHint *hint, TimestampTz key)
-{
-	hint->writes++;
-	hint->written[hint->writes % RMSG_HINT_WRITES] = key;
 }
 
 /*
