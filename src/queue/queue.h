@@ -128,7 +128,7 @@ typedef struct RmsgReadyWalk
 extern Size RmsgReadyHintShmemSize(void);
 extern void RmsgReadyHintShmemStartup(void);
 extern RmsgReadyWalk RmsgReadyHintRead(int32 queue_id, TimestampTz now);
-extern void RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
+extern bool RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 								 TimestampTz leased_from, TimestampTz leased_until);
 extern void RmsgReadyHintLower(int32 queue_id, TimestampTz key);
 extern void RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until);

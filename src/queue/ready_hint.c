@@ -247,29 +247,35 @@ RmsgReadyHintRead(int32 queue_id, TimestampTz now)
  * A get that started as `walk` says could pass every entry below `to`; of
  * those, the leased messages begin at key leased_from, and their leases
  * end at leased_until at the earliest (DT_NOEND: there were none).  Moves
- * the hint there, or as far as the writes made meanwhile allow.
+ * the hint there, or as far as the writes made meanwhile allow, and starts
+ * the walk's next step: a later call answers for the writes after this
+ * one.  False when more writes came than the ring holds: nothing moved,
+ * and the walk may move nothing more.
  */
-void
-RmsgReadyHintAdvance(int32 queue_id, const RmsgReadyWalk *walk, TimestampTz to,
+bool
+RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 					 TimestampTz leased_from, TimestampTz leased_until)
 {
 	ReadyHint  *hint;
+	bool		moved = false;
 
 	if (hints == NULL)
-		return;
+		return false;
 	hint = LockHint(queue_id, false);
 	if (hint != NULL && hint->writes - walk->writes <= RMSG_HINT_WRITES)
 	{
 		/* no further than the lowest key written since the get read the hint */
 		for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
 			to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
-
 		hint->return_from = Min(hint->return_from, leased_from);
 		hint->return_at = Min(hint->return_at, leased_until);
 		if (to > hint->scan_from)
 			hint->scan_from = to;
+		walk->writes = hint->writes;
+		moved = true;
 	}
 	UnlockHint(hint);
+	return moved;
 }
 
 /*

@@ -38,6 +38,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/itup.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -130,6 +131,9 @@ Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
 		RmsgInsertIndexEntries(rel, leased, true);
 }
 
+/* Entries a walk passes between two moves of the hint */
+#define RMSG_HINT_STEP 256
+
 /* What a get may do with an index entry as it moves the queue's hint. */
 typedef enum EntryState
 {
@@ -201,6 +205,7 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	TimestampTz leased_until = DT_NOEND;
 	ItemPointer tid;
 	int			nkeys = 2;
+	uint64		passed = 0;		/* entries the hint passed in this walk */
 
 	rel = table_open(rels->message, RowExclusiveLock);
 	RmsgRefuseBypass(rel, "rmsg.get");
@@ -228,6 +233,7 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	dirty = table_slot_create(rel, NULL);
 	dirty_fetch = table_index_fetch_begin(rel);
 	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
+	scan->xs_want_itup = true;	/* for each entry's key */
 	index_rescan(scan, keys, nkeys, NULL, 0);
 
 	while (nfound < max && (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
@@ -268,6 +274,21 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 						hint_to = key;
 						moving_hint = false;
 						break;
+				}
+
+				/*
+				 * A long walk (a held horizon keeps many entries) moves the
+				 * hint as it goes: each move answers only for the writes
+				 * made since the last, which a ring of the latest writes
+				 * always holds, however long the whole walk takes.
+				 */
+				if (moving_hint && ++passed % RMSG_HINT_STEP == 0)
+				{
+					key = DatumGetTimestampTz(index_getattr(scan->xs_itup, 2,
+															scan->xs_itupdesc, &isnull));
+					if (!RmsgReadyHintAdvance(queue_id, &walk, key, leased_from, leased_until))
+						moving_hint = may_move = false;
+					leased_from = leased_until = DT_NOEND;
 				}
 			}
 			continue;
@@ -314,7 +335,7 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 	if (nfound > 0)
 		RmsgReadyHintTouched(queue_id); /* we leased, or will move, some */
 	if (may_move && hint_to > walk.start)
-		RmsgReadyHintAdvance(queue_id, &walk, hint_to, leased_from, leased_until);
+		(void) RmsgReadyHintAdvance(queue_id, &walk, hint_to, leased_from, leased_until);
 	ExecDropSingleTupleTableSlot(dirty);
 	ExecDropSingleTupleTableSlot(seen);
 	ExecDropSingleTupleTableSlot(locked);
