@@ -19,7 +19,7 @@
 # Other knobs: BATCH (10, most messages a get takes: rmsg.get's max,
 # pgmq.read's qty; PgQ's batches are what its ticker made), PGMQ_DIR (where
 # PGMQ's control file and script are, ../shared/anchors/pgmq beside the
-# repository).
+# repository), SYSTEMS ("rmsg pgmq pgq", the systems to run).
 #
 # The systems, each its own pgbench scripts, prepared statements, 1 KiB
 # payloads, synchronous_commit = on, every call in autocommit unless said:
@@ -31,11 +31,11 @@
 #   pgq   PgQ (Debian's postgresql-15-pgq3), ticked by pgqd (its defaults: a
 #         ticker call every second; a tick per 500 events or 3 s).  put:
 #         pgq.insert_event.  Consumer, one transaction: next_batch,
-#         get_batch_events, finish_batch.  A PgQ subscription hands its
-#         batches to one reader at a time (two sessions calling next_batch
-#         at once would both be handed the same batch), so the two
-#         consumers share one subscription and take turns through an
-#         advisory lock held for the transaction.
+#         get_batch_events, finish_batch.  A PgQ subscription has one
+#         open batch at a time, and next_batch hands it to whoever asks
+#         until it is finished, so the two consumers share one
+#         subscription and take turns through an advisory lock held for
+#         the transaction (two subscriptions would read every event twice).
 # Every consumer reads the payloads it gets (their total length), and one
 # that got nothing sleeps 10 ms before it tries again, as a real one would
 # rather than spin beside the producers.
@@ -54,6 +54,10 @@
 #               not yet ticked);
 #   per get     messages per consumer transaction (BATCH when the
 #               consumers are behind, less when they wait for puts);
+#   idx/get     index entries read per consumer transaction
+#               (pg_stat_user_indexes.idx_tup_read of the system's
+#               indexes, its acks' and puts' lookups included): how far a
+#               get walks over entries it cannot take;
 #   WAL B/msg   WAL bytes (pg_current_wal_insert_lsn() difference: the
 #               insert position, exact to the byte) over the mean of the
 #               phase's puts and takes, so a message's put and take count
@@ -65,9 +69,11 @@
 #               (pg_stat_user_tables, the system's schema);
 #   dead rows   n_dead_tup of those tables at the phase's end;
 #   MB          their total size at the phase's end.
-# Printed: each phase as it ends, then the medians of the rounds and the
-# ratios taken/s during / before and after / before, of the medians and
-# round by round.  The systems run one after the other (a held xmin is the
+# Printed: each phase as it ends, then the medians of the rounds, the
+# ratios taken/s during / before and after / before (the median of the
+# rounds' ratios, then each round's), and the autovacuums of the queue
+# tables from the server log: the phase each ended in, the dead rows it
+# removed and those it had to keep.  The systems run one after the other (a held xmin is the
 # whole cluster's), in reverse order every other round; each starts from
 # emptied tables, a VACUUM and a CHECKPOINT.
 #
@@ -96,9 +102,12 @@ PGMQ_DIR=${PGMQ_DIR:-$ROOT/../shared/anchors/pgmq}
 PRODUCERS=2
 CONSUMERS=2
 PAYLOAD_BYTES=1024
-SYSTEMS=(rmsg pgmq pgq)
+read -r -a SYSTEMS <<<"${SYSTEMS:-rmsg pgmq pgq}"
 PHASES=(before during after)
 
+for sys in "${SYSTEMS[@]}"; do
+    [[ $sys == @(rmsg|pgmq|pgq) ]] || die "SYSTEMS lists rmsg, pgmq and pgq, not '$sys'"
+done
 for var in PHASE ROUNDS BATCH; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer, not '${!var}'"
 done
@@ -291,7 +300,8 @@ wait_for_clients_gone() {
     printf 'WARNING: pgbench backends still there 5 s after pgbench ended\n'
 }
 
-# counters SYS: "WAL position|wal_sync|backlog|vacuums|dead rows|bytes",
+# counters SYS: "WAL position|wal_sync|backlog|vacuums|dead rows|bytes|
+# index entries read",
 # read once wal_sync has stopped moving (the walwriter reports its own
 # syncs a little later than the backends).
 counters() {
@@ -305,20 +315,21 @@ counters() {
     sql "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn, (SELECT wal_sync FROM pg_stat_wal),
                 ($(backlog_query "$1")),
                 coalesce(sum(autovacuum_count + vacuum_count), 0), coalesce(sum(n_dead_tup), 0),
-                coalesce(sum(pg_total_relation_size(relid)), 0)
+                coalesce(sum(pg_total_relation_size(relid)), 0),
+                (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE schemaname = '$1')
            FROM pg_stat_user_tables WHERE schemaname = '$1'"
 }
 
 # run_phase SYS PHASE: one pgbench run of the producers beside one of the
 # consumers; appends to results/SYS_PHASE "1 taken/s 2 puts/s 3 backlog
-# 4 per get 5 WAL B/msg 6 syncs/msg 7 autovac 8 dead rows 9 MB".
+# 4 per get 5 WAL B/msg 6 syncs/msg 7 autovac 8 dead rows 9 MB 10 idx/get".
 run_phase() {
     local sys=$1 phase=$2 before after put_pid take_pid puts gets
     before=$(counters "$sys")
     # Where the phase starts, in the server log's terms (UTC), so that
     # vacuum_log can tell which phase each autovacuum ended in.
-    printf '%s %s %s\n' "$(sql "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')")" \
-        "$sys" "$phase" >>"$WORK/results/phase_starts"
+    printf '%s %s %s %s\n' "$(sql "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS')")" \
+        "$sys" "$phase" "${RUNS[$sys]}" >>"$WORK/results/phase_starts"
     run_as_pg pgbench -n -M prepared -c "$PRODUCERS" -j 1 -T "$PHASE" \
         -f "$WORK/scripts/${sys}_put.sql" >"$WORK/put.out" 2>&1 &
     put_pid=$!
@@ -334,18 +345,22 @@ run_phase() {
     awk -v b="$before" -v a="$after" -v puts="$puts" -v gets="$gets" -v t="$PHASE" 'BEGIN {
         split(b, x, "|"); split(a, y, "|");
         taken = puts - (y[3] - x[3]); moved = (puts + taken) / 2;
-        printf "%.1f %.1f %d %.2f %.0f %.3f %d %d %.1f\n", taken / t, puts / t, y[3],
+        printf "%.1f %.1f %d %.2f %.0f %.3f %d %d %.1f %.1f\n", taken / t, puts / t, y[3],
             (gets > 0 ? taken / gets : 0), (moved > 0 ? (y[1] - x[1]) / moved : 0),
-            (moved > 0 ? (y[2] - x[2]) / moved : 0), y[4] - x[4], y[5], y[6] / 1048576 }' \
+            (moved > 0 ? (y[2] - x[2]) / moved : 0), y[4] - x[4], y[5], y[6] / 1048576,
+            (gets > 0 ? (y[7] - x[7]) / gets : 0) }' \
         >>"$WORK/results/${sys}_$phase"
     tail -n 1 "$WORK/results/${sys}_$phase" | awk -v s="$sys" -v p="$phase" '{
-        printf "  %-5s %-7s %8.0f taken/s %8.0f puts/s %8d backlog %6.2f per get %6.0f WAL B/msg %6.3f syncs/msg %2d autovac %8d dead %7.1f MB\n",
-            s, p, $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+        printf "  %-5s %-7s %6.0f taken/s %6.0f puts/s %7d backlog %5.2f per get %7.1f idx/get %5.0f WAL B/msg %5.3f syncs/msg %d autovac %7d dead %6.0f MB\n",
+            s, p, $1, $2, $3, $4, $10, $5, $6, $7, $8, $9 }'
 }
 
 # run_case SYS: the three phases of one system (called by run_rounds).
+# The round each system is in, for the phase marks vacuum_log reads.
+declare -A RUNS=()
 run_case() {
     local sys=$1
+    RUNS[$sys]=$((${RUNS[$sys]:-0} + 1))
     reset_system "$sys"
     run_phase "$sys" before
     start_holder
@@ -365,17 +380,17 @@ report() {
     printf '\nheld xmin: %d producers, %d consumers (up to %d per get), %d-byte payloads, %d s per phase, ' \
         "$PRODUCERS" "$CONSUMERS" "$BATCH" "$PAYLOAD_BYTES" "$PHASE"
     if ((ROUNDS > 1)); then printf 'median of %d rounds\n' "$ROUNDS"; else printf '1 round\n'; fi
-    printf '%-6s %-7s %8s %8s %9s %8s %7s %9s %9s %7s %9s %7s\n' system phase puts/s taken/s "vs before" \
-        backlog "per get" "WAL B/msg" syncs/msg autovac "dead rows" MB
+    printf '%-6s %-7s %7s %7s %9s %7s %7s %8s %9s %9s %7s %9s %6s\n' system phase puts/s taken/s "vs before" \
+        backlog "per get" "idx/get" "WAL B/msg" syncs/msg autovac "dead rows" MB
     for sys in "${SYSTEMS[@]}"; do
         label=$sys
         for phase in "${PHASES[@]}"; do
             local -a m=()
-            for c in 1 2 3 4 5 6 7 8 9; do m[c]=$(column_median "${sys}_$phase" "$c"); done
+            for c in 1 2 3 4 5 6 7 8 9 10; do m[c]=$(column_median "${sys}_$phase" "$c"); done
             local vs=""
             [[ $phase != before ]] && vs=$(ratio_column "$sys" "$phase" | median | xargs printf '%.2fx')
-            printf '%-6s %-7s %8.0f %8.0f %9s %8.0f %7.2f %9.0f %9.3f %7.0f %9.0f %7.1f\n' "$label" "$phase" \
-                "${m[2]}" "${m[1]}" "$vs" "${m[3]}" "${m[4]}" "${m[5]}" "${m[6]}" "${m[7]}" "${m[8]}" "${m[9]}"
+            printf '%-6s %-7s %7.0f %7.0f %9s %7.0f %7.2f %8.1f %9.0f %9.3f %7.0f %9.0f %6.0f\n' "$label" "$phase" \
+                "${m[2]}" "${m[1]}" "$vs" "${m[3]}" "${m[4]}" "${m[10]}" "${m[5]}" "${m[6]}" "${m[7]}" "${m[8]}" "${m[9]}"
             label=""
         done
     done
@@ -396,14 +411,14 @@ report() {
 # (those a running transaction might still see).
 vacuum_log() {
     printf '\nautovacuums of the queue tables (server log; the phase they ended in):\n'
-    awk 'FNR == NR { start[++n] = $1 " " $2; tag[n] = $3 " " $4; next }
+    awk 'FNR == NR { start[++n] = $1 " " $2; tag[n] = $3 " " $4 (rounds > 1 ? " (round " $5 ")" : ""); next }
          /automatic vacuum of table "postgres\.(rmsg\.message|pgmq\.q_bench|pgq\.event_[0-9_]+)"/ {
              at = $1 " " $2; table = $0; sub(/.*automatic vacuum of table "postgres\./, "", table); sub(/".*/, "", table)
              phase = "(before the first phase)"
              for (i = 1; i <= n; i++) if (start[i] <= at) phase = tag[i]
              want = 1; next }
-         want && /tuples:/ { sub(/^[ \t]*tuples: /, ""); printf "  %-14s %-22s %s\n", phase, table, $0; want = 0; shown++ }
-         END { if (!shown) print "  none" }' "$WORK/results/phase_starts" "$WORK/bench-server.log"
+         want && /tuples:/ { sub(/^[ \t]*tuples: /, ""); printf "  %-24s %-22s %s\n", phase, table, $0; want = 0; shown++ }
+         END { if (!shown) print "  none" }' rounds="$ROUNDS" "$WORK/results/phase_starts" "$WORK/bench-server.log"
 }
 
 main() {
