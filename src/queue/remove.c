@@ -199,8 +199,12 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 											  queue_id);
 			else if (receipt != NULL)
 				outcome = RMSG_REMOVE_STALE;	/* acked meanwhile */
+			/*
+			 * The queue of the version deleted: the newest one may have
+			 * moved to a dead-letter queue since our snapshot.
+			 */
 			if (outcome == RMSG_REMOVE_DELETED)
-				RmsgReadyHintTouched(QueueOf(seen, rels));
+				RmsgReadyHintTouched(QueueOf(result == TM_Ok ? seen : locked, rels));
 		}
 	}
 
