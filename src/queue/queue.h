@@ -123,6 +123,7 @@ typedef struct RmsgReadyWalk
 {
 	uint64		writes;			/* the hint's count of writes, when read */
 	TimestampTz start;			/* where the walk starts (DT_NOBEGIN: the front) */
+	TimestampTz cap;			/* the lowest key written since (DT_NOEND: none) */
 } RmsgReadyWalk;
 
 extern Size RmsgReadyHintShmemSize(void);

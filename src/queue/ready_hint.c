@@ -146,26 +146,48 @@ MakeKey(ReadyHintKey *key, int32 queue_id)
 }
 
 /*
- * The queue's hint, or NULL.  create: make it when missing (a get does; a
+ * Room in a full table: the entries of this database's earlier extensions
+ * (DROP EXTENSION leaves them behind) go, as in core/stats.c.  Lock held
+ * exclusively.
+ */
+static void
+ForgetOldExtensions(Oid queue_table)
+{
+	HASH_SEQ_STATUS status;
+	ReadyHint  *hint;
+
+	hash_seq_init(&status, hints);
+	while ((hint = hash_seq_search(&status)) != NULL)
+	{
+		if (hint->key.database == MyDatabaseId && hint->key.queue_table != queue_table)
+			hash_search(hints, &hint->key, HASH_REMOVE, NULL);
+	}
+}
+
+/*
+ * The hint of key, or NULL.  create: make it when missing (a get does; a
  * writer need not, since a hint made later starts at the front).  Entries
  * are removed only under the lock held exclusively, and the caller holds
  * it shared while it uses the entry.
  */
 static ReadyHint *
-FindHint(int32 queue_id, bool create)
+FindHint(const ReadyHintKey *key, bool create)
 {
-	ReadyHintKey key;
 	ReadyHint  *hint;
 	bool		found;
 
-	MakeKey(&key, queue_id);
-	hint = hash_search(hints, &key, HASH_FIND, NULL);
+	hint = hash_search(hints, key, HASH_FIND, NULL);
 	if (hint != NULL || !create)
 		return hint;
 
 	LWLockRelease(shared->lock);
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	hint = hash_search(hints, &key, HASH_ENTER_NULL, &found);
+	hint = hash_search(hints, key, HASH_ENTER_NULL, &found);
+	if (hint == NULL)
+	{
+		ForgetOldExtensions(key->queue_table);
+		hint = hash_search(hints, key, HASH_ENTER_NULL, &found);
+	}
 	if (hint != NULL && !found)
 	{
 		SpinLockInit(&hint->mutex);
@@ -176,7 +198,7 @@ FindHint(int32 queue_id, bool create)
 	LWLockRelease(shared->lock);
 	LWLockAcquire(shared->lock, LW_SHARED);
 	/* it may have gone while we did not hold the lock: look again */
-	return hash_search(hints, &key, HASH_FIND, NULL);
+	return hash_search(hints, key, HASH_FIND, NULL);
 }
 
 /* Notes a write with key `key`.  Spinlock held. */
@@ -190,14 +212,18 @@ NoteWrite(ReadyHint *hint, TimestampTz key)
 /*
  * The queue's hint with its spinlock held (and the table's lock, shared),
  * or NULL (the table's lock held all the same); UnlockHint undoes both.
+ * The key is made first: that may read the catalogs (RmsgGetRelations),
+ * which must not happen under the lock.
  */
 static ReadyHint *
 LockHint(int32 queue_id, bool create)
 {
+	ReadyHintKey key;
 	ReadyHint  *hint;
 
+	MakeKey(&key, queue_id);
 	LWLockAcquire(shared->lock, LW_SHARED);
-	hint = FindHint(queue_id, create);
+	hint = FindHint(&key, create);
 	if (hint != NULL)
 		SpinLockAcquire(&hint->mutex);
 	return hint;
@@ -223,7 +249,7 @@ RmsgReadyWalk
 RmsgReadyHintRead(int32 queue_id, TimestampTz now)
 {
 	ReadyHint  *hint;
-	RmsgReadyWalk walk = {0, DT_NOBEGIN};
+	RmsgReadyWalk walk = {0, DT_NOBEGIN, DT_NOEND};
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
@@ -264,9 +290,14 @@ RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 	hint = LockHint(queue_id, false);
 	if (hint != NULL && hint->writes - walk->writes <= RMSG_HINT_WRITES)
 	{
-		/* no further than the lowest key written since the get read the hint */
+		/*
+		 * No further than the lowest key written since the get read the
+		 * hint: the walk is past that entry for good, so the writes an
+		 * earlier step answered for still bound every later step.
+		 */
 		for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
-			to = Min(to, hint->written[n % RMSG_HINT_WRITES]);
+			walk->cap = Min(walk->cap, hint->written[n % RMSG_HINT_WRITES]);
+		to = Min(to, walk->cap);
 		hint->return_from = Min(hint->return_from, leased_from);
 		hint->return_at = Min(hint->return_at, leased_until);
 		if (to > hint->scan_from)
