@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/acl.h"
+#include "utils/hsearch.h"
 #include "utils/relcache.h"
 
 #include "core/compat.h"
@@ -48,6 +49,22 @@ typedef struct RmsgShmemArea
 } RmsgShmemArea;
 
 extern void RmsgShmemRequest(const RmsgShmemArea *areas, int count);
+
+/*
+ * core/stats.c: the key of a per-queue entry of a shared table, for the
+ * queue of this database's extension (its rmsg.queue table tells one
+ * extension from a later one).  Zeroed first: hash tables compare keys'
+ * bytes, padding included.
+ */
+typedef struct RmsgQueueKey
+{
+	Oid			database;
+	Oid			queue_table;	/* rmsg.queue of that database */
+	int32		queue_id;
+} RmsgQueueKey;
+
+extern void RmsgMakeQueueKey(RmsgQueueKey *key, int32 queue_id);
+extern void RmsgForgetOldExtensionEntries(HTAB *table, Oid queue_table);
 extern void RmsgRequireShmem(const char *what);
 extern TimestampTz RmsgIncarnation(void);
 extern uint64 RmsgNameLockSeed(void);

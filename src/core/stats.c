@@ -53,16 +53,10 @@ typedef struct RmsgLogCounters
 	pg_atomic_uint64 stale_receipts;
 } RmsgLogCounters;
 
-typedef struct QueueKey
-{
-	Oid			database;
-	Oid			queue_table;	/* rmsg.queue of that database */
-	int32		queue_id;
-} QueueKey;
 
 typedef struct QueueCounters
 {
-	QueueKey	key;			/* the hash key */
+	RmsgQueueKey key;		/* the hash key */
 	pg_atomic_uint64 bytes_written;
 	pg_atomic_uint64 bytes_referenced;
 	pg_atomic_uint64 stale_receipts;
@@ -100,7 +94,7 @@ RmsgStatsShmemStartup(void)
 		pg_atomic_init_u64(&stats->payloads_collected, 0);
 		pg_atomic_init_u64(&stats->stale_receipts, 0);
 	}
-	info.keysize = sizeof(QueueKey);
+	info.keysize = sizeof(RmsgQueueKey);
 	info.entrysize = sizeof(QueueCounters);
 	/*
 	 * Of fixed size: a full table refuses new entries rather than take the
@@ -115,8 +109,8 @@ RmsgStatsShmemStartup(void)
  * The key of a queue of this database's extension: zeroed first, as the
  * hash compares the key's bytes, padding included.
  */
-static void
-MakeQueueKey(QueueKey *key, int32 queue_id)
+void
+RmsgMakeQueueKey(RmsgQueueKey *key, int32 queue_id)
 {
 	memset(key, 0, sizeof(*key));
 	key->database = MyDatabaseId;
@@ -125,22 +119,23 @@ MakeQueueKey(QueueKey *key, int32 queue_id)
 }
 
 /*
- * Room in a full table: the entries of this database's earlier extensions
- * (DROP EXTENSION leaves them behind) go.  Lock held exclusively.  Entries
- * of dropped databases are not found here (that would take a catalog look
- * under the lock); they go with the next restart.
+ * Room in a full table of per-queue entries (keyed by RmsgQueueKey first):
+ * the entries of this database's earlier extensions (DROP EXTENSION leaves
+ * them behind) go.  The table's lock held exclusively.  Entries of dropped
+ * databases are not found here (that would take a catalog look under the
+ * lock); they go with the next restart.
  */
-static void
-ForgetOldExtensions(Oid queue_table)
+void
+RmsgForgetOldExtensionEntries(HTAB *table, Oid queue_table)
 {
 	HASH_SEQ_STATUS status;
-	QueueCounters *entry;
+	RmsgQueueKey *entry;
 
-	hash_seq_init(&status, queue_stats);
+	hash_seq_init(&status, table);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		if (entry->key.database == MyDatabaseId && entry->key.queue_table != queue_table)
-			hash_search(queue_stats, &entry->key, HASH_REMOVE, NULL);
+		if (entry->database == MyDatabaseId && entry->queue_table != queue_table)
+			hash_search(table, entry, HASH_REMOVE, NULL);
 	}
 }
 
@@ -148,11 +143,11 @@ ForgetOldExtensions(Oid queue_table)
 static QueueCounters *
 QueueEntry(int32 queue_id)
 {
-	QueueKey	key;
+	RmsgQueueKey key;
 	QueueCounters *entry;
 	bool		found;
 
-	MakeQueueKey(&key, queue_id);
+	RmsgMakeQueueKey(&key, queue_id);
 	LWLockAcquire(stats->lock, LW_SHARED);
 	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
 	LWLockRelease(stats->lock);
@@ -163,7 +158,7 @@ QueueEntry(int32 queue_id)
 	entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
 	if (entry == NULL)
 	{
-		ForgetOldExtensions(key.queue_table);
+		RmsgForgetOldExtensionEntries(queue_stats, key.queue_table);
 		entry = hash_search(queue_stats, &key, HASH_ENTER_NULL, &found);
 	}
 	if (entry != NULL && !found)
@@ -238,7 +233,7 @@ RmsgCountForceAvoided(void)
 void
 RmsgCountStaleReceipt(int32 queue_id)
 {
-	QueueKey	key;
+	RmsgQueueKey key;
 	QueueCounters *entry;
 
 	if (stats == NULL)
@@ -246,7 +241,7 @@ RmsgCountStaleReceipt(int32 queue_id)
 	pg_atomic_fetch_add_u64(&stats->stale_receipts, 1);
 	if (queue_id == 0)
 		return;
-	MakeQueueKey(&key, queue_id);
+	RmsgMakeQueueKey(&key, queue_id);
 	LWLockAcquire(stats->lock, LW_SHARED);
 	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
 	if (entry != NULL)
@@ -266,11 +261,11 @@ RmsgCountCollected(int64 n)
 void
 RmsgQueueStatsForget(int32 queue_id)
 {
-	QueueKey	key;
+	RmsgQueueKey key;
 
 	if (stats == NULL)
 		return;
-	MakeQueueKey(&key, queue_id);
+	RmsgMakeQueueKey(&key, queue_id);
 	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
 	hash_search(queue_stats, &key, HASH_REMOVE, NULL);
 	LWLockRelease(stats->lock);

@@ -74,16 +74,9 @@
 #define RMSG_MAX_READY_HINTS 1024
 #define RMSG_HINT_WRITES 64
 
-typedef struct ReadyHintKey
-{
-	Oid			database;
-	Oid			queue_table;	/* rmsg.queue of that database */
-	int32		queue_id;
-} ReadyHintKey;
-
 typedef struct ReadyHint
 {
-	ReadyHintKey key;			/* the hash key */
+	RmsgQueueKey key;		/* the hash key */
 	slock_t		mutex;			/* guards the fields below */
 	TimestampTz scan_from;
 	uint64		writes;			/* writes noted so far */
@@ -127,41 +120,12 @@ RmsgReadyHintShmemStartup(void)
 	shared = ShmemInitStruct("recoverable_msg ready hints", sizeof(ReadyHintShared), &found);
 	if (!found)
 		shared->lock = RmsgLWLock(RMSG_LWLOCK_READY_HINTS);
-	info.keysize = sizeof(ReadyHintKey);
+	info.keysize = sizeof(RmsgQueueKey);
 	info.entrysize = sizeof(ReadyHint);
 	/* of fixed size, like the other tables: see core/stats.c */
 	hints = ShmemInitHash("recoverable_msg ready hint table",
 						  RMSG_MAX_READY_HINTS, RMSG_MAX_READY_HINTS,
 						  &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
-}
-
-/* The key of a queue of this database's extension, padding zeroed. */
-static void
-MakeKey(ReadyHintKey *key, int32 queue_id)
-{
-	memset(key, 0, sizeof(*key));
-	key->database = MyDatabaseId;
-	key->queue_table = RmsgGetRelations()->queue;
-	key->queue_id = queue_id;
-}
-
-/*
- * Room in a full table: the entries of this database's earlier extensions
- * (DROP EXTENSION leaves them behind) go, as in core/stats.c.  Lock held
- * exclusively.
- */
-static void
-ForgetOldExtensions(Oid queue_table)
-{
-	HASH_SEQ_STATUS status;
-	ReadyHint  *hint;
-
-	hash_seq_init(&status, hints);
-	while ((hint = hash_seq_search(&status)) != NULL)
-	{
-		if (hint->key.database == MyDatabaseId && hint->key.queue_table != queue_table)
-			hash_search(hints, &hint->key, HASH_REMOVE, NULL);
-	}
 }
 
 /*
@@ -171,7 +135,7 @@ ForgetOldExtensions(Oid queue_table)
  * it shared while it uses the entry.
  */
 static ReadyHint *
-FindHint(const ReadyHintKey *key, bool create)
+FindHint(const RmsgQueueKey *key, bool create)
 {
 	ReadyHint  *hint;
 	bool		found;
@@ -185,7 +149,7 @@ FindHint(const ReadyHintKey *key, bool create)
 	hint = hash_search(hints, key, HASH_ENTER_NULL, &found);
 	if (hint == NULL)
 	{
-		ForgetOldExtensions(key->queue_table);
+		RmsgForgetOldExtensionEntries(hints, key->queue_table);
 		hint = hash_search(hints, key, HASH_ENTER_NULL, &found);
 	}
 	if (hint != NULL && !found)
@@ -218,10 +182,10 @@ NoteWrite(ReadyHint *hint, TimestampTz key)
 static ReadyHint *
 LockHint(int32 queue_id, bool create)
 {
-	ReadyHintKey key;
+	RmsgQueueKey key;
 	ReadyHint  *hint;
 
-	MakeKey(&key, queue_id);
+	RmsgMakeQueueKey(&key, queue_id);
 	LWLockAcquire(shared->lock, LW_SHARED);
 	hint = FindHint(&key, create);
 	if (hint != NULL)
@@ -396,11 +360,11 @@ RmsgReadyHintXactEnd(void)
 void
 RmsgReadyHintForget(int32 queue_id)
 {
-	ReadyHintKey key;
+	RmsgQueueKey key;
 
 	if (hints == NULL)
 		return;
-	MakeKey(&key, queue_id);
+	RmsgMakeQueueKey(&key, queue_id);
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	hash_search(hints, &key, HASH_REMOVE, NULL);
 	LWLockRelease(shared->lock);
