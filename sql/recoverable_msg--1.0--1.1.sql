@@ -427,6 +427,41 @@ REVOKE EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION rmsg.collect_payloads() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Operating a queue: pause, resume, purge, redrive
+------------------------------------------------------------------------------
+
+ALTER TABLE rmsg.queue ADD COLUMN paused boolean NOT NULL DEFAULT false;
+ALTER TABLE rmsg.message ADD COLUMN died_in int;
+CREATE FUNCTION rmsg.pause_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_pause_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.pause_queue(text) IS
+  'stop handing out the queue''s messages (gets return nothing, the worker dispatches none); puts go on';
+
+CREATE FUNCTION rmsg.resume_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_resume_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.resume_queue(text) IS
+  'hand out the messages of a paused queue again, waking its long polls and the worker';
+
+CREATE FUNCTION rmsg.purge_queue(queue text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_purge_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.purge_queue(text) IS
+  'delete every message of the queue, ready, delayed, in flight and dead; returns how many';
+
+CREATE FUNCTION rmsg.redrive(dead_letter_queue text, to_queue text DEFAULT NULL,
+                             max int DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_redrive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
+  'send the dead letters a queue holds back to the queues they died in (or to to_queue), ready, with no deliveries; returns how many';
+
+------------------------------------------------------------------------------
 -- Monitoring: the stat_* functions are for monitoring roles; the views show
 -- each role what it may see
 ------------------------------------------------------------------------------
@@ -483,7 +518,8 @@ SELECT q.name AS queue,
        st.bytes_written,
        st.bytes_referenced,
        q.owner,
-       st.stale_receipts
+       st.stale_receipts,
+       q.paused
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id

@@ -37,7 +37,8 @@ CREATE TABLE rmsg.queue (
     dedup           text NOT NULL CHECK (dedup IN ('none', 'token', 'content')),
     created_at      timestamptz NOT NULL DEFAULT now(),
     owner           regrole NOT NULL,   -- the role that created it
-    acl             aclitem[]           -- put (INSERT), get (SELECT), manage (UPDATE)
+    acl             aclitem[],          -- put (INSERT), get (SELECT), manage (UPDATE)
+    paused          boolean NOT NULL DEFAULT false  -- gets and the worker take nothing
 );
 COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
 ALTER SEQUENCE rmsg.queue_id_seq OWNED BY rmsg.queue.queue_id;
@@ -77,7 +78,10 @@ CREATE TABLE rmsg.message (
     payload_id      bigint,
     headers         jsonb,
     inline_data     bytea,
-    CHECK ((payload_id IS NULL) <> (inline_data IS NULL))
+    CHECK ((payload_id IS NULL) <> (inline_data IS NULL)),
+    -- The queue a dead letter died in, so that rmsg.redrive can send it
+    -- back; NULL for every other message.
+    died_in         int
 ) WITH (fillfactor = 50);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
@@ -273,6 +277,35 @@ AS 'MODULE_PATHNAME', 'rmsg_drop_queue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.drop_queue(text) IS
   'drop a queue with all its messages';
+
+CREATE FUNCTION rmsg.pause_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_pause_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.pause_queue(text) IS
+  'stop handing out the queue''s messages (gets return nothing, the worker dispatches none); puts go on';
+
+CREATE FUNCTION rmsg.resume_queue(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_resume_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.resume_queue(text) IS
+  'hand out the messages of a paused queue again, waking its long polls and the worker';
+
+CREATE FUNCTION rmsg.purge_queue(queue text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_purge_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.purge_queue(text) IS
+  'delete every message of the queue, ready, delayed, in flight and dead; returns how many';
+
+CREATE FUNCTION rmsg.redrive(dead_letter_queue text, to_queue text DEFAULT NULL,
+                             max int DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_redrive'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
+  'send the dead letters a queue holds back to the queues they died in (or to to_queue), ready, with no deliveries; returns how many';
 
 CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
@@ -781,7 +814,8 @@ SELECT q.name AS queue,
        st.bytes_written,
        st.bytes_referenced,
        q.owner,
-       st.stale_receipts
+       st.stale_receipts,
+       q.paused
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id

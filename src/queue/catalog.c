@@ -16,13 +16,14 @@
  * drop reads and deletes with the latest snapshot too, since its own
  * predates what it waited for.
  *
- * A dead-letter queue is referenced by id through a foreign key, so it
- * cannot be dropped while a queue still sends it messages.
+ * A dead-letter queue cannot be dropped while a queue still sends it
+ * messages (RmsgRefuseDropOfDeadLetterQueue says why no foreign key does
+ * this).
  *
  * Cache.  Every put and get needs its queue's row, so each backend keeps
  * the rows it read in a local hash, stamped with the catalog generation in
- * shared memory (core/shmem.c).  A transaction that creates, drops or
- * grants a queue bumps the generation when it ends, in the transaction
+ * shared memory (core/shmem.c).  A transaction that creates, drops,
+ * grants, pauses or resumes a queue bumps the generation when it ends, in the transaction
  * callback, which runs before its locks are released: whoever then gets
  * the name lock sees the new generation and reads the catalog again.  Rows
  * read by a transaction that changed the catalog itself are not cached
@@ -70,7 +71,7 @@ PG_FUNCTION_INFO_V1(rmsg_drop_queue);
 static RmsgPlan lookup_plan = {
 	"SELECT queue_id, max_deliveries,"
 	"       coalesce(dead_letter_queue_id, 0) AS dead_letter_queue_id, dedup,"
-	"       owner::oid AS owner, acl"
+	"       owner::oid AS owner, acl, paused"
 	"  FROM rmsg.queue WHERE name = $1",
 	1, {TEXTOID}
 };
@@ -177,6 +178,7 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
 	queue->dead_letter_queue_id = DatumGetInt32(RmsgSpiNotNull(0, "dead_letter_queue_id"));
 	queue->dedup = RmsgParseDedupMode(TextDatumGetCString(RmsgSpiNotNull(0, "dedup")));
 	queue->owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+	queue->paused = DatumGetBool(RmsgSpiNotNull(0, "paused"));
 	value = RmsgSpiValue(0, "acl", &isnull);
 	*acl = isnull ? NULL : DatumGetAclP(value);
 	return true;

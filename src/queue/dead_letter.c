@@ -4,7 +4,8 @@
  *	  Moving messages whose deliveries are used up out of their queue.
  *
  * A dead message goes to its queue's dead-letter queue, where it starts
- * afresh (ready at once, no deliveries), or, when the queue has none, to
+ * afresh (ready at once, no deliveries) and remembers the queue it died in
+ * (died_in, for rmsg.redrive, redrive.c), or, when the queue has none, to
  * rmsg.dead_message, payload reference and all, so nothing is lost.  It is
  * a durable write like any other: not a lease.
  *
@@ -32,7 +33,7 @@
  */
 #define MOVE_TO_DLQ(rows) \
 	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0," \
-	"       visible_at = $3" \
+	"       visible_at = $3, died_in = queue_id" \
 	" WHERE " rows
 #define KEEP_DEAD(rows) \
 	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)" \

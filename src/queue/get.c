@@ -27,7 +27,9 @@
  *
  * With a wait, the get sleeps on the queue's condition variable
  * (long_poll.c) until a commit makes a message ready, a delayed message or
- * an expired lease becomes ready, or the wait is over.
+ * an expired lease becomes ready, or the wait is over.  A paused queue
+ * (pause.c) hands out nothing, and a get waiting on it sleeps until its
+ * resume or the end of the wait.
  *
  *-------------------------------------------------------------------------
  */
@@ -88,9 +90,13 @@ RmsgTakeMessages(const RmsgQueue *queue, int max, int64 visibility,
 				 RmsgTaken *taken)
 {
 	int			ntaken = 0;
-	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * max);
-	Datum	   *exhausted = palloc(sizeof(Datum) * max);
+	ItemPointerData *tids;
+	Datum	   *exhausted;
 
+	if (queue->paused)
+		return 0;				/* pause.c: nothing is handed out */
+	tids = palloc(sizeof(ItemPointerData) * max);
+	exhausted = palloc(sizeof(Datum) * max);
 	while (ntaken < max)
 	{
 		TimestampTz now = GetCurrentTimestamp();
@@ -239,9 +245,17 @@ rmsg_get(PG_FUNCTION_ARGS)
 		if (GetCurrentTimestamp() >= deadline)
 			break;
 
-		next = NextVisibleAt(&queue);
+		/* a paused queue has nothing due: only its resume wakes us */
+		next = queue.paused ? 0 : NextVisibleAt(&queue);
 		until = (next != 0 && next < deadline) ? next : deadline;
 		(void) RmsgWaitSleep(queue.queue_id, until);
+
+		/*
+		 * resume_queue bumped the catalog generation before its commit
+		 * woke us, so opening the queue again reads the row afresh.
+		 */
+		if (queue.paused)
+			queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
 	}
 	if (wait > 0)
 		RmsgWaitCancel();

@@ -24,6 +24,7 @@ typedef struct RmsgQueue
 	int32		dead_letter_queue_id;	/* 0 when none */
 	RmsgDedupMode dedup;
 	Oid			owner;
+	bool		paused;			/* pause_queue: nothing is handed out */
 	AclMode		rights;			/* of the role that opened it */
 } RmsgQueue;
 

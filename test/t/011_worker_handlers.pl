@@ -35,7 +35,8 @@ use warnings FATAL => 'all';
 #     committed after the change;
 # 11. with rmsg.worker_naptime = 1h, commits wake the workers: a put is
 #     handled within seconds, one in an open transaction only once it
-#     commits, a rolled-back one never; back to 1s, maintenance resumes.
+#     commits, a rolled-back one never; a paused queue's message only once
+#     the queue is resumed; back to 1s, maintenance resumes.
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -739,6 +740,19 @@ is(queue_counts('wake'), '0/0/0/0', 'the wake queue is empty');
 is(sql(q{SELECT maintained_at FROM rmsg.worker WHERE worker = 0}), $maintained,
 	'no maintenance meanwhile: the workers slept the long naptime and the commits woke them');
 session_kill($s);
+
+# A paused queue: the put wakes the workers, which dispatch nothing; the
+# resume wakes them again (the naptime is still 1h) and they handle it.
+sql(q{SELECT rmsg.pause_queue('wake')});
+sql(q{SELECT rmsg.put('wake', 'p1'::text)});
+sleep(2);
+is(sql(q{SELECT count(*) FROM handled WHERE payload = 'p1'}), '0',
+	'a message put to a paused queue is not handled');
+is(queue_counts('wake'), '1/0/0/0', 'it waits, ready, in the paused queue');
+sql(q{SELECT rmsg.resume_queue('wake')});
+$took = wait_true(q{SELECT count(*) = 1 FROM handled WHERE payload = 'p1'}, 10);
+ok(defined $took && $took < 5,
+	'the resume wakes the workers: handled within 5 s (' . ($took // 'never') . ' s)');
 
 # Back to a short naptime: the maintenance should follow it.
 sql(q{ALTER SYSTEM SET rmsg.worker_naptime = '1s'; SELECT pg_reload_conf();});

@@ -1,0 +1,59 @@
+/*-------------------------------------------------------------------------
+ *
+ * purge.c
+ *	  rmsg.purge_queue: deleting every message of a queue at once.
+ *
+ * A purge deletes the queue's messages in every state (ready, delayed, in
+ * flight) and its dead ones (rmsg.dead_message), and returns how many it
+ * deleted.  It reads with the latest snapshot, so under REPEATABLE READ too
+ * it deletes every message committed before it; a put still running then
+ * keeps its message.  A message a running get has leased is waited for and
+ * deleted once that get's transaction ends; its ack then finds nothing.
+ * Payload rows only the purged messages referenced wait for
+ * rmsg.collect_payloads, as after acks.
+ *
+ * The purge holds the queue's name lock as a put does: a drop_queue cannot
+ * run beside it, and the queue's producers and consumers are not held up.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "storage/lockdefs.h"
+
+#include "queue/queue.h"
+
+PG_FUNCTION_INFO_V1(rmsg_purge_queue);
+
+/* $1 queue_id */
+static RmsgPlan purge_plan = {
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING 1),"
+	"     dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = $1 RETURNING 1)"
+	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead) AS purged",
+	1, {INT4OID}
+};
+
+/* rmsg.purge_queue(queue) -> bigint */
+Datum
+rmsg_purge_queue(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	RmsgQueue	queue;
+	Datum		arg;
+	int64		purged;
+
+	RmsgEnter("rmsg.purge_queue", true);
+	name = RmsgTextArg(fcinfo, 0, "queue name");
+	RmsgSpiConnect();
+	queue = RmsgOpenQueueFor(name, AccessShareLock, RMSG_MANAGE);
+
+	/* this transaction deletes the queue's messages: its walks move no hint */
+	RmsgReadyHintTouched(queue.queue_id);
+	arg = Int32GetDatum(queue.queue_id);
+	RmsgPlanExecute(&purge_plan, &arg, NULL, true, 1);
+	purged = DatumGetInt64(RmsgSpiNotNull(0, "purged"));
+	RmsgSpiFinish();
+	PG_RETURN_INT64(purged);
+}
