@@ -733,7 +733,8 @@ COMMENT ON FUNCTION rmsg.stat_log() IS 'the counters behind rmsg.log_stats';
 
 CREATE FUNCTION rmsg.queue_counters(
     OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
-    OUT stale_receipts bigint)
+    OUT stale_receipts bigint, OUT puts bigint, OUT acks bigint,
+    OUT dead_lettered bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'rmsg_queue_counters'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
@@ -742,7 +743,8 @@ COMMENT ON FUNCTION rmsg.queue_counters() IS
 
 CREATE FUNCTION rmsg.stat_queues(
     OUT queue_id int, OUT bytes_written bigint, OUT bytes_referenced bigint,
-    OUT stale_receipts bigint)
+    OUT stale_receipts bigint, OUT puts bigint, OUT acks bigint,
+    OUT dead_lettered bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'rmsg_stat_queues'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
@@ -815,7 +817,10 @@ SELECT q.name AS queue,
        st.bytes_referenced,
        q.owner,
        st.stale_receipts,
-       q.paused
+       q.paused,
+       st.puts,
+       st.acks,
+       st.dead_lettered
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
@@ -946,3 +951,13 @@ GRANT EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_compone
 GRANT SELECT ON rmsg.queues, rmsg.instances, rmsg.last_calls, rmsg.callers,
                 rmsg.handlers, rmsg.privileges TO PUBLIC;
 GRANT SELECT ON rmsg.log_stats, rmsg.called_components, rmsg.worker TO pg_read_all_stats;
+
+-- The views' figures in the Prometheus text format, for monitoring roles.
+CREATE FUNCTION rmsg.metrics()
+RETURNS text
+AS 'MODULE_PATHNAME', 'rmsg_metrics'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION rmsg.metrics() IS
+  'queue depths by state, oldest ready age, puts, acks, dead letters, instances, workers and contract figures, in the Prometheus text exposition format';
+REVOKE EXECUTE ON FUNCTION rmsg.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rmsg.metrics() TO pg_read_all_stats;

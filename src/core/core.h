@@ -205,6 +205,8 @@ extern void RmsgStatsShmemStartup(void);
 extern void RmsgCountPut(int32 queue_id, int32 size, bool referenced);
 extern void RmsgCountCollected(int64 n);
 extern void RmsgCountStaleReceipt(int32 queue_id);
+extern void RmsgCountAck(int32 queue_id);
+extern void RmsgCountDeadLettered(int32 queue_id, int n);
 extern void RmsgCountForce(void);
 extern void RmsgCountForceAvoided(void);
 extern void RmsgQueueStatsForget(int32 queue_id);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * stats.c
- *	  Counters for rmsg.log_stats and the byte columns of rmsg.queues.
+ *	  Counters for rmsg.log_stats, the counter columns of rmsg.queues and
+ *	  rmsg.metrics().
  *
  * Cumulative since the server started, like PostgreSQL's own statistics
  * before they are reset, and counted when the work is done: a put that
@@ -60,7 +61,13 @@ typedef struct QueueCounters
 	pg_atomic_uint64 bytes_written;
 	pg_atomic_uint64 bytes_referenced;
 	pg_atomic_uint64 stale_receipts;
+	pg_atomic_uint64 puts;
+	pg_atomic_uint64 acks;
+	pg_atomic_uint64 dead_lettered;
 } QueueCounters;
+
+/* The columns ReturnQueueCounters gives, queue_id first. */
+#define QUEUE_COUNTER_COLUMNS 7
 
 static RmsgLogCounters *stats = NULL;
 static HTAB *queue_stats = NULL;
@@ -166,6 +173,9 @@ QueueEntry(int32 queue_id)
 		pg_atomic_init_u64(&entry->bytes_written, 0);
 		pg_atomic_init_u64(&entry->bytes_referenced, 0);
 		pg_atomic_init_u64(&entry->stale_receipts, 0);
+		pg_atomic_init_u64(&entry->puts, 0);
+		pg_atomic_init_u64(&entry->acks, 0);
+		pg_atomic_init_u64(&entry->dead_lettered, 0);
 	}
 	LWLockRelease(stats->lock);
 	return entry;
@@ -186,6 +196,8 @@ RmsgCountPut(int32 queue_id, int32 size, bool referenced)
 	if (stats == NULL)
 		return;
 	entry = QueueEntry(queue_id);
+	if (entry != NULL)
+		pg_atomic_fetch_add_u64(&entry->puts, 1);
 	if (referenced)
 	{
 		pg_atomic_fetch_add_u64(&stats->bytes_referenced, size);
@@ -223,30 +235,61 @@ RmsgCountForceAvoided(void)
 }
 
 /*
- * An ack, nack or extend came with a receipt whose lease is gone; queue_id
- * is the message's queue, 0 when the message is gone too.  Unlike a put,
- * these hold no lock on the queue's name, so a drop_queue may be removing
- * the queue's entry meanwhile: the entry is only looked up, never made
- * (a queue that no put has counted yet keeps its NULL), and added to under
- * the lock, which the removal takes exclusively.
+ * Adds n to the counter at byte offset `counter` of the queue's entry,
+ * making the entry on first use.  For the callers that hold no lock on the
+ * queue's name (an ack, say): a drop_queue may be removing the entry
+ * meanwhile, so it is added to under the table's lock, which the removal
+ * takes exclusively.  An ack racing the drop of its queue may leave an
+ * entry behind for the dropped queue_id, which no queue has again; a full
+ * table's clean-up does not find it, a restart does.
  */
-void
-RmsgCountStaleReceipt(int32 queue_id)
+static void
+AddToQueueCounter(int32 queue_id, size_t counter, uint64 n)
 {
 	RmsgQueueKey key;
 	QueueCounters *entry;
 
+	RmsgMakeQueueKey(&key, queue_id);
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		LWLockAcquire(stats->lock, LW_SHARED);
+		entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
+		if (entry != NULL)
+			pg_atomic_fetch_add_u64((pg_atomic_uint64 *) ((char *) entry + counter), n);
+		LWLockRelease(stats->lock);
+		if (entry != NULL || QueueEntry(queue_id) == NULL)
+			return;
+	}
+}
+
+/*
+ * An ack, nack or extend came with a receipt whose lease is gone; queue_id
+ * is the message's queue, 0 when the message is gone too.
+ */
+void
+RmsgCountStaleReceipt(int32 queue_id)
+{
 	if (stats == NULL)
 		return;
 	pg_atomic_fetch_add_u64(&stats->stale_receipts, 1);
-	if (queue_id == 0)
-		return;
-	RmsgMakeQueueKey(&key, queue_id);
-	LWLockAcquire(stats->lock, LW_SHARED);
-	entry = hash_search(queue_stats, &key, HASH_FIND, NULL);
-	if (entry != NULL)
-		pg_atomic_fetch_add_u64(&entry->stale_receipts, 1);
-	LWLockRelease(stats->lock);
+	if (queue_id != 0)
+		AddToQueueCounter(queue_id, offsetof(QueueCounters, stale_receipts), 1);
+}
+
+/* A message of queue_id was acked (by a consumer or the worker). */
+void
+RmsgCountAck(int32 queue_id)
+{
+	if (stats != NULL)
+		AddToQueueCounter(queue_id, offsetof(QueueCounters, acks), 1);
+}
+
+/* n messages of queue_id used up their deliveries and were dead-lettered. */
+void
+RmsgCountDeadLettered(int32 queue_id, int n)
+{
+	if (stats != NULL && n > 0)
+		AddToQueueCounter(queue_id, offsetof(QueueCounters, dead_lettered), (uint64) n);
 }
 
 /* Payload rows no message referenced any more were removed. */
@@ -337,34 +380,41 @@ ReturnQueueCounters(FunctionCallInfo fcinfo, bool only_visible)
 		return;
 
 	queue_table = RmsgGetRelations()->queue;
-	rows = palloc(sizeof(Datum) * 4 * room);
+	rows = palloc(sizeof(Datum) * QUEUE_COUNTER_COLUMNS * room);
 	LWLockAcquire(stats->lock, LW_SHARED);
 	hash_seq_init(&status, queue_stats);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
+		Datum	   *row;
+
 		if (entry->key.database != MyDatabaseId || entry->key.queue_table != queue_table)
 			continue;
 		if (n == room)
 		{
 			room *= 2;
-			rows = repalloc(rows, sizeof(Datum) * 4 * room);
+			rows = repalloc(rows, sizeof(Datum) * QUEUE_COUNTER_COLUMNS * room);
 		}
-		rows[4 * n] = Int32GetDatum(entry->key.queue_id);
-		rows[4 * n + 1] = Counter(&entry->bytes_written);
-		rows[4 * n + 2] = Counter(&entry->bytes_referenced);
-		rows[4 * n + 3] = Counter(&entry->stale_receipts);
+		row = &rows[QUEUE_COUNTER_COLUMNS * n];
+		row[0] = Int32GetDatum(entry->key.queue_id);
+		row[1] = Counter(&entry->bytes_written);
+		row[2] = Counter(&entry->bytes_referenced);
+		row[3] = Counter(&entry->stale_receipts);
+		row[4] = Counter(&entry->puts);
+		row[5] = Counter(&entry->acks);
+		row[6] = Counter(&entry->dead_lettered);
 		n++;
 	}
 	LWLockRelease(stats->lock);
 
 	for (int i = 0; i < n; i++)
 	{
-		bool		nulls[4] = {false, false, false, false};
+		Datum	   *row = &rows[QUEUE_COUNTER_COLUMNS * i];
+		bool		nulls[QUEUE_COUNTER_COLUMNS] = {0};
 
 		if (only_visible &&
-			!RmsgMaySee(RMSG_QUEUE, DatumGetInt32(rows[4 * i]), NULL, RMSG_MANAGE))
+			!RmsgMaySee(RMSG_QUEUE, DatumGetInt32(row[0]), NULL, RMSG_MANAGE))
 			continue;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &rows[4 * i], nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
 	}
 }
 

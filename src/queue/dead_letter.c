@@ -76,6 +76,7 @@ DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 	}
 	else
 		RmsgPlanExecute(keep, values, NULL, false, 0);
+	RmsgCountDeadLettered(queue->queue_id, (int) SPI_processed);
 	return (int) SPI_processed;
 }
 

@@ -204,7 +204,12 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 			 * moved to a dead-letter queue since our snapshot.
 			 */
 			if (outcome == RMSG_REMOVE_DELETED)
-				RmsgReadyHintTouched(QueueOf(result == TM_Ok ? seen : locked, rels));
+			{
+				int32		deleted_from = QueueOf(result == TM_Ok ? seen : locked, rels);
+
+				RmsgReadyHintTouched(deleted_from);
+				RmsgCountAck(deleted_from);
+			}
 		}
 	}
 

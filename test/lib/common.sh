@@ -25,7 +25,11 @@ PG_CONFIG=${RMSG_PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
 # pgbouncer: test/t/014_security_pooler.pl runs the extension behind a real
 # pooler in transaction mode (it starts its own; the package's service is
 # not used).
-BASE_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc pgbouncer)
+# prometheus-postgres-exporter: test/t/024_metrics.pl scrapes a real one
+# running the extension's queries (it starts its own; the package's service
+# is not used).
+BASE_PACKAGES=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libipc-run-perl make gcc pgbouncer
+               prometheus-postgres-exporter)
 
 # A UTF8 database and stable messages whatever the caller's locale is;
 # C.UTF-8 ships with Debian's libc, so it never needs generating.

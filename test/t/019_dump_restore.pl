@@ -455,7 +455,8 @@ my %not_compared = (
 	worker            => [ '*' ],
 	log_stats         => [ qw(forces forces_avoided payload_bytes_written payload_bytes_referenced
 	                          puts_written puts_referenced payloads_collected stats_since stale_receipts) ],
-	queues            => [ qw(oldest_ready_age bytes_written bytes_referenced stale_receipts) ],
+	queues            => [ qw(oldest_ready_age bytes_written bytes_referenced stale_receipts
+	                          puts acks dead_lettered) ],
 	instances         => [ qw(oldest_age) ]);
 my @views = relations_of($source, 'app', 'v');
 ok(@views >= 9, 'the views: ' . join(', ', @views));
