@@ -118,6 +118,23 @@ ALTER TABLE rmsg.instance_handler DROP CONSTRAINT instance_handler_pkey,
                                   ADD PRIMARY KEY (prefix, owner);
 
 ------------------------------------------------------------------------------
+-- create_queue takes a dedup window (before the rights below are granted on it)
+------------------------------------------------------------------------------
+
+ALTER TABLE rmsg.queue ADD COLUMN dedup_window interval NOT NULL DEFAULT '5 minutes'
+    CHECK (dedup_window > '0');
+DROP FUNCTION rmsg.create_queue(text, int, text, text);
+CREATE FUNCTION rmsg.create_queue(queue text, max_deliveries int DEFAULT 5,
+                                  dead_letter_queue text DEFAULT NULL,
+                                  dedup text DEFAULT 'token',
+                                  dedup_window interval DEFAULT '5 minutes')
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_queue(text, int, text, text, interval) IS
+  'create a queue; messages delivered max_deliveries times without an ack go to dead_letter_queue, or are kept as dead';
+
+------------------------------------------------------------------------------
 -- The rights 1.0 gave through the tables become privileges
 ------------------------------------------------------------------------------
 
@@ -211,7 +228,7 @@ BEGIN
 
         grantee_name := CASE WHEN held.grantee = 0 THEN 'PUBLIC' ELSE grantee_name END;
         IF held.create_queue THEN
-            EXECUTE format('GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO %s',
+            EXECUTE format('GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO %s',
                            grantee_name);
         END IF;
         IF held.create_instance THEN
@@ -304,11 +321,12 @@ AS 'MODULE_PATHNAME', 'rmsg_replay'
 LANGUAGE C STABLE PARALLEL RESTRICTED;
 
 CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
-                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                                    dedup_id text DEFAULT NULL)
 RETURNS TABLE(msg_id bigint, token bigint)
 AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint) IS
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
@@ -422,7 +440,7 @@ COMMENT ON FUNCTION rmsg.has_component_privilege(regrole, text, text) IS
 
 -- Making queues and instances, and the maintenance, are for the roles an
 -- administrator grants them to.
-REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION rmsg.collect_payloads() FROM PUBLIC;
 
@@ -460,6 +478,56 @@ AS 'MODULE_PATHNAME', 'rmsg_redrive'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
   'send the dead letters a queue holds back to the queues they died in (or to to_queue), ready, with no deliveries; returns how many';
+
+------------------------------------------------------------------------------
+-- Idempotent puts
+------------------------------------------------------------------------------
+
+-- Idempotent puts: the dedup_id of each put that gave one, for its queue's
+-- dedup_window.  A put whose dedup_id has a key put within the window stores
+-- nothing and returns the key's msg_id.  The worker's maintenance removes
+-- expired keys (along the put_at index), drop_queue a queue's.
+CREATE TABLE rmsg.put_key (
+    queue_id        int NOT NULL,
+    dedup_id        text NOT NULL,
+    msg_id          bigint NOT NULL,
+    put_at          timestamptz NOT NULL,
+    PRIMARY KEY (queue_id, dedup_id)
+);
+CREATE INDEX put_key_expiry_idx ON rmsg.put_key (queue_id, put_at);
+COMMENT ON TABLE rmsg.put_key IS 'the dedup_ids of recent puts, for idempotent puts';
+SELECT pg_catalog.pg_extension_config_dump('rmsg.put_key', '');
+REVOKE ALL ON rmsg.put_key FROM PUBLIC;
+
+DROP FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint);
+DROP FUNCTION rmsg.put(text, text, jsonb, interval, bigint);
+DROP FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint);
+CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id';
+
+CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text) IS
+  'put a text message, stored as its bytes in the database encoding';
+
+CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text) IS
+  'put a jsonb message, stored as the bytes of its text form';
 
 ------------------------------------------------------------------------------
 -- Monitoring: the stat_* functions are for monitoring roles; the views show

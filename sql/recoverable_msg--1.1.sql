@@ -38,6 +38,8 @@ CREATE TABLE rmsg.queue (
     created_at      timestamptz NOT NULL DEFAULT now(),
     owner           regrole NOT NULL,   -- the role that created it
     acl             aclitem[],          -- put (INSERT), get (SELECT), manage (UPDATE)
+    -- how long a put's dedup_id is remembered (rmsg.put_key)
+    dedup_window    interval NOT NULL DEFAULT '5 minutes' CHECK (dedup_window > '0'),
     paused          boolean NOT NULL DEFAULT false  -- gets and the worker take nothing
 );
 COMMENT ON TABLE rmsg.queue IS 'one row per queue; use rmsg.create_queue and rmsg.drop_queue';
@@ -107,6 +109,20 @@ CREATE TABLE rmsg.dead_message (
 CREATE INDEX dead_message_queue_idx ON rmsg.dead_message (queue_id, msg_id);
 CREATE INDEX dead_message_payload_idx ON rmsg.dead_message (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.dead_message IS 'messages dead-lettered in a queue that has no dead-letter queue';
+
+-- Idempotent puts: the dedup_id of each put that gave one, for its queue's
+-- dedup_window.  A put whose dedup_id has a key put within the window stores
+-- nothing and returns the key's msg_id.  The worker's maintenance removes
+-- expired keys (along the put_at index), drop_queue a queue's.
+CREATE TABLE rmsg.put_key (
+    queue_id        int NOT NULL,
+    dedup_id        text NOT NULL,
+    msg_id          bigint NOT NULL,
+    put_at          timestamptz NOT NULL,
+    PRIMARY KEY (queue_id, dedup_id)
+);
+CREATE INDEX put_key_expiry_idx ON rmsg.put_key (queue_id, put_at);
+COMMENT ON TABLE rmsg.put_key IS 'the dedup_ids of recent puts, for idempotent puts';
 
 -- The committed interaction contract.  A caller's log:
 -- its row here (next call id, last checkpoint) and its calls since that
@@ -239,6 +255,7 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.put_key', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue_id_seq', '');
@@ -253,7 +270,7 @@ SELECT pg_catalog.pg_extension_config_dump('rmsg.instance_handler', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.component', '');
 
 -- The tables are reached through the functions below; nobody else writes them.
-REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
+REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message, rmsg.put_key,
               rmsg.caller, rmsg.call_log, rmsg.last_call,
               rmsg.instance, rmsg.instance_message,
               rmsg.subscription, rmsg.instance_handler, rmsg.component FROM PUBLIC;
@@ -264,11 +281,12 @@ REVOKE ALL ON rmsg.queue, rmsg.payload, rmsg.message, rmsg.dead_message,
 
 CREATE FUNCTION rmsg.create_queue(queue text, max_deliveries int DEFAULT 5,
                                   dead_letter_queue text DEFAULT NULL,
-                                  dedup text DEFAULT 'token')
+                                  dedup text DEFAULT 'token',
+                                  dedup_window interval DEFAULT '5 minutes')
 RETURNS void
 AS 'MODULE_PATHNAME', 'rmsg_create_queue'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.create_queue(text, int, text, text) IS
+COMMENT ON FUNCTION rmsg.create_queue(text, int, text, text, interval) IS
   'create a queue; messages delivered max_deliveries times without an ack go to dead_letter_queue, or are kept as dead';
 
 CREATE FUNCTION rmsg.drop_queue(queue text)
@@ -308,29 +326,32 @@ COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
   'send the dead letters a queue holds back to the queues they died in (or to to_queue), ready, with no deliveries; returns how many';
 
 CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
-                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint) IS
-  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL';
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id';
 
 -- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
 -- jsonb''s text form), so every consumer reads bytea.
 CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
-                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint) IS
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text) IS
   'put a text message, stored as its bytes in the database encoding';
 
 CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
-                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+                         delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                         dedup_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint) IS
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text) IS
   'put a jsonb message, stored as the bytes of its text form';
 
 CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL)
@@ -341,11 +362,12 @@ COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb) IS
   'put one message per array element in one statement; returns the msg_ids in array order';
 
 CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
-                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL)
+                                    delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
+                                    dedup_id text DEFAULT NULL)
 RETURNS TABLE(msg_id bigint, token bigint)
 AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint) IS
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
@@ -711,7 +733,7 @@ COMMENT ON FUNCTION rmsg.has_component_privilege(regrole, text, text) IS
 
 -- Making queues and instances, and the maintenance, are for the roles an
 -- administrator grants them to.
-REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION rmsg.collect_payloads() FROM PUBLIC;
 

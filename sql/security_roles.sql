@@ -12,7 +12,7 @@ CREATE ROLE sec_producer;
 CREATE ROLE sec_ops;
 CREATE ROLE sec_stranger;
 GRANT USAGE ON SCHEMA rmsg TO sec_tenant_a, sec_tenant_b, sec_producer, sec_ops;
-GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text),
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval),
                           rmsg.create_instance(text, jsonb) TO sec_tenant_a, sec_tenant_b;
 
 -- Nobody but the owner holds a right on any table or sequence of ours

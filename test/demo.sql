@@ -36,7 +36,7 @@ CREATE EXTENSION recoverable_msg;
 \set QUIET 1
 CREATE ROLE demo_owner; CREATE ROLE demo_shop; CREATE ROLE demo_billing; CREATE ROLE demo_tenant;
 GRANT USAGE ON SCHEMA rmsg TO demo_owner, demo_shop, demo_billing;
-GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO demo_owner;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO demo_owner;
 GRANT CREATE ON SCHEMA public TO demo_tenant;
 \unset QUIET
 SET ROLE demo_owner;
@@ -94,7 +94,7 @@ RESET ROLE;
 \echo '-- privileges and drops their queues, and then they can go:'
 \set QUIET 1
 REVOKE USAGE ON SCHEMA rmsg FROM demo_owner, demo_shop, demo_billing;
-REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) FROM demo_owner;
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) FROM demo_owner;
 \unset QUIET
 \set ON_ERROR_STOP 0
 DROP ROLE demo_owner, demo_shop, demo_billing, demo_tenant;

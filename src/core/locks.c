@@ -27,6 +27,7 @@
  *	instance take	  receive, receive_any without waiting, drop and DROP
  *					  OWNED (ExclusiveLock, instance/catalog.c)
  *	call pair		  accept_call and reply (ExclusiveLock, contract/callee.c)
+ *	put key			  a put with a dedup_id (ExclusiveLock, queue/put_keys.c)
  *
  *-------------------------------------------------------------------------
  */
@@ -38,12 +39,13 @@
 
 #include "core/core.h"
 
-/* field 4 of the lock tag, per kind: 'RQ', 'RA', 'RT', 'RM' */
+/* field 4 of the lock tag, per kind: 'RQ', 'RA', 'RT', 'RM', 'RK' */
 static const uint16 kind_codes[] = {
 	[RMSG_LOCK_QUEUE_NAME] = 0x5251,
 	[RMSG_LOCK_INSTANCE_ARRIVAL] = 0x5241,
 	[RMSG_LOCK_INSTANCE_TAKE] = 0x5254,
 	[RMSG_LOCK_CALL_PAIR] = 0x524D,
+	[RMSG_LOCK_PUT_KEY] = 0x524B,
 };
 
 /*

@@ -43,6 +43,9 @@
  *	  RMSG_LOCK_CALL_PAIR		   'RM'  accept_call and reply: one call of a
  *									     caller to a callee at a time
  *									     (contract/callee.c)
+ *	  RMSG_LOCK_PUT_KEY			   'RK'  a put with a dedup_id: one put of a
+ *									     (queue, dedup_id) at a time
+ *									     (queue/put_keys.c)
  *
  * 3. Row locks, taken by our statements or by direct table access:
  *	  rmsg.message rows		   a get locks the ready rows it leases, skipping
@@ -84,7 +87,8 @@ typedef enum RmsgNameLock
 	RMSG_LOCK_QUEUE_NAME,
 	RMSG_LOCK_INSTANCE_ARRIVAL,
 	RMSG_LOCK_INSTANCE_TAKE,
-	RMSG_LOCK_CALL_PAIR
+	RMSG_LOCK_CALL_PAIR,
+	RMSG_LOCK_PUT_KEY
 } RmsgNameLock;
 
 /* core/shmem.c: NULL without shared memory */

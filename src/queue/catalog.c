@@ -71,16 +71,19 @@ PG_FUNCTION_INFO_V1(rmsg_drop_queue);
 static RmsgPlan lookup_plan = {
 	"SELECT queue_id, max_deliveries,"
 	"       coalesce(dead_letter_queue_id, 0) AS dead_letter_queue_id, dedup,"
-	"       owner::oid AS owner, acl, paused"
+	"       owner::oid AS owner, acl, paused,"
+	"       (extract(epoch FROM dedup_window) * 1000000)::bigint AS dedup_window"
 	"  FROM rmsg.queue WHERE name = $1",
 	1, {TEXTOID}
 };
 
+/* $6: the dedup window in microseconds */
 static RmsgPlan insert_plan = {
-	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup, owner)"
-	" VALUES ($1, $2, nullif($3, 0), $4, $5)"
+	"INSERT INTO rmsg.queue (name, max_deliveries, dead_letter_queue_id, dedup, owner,"
+	"                        dedup_window)"
+	" VALUES ($1, $2, nullif($3, 0), $4, $5, $6 * interval '1 microsecond')"
 	" ON CONFLICT (name) DO NOTHING RETURNING queue_id",
-	5, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID}
+	6, {TEXTOID, INT4OID, INT4OID, TEXTOID, OIDOID, INT8OID}
 };
 
 /* A queue, other than queue $1 itself, that sends its dead letters to it. */
@@ -91,9 +94,10 @@ static RmsgPlan dlq_users_plan = {
 	1, {TEXTOID}
 };
 
-/* Deletes a queue's messages, live and dead. */
+/* Deletes a queue's messages, live and dead, and its put keys (put_keys.c). */
 static RmsgPlan delete_messages_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1)"
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1),"
+	"     put_keys AS (DELETE FROM rmsg.put_key WHERE queue_id = $1)"
 	" DELETE FROM rmsg.dead_message WHERE queue_id = $1",
 	1, {INT4OID}
 };
@@ -179,6 +183,7 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
 	queue->dedup = RmsgParseDedupMode(TextDatumGetCString(RmsgSpiNotNull(0, "dedup")));
 	queue->owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
 	queue->paused = DatumGetBool(RmsgSpiNotNull(0, "paused"));
+	queue->dedup_window = DatumGetInt64(RmsgSpiNotNull(0, "dedup_window"));
 	value = RmsgSpiValue(0, "acl", &isnull);
 	*acl = isnull ? NULL : DatumGetAclP(value);
 	return true;
@@ -297,7 +302,8 @@ CheckDedupArg(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * rmsg.create_queue(queue, max_deliveries, dead_letter_queue, dedup)
+ * rmsg.create_queue(queue, max_deliveries, dead_letter_queue, dedup,
+ *					   dedup_window)
  */
 Datum
 rmsg_create_queue(PG_FUNCTION_ARGS)
@@ -306,7 +312,8 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 	int32		max_deliveries;
 	char	   *dlq_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	int32		dlq_id = 0;
-	Datum		values[5];
+	int64		dedup_window;
+	Datum		values[6];
 
 	RmsgEnter("rmsg.create_queue", true);
 	name = RmsgTextArg(fcinfo, 0, "queue name");
@@ -318,6 +325,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_deliveries must be at least 1, not %d", max_deliveries)));
 	CheckDedupArg(fcinfo, 3);
+	dedup_window = RmsgIntervalArg(fcinfo, 4, "dedup_window", RMSG_DEFAULT_DEDUP_WINDOW, false);
 	if (dlq_name != NULL)
 	{
 		RmsgCheckName(dlq_name, "queue");
@@ -354,6 +362,7 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 	values[3] = PG_GETARG_DATUM(3);
 	RmsgLockRole(GetUserId());
 	values[4] = ObjectIdGetDatum(GetUserId());
+	values[5] = Int64GetDatum(dedup_window);
 	RmsgPlanExecute(&insert_plan, values, NULL, true, 0);
 	if (SPI_processed == 0)
 		ReportQueueExists(name);

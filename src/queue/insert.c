@@ -180,7 +180,7 @@ RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 				  TimestampTz enqueued_at, Datum headers, bool headers_null,
 				  const RmsgStoredData *stored)
 {
-	int64		msg_id;
+	int64		msg_id = 0;
 
 	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
 					   1, stored, &msg_id);
@@ -188,8 +188,29 @@ RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 }
 
 /*
+ * As RmsgInsertMessage, with a msg_id the caller took from rmsg.msg_id_seq
+ * before (an idempotent put claims its key with it first, put_keys.c).
+ */
+void
+RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
+					TimestampTz enqueued_at, Datum headers, bool headers_null,
+					const RmsgStoredData *stored)
+{
+	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
+					   1, stored, &msg_id);
+}
+
+/* The next msg_id, for RmsgInsertMessageAs. */
+int64
+RmsgNextMsgId(void)
+{
+	return nextval_internal(RmsgGetRelations()->msg_id_seq, false);
+}
+
+/*
  * Inserts n messages with the same times and headers, the data of message
- * i as stored[i]; their msg_ids, ascending, go to msg_ids[].  Several rows
+ * i as stored[i]; their msg_ids, ascending, go to msg_ids[] (an element
+ * that is not 0 on entry is a msg_id taken before, and kept).  Several rows
  * go in one call of table_multi_insert, which fills a page with one WAL
  * record where inserting row by row writes one per row.
  */
@@ -209,7 +230,8 @@ RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_
 	slots = palloc(sizeof(TupleTableSlot *) * n);
 	for (int i = 0; i < n; i++)
 	{
-		msg_ids[i] = nextval_internal(rels->msg_id_seq, false);
+		if (msg_ids[i] == 0)
+			msg_ids[i] = nextval_internal(rels->msg_id_seq, false);
 		slots[i] = FormMessage(rel, msg_ids[i], queue_id, visible_at, enqueued_at,
 							   headers, headers_null, &stored[i]);
 	}

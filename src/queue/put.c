@@ -130,8 +130,10 @@ TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
 
 /*
  * The common part of the put overloads: arguments 0 queue, 2 headers,
- * 3 delay, 4 data_token; the payload comes converted to bytea, or NULL.
- * Returns the msg_id, and the new data's token in *new_token.
+ * 3 delay, 4 data_token, 5 dedup_id; the payload comes converted to bytea,
+ * or NULL.  Returns the msg_id, and the new data's token in *new_token (0
+ * for a repeat of a put with the same dedup_id, which stores nothing and
+ * returns the first put's msg_id: put_keys.c).
  */
 static int64
 PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
@@ -146,7 +148,8 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	int64		source_msg_id;
 	int64		source_payload_id;
 	RmsgStoredData stored;
-	int64		msg_id;
+	int64		msg_id = 0;
+	char	   *dedup_id = RmsgDedupIdArg(fcinfo, 5);
 
 	RmsgCheckHeaders(fcinfo, 2);
 	if (payload != NULL)
@@ -155,6 +158,21 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
+	if (dedup_id != NULL)
+	{
+		int64		first;
+
+		msg_id = RmsgNextMsgId();
+		first = RmsgClaimPutKey(&queue, dedup_id, msg_id, now);
+		if (first != msg_id)
+		{
+			/* a repeat: nothing stored, so no data to name */
+			RmsgSpiFinish();
+			RmsgClearLastToken();
+			*new_token = 0;
+			return first;
+		}
+	}
 	if (payload == NULL)
 		RmsgCheckPayloadSize((Size) source.size);
 	source_msg_id = by_token ? source.msg_id : 0;
@@ -169,9 +187,14 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	if (by_token && source.payload_id != source_payload_id)
 		RmsgTokenPromoted(token, source.payload_id);
 
-	msg_id = RmsgInsertMessage(queue.queue_id, RmsgTimeAfter(now, delay), now,
-							   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-							   PG_ARGISNULL(2), &stored);
+	if (msg_id != 0)
+		RmsgInsertMessageAs(msg_id, queue.queue_id, RmsgTimeAfter(now, delay), now,
+							PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+							PG_ARGISNULL(2), &stored);
+	else
+		msg_id = RmsgInsertMessage(queue.queue_id, RmsgTimeAfter(now, delay), now,
+								   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+								   PG_ARGISNULL(2), &stored);
 	RmsgSpiFinish();
 
 	RmsgCountPut(queue.queue_id, stored.size, stored.referenced);
@@ -182,7 +205,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	return msg_id;
 }
 
-/* rmsg.put(queue, payload bytea, headers, delay, data_token) */
+/* rmsg.put(queue, payload bytea, headers, delay, data_token, dedup_id) */
 Datum
 rmsg_put(PG_FUNCTION_ARGS)
 {
@@ -220,8 +243,8 @@ rmsg_put_jsonb(PG_FUNCTION_ARGS)
 }
 
 /*
- * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token)
- *	 -> (msg_id, data_token): a put that hands back its data's token at once.
+ * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token,
+ *					   dedup_id) -> (msg_id, data_token): a put that hands back its data's token at once.
  */
 Datum
 rmsg_put_with_token(PG_FUNCTION_ARGS)
@@ -237,6 +260,7 @@ rmsg_put_with_token(PG_FUNCTION_ARGS)
 	result[0] = Int64GetDatum(PutMessage(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1),
 										 &token));
 	result[1] = Int64GetDatum(token);
+	nulls[1] = token == 0;		/* a repeat by dedup_id stored no data */
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), result, nulls)));
 }
 
@@ -277,7 +301,7 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 			 ReturnSetInfo *rsinfo)
 {
 	RmsgStoredData *stored = palloc0(sizeof(RmsgStoredData) * nelems);
-	int64	   *msg_ids = palloc(sizeof(int64) * nelems);
+	int64	   *msg_ids = palloc0(sizeof(int64) * nelems);
 
 	for (int i = 0; i < nelems; i++)
 	{

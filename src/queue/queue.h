@@ -17,6 +17,8 @@
 #include "storage/itemptr.h"
 
 /* queue/catalog.c: the queue catalog and its locks */
+#define RMSG_DEFAULT_DEDUP_WINDOW (5 * USECS_PER_MINUTE)	/* create_queue's */
+
 typedef struct RmsgQueue
 {
 	int32		queue_id;
@@ -25,6 +27,7 @@ typedef struct RmsgQueue
 	RmsgDedupMode dedup;
 	Oid			owner;
 	bool		paused;			/* pause_queue: nothing is handed out */
+	int64		dedup_window;	/* usecs a put's dedup_id is remembered */
 	AclMode		rights;			/* of the role that opened it */
 } RmsgQueue;
 
@@ -70,9 +73,19 @@ extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
 extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 							   TimestampTz enqueued_at, Datum headers,
 							   bool headers_null, const RmsgStoredData *stored);
+extern void RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
+								TimestampTz enqueued_at, Datum headers, bool headers_null,
+								const RmsgStoredData *stored);
+extern int64 RmsgNextMsgId(void);
 extern void RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
 							   Datum headers, bool headers_null, int n,
 							   const RmsgStoredData *stored, int64 *msg_ids);
+
+/* queue/put_keys.c: idempotent puts, by dedup_id */
+extern char *RmsgDedupIdArg(FunctionCallInfo fcinfo, int argno);
+extern int64 RmsgClaimPutKey(const RmsgQueue *queue, const char *dedup_id,
+							 int64 msg_id, TimestampTz now);
+extern int64 RmsgRemoveExpiredPutKeys(void);
 
 /* queue/receipts.c: the number that names one lease (instances' too) */
 extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);

@@ -344,7 +344,10 @@ InstanceTurn(void)
 	return EndTurn(taken, &counts);
 }
 
-/* Worker 0's schedule: collect payloads, sweep exhausted messages. */
+/*
+ * Worker 0's schedule: sweep exhausted messages, collect payloads, forget
+ * the dedup_ids of puts older than their queue's window (queue/put_keys.c).
+ */
 static void
 Maintain(void)
 {
@@ -357,6 +360,9 @@ Maintain(void)
 	EndUnit();
 	BeginUnit("recoverable_msg: collecting payloads");
 	collected = RmsgCollectPayloads();
+	EndUnit();
+	BeginUnit("recoverable_msg: removing expired put keys");
+	(void) RmsgRemoveExpiredPutKeys();
 	EndUnit();
 	RmsgWorkerMaintained(collected, swept);
 	if (swept > 0 || collected > 0)

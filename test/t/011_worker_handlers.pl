@@ -29,7 +29,8 @@ use warnings FATAL => 'all';
 #  8. an instance message that fails twice holds its line: the next message
 #     is handled only after it succeeds;
 #  9. maintenance, with nobody calling get: an exhausted message whose lease
-#     ran out is dead-lettered, an unreferenced payload row collected;
+#     ran out is dead-lettered, an unreferenced payload row collected, an
+#     expired put key removed;
 # 10. unsubscribe and remove_handler stop the handling, messages stay;
 #     also for a worker in the middle of a pass, for every message
 #     committed after the change;
@@ -625,6 +626,15 @@ is(sql(q{SELECT rmsg.ack(msg_id) FROM rmsg.get('big', 1)}), 't', 'its message go
 poll(q{SELECT payload_rows = 0 FROM rmsg.log_stats}, 't',
 	'the maintenance collected the payload row, nobody calling collect_payloads');
 poll(q{SELECT sum(payloads_collected) > 0 FROM rmsg.worker}, 't', 'rmsg.worker: payloads_collected > 0');
+
+# The dedup_ids of idempotent puts are forgotten once their window passes;
+# those still within a longer window stay.
+sql(q{SELECT rmsg.create_queue('keys_short', dedup_window => '1 second');
+      SELECT rmsg.create_queue('keys_long');
+      SELECT rmsg.put('keys_short', 'a'::text, dedup_id => 'k');
+      SELECT rmsg.put('keys_long', 'b'::text, dedup_id => 'k');});
+poll(q{SELECT string_agg(q.name, ',') FROM rmsg.put_key k JOIN rmsg.queue q USING (queue_id)},
+	'keys_long', 'the maintenance removed the expired put key and kept the live one');
 
 #---------------------------------------------------------------------------
 # 10. unsubscribe, remove_handler

@@ -121,7 +121,7 @@ sql(q{
 	SELECT rmsg.grant_queue(q, 'app', 'all') FROM unnest(ARRAY['sp', 'sp2', 'sp_dlq', 'sp3']) q;
 	SELECT rmsg.create_instance('sp-1');
 	SELECT rmsg.grant_instance('sp-1', 'app', 'all');
-	GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text) TO app;
+	GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO app;
 	GRANT EXECUTE ON FUNCTION rmsg.create_instance(text, jsonb) TO app;
 	CREATE FUNCTION public.app_handler(p bytea, h jsonb, id bigint) RETURNS void
 	LANGUAGE sql AS $$ INSERT INTO public.handled VALUES ('queue', NULL, NULL) $$;

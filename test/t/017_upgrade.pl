@@ -179,7 +179,7 @@ is( sql('upd', q{SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a
 	                AND a.grantee <> c.relowner}),
 	'0', 'no role but the owner holds a right on a table or sequence');
 is( sql('upd', q{SELECT string_agg(r.rolname, ',' ORDER BY r.rolname) FROM pg_roles r
-	              WHERE has_function_privilege(r.oid, 'rmsg.create_queue(text, int, text, text)', 'EXECUTE')
+	              WHERE has_function_privilege(r.oid, 'rmsg.create_queue(text, int, text, text, interval)', 'EXECUTE')
 	                AND NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'}),
 	'creator', 'the role that could insert queues may create them');
 

@@ -104,7 +104,7 @@ sql($source, 'postgres', q{
 sql($source, 'app', q{
 	CREATE EXTENSION recoverable_msg;
 	GRANT USAGE ON SCHEMA rmsg TO alice, bob, carol;
-	GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text),
+	GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval),
 	                          rmsg.create_instance(text, jsonb) TO alice;
 	GRANT CREATE ON SCHEMA public TO alice;
 });
@@ -165,6 +165,8 @@ sql($source, 'app', q{
 	SELECT rmsg.ack(rmsg.put('scratch', } . bytes_sql('orphan') . q{));
 
 	SELECT rmsg.put('work', 'job ' || g) FROM generate_series(1, 2) g;
+	-- an idempotent put, whose key a repeat after the restore must find
+	SELECT rmsg.put('scratch', 'once'::text, dedup_id => 'order-77');
 });
 
 # Two messages leased for an hour, whose receipts the target will use, and
@@ -592,6 +594,14 @@ for my $q (sort keys %fan_want)
 	             FROM rmsg.get('$q', 10, visibility => '1 minute')}),
 		join(',', @{ $fan_want{$q} }), "$q: each message reads its shared data");
 }
+
+# The key of the idempotent put was restored with its queue: a repeat
+# returns the first msg_id and stores nothing.
+is( app(q{SELECT count(*) AS before FROM rmsg.message \gset
+	SELECT rmsg.put('scratch', 'twice'::text, dedup_id => 'order-77')
+	     = (SELECT msg_id FROM rmsg.message WHERE convert_from(inline_data, 'UTF8') = 'once'),
+	       (SELECT count(*) FROM rmsg.message) = :before}),
+	't|t', 'a repeat of an idempotent put finds the restored key');
 
 # Content dedup finds the restored data, although alice's OID differs here:
 # its key is a hash of the data and of the owner's name.
