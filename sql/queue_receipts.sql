@@ -108,19 +108,4 @@ SELECT record_type, count(*) AS records
  GROUP BY 1 ORDER BY 1;
 DROP EXTENSION pg_walinspect;
 
--- A lease is a HOT update, even when a batch get leases every message of a
--- page in one transaction: the table's fillfactor leaves room on each page
--- for one new version of every row put on it.  Twelve 1 KiB messages fill
--- three pages; one get leases them all.  The session's counters not yet
--- sent to the statistics (which may hold earlier transactions' too) say how
--- many of its updates were HOT; none are sent within a transaction.
-SELECT count(*) AS put FROM rmsg.put_batch('rc', array_fill(convert_to(repeat('k', 1024), 'UTF8'), ARRAY[12]));
-BEGIN;
-SELECT n_tup_upd AS upd_before, n_tup_hot_upd AS hot_before
-  FROM pg_stat_xact_user_tables WHERE relid = 'rmsg.message'::regclass \gset
-SELECT count(*) AS leased FROM rmsg.get('rc', 12, '1 minute');
-SELECT n_tup_upd - :upd_before AS updates, n_tup_hot_upd - :hot_before AS hot_updates
-  FROM pg_stat_xact_user_tables WHERE relid = 'rmsg.message'::regclass;
-COMMIT;
-
 SELECT rmsg.drop_instance('rc-1'), rmsg.drop_queue('rc');

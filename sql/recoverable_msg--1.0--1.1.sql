@@ -68,17 +68,6 @@ END
 $fk$;
 
 ------------------------------------------------------------------------------
--- Room for a batch get's leases
-------------------------------------------------------------------------------
-
--- A batch get leases every message of a page in one transaction, and each
--- lease is a new version of the row that is HOT only if it fits on the same
--- page.  Fillfactor 50 leaves room for one new version of every row put on
--- a page (1.0's 70 left room for 2 of 5 rows of 1 KiB).  Pages written from
--- now on keep it; the pages already written keep theirs.
-ALTER TABLE rmsg.message SET (fillfactor = 50);
-
-------------------------------------------------------------------------------
 -- Owners and privileges
 ------------------------------------------------------------------------------
 

@@ -61,12 +61,9 @@ COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by me
 
 -- A message is ready once visible_at has passed and it is not leased.  A
 -- get leases it until lease_until, which is not indexed: leasing, extending
--- and most nacks are HOT updates that add no index entry, and an expired
--- lease leaves the message at its old place in line.  A HOT update needs
--- room for the new version on the same page, and a batch get leases every
--- message of a page in one transaction, before any old version may go:
--- fillfactor 50 leaves room for one new version of every row put on a page,
--- whatever the rows' size.  The ready index leads a get to its queue's ready messages in the
+-- and most nacks are HOT updates that add no index entry (hence the
+-- fillfactor), and an expired lease leaves the message at its old place in
+-- line.  The ready index leads a get to its queue's ready messages in the
 -- order they became ready; delayed messages lie beyond now and are never
 -- visited.  payload_id and inline_data: exactly one is set.
 CREATE TABLE rmsg.message (
@@ -84,7 +81,7 @@ CREATE TABLE rmsg.message (
     -- The queue a dead letter died in, so that rmsg.redrive can send it
     -- back; NULL for every other message.
     died_in         int
-) WITH (fillfactor = 50);
+) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
 -- For rmsg.collect_payloads: which payload rows are still referenced.
