@@ -94,11 +94,12 @@ set -euo pipefail
 
 # shellcheck source=test/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+# shellcheck source=test/bench/lib_peers.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib_peers.sh"
 
 PHASE=${PHASE:-90}
 ROUNDS=${ROUNDS:-1}
 BATCH=${BATCH:-10}
-PGMQ_DIR=${PGMQ_DIR:-$ROOT/../shared/anchors/pgmq}
 PRODUCERS=2
 CONSUMERS=2
 PAYLOAD_BYTES=1024
@@ -114,48 +115,6 @@ done
 ((BATCH <= 1000)) || die "BATCH ($BATCH) must be at most 1000"
 
 sql() { run_as_pg psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
-
-# PGMQ is a pure SQL extension: its control file and script go into the
-# server's extension directory for the run, and out again at exit if this
-# run put them there.  They are never copied into the repository.  A
-# different PGMQ found there is left alone: the run stops instead.
-PGMQ_PLACED=()
-install_pgmq() {
-    local dir f
-    dir=$("$PG_CONFIG" --sharedir)/extension
-    for f in pgmq.control pgmq--1.5.1.sql; do
-        [[ -f $PGMQ_DIR/$f ]] || die "$PGMQ_DIR/$f not found (set PGMQ_DIR)"
-        if [[ -e $dir/$f ]]; then
-            cmp -s "$PGMQ_DIR/$f" "$dir/$f" || die "$dir/$f exists and differs from $PGMQ_DIR/$f"
-        else
-            PGMQ_PLACED+=("$dir/$f")
-            as_root install -m 644 "$PGMQ_DIR/$f" "$dir/$f"
-        fi
-    done
-}
-
-# pgqd ticks every database with PgQ installed; it looks for them when it
-# starts, so it starts after CREATE EXTENSION pgq.
-start_pgqd() {
-    cat >"$WORK/pgqd.ini" <<INI
-[pgqd]
-base_connstr = host=$PGHOST port=$PGPORT user=postgres
-initial_database = postgres
-database_list = postgres
-logfile = $WORK/pgqd.log
-pidfile = $WORK/pgqd.pid
-INI
-    give_to_pg "$WORK/pgqd.ini"
-    run_as_pg pgqd -q -d "$WORK/pgqd.ini"
-}
-
-stop_pgqd() {
-    local pid
-    [[ -f ${WORK:-}/pgqd.pid ]] || return 0
-    pid=$(cat "$WORK/pgqd.pid" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-}
 
 # The long transaction: a psql coprocess fed statement by statement, so
 # that it ends with a COMMIT of its own when the phase is over.
@@ -180,16 +139,11 @@ stop_holder() {
     HOLDER_PID=
 }
 
-# At exit: the helpers first (pgqd would keep trying to reconnect to the
-# stopped server), then the work directory and its server, then the PGMQ
-# files this run placed.
+# At exit: the holding session first, then what cleanup_with_peers stops
+# and removes.
 stop_helpers() {
     [[ -n ${HOLDER_PID:-} ]] && kill -TERM "$HOLDER_PID" 2>/dev/null
-    stop_pgqd
-    cleanup_workdir
-    if ((${#PGMQ_PLACED[@]} > 0)); then
-        as_root rm -f "${PGMQ_PLACED[@]}"
-    fi
+    cleanup_with_peers
 }
 
 start_cluster() {
@@ -209,14 +163,7 @@ setup_schema() {
     sql "CREATE EXTENSION pgq"
     sql "SELECT rmsg.create_queue('bench')"
     sql "SELECT pgmq.create('bench')" >/dev/null
-    # Each system gets the same 1 KiB in the type it takes.
-    sql "CREATE FUNCTION bench_payload() RETURNS bytea IMMUTABLE LANGUAGE sql
-             AS \$\$ SELECT convert_to(repeat('x', $PAYLOAD_BYTES), 'UTF8') \$\$"
-    sql "CREATE FUNCTION bench_text() RETURNS text IMMUTABLE LANGUAGE sql
-             AS \$\$ SELECT repeat('x', $PAYLOAD_BYTES) \$\$"
-    # {\"p\": \"...\"}: 8 bytes around the string.
-    sql "CREATE FUNCTION bench_json() RETURNS jsonb IMMUTABLE LANGUAGE sql
-             AS \$\$ SELECT jsonb_build_object('p', repeat('x', $((PAYLOAD_BYTES - 8)))) \$\$"
+    create_payload_functions
 }
 
 write_scripts() {
@@ -289,29 +236,12 @@ reset_system() {
     sql "CHECKPOINT"
 }
 
-# pgbench's backends report their statistics as they exit, which may be a
-# moment after pgbench itself is done.
-wait_for_clients_gone() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [[ $(sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == 0 ]] && return 0
-        sleep 0.05
-    done
-    printf 'WARNING: pgbench backends still there 5 s after pgbench ended\n'
-}
-
 # counters SYS: "WAL position|wal_sync|backlog|vacuums|dead rows|bytes|
 # index entries read",
 # read once wal_sync has stopped moving (the walwriter reports its own
 # syncs a little later than the backends).
 counters() {
-    local stats prev="" i
-    for ((i = 0; i < 20; i++)); do
-        stats=$(sql "SELECT wal_sync FROM pg_stat_wal")
-        [[ $stats == "$prev" ]] && break
-        prev=$stats
-        sleep 0.25
-    done
+    settled_wal_sync >/dev/null
     sql "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn, (SELECT wal_sync FROM pg_stat_wal),
                 ($(backlog_query "$1")),
                 coalesce(sum(autovacuum_count + vacuum_count), 0), coalesce(sum(n_dead_tup), 0),
@@ -338,7 +268,7 @@ run_phase() {
     take_pid=$!
     wait "$put_pid" || { cat "$WORK/put.out"; die "the producers failed ($sys, $phase)"; }
     wait "$take_pid" || { cat "$WORK/take.out"; die "the consumers failed ($sys, $phase)"; }
-    wait_for_clients_gone
+    wait_for_clients_gone pgbench
     after=$(counters "$sys")
     puts=$(grep -oP 'number of transactions actually processed: \K[0-9]+' "$WORK/put.out")
     gets=$(grep -oP 'number of transactions actually processed: \K[0-9]+' "$WORK/take.out")
