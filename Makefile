@@ -12,13 +12,13 @@ DATA = $(wildcard sql/recoverable_msg--*.sql)
 # the library preloaded, which test/check.sh arranges through --temp-config.
 REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view dedup_tokens dedup_fanout \
           contract_caller contract_callee instance_basic instance_errors \
-          worker_handlers queue_receipts queue_operations queue_idempotent security_roles security_input
+          worker_handlers queue_receipts queue_operations queue_idempotent queue_groups security_roles security_input
 REGRESS_OPTS = --load-extension=recoverable_msg
 
 # Isolation specs for races, kept under test/ with their expected outputs.
 ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put contract_race \
             deliver_vs_complete instance_receivers receipt_race grants_prepared locks_after_rights drop_role_race \
-            dlq_vs_drop ready_hint pause_resume put_dedup_race
+            dlq_vs_drop ready_hint pause_resume put_dedup_race groups_race
 ISOLATION_OPTS = --inputdir=test
 
 TAP_TESTS = 1

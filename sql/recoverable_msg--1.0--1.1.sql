@@ -311,11 +311,11 @@ LANGUAGE C STABLE PARALLEL RESTRICTED;
 
 CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
                                     delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                                    dedup_id text DEFAULT NULL)
+                                    dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS TABLE(msg_id bigint, token bigint)
 AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text, text) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
@@ -469,7 +469,7 @@ COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
   'send the dead letters a queue holds back to the queues they died in (or to to_queue), ready, with no deliveries; returns how many';
 
 ------------------------------------------------------------------------------
--- Idempotent puts
+-- Idempotent puts and message groups
 ------------------------------------------------------------------------------
 
 -- Idempotent puts: the dedup_id of each put that gave one, for its queue's
@@ -488,34 +488,49 @@ COMMENT ON TABLE rmsg.put_key IS 'the dedup_ids of recent puts, for idempotent p
 SELECT pg_catalog.pg_extension_config_dump('rmsg.put_key', '');
 REVOKE ALL ON rmsg.put_key FROM PUBLIC;
 
+-- Message groups (queue/groups.c)
+ALTER TABLE rmsg.message ADD COLUMN group_id text;
+-- For puts, acks and dead letters of grouped messages: a group's messages
+-- in order (queue/groups.c).
+CREATE INDEX message_group_idx ON rmsg.message (queue_id, group_id, msg_id)
+    WHERE group_id IS NOT NULL;
+DROP FUNCTION rmsg.put_batch(text, bytea[], jsonb);
+CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL,
+                               group_id text DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb, text) IS
+  'put one message per array element in one statement; returns the msg_ids in array order';
+
 DROP FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint);
 DROP FUNCTION rmsg.put(text, text, jsonb, interval, bigint);
 DROP FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint);
 CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text) IS
-  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id';
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text, text) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id. With group_id, the group''s messages are handed out one at a time, in order';
 
 CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text, text) IS
   'put a text message, stored as its bytes in the database encoding';
 
 CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text, text) IS
   'put a jsonb message, stored as the bytes of its text form';
 
 ------------------------------------------------------------------------------
@@ -560,7 +575,9 @@ COMMENT ON FUNCTION rmsg.queue_counters() IS
 
 
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
--- lease running), delayed (put or nacked with a delay that has not passed).
+-- lease running), delayed (put or nacked with a delay that has not passed),
+-- and of its groups: how many have a message in flight, how many messages
+-- wait for their group's turn.
 CREATE OR REPLACE VIEW rmsg.queues WITH (security_barrier) AS
 SELECT q.name AS queue,
        coalesce(m.ready, 0) AS ready,
@@ -580,7 +597,9 @@ SELECT q.name AS queue,
        q.paused,
        st.puts,
        st.acks,
-       st.dead_lettered
+       st.dead_lettered,
+       coalesce(m.groups_in_flight, 0) AS groups_in_flight,
+       coalesce(m.group_waiting, 0) AS group_waiting
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
@@ -588,11 +607,13 @@ SELECT q.name AS queue,
         SELECT count(*) FILTER (WHERE mm.visible_at <= now()
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
                count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
-               count(*) FILTER (WHERE mm.visible_at > now()
+               count(*) FILTER (WHERE mm.visible_at > now() AND mm.visible_at < 'infinity'
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
                now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
-               sum(mm.payload_size) AS bytes
+               sum(mm.payload_size) AS bytes,
+               count(DISTINCT mm.group_id) FILTER (WHERE mm.lease_until > now()) AS groups_in_flight,
+               count(*) FILTER (WHERE mm.visible_at = 'infinity') AS group_waiting
           FROM rmsg.message mm
          WHERE mm.queue_id = q.queue_id) m ON true
   LEFT JOIN LATERAL (

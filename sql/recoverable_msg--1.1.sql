@@ -80,13 +80,20 @@ CREATE TABLE rmsg.message (
     CHECK ((payload_id IS NULL) <> (inline_data IS NULL)),
     -- The queue a dead letter died in, so that rmsg.redrive can send it
     -- back; NULL for every other message.
-    died_in         int
+    died_in         int,
+    -- A message group: its messages are handed out one at a time, in
+    -- order.  Those waiting for their turn have visible_at 'infinity'.
+    group_id        text
 ) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
 -- For rmsg.collect_payloads: which payload rows are still referenced.
 -- Inline messages have no entry.
 CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id IS NOT NULL;
+-- For puts, acks and dead letters of grouped messages: a group's messages
+-- in order (queue/groups.c).
+CREATE INDEX message_group_idx ON rmsg.message (queue_id, group_id, msg_id)
+    WHERE group_id IS NOT NULL;
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
 
 -- Messages that used up max_deliveries in a queue without a dead-letter
@@ -324,47 +331,48 @@ COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
 
 CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text) IS
-  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id';
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text, text) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id. With group_id, the group''s messages are handed out one at a time, in order';
 
 -- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
 -- jsonb''s text form), so every consumer reads bytea.
 CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text, text) IS
   'put a text message, stored as its bytes in the database encoding';
 
 CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text, text) IS
   'put a jsonb message, stored as the bytes of its text form';
 
-CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL)
+CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL,
+                               group_id text DEFAULT NULL)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
-COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb) IS
+COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb, text) IS
   'put one message per array element in one statement; returns the msg_ids in array order';
 
 CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
                                     delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                                    dedup_id text DEFAULT NULL)
+                                    dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
 RETURNS TABLE(msg_id bigint, token bigint)
 AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text) IS
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text, text) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
@@ -819,7 +827,9 @@ COMMENT ON VIEW rmsg.callers IS
   'each caller''s next call id, last checkpoint and the calls logged since';
 
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
--- lease running), delayed (put or nacked with a delay that has not passed).
+-- lease running), delayed (put or nacked with a delay that has not passed),
+-- and of its groups: how many have a message in flight, how many messages
+-- wait for their group's turn.
 CREATE VIEW rmsg.queues WITH (security_barrier) AS
 SELECT q.name AS queue,
        coalesce(m.ready, 0) AS ready,
@@ -839,7 +849,9 @@ SELECT q.name AS queue,
        q.paused,
        st.puts,
        st.acks,
-       st.dead_lettered
+       st.dead_lettered,
+       coalesce(m.groups_in_flight, 0) AS groups_in_flight,
+       coalesce(m.group_waiting, 0) AS group_waiting
   FROM rmsg.queue q
   LEFT JOIN rmsg.queue dlq ON dlq.queue_id = q.dead_letter_queue_id
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
@@ -847,11 +859,13 @@ SELECT q.name AS queue,
         SELECT count(*) FILTER (WHERE mm.visible_at <= now()
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
                count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
-               count(*) FILTER (WHERE mm.visible_at > now()
+               count(*) FILTER (WHERE mm.visible_at > now() AND mm.visible_at < 'infinity'
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
                now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
                                  AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
-               sum(mm.payload_size) AS bytes
+               sum(mm.payload_size) AS bytes,
+               count(DISTINCT mm.group_id) FILTER (WHERE mm.lease_until > now()) AS groups_in_flight,
+               count(*) FILTER (WHERE mm.visible_at = 'infinity') AS group_waiting
           FROM rmsg.message mm
          WHERE mm.queue_id = q.queue_id) m ON true
   LEFT JOIN LATERAL (

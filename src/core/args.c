@@ -251,3 +251,25 @@ RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno)
 				 errmsg("headers must be a JSON object, not %s",
 						JsonbToCString(NULL, &headers->root, VARSIZE(headers)))));
 }
+
+/*
+ * A short text argument that names something (a put's dedup_id, a
+ * message's group_id), or NULL when not given: 1 to RMSG_MAX_KEY_BYTES
+ * bytes, else 22023.  They are keys, not data.
+ */
+char *
+RmsgKeyArg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	text	   *arg;
+	int			len;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	arg = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(arg);
+	if (len == 0 || len > RMSG_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have 1 to %d bytes, not %d", what, RMSG_MAX_KEY_BYTES, len)));
+	return text_to_cstring(arg);
+}

@@ -135,6 +135,8 @@ extern int32 RmsgCountArg(FunctionCallInfo fcinfo, int argno, const char *what,
 extern void RmsgCheckPayloadSize(Size size);
 extern bytea *RmsgPayloadArg(FunctionCallInfo fcinfo, int argno);
 extern void RmsgCheckHeaders(FunctionCallInfo fcinfo, int argno);
+#define RMSG_MAX_KEY_BYTES 128
+extern char *RmsgKeyArg(FunctionCallInfo fcinfo, int argno, const char *what);
 
 /* core/privileges.c: the extension's own privileges on its objects */
 typedef enum RmsgObjectKind
@@ -189,6 +191,7 @@ typedef struct RmsgRelations
 	AttrNumber	att_payload_id;
 	AttrNumber	att_headers;
 	AttrNumber	att_inline_data;
+	AttrNumber	att_group_id;
 	/* of rmsg.payload */
 	AttrNumber	att_payload_payload_id;
 	AttrNumber	att_payload_hash;

@@ -28,6 +28,8 @@
  *					  OWNED (ExclusiveLock, instance/catalog.c)
  *	call pair		  accept_call and reply (ExclusiveLock, contract/callee.c)
  *	put key			  a put with a dedup_id (ExclusiveLock, queue/put_keys.c)
+ *	group			  a grouped put, and the end of a group's turn
+ *					  (ExclusiveLock, queue/groups.c)
  *
  *-------------------------------------------------------------------------
  */
@@ -39,13 +41,14 @@
 
 #include "core/core.h"
 
-/* field 4 of the lock tag, per kind: 'RQ', 'RA', 'RT', 'RM', 'RK' */
+/* field 4 of the lock tag, per kind: 'RQ', 'RA', 'RT', 'RM', 'RK', 'RG' */
 static const uint16 kind_codes[] = {
 	[RMSG_LOCK_QUEUE_NAME] = 0x5251,
 	[RMSG_LOCK_INSTANCE_ARRIVAL] = 0x5241,
 	[RMSG_LOCK_INSTANCE_TAKE] = 0x5254,
 	[RMSG_LOCK_CALL_PAIR] = 0x524D,
 	[RMSG_LOCK_PUT_KEY] = 0x524B,
+	[RMSG_LOCK_GROUP] = 0x5247,
 };
 
 /*

@@ -46,6 +46,10 @@
  *	  RMSG_LOCK_PUT_KEY			   'RK'  a put with a dedup_id: one put of a
  *									     (queue, dedup_id) at a time
  *									     (queue/put_keys.c)
+ *	  RMSG_LOCK_GROUP			   'RG'  a put to a message group, and the
+ *									     ack or dead letter that ends its
+ *									     turn: one at a time per (queue,
+ *									     group) (queue/groups.c)
  *
  * 3. Row locks, taken by our statements or by direct table access:
  *	  rmsg.message rows		   a get locks the ready rows it leases, skipping
@@ -88,7 +92,8 @@ typedef enum RmsgNameLock
 	RMSG_LOCK_INSTANCE_ARRIVAL,
 	RMSG_LOCK_INSTANCE_TAKE,
 	RMSG_LOCK_CALL_PAIR,
-	RMSG_LOCK_PUT_KEY
+	RMSG_LOCK_PUT_KEY,
+	RMSG_LOCK_GROUP
 } RmsgNameLock;
 
 /* core/shmem.c: NULL without shared memory */

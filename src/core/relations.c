@@ -238,6 +238,7 @@ RmsgGetRelations(void)
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
 		relations.att_headers = AttnumOf(rel, "headers");
 		relations.att_inline_data = AttnumOf(rel, "inline_data");
+		relations.att_group_id = AttnumOf(rel, "group_id");
 		table_close(rel, NoLock);
 
 		rel = table_open(relations.payload, AccessShareLock);

@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "nodes/pg_list.h"
 #include "utils/array.h"
 #include "utils/timestamp.h"
 
@@ -33,8 +34,11 @@
  */
 #define MOVE_TO_DLQ(rows) \
 	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0," \
-	"       visible_at = $3, died_in = queue_id" \
+	"       visible_at = $3, died_in = queue_id, group_id = NULL" \
 	" WHERE " rows
+/* The groups of the rows, whose turns their moves end. */
+#define GROUPS_OF(rows) \
+	"SELECT DISTINCT group_id FROM rmsg.message WHERE group_id IS NOT NULL AND " rows
 #define KEEP_DEAD(rows) \
 	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)" \
 	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
@@ -54,13 +58,31 @@ static RmsgPlan move_to_dlq_by_id_plan = {
 static RmsgPlan keep_dead_by_id_plan = {
 	KEEP_DEAD("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
+static RmsgPlan groups_by_tid_plan = {
+	GROUPS_OF("ctid = ANY($1)"), 1, {TIDARRAYOID}
+};
+static RmsgPlan groups_by_id_plan = {
+	GROUPS_OF("msg_id = ANY($1)"), 1, {INT8ARRAYOID}
+};
 
-/* Runs one of the pairs above on an array of row identifiers; returns how many rows went. */
+/*
+ * Runs one of the pairs above on an array of row identifiers; returns how
+ * many rows went.  The messages leave their groups, whose next messages
+ * then get their turn (groups.c).
+ */
 static int
-DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
+DeadLetter(const RmsgQueue *queue, RmsgPlan *groups_of, RmsgPlan *to_dlq,
+		   RmsgPlan *keep, Datum rows)
 {
 	Datum		values[3];
 	TimestampTz now = GetCurrentTimestamp();
+	List	   *groups = NIL;
+	ListCell   *lc;
+	int			moved;
+
+	RmsgPlanExecute(groups_of, &rows, NULL, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		groups = lappend(groups, RmsgSpiText(i, "group_id"));
 
 	values[0] = rows;
 	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
@@ -76,8 +98,12 @@ DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 	}
 	else
 		RmsgPlanExecute(keep, values, NULL, false, 0);
-	RmsgCountDeadLettered(queue->queue_id, (int) SPI_processed);
-	return (int) SPI_processed;
+	moved = (int) SPI_processed;
+	RmsgCountDeadLettered(queue->queue_id, moved);
+
+	foreach(lc, groups)
+		RmsgGroupReleased(queue->queue_id, (const char *) lfirst(lc));
+	return moved;
 }
 
 /*
@@ -90,8 +116,8 @@ RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n)
 	ArrayType  *array = construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
 										false, TYPALIGN_SHORT);
 
-	(void) DeadLetter(queue, &move_to_dlq_by_tid_plan, &keep_dead_by_tid_plan,
-					  PointerGetDatum(array));
+	(void) DeadLetter(queue, &groups_by_tid_plan, &move_to_dlq_by_tid_plan,
+					  &keep_dead_by_tid_plan, PointerGetDatum(array));
 }
 
 /* Dead-letters messages of the queue by msg_id; returns how many went. */
@@ -105,6 +131,6 @@ RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n)
 		ids[i] = Int64GetDatum(msg_ids[i]);
 	array = construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 							TYPALIGN_DOUBLE);
-	return DeadLetter(queue, &move_to_dlq_by_id_plan, &keep_dead_by_id_plan,
-					  PointerGetDatum(array));
+	return DeadLetter(queue, &groups_by_id_plan, &move_to_dlq_by_id_plan,
+					  &keep_dead_by_id_plan, PointerGetDatum(array));
 }

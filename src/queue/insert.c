@@ -8,9 +8,10 @@
  * a good part of the put.  So we form the row, insert it with
  * table_tuple_insert, and insert the index entries ourselves.  What the
  * executor would do besides is owed nothing here: the table has no
- * triggers, no partitions, plain-column indexes, one partial index whose
- * predicate we know (message_payload_idx: payload_id IS NOT NULL), and the
- * row we form always satisfies its constraints (exactly one of payload_id
+ * triggers, no partitions, plain-column indexes, partial indexes whose
+ * predicates are all "column IS NOT NULL" (message_payload_idx on
+ * payload_id, message_group_idx on group_id), and the row we form always
+ * satisfies its constraints (exactly one of payload_id
  * and inline_data).  Should someone add a trigger or row security to the
  * table, we refuse rather than bypass it (core/relations.c).  The caller
  * has checked the extension's own privileges (core/privileges.c);
@@ -31,6 +32,8 @@
 #include "commands/sequence.h"
 #include "executor/tuptable.h"
 #include "nodes/pg_list.h"
+#include "nodes/primnodes.h"
+#include "utils/builtins.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
@@ -76,12 +79,32 @@ CloseMessageIndexes(MessageIndexes *set)
 		index_close(set->indexes[i], NoLock);
 }
 
+/*
+ * Whether a row belongs in a partial index.  Evaluating a predicate would
+ * need an executor state; ours are all "column IS NOT NULL" (a payload
+ * row, a group), which we read off the row.  Anything else is an index we
+ * did not create.
+ */
+static bool
+PartialIndexCovers(Relation index, IndexInfo *info, TupleTableSlot *slot)
+{
+	NullTest   *test = NULL;
+	bool		isnull;
+
+	if (list_length(info->ii_Predicate) == 1 && IsA(linitial(info->ii_Predicate), NullTest))
+		test = (NullTest *) linitial(info->ii_Predicate);
+	if (test == NULL || test->nulltesttype != IS_NOT_NULL || !IsA(test->arg, Var))
+		elog(ERROR, "unexpected partial index \"%s\" on rmsg.message",
+			 RelationGetRelationName(index));
+	(void) slot_getattr(slot, ((Var *) test->arg)->varattno, &isnull);
+	return !isnull;
+}
+
 /* Adds the entries of one row version to the open indexes. */
 static void
 AddEntries(Relation rel, const MessageIndexes *set, TupleTableSlot *slot,
 		   bool key_unchanged)
 {
-	const RmsgRelations *rels = RmsgGetRelations();
 
 	for (int i = 0; i < set->count; i++)
 	{
@@ -90,22 +113,8 @@ AddEntries(Relation rel, const MessageIndexes *set, TupleTableSlot *slot,
 		Datum		values[INDEX_MAX_KEYS];
 		bool		isnull[INDEX_MAX_KEYS];
 
-		/*
-		 * Evaluating a predicate would need an executor state; the one
-		 * partial index we have says "has a payload row", which we read off
-		 * the row.  Anything else is an index we did not create.
-		 */
-		if (info->ii_Predicate != NIL)
-		{
-			bool		no_payload_row;
-
-			if (RelationGetRelid(index) != rels->message_payload_idx)
-				elog(ERROR, "unexpected partial index \"%s\" on rmsg.message",
-					 RelationGetRelationName(index));
-			(void) slot_getattr(slot, rels->att_payload_id, &no_payload_row);
-			if (no_payload_row)
-				continue;
-		}
+		if (info->ii_Predicate != NIL && !PartialIndexCovers(index, info, slot))
+			continue;
 		FormIndexDatum(info, slot, NULL, values, isnull);
 		index_insert(index, values, isnull, &slot->tts_tid, rel,
 					 index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
@@ -141,7 +150,7 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 static TupleTableSlot *
 FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
 			TimestampTz enqueued_at, Datum headers, bool headers_null,
-			const RmsgStoredData *stored)
+			const RmsgStoredData *stored, const char *group_id)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -164,6 +173,8 @@ FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
 		SET_COLUMN(rels->att_inline_data, PointerGetDatum(stored->inline_data));
 	if (!headers_null)
 		SET_COLUMN(rels->att_headers, headers);
+	if (group_id != NULL)
+		SET_COLUMN(rels->att_group_id, CStringGetTextDatum(group_id));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 	return slot;
@@ -183,21 +194,22 @@ RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 	int64		msg_id = 0;
 
 	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
-					   1, stored, &msg_id);
+					   1, stored, NULL, &msg_id);
 	return msg_id;
 }
 
 /*
  * As RmsgInsertMessage, with a msg_id the caller took from rmsg.msg_id_seq
- * before (an idempotent put claims its key with it first, put_keys.c).
+ * before (an idempotent put claims its key with it first, put_keys.c),
+ * and a group (NULL: none).
  */
 void
 RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
 					TimestampTz enqueued_at, Datum headers, bool headers_null,
-					const RmsgStoredData *stored)
+					const RmsgStoredData *stored, const char *group_id)
 {
 	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
-					   1, stored, &msg_id);
+					   1, stored, group_id, &msg_id);
 }
 
 /* The next msg_id, for RmsgInsertMessageAs. */
@@ -208,8 +220,8 @@ RmsgNextMsgId(void)
 }
 
 /*
- * Inserts n messages with the same times and headers, the data of message
- * i as stored[i]; their msg_ids, ascending, go to msg_ids[] (an element
+ * Inserts n messages with the same times, headers and group (NULL: none),
+ * the data of message i as stored[i]; their msg_ids, ascending, go to msg_ids[] (an element
  * that is not 0 on entry is a msg_id taken before, and kept).  Several rows
  * go in one call of table_multi_insert, which fills a page with one WAL
  * record where inserting row by row writes one per row.
@@ -217,7 +229,8 @@ RmsgNextMsgId(void)
 void
 RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
 				   Datum headers, bool headers_null, int n,
-				   const RmsgStoredData *stored, int64 *msg_ids)
+				   const RmsgStoredData *stored, const char *group_id,
+				   int64 *msg_ids)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	Relation	rel;
@@ -233,7 +246,7 @@ RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_
 		if (msg_ids[i] == 0)
 			msg_ids[i] = nextval_internal(rels->msg_id_seq, false);
 		slots[i] = FormMessage(rel, msg_ids[i], queue_id, visible_at, enqueued_at,
-							   headers, headers_null, &stored[i]);
+							   headers, headers_null, &stored[i], group_id);
 	}
 	if (n == 1)
 		table_tuple_insert(rel, slots[0], GetCurrentCommandId(true), 0, NULL);

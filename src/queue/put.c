@@ -130,8 +130,8 @@ TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
 
 /*
  * The common part of the put overloads: arguments 0 queue, 2 headers,
- * 3 delay, 4 data_token, 5 dedup_id; the payload comes converted to bytea,
- * or NULL.  Returns the msg_id, and the new data's token in *new_token (0
+ * 3 delay, 4 data_token, 5 dedup_id, 6 group_id (groups.c); the payload
+ * comes converted to bytea, or NULL.  Returns the msg_id, and the new data's token in *new_token (0
  * for a repeat of a put with the same dedup_id, which stores nothing and
  * returns the first put's msg_id: put_keys.c).
  */
@@ -149,7 +149,9 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	int64		source_payload_id;
 	RmsgStoredData stored;
 	int64		msg_id = 0;
-	char	   *dedup_id = RmsgDedupIdArg(fcinfo, 5);
+	char	   *dedup_id = RmsgKeyArg(fcinfo, 5, "dedup_id");
+	char	   *group_id = RmsgKeyArg(fcinfo, 6, "group_id");
+	TimestampTz visible_at = RmsgTimeAfter(now, delay);
 
 	RmsgCheckHeaders(fcinfo, 2);
 	if (payload != NULL)
@@ -187,14 +189,13 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	if (by_token && source.payload_id != source_payload_id)
 		RmsgTokenPromoted(token, source.payload_id);
 
-	if (msg_id != 0)
-		RmsgInsertMessageAs(msg_id, queue.queue_id, RmsgTimeAfter(now, delay), now,
-							PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-							PG_ARGISNULL(2), &stored);
-	else
-		msg_id = RmsgInsertMessage(queue.queue_id, RmsgTimeAfter(now, delay), now,
-								   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-								   PG_ARGISNULL(2), &stored);
+	if (group_id != NULL)
+		visible_at = RmsgGroupVisibleAt(queue.queue_id, group_id, visible_at);
+	if (msg_id == 0)
+		msg_id = RmsgNextMsgId();
+	RmsgInsertMessageAs(msg_id, queue.queue_id, visible_at, now,
+						PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+						PG_ARGISNULL(2), &stored, group_id);
 	RmsgSpiFinish();
 
 	RmsgCountPut(queue.queue_id, stored.size, stored.referenced);
@@ -205,7 +206,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	return msg_id;
 }
 
-/* rmsg.put(queue, payload bytea, headers, delay, data_token, dedup_id) */
+/* rmsg.put(queue, payload bytea, headers, delay, data_token, dedup_id, group_id) */
 Datum
 rmsg_put(PG_FUNCTION_ARGS)
 {
@@ -244,7 +245,7 @@ rmsg_put_jsonb(PG_FUNCTION_ARGS)
 
 /*
  * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token,
- *					   dedup_id) -> (msg_id, data_token): a put that hands back its data's token at once.
+ *					   dedup_id, group_id) -> (msg_id, data_token): a put that hands back its data's token at once.
  */
 Datum
 rmsg_put_with_token(PG_FUNCTION_ARGS)
@@ -265,6 +266,16 @@ rmsg_put_with_token(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Where the messages of a batch after its first go: ready now, or, in a
+ * group, waiting for their turn behind the first (groups.c).
+ */
+static TimestampTz
+BatchRestVisibleAt(const char *group_id, TimestampTz now)
+{
+	return group_id != NULL ? DT_NOEND : now;
+}
+
+/*
  * The batch one message at a time, for queues that look for equal content:
  * each element may find its data logged already, even by an earlier
  * element of the same batch.
@@ -272,6 +283,7 @@ rmsg_put_with_token(PG_FUNCTION_ARGS)
 static void
 PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 			   TimestampTz now, Datum headers, bool headers_null,
+			   const char *group_id, TimestampTz first_visible_at,
 			   ReturnSetInfo *rsinfo)
 {
 	for (int i = 0; i < nelems; i++)
@@ -281,8 +293,10 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 		bool		null = false;
 
 		(void) RmsgStoreData(queue->dedup, queue->owner, DatumGetByteaPP(elems[i]), NULL, false, &stored);
-		msg_id = Int64GetDatum(RmsgInsertMessage(queue->queue_id, now, now,
-												 headers, headers_null, &stored));
+		msg_id = Int64GetDatum(RmsgNextMsgId());
+		RmsgInsertMessageAs(DatumGetInt64(msg_id), queue->queue_id,
+							i == 0 ? first_visible_at : BatchRestVisibleAt(group_id, now),
+							now, headers, headers_null, &stored, group_id);
 		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
 		if (i == nelems - 1)
 			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0,
@@ -298,6 +312,7 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 static void
 PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 			 TimestampTz now, Datum headers, bool headers_null,
+			 const char *group_id, TimestampTz first_visible_at,
 			 ReturnSetInfo *rsinfo)
 {
 	RmsgStoredData *stored = palloc0(sizeof(RmsgStoredData) * nelems);
@@ -313,8 +328,18 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 		else
 			stored[i].inline_data = data;
 	}
-	RmsgInsertMessages(queue->queue_id, now, now, headers, headers_null,
-					   nelems, stored, msg_ids);
+	if (first_visible_at == BatchRestVisibleAt(group_id, now))
+		RmsgInsertMessages(queue->queue_id, first_visible_at, now, headers, headers_null,
+						   nelems, stored, group_id, msg_ids);
+	else
+	{
+		/* the group's head first, then the rest, which wait their turn */
+		RmsgInsertMessages(queue->queue_id, first_visible_at, now, headers, headers_null,
+						   1, stored, group_id, msg_ids);
+		RmsgInsertMessages(queue->queue_id, BatchRestVisibleAt(group_id, now), now,
+						   headers, headers_null, nelems - 1, stored + 1, group_id,
+						   msg_ids + 1);
+	}
 
 	for (int i = 0; i < nelems; i++)
 	{
@@ -330,8 +355,9 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 }
 
 /*
- * rmsg.put_batch(queue, payloads bytea[], headers): every element is
- * checked before anything is written.  The session's last data token names
+ * rmsg.put_batch(queue, payloads bytea[], headers, group_id): every element
+ * is checked before anything is written.  In a group, the elements are
+ * its messages in their order.  The session's last data token names
  * the last element's data.
  */
 Datum
@@ -347,6 +373,8 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	RmsgQueue	queue;
 	Datum		headers;
 	bool		headers_null = PG_ARGISNULL(2);
+	char	   *group_id;
+	TimestampTz first_visible_at;
 
 	RmsgEnter("rmsg.put_batch", true);
 	queue_name = RmsgTextArg(fcinfo, 0, "queue name");
@@ -368,6 +396,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	}
 	RmsgCheckHeaders(fcinfo, 2);
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
+	group_id = RmsgKeyArg(fcinfo, 3, "group_id");
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
@@ -379,10 +408,14 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
+	first_visible_at = group_id != NULL ?
+		RmsgGroupVisibleAt(queue.queue_id, group_id, now) : now;
 	if (queue.dedup == RMSG_DEDUP_CONTENT)
-		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null, rsinfo);
+		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null,
+					   group_id, first_visible_at, rsinfo);
 	else
-		PutBatchRows(&queue, elems, nelems, now, headers, headers_null, rsinfo);
+		PutBatchRows(&queue, elems, nelems, now, headers, headers_null,
+					 group_id, first_visible_at, rsinfo);
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

@@ -38,14 +38,11 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
-#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "queue/queue.h"
 
-/* The longest dedup_id, in bytes: ids are keys, not data. */
-#define RMSG_MAX_DEDUP_ID 128
 
 /*
  * Claims key ($1 queue_id, $2 dedup_id) for msg_id $3 put at $4, unless a
@@ -72,28 +69,6 @@ static RmsgPlan expired_keys_plan = {
 	" WHERE k.queue_id = q.queue_id AND k.put_at <= $1 - q.dedup_window",
 	1, {TIMESTAMPTZOID}
 };
-
-/*
- * The dedup_id argument, or NULL when not given.  An empty one, or one
- * longer than RMSG_MAX_DEDUP_ID bytes, is refused with 22023 (the
- * encoding was checked by the type's input).
- */
-char *
-RmsgDedupIdArg(FunctionCallInfo fcinfo, int argno)
-{
-	text	   *arg;
-	int			len;
-
-	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
-		return NULL;
-	arg = PG_GETARG_TEXT_PP(argno);
-	len = VARSIZE_ANY_EXHDR(arg);
-	if (len == 0 || len > RMSG_MAX_DEDUP_ID)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("dedup_id must have 1 to %d bytes, not %d", RMSG_MAX_DEDUP_ID, len)));
-	return text_to_cstring(arg);
-}
 
 /*
  * Claims the queue's key dedup_id for msg_id, put at `now`; returns msg_id

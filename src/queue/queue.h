@@ -75,17 +75,22 @@ extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
 							   bool headers_null, const RmsgStoredData *stored);
 extern void RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
 								TimestampTz enqueued_at, Datum headers, bool headers_null,
-								const RmsgStoredData *stored);
+								const RmsgStoredData *stored, const char *group_id);
 extern int64 RmsgNextMsgId(void);
 extern void RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
 							   Datum headers, bool headers_null, int n,
-							   const RmsgStoredData *stored, int64 *msg_ids);
+							   const RmsgStoredData *stored, const char *group_id,
+							   int64 *msg_ids);
 
 /* queue/put_keys.c: idempotent puts, by dedup_id */
-extern char *RmsgDedupIdArg(FunctionCallInfo fcinfo, int argno);
 extern int64 RmsgClaimPutKey(const RmsgQueue *queue, const char *dedup_id,
 							 int64 msg_id, TimestampTz now);
 extern int64 RmsgRemoveExpiredPutKeys(void);
+
+/* queue/groups.c: message groups, one message of a group out at a time */
+extern TimestampTz RmsgGroupVisibleAt(int32 queue_id, const char *group_id,
+									  TimestampTz visible_at);
+extern void RmsgGroupReleased(int32 queue_id, const char *group_id);
 
 /* queue/receipts.c: the number that names one lease (instances' too) */
 extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);

@@ -37,6 +37,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "utils/builtins.h"
+
 #include "queue/queue.h"
 
 /* Finds the version of the message the snapshot sees, if any. */
@@ -160,6 +162,8 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 	TupleTableSlot *locked;
 	CommandId	cid = GetCurrentCommandId(true);
 	RmsgRemoveResult outcome = RMSG_REMOVE_NOT_FOUND;
+	int32		deleted_from = 0;
+	char	   *group_id = NULL;
 
 	*queue_id = 0;
 	rel = table_open(rels->message, RowExclusiveLock);
@@ -205,8 +209,13 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 			 */
 			if (outcome == RMSG_REMOVE_DELETED)
 			{
-				int32		deleted_from = QueueOf(result == TM_Ok ? seen : locked, rels);
+				TupleTableSlot *deleted = result == TM_Ok ? seen : locked;
+				bool		ungrouped;
+				Datum		group = slot_getattr(deleted, rels->att_group_id, &ungrouped);
 
+				deleted_from = QueueOf(deleted, rels);
+				if (!ungrouped)
+					group_id = TextDatumGetCString(group);
 				RmsgReadyHintTouched(deleted_from);
 				RmsgCountAck(deleted_from);
 			}
@@ -220,5 +229,9 @@ RmsgDeleteMessage(int64 msg_id, const int64 *receipt, TimestampTz valid_at,
 	UnregisterSnapshot(snapshot);
 	index_close(pkey, NoLock);
 	table_close(rel, NoLock);
+
+	/* the end of a group's turn: its next message's comes (groups.c) */
+	if (group_id != NULL)
+		RmsgGroupReleased(deleted_from, group_id);
 	return outcome;
 }

@@ -25,7 +25,8 @@ use warnings FATAL => 'all';
 #     matches is left alone;
 #  7. two workers: 20 instances x 20 messages, each handled once, per
 #     instance in order and never two at once; a 500-message queue handled
-#     once each; both workers took part in both;
+#     once each; 4 message groups x 25 handled once, per group in order and
+#     never two at once; both workers took part in each;
 #  8. an instance message that fails twice holds its line: the next message
 #     is handled only after it succeeds;
 #  9. maintenance, with nobody calling get: an exhausted message whose lease
@@ -579,6 +580,38 @@ is( sql(qq{SELECT count(*) || '/' || count(DISTINCT msg_id) || '/' ||
 	'500/500/500', 'each of the 500 exactly once');
 is(sql(q{SELECT count(DISTINCT pid) FROM handled WHERE tag = 'q500'}), '2', 'both workers handled queue messages');
 is(queue_counts('q500'), '0/0/0/0', 'that queue is empty');
+
+# Message groups with two workers: 4 groups x 25 messages, put interleaved.
+# Each message once; per group in msg_id order and never two at once (the
+# handler takes 5 ms, so overlaps would show); both workers took part.
+sql(q{
+	CREATE FUNCTION h_grp(p bytea, h jsonb, id bigint) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+	    INSERT INTO public.handled (tag, target, payload, msg_id, started)
+	    VALUES ('grp', split_part(convert_from(p, 'UTF8'), ':', 1), convert_from(p, 'UTF8'), id,
+	            clock_timestamp());
+	    PERFORM pg_sleep(0.005);
+	    UPDATE public.handled SET ended = clock_timestamp() WHERE tag = 'grp' AND msg_id = id;
+	END $$;
+	SELECT rmsg.create_queue('grouped');
+});
+sql(q{SELECT rmsg.put('grouped', ('g' || g || ':' || i)::text, group_id => 'g' || g)
+        FROM generate_series(1, 25) i, generate_series(1, 4) g ORDER BY i, g});
+sql(q{SELECT rmsg.subscribe('grouped', 'h_grp(bytea,jsonb,bigint)')});
+poll(q{SELECT count(*) = 100 FROM handled WHERE tag = 'grp'}, 't', '100 grouped messages handled');
+is(sql(q{SELECT count(DISTINCT msg_id) FROM handled WHERE tag = 'grp'}), '100', 'each once');
+is( sql(q{SELECT count(*) FROM (
+            SELECT msg_id, lag(msg_id) OVER (PARTITION BY target ORDER BY started) AS prev_id
+              FROM handled WHERE tag = 'grp') t
+           WHERE msg_id < prev_id}),
+	'0', 'per group, in msg_id order');
+is( sql(q{SELECT count(*) FROM (
+            SELECT started, lag(ended) OVER (PARTITION BY target ORDER BY started) AS prev_end
+              FROM handled WHERE tag = 'grp') t
+           WHERE started < prev_end}),
+	'0', 'the handler calls of one group never overlap');
+is(sql(q{SELECT count(DISTINCT pid) FROM handled WHERE tag = 'grp'}), '2', 'both workers handled grouped messages');
+is(queue_counts('grouped'), '0/0/0/0', 'the grouped queue is empty');
 
 #---------------------------------------------------------------------------
 # 8. A failing instance message holds its line

@@ -1,0 +1,121 @@
+/*-------------------------------------------------------------------------
+ *
+ * groups.c
+ *	  Message groups: one message of a group out at a time, in order.
+ *
+ * A put may name a group (group_id).  The messages of one group in one
+ * queue are handed out one at a time, in the order their puts committed:
+ * the next only once the one before is acked or dead-lettered.  A lease
+ * that runs out, a nack and a worker's retry keep the group's turn with
+ * the same message.  Other groups and ungrouped messages are not held up.
+ *
+ * How: a group has at most one message that gets may see, its *head*;
+ * the others wait with visible_at = 'infinity', beyond every get's scan
+ * of the ready index (which stops at now), so waiting messages cost a get
+ * nothing however many there are, and the ready hint (ready_hint.c) never
+ * meets them.  A put to a group that has a live message waits; one to an
+ * empty group is the head, ready (or delayed) as usual.  The ack or dead
+ * letter that ends the head's turn makes the group's next message, the
+ * lowest msg_id waiting, ready now: it joins the back of the line, as a
+ * new put would.  The worker takes and acks through the same functions,
+ * so it keeps the same rule.
+ *
+ * Races.  Both a grouped put and the end of a turn take the group's lock
+ * (RMSG_LOCK_GROUP, core/locks.h) until their transaction ends, and read
+ * with the latest snapshot after taking it.  So a put that commits while
+ * the head's ack is in progress is seen by that ack, which then makes it
+ * ready; an ack that commits first leaves the group empty for the put,
+ * which is then the head.  Two puts to a group wait for each other.  A
+ * transaction that puts to several groups takes their locks in the order
+ * of its puts: two that do so in opposite orders may deadlock (40P01),
+ * like any two transactions that lock rows in opposite orders.
+ *
+ * A message that moves to a dead-letter queue leaves its group: there it
+ * is an ordinary message, and a redrive sends it back without one.  A
+ * delay given to a put that has to wait is spent waiting: it becomes
+ * ready when its turn comes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "queue/queue.h"
+
+/* Whether queue $1's group $2 has a live message. */
+static RmsgPlan group_busy_plan = {
+	"SELECT EXISTS (SELECT FROM rmsg.message WHERE queue_id = $1 AND group_id = $2)"
+	"       AS busy",
+	2, {INT4OID, TEXTOID}
+};
+
+/*
+ * Makes the group's first waiting message ready at $3, unless the group
+ * still has a message that is not waiting (the one acked was itself a
+ * waiting one, acked by msg_id).
+ */
+static RmsgPlan next_in_group_plan = {
+	"UPDATE rmsg.message SET visible_at = $3"
+	" WHERE msg_id = (SELECT msg_id FROM rmsg.message"
+	"                  WHERE queue_id = $1 AND group_id = $2 AND visible_at = 'infinity'"
+	"                  ORDER BY msg_id LIMIT 1)"
+	"   AND NOT EXISTS (SELECT FROM rmsg.message"
+	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at <> 'infinity')",
+	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}
+};
+
+/* Takes the group's lock for the rest of the transaction. */
+static void
+LockGroup(int32 queue_id, const char *group_id)
+{
+	char		queue_key[16];
+
+	snprintf(queue_key, sizeof(queue_key), "%d", queue_id);
+	(void) RmsgLockName(RMSG_LOCK_GROUP, queue_key, group_id, ExclusiveLock, true);
+}
+
+/*
+ * The visible_at of a message put to the group: visible_at when the group
+ * has no live message (it is the head), else 'infinity' (it waits its
+ * turn).  Takes the group's lock.  Inside SPI.
+ */
+TimestampTz
+RmsgGroupVisibleAt(int32 queue_id, const char *group_id, TimestampTz visible_at)
+{
+	Datum		values[2];
+
+	LockGroup(queue_id, group_id);
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = CStringGetTextDatum(group_id);
+	RmsgPlanExecute(&group_busy_plan, values, NULL, true, 1);
+	return DatumGetBool(RmsgSpiNotNull(0, "busy")) ? DT_NOEND : visible_at;
+}
+
+/*
+ * The group's head was acked or dead-lettered by this transaction: its
+ * next message, if any, becomes ready (a new entry in the ready index,
+ * and a wakeup at commit).  Takes the group's lock.
+ */
+void
+RmsgGroupReleased(int32 queue_id, const char *group_id)
+{
+	Datum		values[3];
+	TimestampTz now = GetCurrentTimestamp();
+
+	LockGroup(queue_id, group_id);
+	RmsgSpiConnect();
+	values[0] = Int32GetDatum(queue_id);
+	values[1] = CStringGetTextDatum(group_id);
+	values[2] = TimestampTzGetDatum(now);
+	RmsgPlanExecute(&next_in_group_plan, values, NULL, true, 0);
+	if (SPI_processed > 0)
+	{
+		RmsgReadyHintLower(queue_id, now);
+		RmsgReadyHintTouched(queue_id);
+		RmsgWakeQueueAtCommit(queue_id);
+	}
+	RmsgSpiFinish();
+}
