@@ -224,7 +224,11 @@ CREATE TABLE rmsg.subscription (
     errors          bigint NOT NULL DEFAULT 0,
     last_error      text,
     last_error_at   timestamptz,
-    last_error_msg_id bigint
+    last_error_msg_id bigint,
+    -- flow control (worker/flow.c): at most this many of the queue's
+    -- messages in handlers at once, and at most rate per second; NULL: none
+    concurrency     int CHECK (concurrency > 0),
+    rate            numeric CHECK (rate > 0)
 );
 COMMENT ON TABLE rmsg.subscription IS 'the handler of each subscribed queue; use rmsg.subscribe and rmsg.unsubscribe';
 
@@ -599,12 +603,13 @@ COMMENT ON FUNCTION rmsg.complete_recovery(text, jsonb) IS
 -- Handlers, called by the background worker
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION rmsg.subscribe(queue text, handler regprocedure, batch int DEFAULT 1)
+CREATE FUNCTION rmsg.subscribe(queue text, handler regprocedure, batch int DEFAULT 1,
+                               concurrency int DEFAULT NULL, rate numeric DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'rmsg_subscribe'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.subscribe(text, regprocedure, int) IS
-  'have the worker call handler(payload bytea [, headers jsonb [, msg_id bigint]]) for each ready message of queue, up to batch per transaction; replaces the queue''s handler';
+COMMENT ON FUNCTION rmsg.subscribe(text, regprocedure, int, int, numeric) IS
+  'have the worker call handler(payload bytea [, headers jsonb [, msg_id bigint]]) for each ready message of queue, up to batch per transaction, at most concurrency at once across the workers and rate per second; replaces the queue''s handler';
 
 CREATE FUNCTION rmsg.unsubscribe(queue text)
 RETURNS void
@@ -933,15 +938,18 @@ COMMENT ON VIEW rmsg.worker IS
 CREATE VIEW rmsg.handlers WITH (security_barrier) AS
 -- the arms of a UNION ALL are planned as tables of their own, past the
 -- view's barrier: the union is a subquery, so that the barrier holds
-SELECT kind, target, handler, batch, owner, errors, last_error, last_error_at, last_error_msg_id, created_at FROM (
+SELECT kind, target, handler, batch, owner, errors, last_error, last_error_at, last_error_msg_id, created_at,
+       concurrency, rate FROM (
   SELECT 'queue'::text AS kind, q.name AS target, s.handler, s.batch, s.owner,
-         s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at
+         s.errors, s.last_error, s.last_error_at, s.last_error_msg_id, s.created_at,
+         s.concurrency, s.rate
     FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)
    WHERE rmsg.has_queue_privilege(q.name, 'get, manage')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
   UNION ALL
   SELECT 'instance', h.prefix, h.handler, 1, h.owner,
-         h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at
+         h.errors, h.last_error, h.last_error_at, h.last_error_msg_id, h.created_at,
+         NULL::int, NULL::numeric
     FROM rmsg.instance_handler h
    WHERE pg_catalog.pg_has_role(h.owner, 'USAGE')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')

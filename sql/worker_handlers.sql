@@ -36,6 +36,20 @@ SELECT rmsg.subscribe('wh_orders', 'wh_q2(bytea,jsonb)', 5);
 SELECT rmsg.set_handler('order-', 'wh_i2(text,bytea)');
 SELECT kind, target, handler, batch FROM rmsg.handlers ORDER BY kind, target;
 
+-- flow control: at most concurrency at once, at most rate per second
+SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', batch => 10, concurrency => 2, rate => 2.5);
+SELECT target, batch, concurrency, rate FROM rmsg.handlers WHERE kind = 'queue' ORDER BY target;
+SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', batch => 10);
+SELECT target, concurrency, rate FROM rmsg.handlers WHERE target = 'wh_other';
+-- bad limits: 22023, and nothing changed
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, 0)$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, 33)$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, NULL, 0)$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, NULL, -1)$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, NULL, 'NaN')$$);
+SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_other', 'wh_q1(bytea)', 1, NULL, 1e7)$$);
+SELECT target, batch, concurrency, rate FROM rmsg.handlers WHERE target = 'wh_other';
+
 -- unknown queue or handler: 42704, 42883
 SELECT sqlstate_of($$SELECT rmsg.subscribe('nowhere', 'wh_q1(bytea)')$$);
 SELECT sqlstate_of($$SELECT rmsg.subscribe('wh_orders', 'no_such_fn(bytea)')$$);

@@ -40,6 +40,7 @@ static const RmsgShmemArea shmem_areas[] = {
 	{"called components", RmsgComponentsShmemSize, RmsgComponentsShmemStartup},
 	{"instance cache", RmsgInstanceCacheShmemSize, RmsgInstanceCacheShmemStartup},
 	{"workers", RmsgWorkerShmemSize, RmsgWorkerShmemStartup},
+	{"flow control", RmsgFlowShmemSize, RmsgFlowShmemStartup},
 };
 
 /*

@@ -194,6 +194,49 @@ SELECT msg_id, convert_from(inline_data, 'UTF8') AS payload, deliveries, rmsg.ac
 SELECT queue, ready, in_flight, delayed, dead FROM rmsg.queues WHERE queue = 'jobs';
 SELECT rmsg.drop_queue('jobs');
 
+\echo '-- message groups: the messages of one group go out one at a time, in order; other groups are'
+\echo '-- not held up. Two events of order 42 and one of order 43; a get of 10 hands out one per group:'
+SELECT rmsg.create_queue('events');
+SELECT rmsg.put('events', 'order 42 created'::text, group_id => 'order-42') AS msg_id;
+SELECT rmsg.put('events', 'order 42 paid'::text, group_id => 'order-42') AS msg_id;
+SELECT rmsg.put('events', 'order 43 created'::text, group_id => 'order-43') AS msg_id;
+CREATE TEMP TABLE event_leases AS SELECT msg_id, convert_from(payload, 'UTF8') AS payload FROM rmsg.get('events', 10);
+SELECT * FROM event_leases;
+SELECT queue, ready, in_flight, groups_in_flight, group_waiting FROM rmsg.queues WHERE queue = 'events';
+\echo '-- once "order 42 created" is acked, "order 42 paid" has its turn:'
+SELECT rmsg.ack(msg_id) AS acked FROM event_leases;
+SELECT convert_from(payload, 'UTF8') AS payload, rmsg.ack(msg_id) AS acked FROM rmsg.get('events', 10);
+
+\echo '-- idempotent puts: a producer that does not know whether its put committed puts again with the'
+\echo '-- same dedup_id; within the queue''s dedup_window (5 minutes by default) it gets the first msg_id'
+\echo '-- back and nothing is stored twice:'
+SELECT rmsg.put('events', 'invoice 7781'::text, dedup_id => 'invoice-7781') AS msg_id;
+SELECT rmsg.put('events', 'invoice 7781'::text, dedup_id => 'invoice-7781') AS same_msg_id;
+SELECT queue, ready FROM rmsg.queues WHERE queue = 'events';
+
+\echo '-- an operator pauses a queue (gets return nothing, puts go on), resumes it, purges it:'
+SELECT rmsg.pause_queue('events');
+SELECT count(*) AS got_while_paused FROM rmsg.get('events');
+SELECT queue, ready, paused FROM rmsg.queues WHERE queue = 'events';
+SELECT rmsg.resume_queue('events');
+SELECT rmsg.purge_queue('events') AS purged;
+SELECT rmsg.drop_queue('events');
+
+\echo '-- and sends dead letters back where they died once their cause is fixed (redrive):'
+SELECT rmsg.put('orders', 'order 10: fails twice, then works'::text) AS msg_id;
+SELECT count(*) AS leased FROM rmsg.get('orders', visibility => '0');
+SELECT count(*) AS leased FROM rmsg.get('orders', visibility => '0');
+SELECT count(*) AS leased FROM rmsg.get('orders');
+SELECT queue, ready, dead FROM rmsg.queues WHERE queue IN ('orders', 'orders_dlq') ORDER BY queue;
+SELECT rmsg.redrive('orders_dlq') AS redriven;
+SELECT convert_from(payload, 'UTF8') AS payload, deliveries, rmsg.ack(msg_id) AS acked
+  FROM rmsg.get('orders');
+
+\echo '-- monitoring systems read the same figures as Prometheus text (rmsg.metrics(), for'
+\echo '-- pg_read_all_stats; src/monitoring/ has the queries for prometheus-postgres-exporter):'
+SELECT line FROM regexp_split_to_table(rmsg.metrics(), E'\n') AS line
+ WHERE line LIKE 'rmsg_queue_messages{queue="orders"%' OR line LIKE 'rmsg_queue_acks_total{queue="orders"}%';
+
 \echo '-- and all of it survives a crash. Payments 1 and 2 are committed, and a consumer holds payment 1;'
 \echo '-- another session has put payment 3 and not committed:'
 SELECT rmsg.create_queue('payments');

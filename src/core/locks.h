@@ -20,6 +20,8 @@
  *	  RMSG_LWLOCK_READY_HINTS queue/ready_hint.c: where each queue's gets
  *							  start (exclusive to add or remove an entry;
  *							  each entry's fields have a spinlock)
+ *	  RMSG_LWLOCK_FLOW		  worker/flow.c: the workers in each limited
+ *							  queue's turns and its token bucket
  *
  *    Besides these: each worker slot has a spinlock (worker/slots.c), and
  *    long polling sleeps on condition variables (queue/long_poll.c).
@@ -82,6 +84,7 @@ typedef enum RmsgLWLockId
 	RMSG_LWLOCK_COMPONENTS,
 	RMSG_LWLOCK_INSTANCES,
 	RMSG_LWLOCK_READY_HINTS,
+	RMSG_LWLOCK_FLOW,
 	RMSG_LWLOCK_COUNT
 } RmsgLWLockId;
 

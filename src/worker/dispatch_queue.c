@@ -44,13 +44,13 @@ static RmsgPlan give_back_plan = {
 };
 
 /*
- * Handles up to h->batch ready messages of the subscribed queue in the
- * current transaction, counting what happened into *counts.  Returns how
+ * Handles up to max (h->batch, or less under flow control: flow.c) ready
+ * messages of the subscribed queue in the current transaction, counting what happened into *counts.  Returns how
  * many messages it took (0 when the queue is gone), or RMSG_HANDLERS_STALE
  * (worker.h); *retry_at is moved earlier to the first retry it scheduled.
  */
 int
-RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
+RmsgDispatchQueue(const RmsgHandler *h, int max, uint64 generation,
 				  RmsgWorkCounts *counts, TimestampTz *retry_at)
 {
 	RmsgQueue	queue;
@@ -66,8 +66,8 @@ RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
 		return 0;
 	}
 
-	taken = palloc(sizeof(RmsgTaken) * h->batch);
-	ntaken = RmsgTakeMessages(&queue, h->batch, RMSG_WORKER_LEASE_USECS, taken);
+	taken = palloc(sizeof(RmsgTaken) * max);
+	ntaken = RmsgTakeMessages(&queue, max, RMSG_WORKER_LEASE_USECS, taken);
 	/* taken after an unsubscribe or a new handler committed? */
 	if (ntaken > 0 && RmsgHandlerGeneration() != generation)
 	{

@@ -57,6 +57,9 @@ PG_FUNCTION_INFO_V1(rmsg_remove_handler);
 
 /* The most messages a queue handler's transaction takes at once. */
 #define MAX_BATCH 1000
+/* subscribe's rate, in calls per second */
+#define MIN_RATE 0.001
+#define MAX_RATE 1000000.0
 
 static const Oid queue_convention[] = {BYTEAOID, JSONBOID, INT8OID};
 static const Oid instance_convention[] = {TEXTOID, BYTEAOID, TEXTOID, JSONBOID, INT8OID};
@@ -64,13 +67,14 @@ static const Oid instance_convention[] = {TEXTOID, BYTEAOID, TEXTOID, JSONBOID, 
 #define QUEUE_CONVENTION "handler(payload bytea [, headers jsonb [, msg_id bigint]])"
 #define INSTANCE_CONVENTION "handler(instance text, payload bytea [, kind text [, headers jsonb [, msg_id bigint]]])"
 
-/* $1 queue_id, $2 handler, $3 batch, $4 owner */
+/* $1 queue_id, $2 handler, $3 batch, $4 owner, $5 concurrency, $6 rate */
 static RmsgPlan subscribe_plan = {
-	"INSERT INTO rmsg.subscription (queue_id, handler, batch, owner)"
-	" VALUES ($1, $2, $3, $4)"
+	"INSERT INTO rmsg.subscription (queue_id, handler, batch, owner, concurrency, rate)"
+	" VALUES ($1, $2, $3, $4, $5, $6)"
 	" ON CONFLICT (queue_id) DO UPDATE"
-	"   SET handler = excluded.handler, batch = excluded.batch, owner = excluded.owner",
-	4, {INT4OID, REGPROCEDUREOID, INT4OID, REGROLEOID}
+	"   SET handler = excluded.handler, batch = excluded.batch, owner = excluded.owner,"
+	"       concurrency = excluded.concurrency, rate = excluded.rate",
+	6, {INT4OID, REGPROCEDUREOID, INT4OID, REGROLEOID, INT4OID, NUMERICOID}
 };
 
 static RmsgPlan unsubscribe_plan = {
@@ -99,10 +103,12 @@ static RmsgPlan remove_handler_plan = {
  */
 static RmsgPlan load_plan = {
 	"SELECT false AS for_instances, q.name AS target, s.queue_id,"
-	"       s.handler::oid AS handler, s.owner::oid AS owner, s.batch, s.created_at"
+	"       s.handler::oid AS handler, s.owner::oid AS owner, s.batch, s.created_at,"
+	"       coalesce(s.concurrency, 0) AS concurrency,"
+	"       coalesce(s.rate, 0)::float8 AS rate"
 	"  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id)"
 	" UNION ALL"
-	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1, h.created_at"
+	" SELECT true, h.prefix, 0, h.handler::oid, h.owner::oid, 1, h.created_at, 0, 0"
 	"  FROM rmsg.instance_handler h"
 	" ORDER BY 1, 2, 7",
 	0, {InvalidOid}
@@ -242,7 +248,26 @@ WarnIfNotServed(void)
 						 here, rmsg_database)));
 }
 
-/* rmsg.subscribe(queue, handler, batch) */
+/*
+ * The rate argument of subscribe: NULL, or calls per second from
+ * MIN_RATE to MAX_RATE (22023 otherwise).
+ */
+static void
+CheckRateArg(FunctionCallInfo fcinfo, int argno)
+{
+	double		rate;
+
+	if (PG_ARGISNULL(argno))
+		return;
+	rate = DatumGetFloat8(DirectFunctionCall1(numeric_float8, PG_GETARG_DATUM(argno)));
+	if (!(rate >= MIN_RATE && rate <= MAX_RATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate must be between %g and %g calls per second, not %g",
+						MIN_RATE, MAX_RATE, rate)));
+}
+
+/* rmsg.subscribe(queue, handler, batch, concurrency, rate) */
 Datum
 rmsg_subscribe(PG_FUNCTION_ARGS)
 {
@@ -250,12 +275,19 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 	Oid			handler;
 	int32		batch;
 	RmsgQueue	queue;
-	Datum		values[4];
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
 
 	RmsgEnter("rmsg.subscribe", true);
 	name = RmsgTextArg(fcinfo, 0, "queue name");
 	handler = HandlerArg(fcinfo, 1);
 	batch = RmsgCountArg(fcinfo, 2, "batch", MAX_BATCH);
+	nulls[4] = PG_ARGISNULL(3);
+	values[4] = nulls[4] ? (Datum) 0 :
+		Int32GetDatum(RmsgCountArg(fcinfo, 3, "concurrency", RMSG_MAX_WORKERS));
+	CheckRateArg(fcinfo, 4);
+	nulls[5] = PG_ARGISNULL(4);
+	values[5] = nulls[5] ? (Datum) 0 : PG_GETARG_DATUM(4);
 	(void) RmsgCheckHandler(handler, false);
 	CheckMayExecute(handler);
 
@@ -267,7 +299,7 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 	values[2] = Int32GetDatum(batch);
 	RmsgLockRole(GetUserId());
 	values[3] = ObjectIdGetDatum(GetUserId());
-	RmsgPlanExecute(&subscribe_plan, values, NULL, true, 0);
+	RmsgPlanExecute(&subscribe_plan, values, nulls, true, 0);
 	RmsgSpiFinish();
 	RmsgHandlersChangedAtCommit();
 	WarnIfNotServed();
@@ -371,6 +403,8 @@ RmsgLoadHandlers(MemoryContext into)
 		h->handler = DatumGetObjectId(RmsgSpiNotNull(i, "handler"));
 		h->owner = DatumGetObjectId(RmsgSpiNotNull(i, "owner"));
 		h->batch = DatumGetInt32(RmsgSpiNotNull(i, "batch"));
+		h->concurrency = DatumGetInt32(RmsgSpiNotNull(i, "concurrency"));
+		h->rate = DatumGetFloat8(RmsgSpiNotNull(i, "rate"));
 
 		old = MemoryContextSwitchTo(into);
 		handlers = lappend(handlers, h);

@@ -305,21 +305,32 @@ HandlersChanged(void)
 		RmsgCatalogGeneration() != handlers_catalog_generation;
 }
 
-/* One transaction on one subscribed queue. */
+/*
+ * One transaction on one subscribed queue, if its flow control (flow.c)
+ * gives this worker a turn now; else the queue waits for the next pass,
+ * and the worker wakes for it no later than when the rate allows.
+ */
 static TurnResult
 QueueTurn(RmsgHandler *h)
 {
 	RmsgWorkCounts counts = {0};
 	char		activity[2 * NAMEDATALEN];
+	int			granted;
 	int			taken = 0;
+	TurnResult	result;
 
+	granted = RmsgFlowBegin(h, worker_index, &earliest_retry);
+	if (granted == 0)
+		return TURN_IDLE;
 	snprintf(activity, sizeof(activity), "queue %s", h->target);
 	RmsgWorkerReport(RMSG_WORKER_HANDLING, activity);
 	BeginUnit("recoverable_msg: handling queue messages");
 	CheckUsable(h);
 	if (h->usable)
-		taken = RmsgDispatchQueue(h, handlers_generation, &counts, &earliest_retry);
-	return EndTurn(taken, &counts);
+		taken = RmsgDispatchQueue(h, granted, handlers_generation, &counts, &earliest_retry);
+	result = EndTurn(taken, &counts);
+	RmsgFlowEnd(h, worker_index, granted, Max(taken, 0));
+	return result;
 }
 
 /* One transaction on one instance's message. */
@@ -550,6 +561,7 @@ RecoverFromError(MemoryContext error_context)
 	MemoryContextSwitchTo(TopMemoryContext);
 	RmsgWorkerNoteError(edata->message ? edata->message : "unknown error", true);
 	RmsgWorkerReport(RMSG_WORKER_FAILED, NULL);
+	RmsgFlowLeaveAll(worker_index);	/* a turn the error ended */
 	MemoryContextReset(error_context);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	handlers_valid = false;
@@ -638,6 +650,7 @@ rmsg_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(connected_database, NULL, 0);
 	RmsgWorkerConnecting(worker_index, NULL);
 	RmsgWorkerAttach(worker_index, connected_database);
+	RmsgFlowLeaveAll(worker_index);	/* the turns of a worker that died before */
 	ereport(LOG,
 			(errmsg("recoverable_msg worker %d started in database \"%s\"",
 					worker_index, connected_database)));

@@ -16,6 +16,9 @@
 
 #include "nodes/pg_list.h"
 
+/* rmsg.worker_count's most; flow.c keeps a bit per worker */
+#define RMSG_MAX_WORKERS 32
+
 extern char *rmsg_database;
 extern int	rmsg_worker_count;
 extern int	rmsg_worker_naptime;	/* ms */
@@ -34,6 +37,8 @@ typedef struct RmsgHandler
 	Oid			handler;		/* pg_proc */
 	Oid			owner;			/* the role it runs as */
 	int32		batch;
+	int32		concurrency;	/* flow.c: 0, no limit */
+	double		rate;			/* flow.c: calls per second, 0: no limit */
 	bool		usable;			/* callable now (worker.c's CheckUsable) */
 } RmsgHandler;
 
@@ -74,10 +79,17 @@ typedef struct RmsgWorkCounts
  * replaced by the retry's.
  */
 #define RMSG_WORKER_LEASE_USECS (5 * 60 * USECS_PER_SEC)
-extern int	RmsgDispatchQueue(const RmsgHandler *h, uint64 generation,
+extern int	RmsgDispatchQueue(const RmsgHandler *h, int max, uint64 generation,
 							  RmsgWorkCounts *counts, TimestampTz *retry_at);
 extern int	RmsgDispatchInstance(List *handlers, uint64 generation, int64 *cursor,
 								 RmsgWorkCounts *counts, TimestampTz *retry_at);
+
+/* worker/flow.c: concurrency and rate limits of subscriptions */
+extern Size RmsgFlowShmemSize(void);
+extern void RmsgFlowShmemStartup(void);
+extern int	RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due);
+extern void RmsgFlowEnd(const RmsgHandler *h, int worker, int granted, int taken);
+extern void RmsgFlowLeaveAll(int worker);
 
 /* worker/maintenance.c */
 extern int64 RmsgSweepExhausted(void);

@@ -20,7 +20,9 @@
 # The cases.  pgbench, prepared statements, 4 clients (2 threads), 1 KiB
 # payloads (bytea for rmsg, jsonb for PGMQ, text for PgQ), every call in
 # autocommit, synchronous_commit = on:
-#   1 cycle    one message through the queue per pgbench transaction:
+#   1 cycle    one message through the queue per pgbench transaction
+#              (rmsg also with each put in one of 100 message groups, at
+#              random: target >= 0.9x the plain cycle):
 #              rmsg.put, rmsg.get (1 message, 30 s lease), rmsg.ack(msg_id,
 #              receipt), against pgmq.send, pgmq.read(queue, 30, 1),
 #              pgmq.delete(queue, msg_id), each its own statement.  A
@@ -159,7 +161,7 @@ setup_schema() {
 workloads_of() {
     local n
     case $1 in
-        cycle) echo cycle_rmsg cycle_pgmq ;;
+        cycle) echo cycle_rmsg cyclegrp_rmsg cycle_pgmq ;;
         put) echo put_rmsg put_pgmq put_pgq ;;
         get10) echo get10_rmsg get10_pgmq ;;
         batch) echo batch_rmsg batch_pgmq batch_insert ;;
@@ -176,6 +178,14 @@ write_scripts() {
     local d=$WORK/scripts i
     cat >"$d/cycle_rmsg.sql" <<'SQL'
 SELECT rmsg.put('bench', bench_payload());
+SELECT count(*) AS n, coalesce(max(msg_id), 0) AS id, coalesce(max(receipt), 0) AS receipt, coalesce(sum(length(payload)), 0) AS bytes FROM rmsg.get('bench', 1, '30 seconds') \gset
+\if :n > 0
+SELECT rmsg.ack(:id::bigint, :receipt::bigint);
+\endif
+SQL
+    cat >"$d/cyclegrp_rmsg.sql" <<'SQL'
+\set g random(1, 100)
+SELECT rmsg.put('bench', bench_payload(), group_id => 'g' || :g);
 SELECT count(*) AS n, coalesce(max(msg_id), 0) AS id, coalesce(max(receipt), 0) AS receipt, coalesce(sum(length(payload)), 0) AS bytes FROM rmsg.get('bench', 1, '30 seconds') \gset
 \if :n > 0
 SELECT rmsg.ack(:id::bigint, :receipt::bigint);
@@ -446,6 +456,7 @@ report() {
     if has_case cycle; then
         printf '1. put + get + ack, one message per cycle\n'
         row "rmsg  put, get, ack" cycle_rmsg left
+        row "rmsg  the same in 100 message groups" cyclegrp_rmsg left
         row "pgmq  send, read 1, delete" cycle_pgmq left
     fi
     if has_case put; then
@@ -477,6 +488,7 @@ report() {
     printf '\nratios: the median of the rounds'"'"' (each round'"'"'s in brackets)  [target]\n'
     if has_case cycle; then
         ratio_line "1. cycle, rmsg / pgmq:" cycle_rmsg cycle_pgmq '>=' 2.0
+        ratio_line "   cycle in groups / plain:" cyclegrp_rmsg cycle_rmsg '>=' 0.9
     fi
     if has_case put; then
         ratio_line "2. put, rmsg / pgmq.send:" put_rmsg put_pgmq

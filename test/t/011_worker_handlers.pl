@@ -26,7 +26,8 @@ use warnings FATAL => 'all';
 #  7. two workers: 20 instances x 20 messages, each handled once, per
 #     instance in order and never two at once; a 500-message queue handled
 #     once each; 4 message groups x 25 handled once, per group in order and
-#     never two at once; both workers took part in each;
+#     never two at once; both workers took part in each; flow control:
+#     concurrency 1 never two calls at once, rate 10 per second held;
 #  8. an instance message that fails twice holds its line: the next message
 #     is handled only after it succeeds;
 #  9. maintenance, with nobody calling get: an exhausted message whose lease
@@ -612,6 +613,46 @@ is( sql(q{SELECT count(*) FROM (
 	'0', 'the handler calls of one group never overlap');
 is(sql(q{SELECT count(DISTINCT pid) FROM handled WHERE tag = 'grp'}), '2', 'both workers handled grouped messages');
 is(queue_counts('grouped'), '0/0/0/0', 'the grouped queue is empty');
+
+# Flow control across the two workers.  concurrency 1: a handler of 30 ms
+# on 20 messages is never in two calls at once (without it both workers
+# take turns at once, as above).  rate 10 per second: 25 messages, of which
+# the first 10 may go at once (a second's worth), take at least 1.5 s, and
+# no second sees more than 20 calls.
+sql(q{
+	CREATE FUNCTION h_flow(p bytea, h jsonb, id bigint) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+	    INSERT INTO public.handled (tag, target, payload, msg_id, started)
+	    VALUES ('flow', split_part(convert_from(p, 'UTF8'), ':', 1), convert_from(p, 'UTF8'), id,
+	            clock_timestamp());
+	    IF convert_from(p, 'UTF8') LIKE 'one:%' THEN
+	        PERFORM pg_sleep(0.03);
+	    END IF;
+	    UPDATE public.handled SET ended = clock_timestamp() WHERE tag = 'flow' AND msg_id = id;
+	END $$;
+	SELECT rmsg.create_queue('one_at_a_time');
+	SELECT rmsg.create_queue('ten_per_second');
+	SELECT rmsg.subscribe('one_at_a_time', 'h_flow(bytea,jsonb,bigint)', concurrency => 1);
+	SELECT rmsg.subscribe('ten_per_second', 'h_flow(bytea,jsonb,bigint)', batch => 5, rate => 10);
+});
+sql(q{SELECT rmsg.put('one_at_a_time', ('one:' || i)::text) FROM generate_series(1, 20) i});
+sql(q{SELECT rmsg.put('ten_per_second', ('ten:' || i)::text) FROM generate_series(1, 25) i});
+poll(q{SELECT count(*) = 45 FROM handled WHERE tag = 'flow'}, 't', '45 messages under flow control handled');
+is( sql(q{SELECT count(*) FROM handled a JOIN handled b ON a.seq < b.seq
+           WHERE a.tag = 'flow' AND b.tag = 'flow' AND a.target = 'one' AND b.target = 'one'
+             AND a.started < b.ended AND b.started < a.ended}),
+	'0', 'concurrency 1: no two calls of the queue at once, across two workers');
+cmp_ok( sql(q{SELECT extract(epoch FROM max(started) - min(started)) FROM handled
+               WHERE tag = 'flow' AND target = 'ten'}),
+	'>=', 1.4, 'rate 10: 25 messages (10 at once, then 10 a second) take at least 1.4 s');
+is( sql(q{SELECT max(n) FROM (
+            SELECT (SELECT count(*) FROM handled b WHERE b.tag = 'flow' AND b.target = 'ten'
+                      AND b.started >= a.started AND b.started < a.started + interval '1 second') AS n
+              FROM handled a WHERE a.tag = 'flow' AND a.target = 'ten') t}) <= 20 ? 'within' : 'over',
+	'within', 'rate 10: no second has more than 20 calls (the burst and one second of rate)');
+is(sql(q{SELECT target || ' ' || coalesce(concurrency::text, '-') || '/' || coalesce(rate::text, '-')
+            FROM rmsg.handlers WHERE target IN ('one_at_a_time', 'ten_per_second') ORDER BY 1}),
+	"one_at_a_time 1/-\nten_per_second -/10", 'rmsg.handlers shows the limits');
 
 #---------------------------------------------------------------------------
 # 8. A failing instance message holds its line

@@ -174,6 +174,7 @@ my %volatile_readers = (
 	'rmsg.stat_worker()' => 'SELECT count(*) FROM rmsg.stat_worker()',
 	'rmsg.queue_counters()' => 'SELECT count(*) >= 0 FROM rmsg.queue_counters()',
 	'rmsg.last_data_token()' => 'SELECT rmsg.last_data_token() IS NULL',
+	'rmsg.metrics()' => q{SELECT rmsg.metrics() LIKE '%rmsg_queue_messages{queue="q1",state="ready"}%'},
 );
 my %reader_want = (
 	'rmsg.stat_log()' => '1',
@@ -218,13 +219,17 @@ for my $v (@views)
 # get and ack failed later with XX000, and accept_call answered 'new'.
 #---------------------------------------------------------------------------
 my %calls = (
-	'rmsg.create_queue(text,integer,text,text)' => q{SELECT rmsg.create_queue('q3')},
+	'rmsg.create_queue(text,integer,text,text,interval)' => q{SELECT rmsg.create_queue('q3')},
 	'rmsg.drop_queue(text)' => q{SELECT rmsg.drop_queue('q2')},
-	'rmsg.put(text,bytea,jsonb,interval,bigint)' => q{SELECT rmsg.put('q1', '\x01'::bytea)},
-	'rmsg.put(text,text,jsonb,interval,bigint)' => q{SELECT rmsg.put('q1', 'x'::text)},
-	'rmsg.put(text,jsonb,jsonb,interval,bigint)' => q{SELECT rmsg.put('q1', '{"a": 1}'::jsonb)},
-	'rmsg.put_batch(text,bytea[],jsonb)' => q{SELECT * FROM rmsg.put_batch('q1', ARRAY['\x01'::bytea, '\x02'])},
-	'rmsg.put_with_token(text,bytea,jsonb,interval,bigint)' => q{SELECT * FROM rmsg.put_with_token('q1', '\x01'::bytea)},
+	'rmsg.pause_queue(text)' => q{SELECT rmsg.pause_queue('q1')},
+	'rmsg.resume_queue(text)' => q{SELECT rmsg.resume_queue('q1')},
+	'rmsg.purge_queue(text)' => q{SELECT rmsg.purge_queue('q1')},
+	'rmsg.redrive(text,text,integer)' => q{SELECT rmsg.redrive('q1', 'q2')},
+	'rmsg.put(text,bytea,jsonb,interval,bigint,text,text)' => q{SELECT rmsg.put('q1', '\x01'::bytea, dedup_id => 'k', group_id => 'g')},
+	'rmsg.put(text,text,jsonb,interval,bigint,text,text)' => q{SELECT rmsg.put('q1', 'x'::text, group_id => 'g')},
+	'rmsg.put(text,jsonb,jsonb,interval,bigint,text,text)' => q{SELECT rmsg.put('q1', '{"a": 1}'::jsonb, dedup_id => 'k')},
+	'rmsg.put_batch(text,bytea[],jsonb,text)' => q{SELECT * FROM rmsg.put_batch('q1', ARRAY['\x01'::bytea, '\x02'], group_id => 'g')},
+	'rmsg.put_with_token(text,bytea,jsonb,interval,bigint,text,text)' => q{SELECT * FROM rmsg.put_with_token('q1', '\x01'::bytea)},
 	'rmsg.forward(bigint,text)' => "SELECT rmsg.forward($ready, 'q2')",
 	'rmsg.put_many(text[],bytea,jsonb)' => q{SELECT * FROM rmsg.put_many(ARRAY['q1', 'q2'], '\x01'::bytea)},
 	'rmsg.collect_payloads()' => q{SELECT rmsg.collect_payloads()},
@@ -250,7 +255,7 @@ my %calls = (
 	'rmsg.receive_any(integer,interval)' => q{SELECT * FROM rmsg.receive_any()},
 	'rmsg.save_state(text,jsonb)' => q{SELECT rmsg.save_state('inst1', '{"n": 2}')},
 	'rmsg.complete_recovery(text,jsonb)' => q{SELECT rmsg.complete_recovery('inst1')},
-	'rmsg.subscribe(text,regprocedure,integer)' => q{SELECT rmsg.subscribe('q1', 'public.q_handler(bytea)')},
+	'rmsg.subscribe(text,regprocedure,integer,integer,numeric)' => q{SELECT rmsg.subscribe('q1', 'public.q_handler(bytea)', concurrency => 1, rate => 5)},
 	'rmsg.unsubscribe(text)' => q{SELECT rmsg.unsubscribe('hq')},
 	'rmsg.set_handler(text,regprocedure)' => q{SELECT rmsg.set_handler('inst', 'public.i_handler(text, bytea)')},
 	'rmsg.remove_handler(text)' => q{SELECT rmsg.remove_handler('zz')},
@@ -285,7 +290,7 @@ my $fingerprint_sql = join("\nUNION ALL\n",
 	map {
 		"SELECT '$_:' || count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM rmsg.$_ t"
 	} @tables);
-is(scalar(@tables), 12, 'the extension has 12 tables');
+is(scalar(@tables), 13, 'the extension has 13 tables');
 
 my $before_tables = $ss->($fingerprint_sql);
 my $before_shared = $ss->($shared_sql);
