@@ -18,7 +18,8 @@ REGRESS_OPTS = --load-extension=recoverable_msg
 # Isolation specs for races, kept under test/ with their expected outputs.
 ISOLATION = consumers_race get_rollback drop_vs_put ack_race collect_vs_put contract_race \
             deliver_vs_complete instance_receivers receipt_race grants_prepared locks_after_rights drop_role_race \
-            dlq_vs_drop ready_hint pause_resume put_dedup_race groups_race
+            dlq_vs_drop ready_hint pause_resume put_dedup_race groups_race \
+            purge_vs_group_put pause_vs_long_poll group_order_dedup
 ISOLATION_OPTS = --inputdir=test
 
 TAP_TESTS = 1

@@ -44,9 +44,24 @@ SELECT rmsg.put('idem', 'x'::text, dedup_id => '');
 SELECT rmsg.put('idem', 'x'::text, dedup_id => repeat('k', 129));
 SELECT rmsg.create_queue('idem3', dedup_window => '0');
 SELECT rmsg.create_queue('idem3', dedup_window => '-1 minute');
+SELECT rmsg.create_queue('idem3', dedup_window => '367 days');
 SELECT count(*) AS none_created FROM rmsg.queue WHERE name = 'idem3';
 
 -- dropping a queue drops its keys
 SELECT count(*) > 0 AS had_keys FROM rmsg.put_key;
 SELECT rmsg.drop_queue('idem'), rmsg.drop_queue('idem2');
 SELECT count(*) AS keys_left FROM rmsg.put_key;
+
+-- DROP OWNED drops a role's queues with their keys, as drop_queue does
+CREATE ROLE rmsg_pk_owner;
+GRANT USAGE ON SCHEMA rmsg TO rmsg_pk_owner;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO rmsg_pk_owner;
+SET ROLE rmsg_pk_owner;
+SELECT rmsg.create_queue('pk_owned');
+SELECT rmsg.put('pk_owned', 'x'::text, dedup_id => 'k1') > 0 AS put;
+RESET ROLE;
+SELECT queue_id AS pk_queue FROM rmsg.queue WHERE name = 'pk_owned' \gset
+DROP OWNED BY rmsg_pk_owner;
+SELECT (SELECT count(*) FROM rmsg.queue WHERE queue_id = :pk_queue) AS queue_rows,
+       (SELECT count(*) FROM rmsg.put_key WHERE queue_id = :pk_queue) AS put_keys_left;
+DROP ROLE rmsg_pk_owner;

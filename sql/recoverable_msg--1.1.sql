@@ -90,9 +90,11 @@ CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
 -- For rmsg.collect_payloads: which payload rows are still referenced.
 -- Inline messages have no entry.
 CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id IS NOT NULL;
--- For puts, acks and dead letters of grouped messages: a group's messages
--- in order (queue/groups.c).
-CREATE INDEX message_group_idx ON rmsg.message (queue_id, group_id, msg_id)
+-- For puts, acks and dead letters of grouped messages: a group's head
+-- (visible_at before 'infinity'), and its waiting messages in order
+-- (queue/groups.c).  visible_at is in the ready index already, so this
+-- costs a lease no HOT update.
+CREATE INDEX message_group_idx ON rmsg.message (queue_id, group_id, visible_at, msg_id)
     WHERE group_id IS NOT NULL;
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
 

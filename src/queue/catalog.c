@@ -326,6 +326,11 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 				 errmsg("max_deliveries must be at least 1, not %d", max_deliveries)));
 	CheckDedupArg(fcinfo, 3);
 	dedup_window = RmsgIntervalArg(fcinfo, 4, "dedup_window", RMSG_DEFAULT_DEDUP_WINDOW, false);
+	if (dedup_window > RMSG_MAX_DEDUP_WINDOW)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dedup_window must be at most 366 days"),
+				 errdetail("A put's dedup_id is kept for the whole window; longer windows are keys kept for ever.")));
 	if (dlq_name != NULL)
 	{
 		RmsgCheckName(dlq_name, "queue");

@@ -251,11 +251,11 @@ rmsg_get(PG_FUNCTION_ARGS)
 		(void) RmsgWaitSleep(queue.queue_id, until);
 
 		/*
-		 * resume_queue bumped the catalog generation before its commit
-		 * woke us, so opening the queue again reads the row afresh.
+		 * A pause or resume may have committed while we slept: it bumped
+		 * the catalog generation, so opening the queue again (from the
+		 * cache otherwise) reads the row afresh.
 		 */
-		if (queue.paused)
-			queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
+		queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
 	}
 	if (wait > 0)
 		RmsgWaitCancel();

@@ -20,6 +20,10 @@
  * new put would.  The worker takes and acks through the same functions,
  * so it keeps the same rule.
  *
+ * Both look the group up in message_group_idx (queue_id, group_id,
+ * visible_at, msg_id): whether it has a head, and its first waiting
+ * message, are each the first entry of a range, however long the group.
+ *
  * Races.  Both a grouped put and the end of a turn take the group's lock
  * (RMSG_LOCK_GROUP, core/locks.h) until their transaction ends, and read
  * with the latest snapshot after taking it.  So a put that commits while
@@ -28,7 +32,12 @@
  * which is then the head.  Two puts to a group wait for each other.  A
  * transaction that puts to several groups takes their locks in the order
  * of its puts: two that do so in opposite orders may deadlock (40P01),
- * like any two transactions that lock rows in opposite orders.
+ * like any two transactions that lock rows in opposite orders.  The price
+ * of that order: the ack (or dead letter, or purge) that ends a group's
+ * turn waits for a transaction still open that put to the same group, the
+ * worker's too; producers that put to groups keep their transactions
+ * short.  A put draws its msg_id after taking the group's lock, so the
+ * group's msg_id order is the order in which its puts got the lock.
  *
  * A message that moves to a dead-letter queue leaves its group: there it
  * is an ordinary message, and a redrive sends it back without one.  A
@@ -63,7 +72,7 @@ static RmsgPlan next_in_group_plan = {
 	"                  WHERE queue_id = $1 AND group_id = $2 AND visible_at = 'infinity'"
 	"                  ORDER BY msg_id LIMIT 1)"
 	"   AND NOT EXISTS (SELECT FROM rmsg.message"
-	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at <> 'infinity')",
+	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at < 'infinity')",
 	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}
 };
 

@@ -14,6 +14,9 @@
  *
  * The purge holds the queue's name lock as a put does: a drop_queue cannot
  * run beside it, and the queue's producers and consumers are not held up.
+ * It ends the turn of every message group it emptied (groups.c): a put to
+ * such a group still running, which saw the group busy and waits its turn,
+ * is then made ready once it commits, instead of waiting for ever.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,16 +25,20 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "storage/lockdefs.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
 
 #include "queue/queue.h"
 
 PG_FUNCTION_INFO_V1(rmsg_purge_queue);
 
-/* $1 queue_id */
+/* $1 queue_id: how many went, and the groups whose messages went */
 static RmsgPlan purge_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING 1),"
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING group_id),"
 	"     dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = $1 RETURNING 1)"
-	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead) AS purged",
+	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead) AS purged,"
+	"        (SELECT array_agg(DISTINCT group_id) FROM live"
+	"          WHERE group_id IS NOT NULL) AS groups",
 	1, {INT4OID}
 };
 
@@ -43,6 +50,8 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	RmsgQueue	queue;
 	Datum		arg;
 	int64		purged;
+	Datum		groups;
+	bool		no_groups;
 
 	RmsgEnter("rmsg.purge_queue", true);
 	name = RmsgTextArg(fcinfo, 0, "queue name");
@@ -54,6 +63,17 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	arg = Int32GetDatum(queue.queue_id);
 	RmsgPlanExecute(&purge_plan, &arg, NULL, true, 1);
 	purged = DatumGetInt64(RmsgSpiNotNull(0, "purged"));
+	groups = RmsgSpiCopyValue(0, "groups", &no_groups);
+	if (!no_groups)
+	{
+		Datum	   *names;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(groups), TEXTOID, -1, false, TYPALIGN_INT,
+						  &names, NULL, &n);
+		for (int i = 0; i < n; i++)
+			RmsgGroupReleased(queue.queue_id, TextDatumGetCString(names[i]));
+	}
 	RmsgSpiFinish();
 	PG_RETURN_INT64(purged);
 }

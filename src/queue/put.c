@@ -160,6 +160,14 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
+	/*
+	 * The group's lock first, before a msg_id is drawn: the group's order
+	 * is that of its msg_ids, so a put that waits for another must draw
+	 * its msg_id after that one (groups.c).  Then the key's lock
+	 * (put_keys.c): always in this order, so puts never wait in a circle.
+	 */
+	if (group_id != NULL)
+		visible_at = RmsgGroupVisibleAt(queue.queue_id, group_id, visible_at);
 	if (dedup_id != NULL)
 	{
 		int64		first;
@@ -189,8 +197,6 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	if (by_token && source.payload_id != source_payload_id)
 		RmsgTokenPromoted(token, source.payload_id);
 
-	if (group_id != NULL)
-		visible_at = RmsgGroupVisibleAt(queue.queue_id, group_id, visible_at);
 	if (msg_id == 0)
 		msg_id = RmsgNextMsgId();
 	RmsgInsertMessageAs(msg_id, queue.queue_id, visible_at, now,

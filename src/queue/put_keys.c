@@ -66,7 +66,7 @@ static RmsgPlan live_key_plan = {
 /* Keys older than their queue's window at $1. */
 static RmsgPlan expired_keys_plan = {
 	"DELETE FROM rmsg.put_key k USING rmsg.queue q"
-	" WHERE k.queue_id = q.queue_id AND k.put_at <= $1 - q.dedup_window",
+	" WHERE k.queue_id = q.queue_id AND k.put_at + q.dedup_window <= $1",
 	1, {TIMESTAMPTZOID}
 };
 

@@ -18,6 +18,7 @@
 
 /* queue/catalog.c: the queue catalog and its locks */
 #define RMSG_DEFAULT_DEDUP_WINDOW (5 * USECS_PER_MINUTE)	/* create_queue's */
+#define RMSG_MAX_DEDUP_WINDOW (INT64CONST(366) * USECS_PER_DAY)
 
 typedef struct RmsgQueue
 {

@@ -120,7 +120,8 @@ static RmsgPlan drop_handlers_plan = {
 static RmsgPlan drop_queue_plan = {
 	"WITH q AS (SELECT queue_id FROM rmsg.queue WHERE name = $1),"
 	" live AS (DELETE FROM rmsg.message WHERE queue_id = (SELECT queue_id FROM q)),"
-	" dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = (SELECT queue_id FROM q))"
+	" dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = (SELECT queue_id FROM q)),"
+	" put_keys AS (DELETE FROM rmsg.put_key WHERE queue_id = (SELECT queue_id FROM q))"
 	" DELETE FROM rmsg.queue WHERE name = $1 RETURNING queue_id",
 	1, {TEXTOID}
 };
