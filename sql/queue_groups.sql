@@ -64,10 +64,22 @@ SELECT rmsg.put('gq', 'f1'::text, dedup_id => 'f-1', group_id => 'f')
      = rmsg.put('gq', 'f1'::text, dedup_id => 'f-1', group_id => 'f') AS same_msg;
 SELECT ready, group_waiting FROM rmsg.queues WHERE queue = 'gq';
 
+-- put_many and forward put into a group of each queue they put to
+SELECT rmsg.create_queue('gq2');
+SELECT count(*) AS put FROM rmsg.put_many(ARRAY['gq', 'gq2'], 'm1'::bytea, group_id => 'h');
+SELECT count(*) AS put FROM rmsg.put_many(ARRAY['gq', 'gq2'], 'm2'::bytea, group_id => 'h');
+SELECT rmsg.forward(msg_id, 'gq2', group_id => 'h') > 0 AS forwarded
+  FROM rmsg.message WHERE convert_from(inline_data, 'UTF8') = 'f1';
+SELECT queue, ready, group_waiting FROM rmsg.queues WHERE queue IN ('gq', 'gq2') ORDER BY queue;
+SELECT taken('gq2') AS one_of_group_h;
+SELECT rmsg.drop_queue('gq2');
+
 -- bad input changes nothing
 SELECT rmsg.put('gq', 'x'::text, group_id => '');
 SELECT rmsg.put('gq', 'x'::text, group_id => repeat('g', 129));
 SELECT rmsg.put_batch('gq', ARRAY['x']::bytea[], group_id => '');
+SELECT rmsg.put_many(ARRAY['gq'], 'x'::bytea, group_id => '');
+SELECT rmsg.forward(1, 'gq', group_id => repeat('g', 129));
 SELECT ready, group_waiting FROM rmsg.queues WHERE queue = 'gq';
 
 SELECT rmsg.drop_queue(q) FROM unnest(ARRAY['gq', 'gq_once', 'gq_dlq']) q;

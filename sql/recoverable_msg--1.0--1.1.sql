@@ -505,6 +505,23 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb, text) IS
   'put one message per array element in one statement; returns the msg_ids in array order';
 
+DROP FUNCTION rmsg.forward(bigint, text);
+CREATE FUNCTION rmsg.forward(msg_id bigint, queue text, group_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_forward'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.forward(bigint, text, text) IS
+  'put the data and headers of an existing message to queue, by reference; returns the new msg_id';
+
+DROP FUNCTION rmsg.put_many(text[], bytea, jsonb);
+CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL,
+                              group_id text DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'rmsg_put_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 8;
+COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb, text) IS
+  'put the same payload to every queue of the array, data written once; returns the msg_ids in array order';
+
 DROP FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint);
 DROP FUNCTION rmsg.put(text, text, jsonb, interval, bigint);
 DROP FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint);

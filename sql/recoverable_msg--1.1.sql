@@ -392,18 +392,19 @@ LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rmsg.last_data_token() IS
   'the data token of this session''s immediately preceding put or get; NULL after a get that returned nothing';
 
-CREATE FUNCTION rmsg.forward(msg_id bigint, queue text)
+CREATE FUNCTION rmsg.forward(msg_id bigint, queue text, group_id text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_forward'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.forward(bigint, text) IS
+COMMENT ON FUNCTION rmsg.forward(bigint, text, text) IS
   'put the data and headers of an existing message to queue, by reference; returns the new msg_id';
 
-CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL)
+CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL,
+                              group_id text DEFAULT NULL)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_many'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 8;
-COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb) IS
+COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb, text) IS
   'put the same payload to every queue of the array, data written once; returns the msg_ids in array order';
 
 CREATE FUNCTION rmsg.collect_payloads()

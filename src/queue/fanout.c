@@ -57,8 +57,29 @@ ReportNoSuchMessage(int64 msg_id)
 }
 
 /*
- * rmsg.forward(msg_id, queue): puts the data and headers of message msg_id
- * (live, in flight or dead) to queue; returns the new msg_id.
+ * Puts one copy, ready now or, in a group (NULL: none), when its turn
+ * comes (groups.c: the group's lock before the msg_id is drawn).  Inside
+ * SPI; returns the msg_id.
+ */
+static int64
+PutCopy(const RmsgQueue *queue, const char *group_id, TimestampTz now,
+		Datum headers, bool headers_null, const RmsgStoredData *stored)
+{
+	TimestampTz visible_at = now;
+	int64		msg_id;
+
+	if (group_id != NULL)
+		visible_at = RmsgGroupVisibleAt(queue->queue_id, group_id, now);
+	msg_id = RmsgNextMsgId();
+	RmsgInsertMessageAs(msg_id, queue->queue_id, visible_at, now, headers, headers_null,
+						stored, group_id);
+	return msg_id;
+}
+
+/*
+ * rmsg.forward(msg_id, queue, group_id): puts the data and headers of
+ * message msg_id (live, in flight or dead) to queue, in group_id when
+ * given; returns the new msg_id.
  */
 Datum
 rmsg_forward(PG_FUNCTION_ARGS)
@@ -80,11 +101,13 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	int64		msg_id;
 	AclMode		source_rights;
+	char	   *group_id;
 
 	RmsgEnter("rmsg.forward", true);
 	RmsgRequireArg(fcinfo, 0, "msg_id");
 	source_msg_id = PG_GETARG_INT64(0);
 	queue_name = RmsgTextArg(fcinfo, 1, "queue name");
+	group_id = RmsgKeyArg(fcinfo, 2, "group_id");
 
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
@@ -125,7 +148,7 @@ rmsg_forward(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("message " INT64_FORMAT " does not exist any more", source_msg_id)));
 
-	msg_id = RmsgInsertMessage(queue.queue_id, now, now, headers, headers_null, &stored);
+	msg_id = PutCopy(&queue, group_id, now, headers, headers_null, &stored);
 	/* before SPI_finish: data may be in SPI's memory */
 	(void) RmsgIssuePutToken(msg_id, &stored, no_payload_row ? source_msg_id : 0,
 							 data, NULL);
@@ -188,11 +211,13 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	bool		have_shared = false;
 	RmsgStoredData first = {0};
 	int64		first_msg_id = 0;
+	char	   *group_id;
 
 	RmsgEnter("rmsg.put_many", true);
 	names = QueueNames(fcinfo, 0, &nqueues);
 	payload = RmsgPayloadArg(fcinfo, 1);
 	RmsgCheckHeaders(fcinfo, 2);
+	group_id = RmsgKeyArg(fcinfo, 3, "group_id");
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -230,8 +255,8 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 		}
 		else
 			(void) RmsgStoreData(queues[i].dedup, queues[i].owner, payload, NULL, false, &stored);
-		msg_id = Int64GetDatum(RmsgInsertMessage(queues[i].queue_id, now, now,
-												 headers, headers_null, &stored));
+		msg_id = Int64GetDatum(PutCopy(&queues[i], group_id, now, headers, headers_null,
+									   &stored));
 		if (i == 0)
 		{
 			first = stored;
