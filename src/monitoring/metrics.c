@@ -54,7 +54,7 @@ static RmsgPlan queues_plan = {
 	"SELECT queue, ready, in_flight, delayed, dead,"
 	"       coalesce(extract(epoch FROM oldest_ready_age), 0) AS oldest_ready_age,"
 	"       paused::int AS paused, payload_bytes, puts, acks, dead_lettered,"
-	"       stale_receipts"
+	"       stale_receipts, group_waiting, groups_in_flight"
 	"  FROM rmsg.queues ORDER BY queue COLLATE \"C\"",
 	0, {0}
 };
@@ -64,6 +64,9 @@ static const Metric queue_metrics[] = {
 	{"rmsg_queue_messages", "gauge", NULL, "in_flight", "in_flight"},
 	{"rmsg_queue_messages", "gauge", NULL, "delayed", "delayed"},
 	{"rmsg_queue_messages", "gauge", NULL, "dead", "dead"},
+	{"rmsg_queue_messages", "gauge", NULL, "group_waiting", "group_waiting"},
+	{"rmsg_queue_groups_in_flight", "gauge", "Message groups with a message in flight.",
+	 "groups_in_flight", NULL},
 	{"rmsg_queue_oldest_ready_age_seconds", "gauge",
 	 "Seconds since the oldest ready message was put (0: none ready).", "oldest_ready_age", NULL},
 	{"rmsg_queue_paused", "gauge", "1 while the queue is paused.", "paused", NULL},

@@ -42,6 +42,7 @@ sql(q{
 	SELECT rmsg.put('orders', 'later'::text, delay => '1 hour');
 	SELECT rmsg.put('solo', 's'::text);
 	SELECT rmsg.pause_queue('held');
+	SELECT rmsg.put('held', 'g' || i, group_id => 'g') FROM generate_series(1, 3) i;
 });
 my ($acked, $kept) = split /\|/, sql(q{
 	SELECT min(msg_id), max(msg_id) FROM rmsg.get('orders', 2, '1 hour')});
@@ -95,6 +96,7 @@ my %expect = (
 	'rmsg_queue_messages{queue="solo",state="dead"}' => 1,
 	'rmsg_queue_dead_lettered_total{queue="solo"}' => 1,
 	'rmsg_queue_paused{queue="held"}' => 1,
+	'rmsg_queue_messages{queue="held",state="group_waiting"}' => 2,
 	'rmsg_queue_paused{queue="orders"}' => 0,
 	'rmsg_worker_up{worker="0",database="postgres"}' => 1,
 );
@@ -172,6 +174,7 @@ my %exported = (
 	'rmsg_queue_dead/solo' => 1,
 	'rmsg_queue_dead_lettered_total/solo' => 1,
 	'rmsg_queue_paused/held' => 1,
+	'rmsg_queue_group_waiting/held' => 2,
 	'rmsg_queue_paused/orders' => 0,
 );
 for my $k (sort keys %exported)
