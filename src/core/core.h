@@ -171,6 +171,7 @@ typedef struct RmsgRelations
 	Oid			message_pkey;
 	Oid			msg_id_seq;
 	Oid			message_payload_idx;	/* partial: rows with a payload_id */
+	Oid			message_group_idx;	/* partial: rows with a group_id */
 	Oid			payload;
 	Oid			payload_pkey;
 	Oid			payload_hash_idx;

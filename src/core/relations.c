@@ -218,6 +218,7 @@ RmsgGetRelations(void)
 		relations.message_pkey = RelidOf(namespace, "message_pkey");
 		relations.msg_id_seq = RelidOf(namespace, "msg_id_seq");
 		relations.message_payload_idx = RelidOf(namespace, "message_payload_idx");
+		relations.message_group_idx = RelidOf(namespace, "message_group_idx");
 		relations.payload = RelidOf(namespace, "payload");
 		relations.payload_pkey = RelidOf(namespace, "payload_pkey");
 		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");

@@ -48,18 +48,25 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "queue/queue.h"
 
-/* Whether queue $1's group $2 has a live message. */
-static RmsgPlan group_busy_plan = {
-	"SELECT EXISTS (SELECT FROM rmsg.message WHERE queue_id = $1 AND group_id = $2)"
-	"       AS busy",
-	2, {INT4OID, TEXTOID}
-};
+/* What GroupHas looks for. */
+typedef enum GroupProbe
+{
+	GROUP_ANY,					/* any live message of the group */
+	GROUP_WAITING				/* a message waiting for its turn */
+} GroupProbe;
 
 /*
  * Makes the group's first waiting message ready at $3, unless the group
@@ -75,6 +82,44 @@ static RmsgPlan next_in_group_plan = {
 	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at < 'infinity')",
 	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}
 };
+
+/*
+ * Whether the queue's group has a message (any, or a waiting one) in the
+ * latest snapshot, our own writes included: the first entry of a range of
+ * message_group_idx, read directly (every grouped put and ack asks, and a
+ * statement would cost each an executor start and end).
+ */
+static bool
+GroupHas(int32 queue_id, const char *group_id, GroupProbe what)
+{
+	const RmsgRelations *rels = RmsgGetRelations();
+	Relation	rel = table_open(rels->message, AccessShareLock);
+	Relation	index = index_open(rels->message_group_idx, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData keys[3];
+	int			nkeys = 2;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(queue_id));
+	/* the index's own collation: a btree is searched in the order it was built in */
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   index->rd_indcollation[1], F_TEXTEQ,
+						   CStringGetTextDatum(group_id));
+	if (what == GROUP_WAITING)
+		ScanKeyInit(&keys[nkeys++], 3, BTEqualStrategyNumber, F_TIMESTAMPTZ_EQ,
+					TimestampTzGetDatum(DT_NOEND));
+	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
+	return found;
+}
 
 /* Takes the group's lock for the rest of the transaction. */
 static void
@@ -94,13 +139,8 @@ LockGroup(int32 queue_id, const char *group_id)
 TimestampTz
 RmsgGroupVisibleAt(int32 queue_id, const char *group_id, TimestampTz visible_at)
 {
-	Datum		values[2];
-
 	LockGroup(queue_id, group_id);
-	values[0] = Int32GetDatum(queue_id);
-	values[1] = CStringGetTextDatum(group_id);
-	RmsgPlanExecute(&group_busy_plan, values, NULL, true, 1);
-	return DatumGetBool(RmsgSpiNotNull(0, "busy")) ? DT_NOEND : visible_at;
+	return GroupHas(queue_id, group_id, GROUP_ANY) ? DT_NOEND : visible_at;
 }
 
 /*
@@ -115,6 +155,8 @@ RmsgGroupReleased(int32 queue_id, const char *group_id)
 	TimestampTz now = GetCurrentTimestamp();
 
 	LockGroup(queue_id, group_id);
+	if (!GroupHas(queue_id, group_id, GROUP_WAITING))
+		return;					/* most often: nobody waits */
 	RmsgSpiConnect();
 	values[0] = Int32GetDatum(queue_id);
 	values[1] = CStringGetTextDatum(group_id);
