@@ -207,6 +207,7 @@ extern void RmsgRefuseBypass(Relation rel, const char *what);
 extern Size RmsgStatsShmemSize(void);
 extern void RmsgStatsShmemStartup(void);
 extern void RmsgCountPut(int32 queue_id, int32 size, bool referenced);
+extern void RmsgCountPuts(int32 queue_id, int n, int64 bytes, bool referenced);
 extern void RmsgCountCollected(int64 n);
 extern void RmsgCountStaleReceipt(int32 queue_id);
 extern void RmsgCountAck(int32 queue_id);

@@ -191,26 +191,33 @@ QueueEntry(int32 queue_id)
 void
 RmsgCountPut(int32 queue_id, int32 size, bool referenced)
 {
+	RmsgCountPuts(queue_id, 1, size, referenced);
+}
+
+/* As RmsgCountPut, for n messages of `bytes` in all (a batch: one look-up). */
+void
+RmsgCountPuts(int32 queue_id, int n, int64 bytes, bool referenced)
+{
 	QueueCounters *entry;
 
-	if (stats == NULL)
+	if (stats == NULL || n <= 0)
 		return;
 	entry = QueueEntry(queue_id);
 	if (entry != NULL)
-		pg_atomic_fetch_add_u64(&entry->puts, 1);
+		pg_atomic_fetch_add_u64(&entry->puts, n);
 	if (referenced)
 	{
-		pg_atomic_fetch_add_u64(&stats->bytes_referenced, size);
-		pg_atomic_fetch_add_u64(&stats->puts_referenced, 1);
+		pg_atomic_fetch_add_u64(&stats->bytes_referenced, bytes);
+		pg_atomic_fetch_add_u64(&stats->puts_referenced, n);
 		if (entry != NULL)
-			pg_atomic_fetch_add_u64(&entry->bytes_referenced, size);
+			pg_atomic_fetch_add_u64(&entry->bytes_referenced, bytes);
 	}
 	else
 	{
-		pg_atomic_fetch_add_u64(&stats->bytes_written, size);
-		pg_atomic_fetch_add_u64(&stats->puts_written, 1);
+		pg_atomic_fetch_add_u64(&stats->bytes_written, bytes);
+		pg_atomic_fetch_add_u64(&stats->puts_written, n);
 		if (entry != NULL)
-			pg_atomic_fetch_add_u64(&entry->bytes_written, size);
+			pg_atomic_fetch_add_u64(&entry->bytes_written, bytes);
 	}
 }
 

@@ -323,6 +323,7 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 {
 	RmsgStoredData *stored = palloc0(sizeof(RmsgStoredData) * nelems);
 	int64	   *msg_ids = palloc0(sizeof(int64) * nelems);
+	int64		bytes = 0;
 
 	for (int i = 0; i < nelems; i++)
 	{
@@ -352,12 +353,13 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 		Datum		msg_id = Int64GetDatum(msg_ids[i]);
 		bool		null = false;
 
-		RmsgCountPut(queue->queue_id, stored[i].size, false);
+		bytes += stored[i].size;
 		if (i == nelems - 1)
 			(void) RmsgIssuePutToken(msg_ids[i], &stored[i], 0,
 									 DatumGetByteaPP(elems[i]), NULL);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &msg_id, &null);
 	}
+	RmsgCountPuts(queue->queue_id, nelems, bytes, false);
 }
 
 /*
