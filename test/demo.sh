@@ -319,6 +319,31 @@ SQL
 \echo '-- within a second its payload row is gone:'
 SELECT payload_rows FROM rmsg.log_stats;
 SELECT worker, processed, payloads_collected FROM rmsg.worker;
+\echo '-- flow control: billing''s handler talks to a payment provider that takes 5 calls a second. With'
+\echo '-- rate => 5 (and concurrency => 1: one call at a time across both workers), 10 orders put at once'
+\echo '-- take about a second: 5 at once (a second''s burst), then 5 a second:'
+SELECT rmsg.subscribe('billing', 'bill(bytea,jsonb)', concurrency => 1, rate => 5);
+SELECT kind, target, handler, concurrency, rate FROM rmsg.handlers WHERE kind = 'queue';
+\set ECHO none
+\set QUIET 1
+CREATE TEMP TABLE limited_began AS SELECT clock_timestamp() AS at;
+DO $$
+BEGIN
+    PERFORM rmsg.put('billing', jsonb_build_object('id', i, 'amount', i))
+       FROM generate_series(10, 19) i;
+END $$;
+DO $$
+BEGIN
+    FOR i IN 1..3000 LOOP    -- 30 s at most
+        EXIT WHEN (SELECT count(*) FROM invoices WHERE order_id >= 10) = 10;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE NOTICE '% of the 10 orders billed, in % ms',
+        (SELECT count(*) FROM invoices WHERE order_id >= 10),
+        (SELECT ceil(extract(epoch FROM clock_timestamp() - at) * 1000) FROM limited_began);
+END $$;
+\set ECHO queries
+\unset QUIET
 \echo '-- unsubscribe and remove_handler take the handlers away; the messages then stay where they are:'
 SELECT rmsg.unsubscribe('billing');
 SELECT rmsg.remove_handler('order-');

@@ -20,6 +20,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
@@ -209,6 +210,13 @@ RmsgGetRelations(void)
 		Relation	rel;
 		MemoryContext old;
 
+		/*
+		 * The catalog can be read only in a transaction; a caller outside
+		 * one (the worker between its transactions) would crash the
+		 * server.  Such callers use what they looked up in a transaction.
+		 */
+		if (!IsTransactionState())
+			elog(ERROR, "recoverable_msg looked up its tables outside a transaction");
 		CheckInstalledVersion();
 		namespace = get_namespace_oid("rmsg", false);
 		RefuseTriggers(namespace);

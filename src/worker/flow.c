@@ -99,20 +99,20 @@ Capacity(const RmsgHandler *h)
 
 /*
  * The queue's entry, made with a full bucket on first use; NULL when the
- * table is full of entries in use.  The lock held exclusively.
+ * table is full of entries in use.  The lock held exclusively.  The key
+ * was made when the handlers were loaded: a turn begins and ends outside
+ * any transaction, where the catalog cannot be read.
  */
 static FlowEntry *
 EntryFor(const RmsgHandler *h, TimestampTz now)
 {
-	RmsgQueueKey key;
 	FlowEntry  *free_entry = NULL;
 
-	RmsgMakeQueueKey(&key, h->queue_id);
 	for (int i = 0; i < RMSG_FLOW_QUEUES; i++)
 	{
 		FlowEntry  *e = &flow->entries[i];
 
-		if (e->used && memcmp(&e->key, &key, sizeof(key)) == 0)
+		if (e->used && memcmp(&e->key, &h->flow_key, sizeof(h->flow_key)) == 0)
 			return e;
 		if (!e->used && free_entry == NULL)
 			free_entry = e;
@@ -132,7 +132,7 @@ EntryFor(const RmsgHandler *h, TimestampTz now)
 	}
 	memset(free_entry, 0, sizeof(FlowEntry));
 	free_entry->used = true;
-	free_entry->key = key;
+	free_entry->key = h->flow_key;
 	free_entry->tokens = Capacity(h);
 	free_entry->filled_at = now;
 	return free_entry;
@@ -199,18 +199,16 @@ RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due)
 void
 RmsgFlowEnd(const RmsgHandler *h, int worker, int granted, int taken)
 {
-	RmsgQueueKey key;
 	bool		wake = false;
 
 	if (!Limited(h) || flow == NULL)
 		return;
-	RmsgMakeQueueKey(&key, h->queue_id);
 	LWLockAcquire(flow->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < RMSG_FLOW_QUEUES; i++)
 	{
 		FlowEntry  *e = &flow->entries[i];
 
-		if (!e->used || memcmp(&e->key, &key, sizeof(key)) != 0)
+		if (!e->used || memcmp(&e->key, &h->flow_key, sizeof(h->flow_key)) != 0)
 			continue;
 		e->in_turn &= ~(((uint32) 1) << worker);
 		if (h->rate > 0 && taken < granted)

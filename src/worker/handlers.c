@@ -405,6 +405,8 @@ RmsgLoadHandlers(MemoryContext into)
 		h->batch = DatumGetInt32(RmsgSpiNotNull(i, "batch"));
 		h->concurrency = DatumGetInt32(RmsgSpiNotNull(i, "concurrency"));
 		h->rate = DatumGetFloat8(RmsgSpiNotNull(i, "rate"));
+		/* made here, in a transaction: it reads the catalog (flow.c) */
+		RmsgMakeQueueKey(&h->flow_key, h->queue_id);
 
 		old = MemoryContextSwitchTo(into);
 		handlers = lappend(handlers, h);

@@ -39,6 +39,7 @@ typedef struct RmsgHandler
 	int32		batch;
 	int32		concurrency;	/* flow.c: 0, no limit */
 	double		rate;			/* flow.c: calls per second, 0: no limit */
+	RmsgQueueKey flow_key;		/* flow.c: the queue's key, made when loaded */
 	bool		usable;			/* callable now (worker.c's CheckUsable) */
 } RmsgHandler;
 

@@ -650,6 +650,20 @@ is( sql(q{SELECT max(n) FROM (
                       AND b.started >= a.started AND b.started < a.started + interval '1 second') AS n
               FROM handled a WHERE a.tag = 'flow' AND a.target = 'ten') t}) <= 20 ? 'within' : 'over',
 	'within', 'rate 10: no second has more than 20 calls (the burst and one second of rate)');
+# Catalog changes while the limited queues are handled: each one makes the
+# workers' cached catalog look-ups stale, and a turn begins and ends outside
+# any transaction, where they cannot be made again (a worker that tried
+# died of a segfault; the test's last check would see it).
+sql(q{SELECT rmsg.put('one_at_a_time', ('one:c' || i)::text) FROM generate_series(1, 20) i});
+for my $i (1 .. 20)
+{
+	sql(qq{CREATE TABLE churn_$i (); DROP TABLE churn_$i;
+	       SELECT rmsg.put('ten_per_second', 'ten:c$i'::text)});
+}
+poll(q{SELECT count(*) = 85 FROM handled WHERE tag = 'flow'}, 't',
+	'the limited queues are handled through catalog changes');
+is(sql(q{SELECT count(*) FROM rmsg.worker WHERE pid IS NOT NULL}), '2', 'both workers still run');
+
 is(sql(q{SELECT target || ' ' || coalesce(concurrency::text, '-') || '/' || coalesce(rate::text, '-')
             FROM rmsg.handlers WHERE target IN ('one_at_a_time', 'ten_per_second') ORDER BY 1}),
 	"one_at_a_time 1/-\nten_per_second -/10", 'rmsg.handlers shows the limits');
@@ -844,6 +858,27 @@ poll(q{SHOW rmsg.worker_naptime}, '1s', 'rmsg.worker_naptime is 1s again');
 my $m_took = wait_true(qq{SELECT maintained_at > '$maintained' FROM rmsg.worker WHERE worker = 0}, 5);
 ok(defined $m_took && $m_took < 3,
 	'with the naptime lowered to 1s, maintenance runs again within 3 s (' . ($m_took // 'never') . ' s)');
+
+# The extension dropped and made again while a limited queue is handled:
+# the workers' handlers then name tables that are gone, and a turn begins
+# and ends outside any transaction, where the catalog cannot be read again
+# (a worker that tried died of a segfault).
+for my $round (1 .. 3)
+{
+	sql(qq{SELECT rmsg.create_queue('limited_$round');
+	       SELECT rmsg.subscribe('limited_$round', 'h_flow(bytea,jsonb,bigint)', concurrency => 1, rate => 5);
+	       SELECT rmsg.put('limited_$round', ('ten:r$round:' || i)::text) FROM generate_series(1, 10) i});
+	sleep(1);
+	sql(q{DROP EXTENSION recoverable_msg CASCADE});
+	sql(q{CREATE EXTENSION recoverable_msg});
+	sql(q{CREATE TABLE churn (); DROP TABLE churn});
+	sleep(1);
+}
+sql(q{SELECT rmsg.create_queue('after_drop');
+      SELECT rmsg.subscribe('after_drop', 'h_flow(bytea,jsonb,bigint)', rate => 100);
+      SELECT rmsg.put('after_drop', 'ten:after'::text)});
+poll(q{SELECT count(*) = 1 FROM handled WHERE payload = 'ten:after'}, 't',
+	'after the extension was dropped and made again, a limited queue is handled');
 
 is(sql(q{SELECT count(*) FROM rmsg.worker WHERE pid IS NOT NULL}), '2', 'both workers still run');
 ok(!$node->log_contains(qr/background worker "recoverable_msg worker[^"]*" \(PID \d+\) (exited|was terminated)|terminated by signal/),
