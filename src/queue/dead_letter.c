@@ -22,7 +22,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "nodes/pg_list.h"
 #include "utils/array.h"
 #include "utils/timestamp.h"
 
@@ -30,21 +29,26 @@
 
 /*
  * The two ways, for rows named by `rows`: $1 the rows' tids or msg_ids, $2
- * the dead-letter queue, $3 now.
+ * the dead-letter queue, $3 now.  Each returns how many rows moved, and
+ * the groups they left (NULL: none), whose turns their moves end.
  */
+#define MOVED_AND_GROUPS(cte) \
+	" SELECT count(*) AS moved," \
+	"        array_agg(DISTINCT group_id) FILTER (WHERE group_id IS NOT NULL) AS groups" \
+	"   FROM " cte
 #define MOVE_TO_DLQ(rows) \
-	"UPDATE rmsg.message SET queue_id = $2, lease_until = NULL, deliveries = 0," \
-	"       visible_at = $3, died_in = queue_id, group_id = NULL" \
-	" WHERE " rows
-/* The groups of the rows, whose turns their moves end. */
-#define GROUPS_OF(rows) \
-	"SELECT DISTINCT group_id FROM rmsg.message WHERE group_id IS NOT NULL AND " rows
+	"WITH old AS (SELECT ctid AS tid, group_id FROM rmsg.message WHERE " rows ")," \
+	" moved AS (UPDATE rmsg.message m SET queue_id = $2, lease_until = NULL," \
+	"                  deliveries = 0, visible_at = $3, died_in = m.queue_id, group_id = NULL" \
+	"             FROM old WHERE m.ctid = old.tid RETURNING old.group_id)" \
+	MOVED_AND_GROUPS("moved")
 #define KEEP_DEAD(rows) \
-	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)" \
-	" INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
+	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)," \
+	" kept AS (INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
 	"        died_at, payload_size, payload_id, headers, inline_data)" \
-	" SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size," \
-	"        payload_id, headers, inline_data FROM gone"
+	"   SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size," \
+	"          payload_id, headers, inline_data FROM gone)" \
+	MOVED_AND_GROUPS("gone")
 
 static RmsgPlan move_to_dlq_by_tid_plan = {
 	MOVE_TO_DLQ("ctid = ANY($1)"), 3, {TIDARRAYOID, INT4OID, TIMESTAMPTZOID}
@@ -58,12 +62,6 @@ static RmsgPlan move_to_dlq_by_id_plan = {
 static RmsgPlan keep_dead_by_id_plan = {
 	KEEP_DEAD("msg_id = ANY($1)"), 3, {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
-static RmsgPlan groups_by_tid_plan = {
-	GROUPS_OF("ctid = ANY($1)"), 1, {TIDARRAYOID}
-};
-static RmsgPlan groups_by_id_plan = {
-	GROUPS_OF("msg_id = ANY($1)"), 1, {INT8ARRAYOID}
-};
 
 /*
  * Runs one of the pairs above on an array of row identifiers; returns how
@@ -71,18 +69,13 @@ static RmsgPlan groups_by_id_plan = {
  * then get their turn (groups.c).
  */
 static int
-DeadLetter(const RmsgQueue *queue, RmsgPlan *groups_of, RmsgPlan *to_dlq,
-		   RmsgPlan *keep, Datum rows)
+DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 {
 	Datum		values[3];
 	TimestampTz now = GetCurrentTimestamp();
-	List	   *groups = NIL;
-	ListCell   *lc;
 	int			moved;
-
-	RmsgPlanExecute(groups_of, &rows, NULL, false, 0);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		groups = lappend(groups, RmsgSpiText(i, "group_id"));
+	Datum		groups;
+	bool		no_groups;
 
 	values[0] = rows;
 	values[1] = Int32GetDatum(queue->dead_letter_queue_id);
@@ -91,18 +84,17 @@ DeadLetter(const RmsgQueue *queue, RmsgPlan *groups_of, RmsgPlan *to_dlq,
 
 	if (queue->dead_letter_queue_id != 0)
 	{
-		RmsgPlanExecute(to_dlq, values, NULL, false, 0);
+		RmsgPlanExecute(to_dlq, values, NULL, false, 1);
 		/* the moved messages have new entries in the ready index */
 		RmsgReadyHintLower(queue->dead_letter_queue_id, now);
 		RmsgWakeQueueAtCommit(queue->dead_letter_queue_id);
 	}
 	else
-		RmsgPlanExecute(keep, values, NULL, false, 0);
-	moved = (int) SPI_processed;
+		RmsgPlanExecute(keep, values, NULL, false, 1);
+	moved = (int) DatumGetInt64(RmsgSpiNotNull(0, "moved"));
+	groups = RmsgSpiCopyValue(0, "groups", &no_groups);
 	RmsgCountDeadLettered(queue->queue_id, moved);
-
-	foreach(lc, groups)
-		RmsgGroupReleased(queue->queue_id, (const char *) lfirst(lc));
+	RmsgGroupsReleased(queue->queue_id, groups, no_groups);
 	return moved;
 }
 
@@ -116,8 +108,8 @@ RmsgDeadLetterLocked(const RmsgQueue *queue, Datum *tids, int n)
 	ArrayType  *array = construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
 										false, TYPALIGN_SHORT);
 
-	(void) DeadLetter(queue, &groups_by_tid_plan, &move_to_dlq_by_tid_plan,
-					  &keep_dead_by_tid_plan, PointerGetDatum(array));
+	(void) DeadLetter(queue, &move_to_dlq_by_tid_plan, &keep_dead_by_tid_plan,
+					  PointerGetDatum(array));
 }
 
 /* Dead-letters messages of the queue by msg_id; returns how many went. */
@@ -131,6 +123,6 @@ RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n)
 		ids[i] = Int64GetDatum(msg_ids[i]);
 	array = construct_array(ids, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 							TYPALIGN_DOUBLE);
-	return DeadLetter(queue, &groups_by_id_plan, &move_to_dlq_by_id_plan,
-					  &keep_dead_by_id_plan, PointerGetDatum(array));
+	return DeadLetter(queue, &move_to_dlq_by_id_plan, &keep_dead_by_id_plan,
+					  PointerGetDatum(array));
 }

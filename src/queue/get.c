@@ -253,9 +253,11 @@ rmsg_get(PG_FUNCTION_ARGS)
 		/*
 		 * A pause or resume may have committed while we slept: it bumped
 		 * the catalog generation, so opening the queue again (from the
-		 * cache otherwise) reads the row afresh.
+		 * cache otherwise) reads the row afresh.  We hold its name lock
+		 * already, so no check before the lock is owed.
 		 */
-		queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
+		queue = RmsgOpenQueue(queue_name, AccessShareLock);
+		RmsgRequireRights(RMSG_QUEUE, queue_name, queue.rights, RMSG_GET);
 	}
 	if (wait > 0)
 		RmsgWaitCancel();

@@ -53,6 +53,7 @@
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -141,6 +142,24 @@ RmsgGroupVisibleAt(int32 queue_id, const char *group_id, TimestampTz visible_at)
 {
 	LockGroup(queue_id, group_id);
 	return GroupHas(queue_id, group_id, GROUP_ANY) ? DT_NOEND : visible_at;
+}
+
+/*
+ * RmsgGroupReleased for each group of a text[] a statement returned (the
+ * groups whose messages it removed), when it is not NULL.
+ */
+void
+RmsgGroupsReleased(int32 queue_id, Datum groups, bool isnull)
+{
+	Datum	   *names;
+	int			n;
+
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(groups), TEXTOID, -1, false, TYPALIGN_INT,
+					  &names, NULL, &n);
+	for (int i = 0; i < n; i++)
+		RmsgGroupReleased(queue_id, TextDatumGetCString(names[i]));
 }
 
 /*

@@ -25,8 +25,6 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "storage/lockdefs.h"
-#include "utils/array.h"
-#include "utils/builtins.h"
 
 #include "queue/queue.h"
 
@@ -64,16 +62,7 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&purge_plan, &arg, NULL, true, 1);
 	purged = DatumGetInt64(RmsgSpiNotNull(0, "purged"));
 	groups = RmsgSpiCopyValue(0, "groups", &no_groups);
-	if (!no_groups)
-	{
-		Datum	   *names;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypeP(groups), TEXTOID, -1, false, TYPALIGN_INT,
-						  &names, NULL, &n);
-		for (int i = 0; i < n; i++)
-			RmsgGroupReleased(queue.queue_id, TextDatumGetCString(names[i]));
-	}
+	RmsgGroupsReleased(queue.queue_id, groups, no_groups);
 	RmsgSpiFinish();
 	PG_RETURN_INT64(purged);
 }

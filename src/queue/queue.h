@@ -92,6 +92,7 @@ extern int64 RmsgRemoveExpiredPutKeys(void);
 extern TimestampTz RmsgGroupVisibleAt(int32 queue_id, const char *group_id,
 									  TimestampTz visible_at);
 extern void RmsgGroupReleased(int32 queue_id, const char *group_id);
+extern void RmsgGroupsReleased(int32 queue_id, Datum groups, bool isnull);
 
 /* queue/receipts.c: the number that names one lease (instances' too) */
 extern int64 RmsgReceiptOf(int64 msg_id, int32 deliveries, TimestampTz epoch);

@@ -26,11 +26,13 @@
  *
  * A worker refused a turn skips the queue in this pass and sleeps no
  * longer than until a token is due; one leaving a full set wakes the
- * others.  The entries live in shared memory only: after a restart every
- * queue starts with a full bucket.  A table full of entries (more than
- * RMSG_FLOW_QUEUES limited queues in flight at once) drops the entries
- * nobody is in whose buckets are full, and with none to drop lets the
- * turn go unlimited, with a warning.
+ * others.  The entries live in a shared hash table keyed like the
+ * counters' and the ready hints' (RmsgQueueKey, core/stats.c), in shared
+ * memory only: after a restart every queue starts with a full bucket.  A
+ * full table (RMSG_FLOW_QUEUES limited queues) drops the entries of this
+ * database's earlier extensions, then those nobody is in whose buckets
+ * have filled up again; with none to drop the turn goes unlimited, with a
+ * warning.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,6 +42,7 @@
 #include "port/pg_bitutils.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
 #include "worker/worker.h"
@@ -48,40 +51,35 @@
 
 typedef struct FlowEntry
 {
-	bool		used;
-	RmsgQueueKey key;
+	RmsgQueueKey key;			/* the hash key */
 	uint32		in_turn;		/* bit i: worker i is in a turn of the queue */
+	double		rate;			/* the rate it was last limited to, 0: none */
 	double		tokens;
 	TimestampTz filled_at;		/* when tokens was last brought up to date */
 	bool		refused;		/* a worker was refused since the last leave */
 } FlowEntry;
 
-typedef struct FlowTable
-{
-	LWLock	   *lock;
-	FlowEntry	entries[RMSG_FLOW_QUEUES];
-} FlowTable;
-
-static FlowTable *flow = NULL;
+static LWLock *flow_lock = NULL;
+static HTAB *flow = NULL;
 
 Size
 RmsgFlowShmemSize(void)
 {
-	return sizeof(FlowTable);
+	return hash_estimate_size(RMSG_FLOW_QUEUES, sizeof(FlowEntry));
 }
 
 /* Called under AddinShmemInitLock. */
 void
 RmsgFlowShmemStartup(void)
 {
-	bool		found;
+	HASHCTL		info;
 
-	flow = ShmemInitStruct("recoverable_msg flow control", sizeof(FlowTable), &found);
-	if (!found)
-	{
-		memset(flow, 0, sizeof(FlowTable));
-		flow->lock = RmsgLWLock(RMSG_LWLOCK_FLOW);
-	}
+	flow_lock = RmsgLWLock(RMSG_LWLOCK_FLOW);
+	info.keysize = sizeof(RmsgQueueKey);
+	info.entrysize = sizeof(FlowEntry);
+	/* of fixed size, as the counters' table (core/stats.c says why) */
+	flow = ShmemInitHash("recoverable_msg flow control", RMSG_FLOW_QUEUES, RMSG_FLOW_QUEUES,
+						 &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 static bool
@@ -90,11 +88,45 @@ Limited(const RmsgHandler *h)
 	return h->concurrency > 0 || h->rate > 0;
 }
 
-/* The bucket's size: a second's worth of calls, at least one. */
+/* A bucket's size: a second's worth of calls, at least one. */
 static double
-Capacity(const RmsgHandler *h)
+Capacity(double rate)
 {
-	return Max(1.0, h->rate);
+	return Max(1.0, rate);
+}
+
+/* Brings the entry's bucket up to date at `now`. */
+static void
+Refill(FlowEntry *e, TimestampTz now)
+{
+	if (e->rate > 0)
+		e->tokens = Min(Capacity(e->rate),
+						e->tokens + (double) (now - e->filled_at) / USECS_PER_SEC * e->rate);
+	e->filled_at = now;
+}
+
+/*
+ * Drops one entry nobody is in whose bucket is full again: it holds
+ * nothing a new entry would not.  False when there is none.
+ */
+static bool
+DropIdleEntry(TimestampTz now)
+{
+	HASH_SEQ_STATUS status;
+	FlowEntry  *e;
+
+	hash_seq_init(&status, flow);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		Refill(e, now);
+		if (e->in_turn == 0 && (e->rate == 0 || e->tokens >= Capacity(e->rate)))
+		{
+			hash_seq_term(&status);
+			hash_search(flow, &e->key, HASH_REMOVE, NULL);
+			return true;
+		}
+	}
+	return false;
 }
 
 /*
@@ -106,38 +138,29 @@ Capacity(const RmsgHandler *h)
 static FlowEntry *
 EntryFor(const RmsgHandler *h, TimestampTz now)
 {
-	FlowEntry  *free_entry = NULL;
+	FlowEntry  *e;
+	bool		found;
 
-	for (int i = 0; i < RMSG_FLOW_QUEUES; i++)
+	e = hash_search(flow, &h->flow_key, HASH_ENTER_NULL, &found);
+	if (e == NULL)
 	{
-		FlowEntry  *e = &flow->entries[i];
-
-		if (e->used && memcmp(&e->key, &h->flow_key, sizeof(h->flow_key)) == 0)
-			return e;
-		if (!e->used && free_entry == NULL)
-			free_entry = e;
+		RmsgForgetOldExtensionEntries(flow, h->flow_key.queue_table);
+		e = hash_search(flow, &h->flow_key, HASH_ENTER_NULL, &found);
 	}
-	if (free_entry == NULL)
+	if (e == NULL && DropIdleEntry(now))
+		e = hash_search(flow, &h->flow_key, HASH_ENTER_NULL, &found);
+	if (e == NULL)
+		return NULL;
+	if (!found)
 	{
-		/* an idle entry with a full bucket holds nothing worth keeping */
-		for (int i = 0; i < RMSG_FLOW_QUEUES && free_entry == NULL; i++)
-		{
-			FlowEntry  *e = &flow->entries[i];
-
-			if (e->in_turn == 0 && now - e->filled_at > USECS_PER_MINUTE)
-				free_entry = e;
-		}
-		if (free_entry == NULL)
-			return NULL;
+		e->in_turn = 0;
+		e->tokens = Capacity(h->rate);
+		e->filled_at = now;
+		e->refused = false;
 	}
-	memset(free_entry, 0, sizeof(FlowEntry));
-	free_entry->used = true;
-	free_entry->key = h->flow_key;
-	free_entry->tokens = Capacity(h);
-	free_entry->filled_at = now;
-	return free_entry;
+	e->rate = h->rate;			/* a subscribe may have changed it */
+	return e;
 }
-
 /*
  * How many messages worker `worker` may take in a turn of h's queue now:
  * h->batch without limits, else at most that, 0 when it must skip the
@@ -155,11 +178,11 @@ RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due)
 		return h->batch;
 
 	now = GetCurrentTimestamp();
-	LWLockAcquire(flow->lock, LW_EXCLUSIVE);
+	LWLockAcquire(flow_lock, LW_EXCLUSIVE);
 	e = EntryFor(h, now);
 	if (e == NULL)
 	{
-		LWLockRelease(flow->lock);
+		LWLockRelease(flow_lock);
 		ereport(WARNING,
 				(errmsg("recoverable_msg: no room to limit queue \"%s\"; its turn is not limited",
 						h->target)));
@@ -170,9 +193,7 @@ RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due)
 		granted = 0;
 	if (granted > 0 && h->rate > 0)
 	{
-		e->tokens = Min(Capacity(h),
-						e->tokens + (double) (now - e->filled_at) / USECS_PER_SEC * h->rate);
-		e->filled_at = now;
+		Refill(e, now);
 		granted = Min(granted, (int) e->tokens);
 		if (granted == 0)
 		{
@@ -187,7 +208,7 @@ RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due)
 		e->in_turn |= ((uint32) 1) << worker;
 	else
 		e->refused = true;
-	LWLockRelease(flow->lock);
+	LWLockRelease(flow_lock);
 	return granted;
 }
 
@@ -199,25 +220,22 @@ RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due)
 void
 RmsgFlowEnd(const RmsgHandler *h, int worker, int granted, int taken)
 {
+	FlowEntry  *e;
 	bool		wake = false;
 
 	if (!Limited(h) || flow == NULL)
 		return;
-	LWLockAcquire(flow->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < RMSG_FLOW_QUEUES; i++)
+	LWLockAcquire(flow_lock, LW_EXCLUSIVE);
+	e = hash_search(flow, &h->flow_key, HASH_FIND, NULL);
+	if (e != NULL)
 	{
-		FlowEntry  *e = &flow->entries[i];
-
-		if (!e->used || memcmp(&e->key, &h->flow_key, sizeof(h->flow_key)) != 0)
-			continue;
-		e->in_turn &= ~(((uint32) 1) << worker);
+		e->in_turn &= ~((uint32) 1 << worker);
 		if (h->rate > 0 && taken < granted)
-			e->tokens = Min(Capacity(h), e->tokens + (granted - taken));
+			e->tokens = Min(Capacity(h->rate), e->tokens + (granted - taken));
 		wake = e->refused;
 		e->refused = false;
-		break;
 	}
-	LWLockRelease(flow->lock);
+	LWLockRelease(flow_lock);
 	if (wake)
 		RmsgWakeWorkersForQueue(h->queue_id);
 }
@@ -226,10 +244,14 @@ RmsgFlowEnd(const RmsgHandler *h, int worker, int granted, int taken)
 void
 RmsgFlowLeaveAll(int worker)
 {
+	HASH_SEQ_STATUS status;
+	FlowEntry  *e;
+
 	if (flow == NULL)
 		return;
-	LWLockAcquire(flow->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < RMSG_FLOW_QUEUES; i++)
-		flow->entries[i].in_turn &= ~(((uint32) 1) << worker);
-	LWLockRelease(flow->lock);
+	LWLockAcquire(flow_lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, flow);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->in_turn &= ~((uint32) 1 << worker);
+	LWLockRelease(flow_lock);
 }
