@@ -83,10 +83,14 @@ CREATE TABLE rmsg.message (
     died_in         int,
     -- A message group: its messages are handed out one at a time, in
     -- order.  Those waiting for their turn have visible_at 'infinity'.
-    group_id        text
+    group_id        text,
+    -- Ready messages of a higher priority are handed out first; each
+    -- priority of a queue is a lane of the ready index (queue/priorities.c).
+    priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9)
 ) WITH (fillfactor = 70);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
-CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
+-- priority fits in the padding before visible_at: entries are no larger.
+CREATE INDEX message_ready_idx ON rmsg.message (queue_id, priority, visible_at, msg_id);
 -- For rmsg.collect_payloads: which payload rows are still referenced.
 -- Inline messages have no entry.
 CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id IS NOT NULL;
@@ -337,48 +341,52 @@ COMMENT ON FUNCTION rmsg.redrive(text, text, int) IS
 
 CREATE FUNCTION rmsg.put(queue text, payload bytea, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL,
+                         priority int DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text, text) IS
-  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id. With group_id, the group''s messages are handed out one at a time, in order';
+COMMENT ON FUNCTION rmsg.put(text, bytea, jsonb, interval, bigint, text, text, int) IS
+  'put a message; returns its msg_id, unique across all queues. With data_token (data this session put or got), the data is referenced, not written again; payload may then be NULL. With dedup_id, a repeat within the queue''s dedup_window stores nothing and returns the first msg_id. With group_id, the group''s messages are handed out one at a time, in order. Ready messages of a higher priority (0 to 9) are handed out first';
 
 -- The text and jsonb forms store the bytes of the value (UTF-8 text, or the
 -- jsonb''s text form), so every consumer reads bytea.
 CREATE FUNCTION rmsg.put(queue text, payload text, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL,
+                         priority int DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_text'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text, text) IS
+COMMENT ON FUNCTION rmsg.put(text, text, jsonb, interval, bigint, text, text, int) IS
   'put a text message, stored as its bytes in the database encoding';
 
 CREATE FUNCTION rmsg.put(queue text, payload jsonb, headers jsonb DEFAULT NULL,
                          delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
+                         dedup_id text DEFAULT NULL, group_id text DEFAULT NULL,
+                         priority int DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_jsonb'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text, text) IS
+COMMENT ON FUNCTION rmsg.put(text, jsonb, jsonb, interval, bigint, text, text, int) IS
   'put a jsonb message, stored as the bytes of its text form';
 
 CREATE FUNCTION rmsg.put_batch(queue text, payloads bytea[], headers jsonb DEFAULT NULL,
-                               group_id text DEFAULT NULL)
+                               group_id text DEFAULT NULL, priority int DEFAULT 0)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
-COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb, text) IS
+COMMENT ON FUNCTION rmsg.put_batch(text, bytea[], jsonb, text, int) IS
   'put one message per array element in one statement; returns the msg_ids in array order';
 
 CREATE FUNCTION rmsg.put_with_token(queue text, payload bytea, headers jsonb DEFAULT NULL,
                                     delay interval DEFAULT NULL, data_token bigint DEFAULT NULL,
-                                    dedup_id text DEFAULT NULL, group_id text DEFAULT NULL)
+                                    dedup_id text DEFAULT NULL, group_id text DEFAULT NULL,
+                                    priority int DEFAULT 0)
 RETURNS TABLE(msg_id bigint, token bigint)
 AS 'MODULE_PATHNAME', 'rmsg_put_with_token'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text, text) IS
+COMMENT ON FUNCTION rmsg.put_with_token(text, bytea, jsonb, interval, bigint, text, text, int) IS
   'put a message and hand back, in the same statement, the data token of its data (for clients behind a pooler)';
 
 ------------------------------------------------------------------------------
@@ -392,19 +400,20 @@ LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rmsg.last_data_token() IS
   'the data token of this session''s immediately preceding put or get; NULL after a get that returned nothing';
 
-CREATE FUNCTION rmsg.forward(msg_id bigint, queue text, group_id text DEFAULT NULL)
+CREATE FUNCTION rmsg.forward(msg_id bigint, queue text, group_id text DEFAULT NULL,
+                             priority int DEFAULT 0)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_forward'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.forward(bigint, text, text) IS
+COMMENT ON FUNCTION rmsg.forward(bigint, text, text, int) IS
   'put the data and headers of an existing message to queue, by reference; returns the new msg_id';
 
 CREATE FUNCTION rmsg.put_many(queues text[], payload bytea, headers jsonb DEFAULT NULL,
-                              group_id text DEFAULT NULL)
+                              group_id text DEFAULT NULL, priority int DEFAULT 0)
 RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'rmsg_put_many'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 8;
-COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb, text) IS
+COMMENT ON FUNCTION rmsg.put_many(text[], bytea, jsonb, text, int) IS
   'put the same payload to every queue of the array, data written once; returns the msg_ids in array order';
 
 CREATE FUNCTION rmsg.collect_payloads()

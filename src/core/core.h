@@ -193,6 +193,7 @@ typedef struct RmsgRelations
 	AttrNumber	att_headers;
 	AttrNumber	att_inline_data;
 	AttrNumber	att_group_id;
+	AttrNumber	att_priority;
 	/* of rmsg.payload */
 	AttrNumber	att_payload_payload_id;
 	AttrNumber	att_payload_hash;

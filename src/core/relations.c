@@ -248,6 +248,7 @@ RmsgGetRelations(void)
 		relations.att_headers = AttnumOf(rel, "headers");
 		relations.att_inline_data = AttnumOf(rel, "inline_data");
 		relations.att_group_id = AttnumOf(rel, "group_id");
+		relations.att_priority = AttnumOf(rel, "priority");
 		table_close(rel, NoLock);
 
 		rel = table_open(relations.payload, AccessShareLock);

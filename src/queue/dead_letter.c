@@ -39,7 +39,8 @@
 #define MOVE_TO_DLQ(rows) \
 	"WITH old AS (SELECT ctid AS tid, group_id FROM rmsg.message WHERE " rows ")," \
 	" moved AS (UPDATE rmsg.message m SET queue_id = $2, lease_until = NULL," \
-	"                  deliveries = 0, visible_at = $3, died_in = m.queue_id, group_id = NULL" \
+	"                  deliveries = 0, visible_at = $3, died_in = m.queue_id, group_id = NULL," \
+	"                  priority = 0" \
 	"             FROM old WHERE m.ctid = old.tid RETURNING old.group_id)" \
 	MOVED_AND_GROUPS("moved")
 #define KEEP_DEAD(rows) \
@@ -85,8 +86,8 @@ DeadLetter(const RmsgQueue *queue, RmsgPlan *to_dlq, RmsgPlan *keep, Datum rows)
 	if (queue->dead_letter_queue_id != 0)
 	{
 		RmsgPlanExecute(to_dlq, values, NULL, false, 1);
-		/* the moved messages have new entries in the ready index */
-		RmsgReadyHintLower(queue->dead_letter_queue_id, now);
+		/* the moved messages have new entries in the ready index, in lane 0 */
+		RmsgReadyHintLower(queue->dead_letter_queue_id, 0, now);
 		RmsgWakeQueueAtCommit(queue->dead_letter_queue_id);
 	}
 	else

@@ -57,29 +57,29 @@ ReportNoSuchMessage(int64 msg_id)
 }
 
 /*
- * Puts one copy, ready now or, in a group (NULL: none), when its turn
- * comes (groups.c: the group's lock before the msg_id is drawn).  Inside
- * SPI; returns the msg_id.
+ * Puts one copy, ready now or, in a group, when its turn comes (groups.c:
+ * the group's lock before the msg_id is drawn).  Inside SPI; returns the
+ * msg_id.
  */
 static int64
-PutCopy(const RmsgQueue *queue, const char *group_id, TimestampTz now,
+PutCopy(const RmsgQueue *queue, const RmsgPlacement *place, TimestampTz now,
 		Datum headers, bool headers_null, const RmsgStoredData *stored)
 {
 	TimestampTz visible_at = now;
 	int64		msg_id;
 
-	if (group_id != NULL)
-		visible_at = RmsgGroupVisibleAt(queue->queue_id, group_id, now);
+	if (place->group_id != NULL)
+		visible_at = RmsgGroupVisibleAt(queue->queue_id, place->group_id, now);
 	msg_id = RmsgNextMsgId();
 	RmsgInsertMessageAs(msg_id, queue->queue_id, visible_at, now, headers, headers_null,
-						stored, group_id);
+						stored, place);
 	return msg_id;
 }
 
 /*
- * rmsg.forward(msg_id, queue, group_id): puts the data and headers of
- * message msg_id (live, in flight or dead) to queue, in group_id when
- * given; returns the new msg_id.
+ * rmsg.forward(msg_id, queue, group_id, priority): puts the data and
+ * headers of message msg_id (live, in flight or dead) to queue, in
+ * group_id when given, with that priority; returns the new msg_id.
  */
 Datum
 rmsg_forward(PG_FUNCTION_ARGS)
@@ -101,13 +101,13 @@ rmsg_forward(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	int64		msg_id;
 	AclMode		source_rights;
-	char	   *group_id;
+	RmsgPlacement place;
 
 	RmsgEnter("rmsg.forward", true);
 	RmsgRequireArg(fcinfo, 0, "msg_id");
 	source_msg_id = PG_GETARG_INT64(0);
 	queue_name = RmsgTextArg(fcinfo, 1, "queue name");
-	group_id = RmsgKeyArg(fcinfo, 2, "group_id");
+	place = RmsgPlacementArgs(fcinfo, 2, 3);
 
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
@@ -148,7 +148,7 @@ rmsg_forward(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("message " INT64_FORMAT " does not exist any more", source_msg_id)));
 
-	msg_id = PutCopy(&queue, group_id, now, headers, headers_null, &stored);
+	msg_id = PutCopy(&queue, &place, now, headers, headers_null, &stored);
 	/* before SPI_finish: data may be in SPI's memory */
 	(void) RmsgIssuePutToken(msg_id, &stored, no_payload_row ? source_msg_id : 0,
 							 data, NULL);
@@ -211,13 +211,13 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	bool		have_shared = false;
 	RmsgStoredData first = {0};
 	int64		first_msg_id = 0;
-	char	   *group_id;
+	RmsgPlacement place;
 
 	RmsgEnter("rmsg.put_many", true);
 	names = QueueNames(fcinfo, 0, &nqueues);
 	payload = RmsgPayloadArg(fcinfo, 1);
 	RmsgCheckHeaders(fcinfo, 2);
-	group_id = RmsgKeyArg(fcinfo, 3, "group_id");
+	place = RmsgPlacementArgs(fcinfo, 3, 4);
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -255,7 +255,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 		}
 		else
 			(void) RmsgStoreData(queues[i].dedup, queues[i].owner, payload, NULL, false, &stored);
-		msg_id = Int64GetDatum(PutCopy(&queues[i], group_id, now, headers, headers_null,
+		msg_id = Int64GetDatum(PutCopy(&queues[i], &place, now, headers, headers_null,
 									   &stored));
 		if (i == 0)
 		{

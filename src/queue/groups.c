@@ -80,7 +80,8 @@ static RmsgPlan next_in_group_plan = {
 	"                  WHERE queue_id = $1 AND group_id = $2 AND visible_at = 'infinity'"
 	"                  ORDER BY msg_id LIMIT 1)"
 	"   AND NOT EXISTS (SELECT FROM rmsg.message"
-	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at < 'infinity')",
+	"                    WHERE queue_id = $1 AND group_id = $2 AND visible_at < 'infinity')"
+	" RETURNING priority",
 	3, {INT4OID, TEXTOID, TIMESTAMPTZOID}
 };
 
@@ -183,7 +184,8 @@ RmsgGroupReleased(int32 queue_id, const char *group_id)
 	RmsgPlanExecute(&next_in_group_plan, values, NULL, true, 0);
 	if (SPI_processed > 0)
 	{
-		RmsgReadyHintLower(queue_id, now);
+		/* a new entry in the ready index, in the lane of its priority */
+		RmsgReadyHintLower(queue_id, DatumGetInt16(RmsgSpiNotNull(0, "priority")), now);
 		RmsgReadyHintTouched(queue_id);
 		RmsgWakeQueueAtCommit(queue_id);
 	}

@@ -143,6 +143,7 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 
 	/* a new entry in the ready index: gets must not start past it */
 	RmsgReadyHintLower(DatumGetInt32(slot_getattr(slot, rels->att_queue_id, &isnull)),
+					   DatumGetInt16(slot_getattr(slot, rels->att_priority, &isnull)),
 					   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
 }
 
@@ -150,7 +151,7 @@ RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot, bool key_unchanged)
 static TupleTableSlot *
 FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
 			TimestampTz enqueued_at, Datum headers, bool headers_null,
-			const RmsgStoredData *stored, const char *group_id)
+			const RmsgStoredData *stored, const RmsgPlacement *place)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -173,43 +174,28 @@ FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
 		SET_COLUMN(rels->att_inline_data, PointerGetDatum(stored->inline_data));
 	if (!headers_null)
 		SET_COLUMN(rels->att_headers, headers);
-	if (group_id != NULL)
-		SET_COLUMN(rels->att_group_id, CStringGetTextDatum(group_id));
+	if (place->group_id != NULL)
+		SET_COLUMN(rels->att_group_id, CStringGetTextDatum(place->group_id));
+	SET_COLUMN(rels->att_priority, Int16GetDatum(place->priority));
 #undef SET_COLUMN
 	ExecStoreVirtualTuple(slot);
 	return slot;
 }
 
 /*
- * Inserts one message; returns its msg_id.  Its data is either inline
- * (data set) or in the payload row payload_id, which the caller has
- * written or pinned (dedup/payload.c); size is the data's length either
- * way.
- */
-int64
-RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
-				  TimestampTz enqueued_at, Datum headers, bool headers_null,
-				  const RmsgStoredData *stored)
-{
-	int64		msg_id = 0;
-
-	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
-					   1, stored, NULL, &msg_id);
-	return msg_id;
-}
-
-/*
- * As RmsgInsertMessage, with a msg_id the caller took from rmsg.msg_id_seq
- * before (an idempotent put claims its key with it first, put_keys.c),
- * and a group (NULL: none).
+ * Inserts one message with a msg_id the caller took from rmsg.msg_id_seq
+ * (RmsgNextMsgId: an idempotent put claims its key with it first,
+ * put_keys.c), placed in its group and lane as `place` says.  Its data is
+ * either inline or in a payload row the caller has written or pinned
+ * (dedup/payload.c); stored->size is the data's length either way.
  */
 void
 RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
 					TimestampTz enqueued_at, Datum headers, bool headers_null,
-					const RmsgStoredData *stored, const char *group_id)
+					const RmsgStoredData *stored, const RmsgPlacement *place)
 {
 	RmsgInsertMessages(queue_id, visible_at, enqueued_at, headers, headers_null,
-					   1, stored, group_id, &msg_id);
+					   1, stored, place, &msg_id);
 }
 
 /* The next msg_id, for RmsgInsertMessageAs. */
@@ -220,16 +206,17 @@ RmsgNextMsgId(void)
 }
 
 /*
- * Inserts n messages with the same times, headers and group (NULL: none),
- * the data of message i as stored[i]; their msg_ids, ascending, go to msg_ids[] (an element
- * that is not 0 on entry is a msg_id taken before, and kept).  Several rows
+ * Inserts n messages with the same times, headers, group and priority, the
+ * data of message i as stored[i]; their msg_ids, ascending, go to
+ * msg_ids[] (an element that is not 0 on entry is a msg_id taken before,
+ * and kept).  Several rows
  * go in one call of table_multi_insert, which fills a page with one WAL
  * record where inserting row by row writes one per row.
  */
 void
 RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
 				   Datum headers, bool headers_null, int n,
-				   const RmsgStoredData *stored, const char *group_id,
+				   const RmsgStoredData *stored, const RmsgPlacement *place,
 				   int64 *msg_ids)
 {
 	const RmsgRelations *rels = RmsgGetRelations();
@@ -246,7 +233,7 @@ RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_
 		if (msg_ids[i] == 0)
 			msg_ids[i] = nextval_internal(rels->msg_id_seq, false);
 		slots[i] = FormMessage(rel, msg_ids[i], queue_id, visible_at, enqueued_at,
-							   headers, headers_null, &stored[i], group_id);
+							   headers, headers_null, &stored[i], place);
 	}
 	if (n == 1)
 		table_tuple_insert(rel, slots[0], GetCurrentCommandId(true), 0, NULL);
@@ -258,7 +245,7 @@ RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_
 		AddEntries(rel, &set, slots[i], false);
 	CloseMessageIndexes(&set);
 	/* new entries in the ready index: gets must not start past them */
-	RmsgReadyHintLower(queue_id, visible_at);
+	RmsgReadyHintLower(queue_id, place->priority, visible_at);
 
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();

@@ -73,7 +73,7 @@ static RmsgPlan dead_plan = {
 
 /* A live message in flight, with its lease.  $1 msg_id */
 static RmsgPlan leased_plan = {
-	"SELECT queue_id, deliveries, visible_at FROM rmsg.message WHERE msg_id = $1",
+	"SELECT queue_id, deliveries, visible_at, priority FROM rmsg.message WHERE msg_id = $1",
 	1, {INT8OID}
 };
 
@@ -313,6 +313,7 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 	int32		queue_id;
 	int32		deliveries;
 	TimestampTz visible_at;
+	int			lane;			/* its priority (queue/priorities.c) */
 	bool		moved;
 
 	RmsgRequireArg(fcinfo, 0, "msg_id");
@@ -337,6 +338,7 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 	queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
 	deliveries = DatumGetInt32(RmsgSpiNotNull(0, "deliveries"));
 	visible_at = DatumGetTimestampTz(RmsgSpiNotNull(0, "visible_at"));
+	lane = DatumGetInt16(RmsgSpiNotNull(0, "priority"));
 	if (!MayGet(queue_id))
 	{
 		RmsgSpiFinish();
@@ -365,9 +367,9 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 		if (moved)
 			RmsgReadyHintTouched(queue_id);
 		if (moved && nack && until > now)
-			RmsgReadyHintLower(queue_id, until);
+			RmsgReadyHintLower(queue_id, lane, until);
 		else if (moved)
-			RmsgReadyHintLeaseMoved(queue_id, visible_at, nack ? now : until);
+			RmsgReadyHintLeaseMoved(queue_id, lane, visible_at, nack ? now : until);
 	}
 	RmsgSpiFinish();
 

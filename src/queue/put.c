@@ -130,7 +130,8 @@ TokenSource(FunctionCallInfo fcinfo, int argno, bytea *payload,
 
 /*
  * The common part of the put overloads: arguments 0 queue, 2 headers,
- * 3 delay, 4 data_token, 5 dedup_id, 6 group_id (groups.c); the payload
+ * 3 delay, 4 data_token, 5 dedup_id, 6 group_id (groups.c), 7 priority
+ * (priorities.c); the payload
  * comes converted to bytea, or NULL.  Returns the msg_id, and the new data's token in *new_token (0
  * for a repeat of a put with the same dedup_id, which stores nothing and
  * returns the first put's msg_id: put_keys.c).
@@ -150,7 +151,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	RmsgStoredData stored;
 	int64		msg_id = 0;
 	char	   *dedup_id = RmsgKeyArg(fcinfo, 5, "dedup_id");
-	char	   *group_id = RmsgKeyArg(fcinfo, 6, "group_id");
+	RmsgPlacement place = RmsgPlacementArgs(fcinfo, 6, 7);
 	TimestampTz visible_at = RmsgTimeAfter(now, delay);
 
 	RmsgCheckHeaders(fcinfo, 2);
@@ -166,8 +167,8 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	 * its msg_id after that one (groups.c).  Then the key's lock
 	 * (put_keys.c): always in this order, so puts never wait in a circle.
 	 */
-	if (group_id != NULL)
-		visible_at = RmsgGroupVisibleAt(queue.queue_id, group_id, visible_at);
+	if (place.group_id != NULL)
+		visible_at = RmsgGroupVisibleAt(queue.queue_id, place.group_id, visible_at);
 	if (dedup_id != NULL)
 	{
 		int64		first;
@@ -201,7 +202,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 		msg_id = RmsgNextMsgId();
 	RmsgInsertMessageAs(msg_id, queue.queue_id, visible_at, now,
 						PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
-						PG_ARGISNULL(2), &stored, group_id);
+						PG_ARGISNULL(2), &stored, &place);
 	RmsgSpiFinish();
 
 	RmsgCountPut(queue.queue_id, stored.size, stored.referenced);
@@ -212,7 +213,10 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 	return msg_id;
 }
 
-/* rmsg.put(queue, payload bytea, headers, delay, data_token, dedup_id, group_id) */
+/*
+ * rmsg.put(queue, payload bytea, headers, delay, data_token, dedup_id,
+ *			group_id, priority)
+ */
 Datum
 rmsg_put(PG_FUNCTION_ARGS)
 {
@@ -251,7 +255,8 @@ rmsg_put_jsonb(PG_FUNCTION_ARGS)
 
 /*
  * rmsg.put_with_token(queue, payload bytea, headers, delay, data_token,
- *					   dedup_id, group_id) -> (msg_id, data_token): a put that hands back its data's token at once.
+ *					   dedup_id, group_id, priority) -> (msg_id, data_token):
+ * a put that hands back its data's token at once.
  */
 Datum
 rmsg_put_with_token(PG_FUNCTION_ARGS)
@@ -276,9 +281,9 @@ rmsg_put_with_token(PG_FUNCTION_ARGS)
  * group, waiting for their turn behind the first (groups.c).
  */
 static TimestampTz
-BatchRestVisibleAt(const char *group_id, TimestampTz now)
+BatchRestVisibleAt(const RmsgPlacement *place, TimestampTz now)
 {
-	return group_id != NULL ? DT_NOEND : now;
+	return place->group_id != NULL ? DT_NOEND : now;
 }
 
 /*
@@ -289,7 +294,7 @@ BatchRestVisibleAt(const char *group_id, TimestampTz now)
 static void
 PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 			   TimestampTz now, Datum headers, bool headers_null,
-			   const char *group_id, TimestampTz first_visible_at,
+			   const RmsgPlacement *place, TimestampTz first_visible_at,
 			   ReturnSetInfo *rsinfo)
 {
 	for (int i = 0; i < nelems; i++)
@@ -301,8 +306,8 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 		(void) RmsgStoreData(queue->dedup, queue->owner, DatumGetByteaPP(elems[i]), NULL, false, &stored);
 		msg_id = Int64GetDatum(RmsgNextMsgId());
 		RmsgInsertMessageAs(DatumGetInt64(msg_id), queue->queue_id,
-							i == 0 ? first_visible_at : BatchRestVisibleAt(group_id, now),
-							now, headers, headers_null, &stored, group_id);
+							i == 0 ? first_visible_at : BatchRestVisibleAt(place, now),
+							now, headers, headers_null, &stored, place);
 		RmsgCountPut(queue->queue_id, stored.size, stored.referenced);
 		if (i == nelems - 1)
 			(void) RmsgIssuePutToken(DatumGetInt64(msg_id), &stored, 0,
@@ -318,7 +323,7 @@ PutEachOfBatch(const RmsgQueue *queue, Datum *elems, int nelems,
 static void
 PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 			 TimestampTz now, Datum headers, bool headers_null,
-			 const char *group_id, TimestampTz first_visible_at,
+			 const RmsgPlacement *place, TimestampTz first_visible_at,
 			 ReturnSetInfo *rsinfo)
 {
 	RmsgStoredData *stored = palloc0(sizeof(RmsgStoredData) * nelems);
@@ -335,16 +340,16 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 		else
 			stored[i].inline_data = data;
 	}
-	if (first_visible_at == BatchRestVisibleAt(group_id, now))
+	if (first_visible_at == BatchRestVisibleAt(place, now))
 		RmsgInsertMessages(queue->queue_id, first_visible_at, now, headers, headers_null,
-						   nelems, stored, group_id, msg_ids);
+						   nelems, stored, place, msg_ids);
 	else
 	{
 		/* the group's head first, then the rest, which wait their turn */
 		RmsgInsertMessages(queue->queue_id, first_visible_at, now, headers, headers_null,
-						   1, stored, group_id, msg_ids);
-		RmsgInsertMessages(queue->queue_id, BatchRestVisibleAt(group_id, now), now,
-						   headers, headers_null, nelems - 1, stored + 1, group_id,
+						   1, stored, place, msg_ids);
+		RmsgInsertMessages(queue->queue_id, BatchRestVisibleAt(place, now), now,
+						   headers, headers_null, nelems - 1, stored + 1, place,
 						   msg_ids + 1);
 	}
 
@@ -363,7 +368,7 @@ PutBatchRows(const RmsgQueue *queue, Datum *elems, int nelems,
 }
 
 /*
- * rmsg.put_batch(queue, payloads bytea[], headers, group_id): every element
+ * rmsg.put_batch(queue, payloads bytea[], headers, group_id, priority): every element
  * is checked before anything is written.  In a group, the elements are
  * its messages in their order.  The session's last data token names
  * the last element's data.
@@ -381,7 +386,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	RmsgQueue	queue;
 	Datum		headers;
 	bool		headers_null = PG_ARGISNULL(2);
-	char	   *group_id;
+	RmsgPlacement place;
 	TimestampTz first_visible_at;
 
 	RmsgEnter("rmsg.put_batch", true);
@@ -404,7 +409,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	}
 	RmsgCheckHeaders(fcinfo, 2);
 	headers = headers_null ? (Datum) 0 : PG_GETARG_DATUM(2);
-	group_id = RmsgKeyArg(fcinfo, 3, "group_id");
+	place = RmsgPlacementArgs(fcinfo, 3, 4);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
@@ -416,14 +421,14 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	first_visible_at = group_id != NULL ?
-		RmsgGroupVisibleAt(queue.queue_id, group_id, now) : now;
+	first_visible_at = place.group_id != NULL ?
+		RmsgGroupVisibleAt(queue.queue_id, place.group_id, now) : now;
 	if (queue.dedup == RMSG_DEDUP_CONTENT)
 		PutEachOfBatch(&queue, elems, nelems, now, headers, headers_null,
-					   group_id, first_visible_at, rsinfo);
+					   &place, first_visible_at, rsinfo);
 	else
 		PutBatchRows(&queue, elems, nelems, now, headers, headers_null,
-					 group_id, first_visible_at, rsinfo);
+					 &place, first_visible_at, rsinfo);
 	RmsgSpiFinish();
 
 	RmsgWakeQueueAtCommit(queue.queue_id);

@@ -15,6 +15,7 @@
 
 #include "executor/tuptable.h"
 #include "storage/itemptr.h"
+#include "utils/relcache.h"
 
 /* queue/catalog.c: the queue catalog and its locks */
 #define RMSG_DEFAULT_DEDUP_WINDOW (5 * USECS_PER_MINUTE)	/* create_queue's */
@@ -38,6 +39,24 @@ extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode neede
 extern void RmsgRefuseDropOfDeadLetterQueue(const char *name);
 extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
 
+/*
+ * queue/priorities.c: where a put places its messages in their queue: in
+ * a group (groups.c), and in the lane of their priority, higher lanes
+ * handed out first (ready_scan.c).
+ */
+#define RMSG_MAX_PRIORITY 9
+#define RMSG_PRIORITY_LANES (RMSG_MAX_PRIORITY + 1)
+
+typedef struct RmsgPlacement
+{
+	const char *group_id;		/* NULL: no group */
+	int16		priority;		/* 0 .. RMSG_MAX_PRIORITY */
+} RmsgPlacement;
+
+extern RmsgPlacement RmsgPlacementArgs(FunctionCallInfo fcinfo, int group_argno,
+									   int priority_argno);
+extern uint16 RmsgProbeLanes(Relation rel, Relation index, int32 queue_id);
+
 /* queue/ready_scan.c: finding, locking and leasing a queue's ready messages */
 typedef struct RmsgTaken
 {
@@ -45,6 +64,7 @@ typedef struct RmsgTaken
 	ItemPointerData tid;		/* of the locked version, when exhausted */
 	/* the rest only when leased */
 	int64		msg_id;
+	int16		priority;
 	int64		receipt;
 	int32		deliveries;
 	TimestampTz enqueued_at;
@@ -71,16 +91,13 @@ extern int	RmsgDeadLetterById(const RmsgQueue *queue, int64 *msg_ids, int n);
 /* queue/insert.c: adding a message row, without the executor */
 extern void RmsgInsertIndexEntries(Relation rel, TupleTableSlot *slot,
 								   bool key_unchanged);
-extern int64 RmsgInsertMessage(int32 queue_id, TimestampTz visible_at,
-							   TimestampTz enqueued_at, Datum headers,
-							   bool headers_null, const RmsgStoredData *stored);
 extern void RmsgInsertMessageAs(int64 msg_id, int32 queue_id, TimestampTz visible_at,
 								TimestampTz enqueued_at, Datum headers, bool headers_null,
-								const RmsgStoredData *stored, const char *group_id);
+								const RmsgStoredData *stored, const RmsgPlacement *place);
 extern int64 RmsgNextMsgId(void);
 extern void RmsgInsertMessages(int32 queue_id, TimestampTz visible_at, TimestampTz enqueued_at,
 							   Datum headers, bool headers_null, int n,
-							   const RmsgStoredData *stored, const char *group_id,
+							   const RmsgStoredData *stored, const RmsgPlacement *place,
 							   int64 *msg_ids);
 
 /* queue/put_keys.c: idempotent puts, by dedup_id */
@@ -142,6 +159,7 @@ extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
  */
 typedef struct RmsgReadyWalk
 {
+	int			lane;			/* the priority lane walked */
 	uint64		writes;			/* the hint's count of writes, when read */
 	TimestampTz start;			/* where the walk starts (DT_NOBEGIN: the front) */
 	TimestampTz cap;			/* the lowest key written since (DT_NOEND: none) */
@@ -149,11 +167,14 @@ typedef struct RmsgReadyWalk
 
 extern Size RmsgReadyHintShmemSize(void);
 extern void RmsgReadyHintShmemStartup(void);
-extern RmsgReadyWalk RmsgReadyHintRead(int32 queue_id, TimestampTz now);
+extern uint16 RmsgReadyHintLanes(int32 queue_id);
+extern void RmsgReadyHintLanesFound(int32 queue_id, uint16 lanes);
+extern RmsgReadyWalk RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now);
 extern bool RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 								 TimestampTz leased_from, TimestampTz leased_until);
-extern void RmsgReadyHintLower(int32 queue_id, TimestampTz key);
-extern void RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until);
+extern void RmsgReadyHintLower(int32 queue_id, int lane, TimestampTz key);
+extern void RmsgReadyHintLeaseMoved(int32 queue_id, int lane, TimestampTz key,
+									TimestampTz until);
 extern void RmsgReadyHintTouched(int32 queue_id);
 extern bool RmsgReadyHintMayMove(int32 queue_id);
 extern void RmsgReadyHintXactEnd(void);

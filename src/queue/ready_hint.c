@@ -4,9 +4,10 @@
  *	  Where in a queue's ready index a get may start: past the entries of
  *	  messages that are gone for good.
  *
- * A get walks the ready index (queue_id, visible_at, msg_id) from the
- * front.  Every acked message leaves an index entry behind until VACUUM
- * removes it, and VACUUM cannot while any transaction might still see the
+ * A get walks the ready index (queue_id, priority, visible_at, msg_id)
+ * from the front of its queue's lane (see lanes, below).  Every acked
+ * message leaves an index entry behind until VACUUM removes it, and
+ * VACUUM cannot while any transaction might still see the
  * message: one long transaction (a report, a REPEATABLE READ export, a
  * replica's query with hot_standby_feedback) keeps every entry of every
  * message acked since it began.  Without help, each get steps over all of
@@ -50,6 +51,18 @@
  * than the ring holds); what it learned of the leases it passed is added
  * to the hint's.
  *
+ * Priorities (priorities.c) split a queue's part of the ready index into
+ * lanes, (queue_id, priority, visible_at, msg_id): each lane is walked on
+ * its own, so each has a hint of its own (scan_from, return_from and
+ * return_at are per lane), and every rule above names the lane of the
+ * entry or the lease.  The ring of writes is shared; each noted write
+ * carries its lane, and only writes to its lane bound a walk.  The hint
+ * also keeps which lanes may hold entries, so that a get walks only those:
+ * RmsgReadyHintLower sets its lane's bit, and a get that finds a new hint
+ * (the bits not known yet) looks the lanes up in the index and adds them
+ * (RmsgReadyHintLanesFound).  A bit is never cleared: a lane once used
+ * costs every get of the queue one index descent more, until a restart.
+ *
  * The hints live in shared memory only: after a restart every queue starts
  * from the front again and finds its place on the first get.  A queue
  * without an entry (the table is full) is walked from the front, as before.
@@ -74,15 +87,30 @@
 #define RMSG_MAX_READY_HINTS 1024
 #define RMSG_HINT_WRITES 64
 
+/* What the hint knows of one priority lane of its queue. */
+typedef struct LaneHint
+{
+	TimestampTz scan_from;
+	TimestampTz return_from;	/* lowest key of a leased message passed */
+	TimestampTz return_at;		/* earliest end of the leases passed */
+} LaneHint;
+
+/* A write noted in the ring: its lane and key. */
+typedef struct NotedWrite
+{
+	int			lane;
+	TimestampTz key;
+} NotedWrite;
+
 typedef struct ReadyHint
 {
 	RmsgQueueKey key;		/* the hash key */
 	slock_t		mutex;			/* guards the fields below */
-	TimestampTz scan_from;
 	uint64		writes;			/* writes noted so far */
-	TimestampTz written[RMSG_HINT_WRITES];	/* the key of write n at n % size */
-	TimestampTz return_from;	/* lowest key of a leased message passed */
-	TimestampTz return_at;		/* earliest end of the leases passed */
+	NotedWrite	written[RMSG_HINT_WRITES];	/* write n at n % size */
+	bool		lanes_known;	/* whether lanes is complete yet */
+	uint16		lanes;			/* bit n: lane n may hold entries */
+	LaneHint	lane[RMSG_PRIORITY_LANES];
 } ReadyHint;
 
 /*
@@ -155,9 +183,14 @@ FindHint(const RmsgQueueKey *key, bool create)
 	if (hint != NULL && !found)
 	{
 		SpinLockInit(&hint->mutex);
-		hint->scan_from = DT_NOBEGIN;
 		hint->writes = 0;
-		hint->return_from = hint->return_at = DT_NOEND;
+		hint->lanes_known = false;
+		hint->lanes = 1;		/* lane 0, the default priority */
+		for (int lane = 0; lane < RMSG_PRIORITY_LANES; lane++)
+		{
+			hint->lane[lane].scan_from = DT_NOBEGIN;
+			hint->lane[lane].return_from = hint->lane[lane].return_at = DT_NOEND;
+		}
 	}
 	LWLockRelease(shared->lock);
 	LWLockAcquire(shared->lock, LW_SHARED);
@@ -165,12 +198,16 @@ FindHint(const RmsgQueueKey *key, bool create)
 	return hash_search(hints, key, HASH_FIND, NULL);
 }
 
-/* Notes a write with key `key`.  Spinlock held. */
+/* Notes a write with key `key` in lane `lane`.  Spinlock held. */
 static void
-NoteWrite(ReadyHint *hint, TimestampTz key)
+NoteWrite(ReadyHint *hint, int lane, TimestampTz key)
 {
+	NotedWrite *noted;
+
 	hint->writes++;
-	hint->written[hint->writes % RMSG_HINT_WRITES] = key;
+	noted = &hint->written[hint->writes % RMSG_HINT_WRITES];
+	noted->lane = lane;
+	noted->key = key;
 }
 
 /*
@@ -202,45 +239,89 @@ UnlockHint(ReadyHint *hint)
 }
 
 /*
- * Where a get of the queue may start at `now`.  Once the first lease the
- * hint passed may have ended, the hint goes back to the lowest leased
- * message it passed and forgets what it knew of leases: the gets walk that
- * part again, take what is ready there and pass the rest anew.  Going back
- * is noted as a write, so that a get still walking from the old place
- * cannot move the hint past it again.
+ * The lanes of the queue a get must walk, as a bitmask (bit n: lane n), or
+ * 0 when the hint does not know them yet: the get then looks them up in
+ * the index and tells RmsgReadyHintLanesFound.  Makes the queue's hint.
  */
-RmsgReadyWalk
-RmsgReadyHintRead(int32 queue_id, TimestampTz now)
+uint16
+RmsgReadyHintLanes(int32 queue_id)
 {
 	ReadyHint  *hint;
-	RmsgReadyWalk walk = {0, DT_NOBEGIN, DT_NOEND};
+	uint16		lanes = 0;
+
+	if (hints == NULL)
+		return 0;				/* not preloaded: no shared memory */
+	hint = LockHint(queue_id, true);
+	if (hint != NULL && hint->lanes_known)
+		lanes = hint->lanes;
+	UnlockHint(hint);
+	return lanes;
+}
+
+/*
+ * A get found index entries in `lanes`, looking after RmsgReadyHintLanes
+ * said it did not know.  Lanes a writer added meanwhile are kept: a writer
+ * adds its entry before it sets its bit, so an entry added before the look
+ * began was found by it, and one added later set its bit in this hint.
+ */
+void
+RmsgReadyHintLanesFound(int32 queue_id, uint16 lanes)
+{
+	ReadyHint  *hint;
+
+	if (hints == NULL)
+		return;
+	hint = LockHint(queue_id, false);
+	if (hint != NULL)
+	{
+		hint->lanes |= lanes;
+		hint->lanes_known = true;
+	}
+	UnlockHint(hint);
+}
+
+/*
+ * Where a get of the queue's lane may start at `now`.  Once the first
+ * lease the hint passed may have ended, the hint goes back to the lowest
+ * leased message it passed and forgets what it knew of leases: the gets
+ * walk that part again, take what is ready there and pass the rest anew.
+ * Going back is noted as a write, so that a get still walking from the
+ * old place cannot move the hint past it again.
+ */
+RmsgReadyWalk
+RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
+{
+	ReadyHint  *hint;
+	RmsgReadyWalk walk = {lane, 0, DT_NOBEGIN, DT_NOEND};
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
 	hint = LockHint(queue_id, true);
 	if (hint != NULL)
 	{
-		if (hint->return_at <= now)
+		LaneHint   *lh = &hint->lane[lane];
+
+		if (lh->return_at <= now)
 		{
-			hint->scan_from = Min(hint->scan_from, hint->return_from);
-			NoteWrite(hint, hint->return_from);
-			hint->return_from = hint->return_at = DT_NOEND;
+			lh->scan_from = Min(lh->scan_from, lh->return_from);
+			NoteWrite(hint, lane, lh->return_from);
+			lh->return_from = lh->return_at = DT_NOEND;
 		}
 		walk.writes = hint->writes;
-		walk.start = hint->scan_from;
+		walk.start = lh->scan_from;
 	}
 	UnlockHint(hint);
 	return walk;
 }
 
 /*
- * A get that started as `walk` says could pass every entry below `to`; of
- * those, the leased messages begin at key leased_from, and their leases
- * end at leased_until at the earliest (DT_NOEND: there were none).  Moves
- * the hint there, or as far as the writes made meanwhile allow, and starts
- * the walk's next step: a later call answers for the writes after this
- * one.  False when more writes came than the ring holds: nothing moved,
- * and the walk may move nothing more.
+ * A get that started as `walk` says could pass every entry of its lane
+ * below `to`; of those, the leased messages begin at key leased_from, and
+ * their leases end at leased_until at the earliest (DT_NOEND: there were
+ * none).  Moves the lane's hint there, or as far as the writes made
+ * meanwhile allow, and starts the walk's next step: a later call answers
+ * for the writes after this one.  False when more writes came than the
+ * ring holds: nothing moved, and the walk may move nothing more.
  */
 bool
 RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
@@ -254,18 +335,25 @@ RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 	hint = LockHint(queue_id, false);
 	if (hint != NULL && hint->writes - walk->writes <= RMSG_HINT_WRITES)
 	{
+		LaneHint   *lh = &hint->lane[walk->lane];
+
 		/*
-		 * No further than the lowest key written since the get read the
-		 * hint: the walk is past that entry for good, so the writes an
-		 * earlier step answered for still bound every later step.
+		 * No further than the lowest key written to the lane since the get
+		 * read the hint: the walk is past that entry for good, so the
+		 * writes an earlier step answered for still bound every later step.
 		 */
 		for (uint64 n = walk->writes + 1; n <= hint->writes; n++)
-			walk->cap = Min(walk->cap, hint->written[n % RMSG_HINT_WRITES]);
+		{
+			NotedWrite *noted = &hint->written[n % RMSG_HINT_WRITES];
+
+			if (noted->lane == walk->lane)
+				walk->cap = Min(walk->cap, noted->key);
+		}
 		to = Min(to, walk->cap);
-		hint->return_from = Min(hint->return_from, leased_from);
-		hint->return_at = Min(hint->return_at, leased_until);
-		if (to > hint->scan_from)
-			hint->scan_from = to;
+		lh->return_from = Min(lh->return_from, leased_from);
+		lh->return_at = Min(lh->return_at, leased_until);
+		if (to > lh->scan_from)
+			lh->scan_from = to;
 		walk->writes = hint->writes;
 		moved = true;
 	}
@@ -274,44 +362,51 @@ RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 }
 
 /*
- * A writer added an index entry with visible_at `key` to the queue (see the
- * rule above): a get must not start past it, nor move the hint past it.
+ * A writer added an index entry with visible_at `key` to the queue's lane
+ * (see the rule above): a get must not start past it, nor move the hint
+ * past it; and gets must walk the lane.
  */
 void
-RmsgReadyHintLower(int32 queue_id, TimestampTz key)
+RmsgReadyHintLower(int32 queue_id, int lane, TimestampTz key)
 {
 	ReadyHint  *hint;
 
+	Assert(lane >= 0 && lane < RMSG_PRIORITY_LANES);
 	if (hints == NULL)
 		return;
 	hint = LockHint(queue_id, false);
 	if (hint != NULL)
 	{
-		if (key < hint->scan_from)
-			hint->scan_from = key;
-		NoteWrite(hint, key);
+		if (key < hint->lane[lane].scan_from)
+			hint->lane[lane].scan_from = key;
+		hint->lanes |= 1 << lane;
+		NoteWrite(hint, lane, key);
 	}
 	UnlockHint(hint);
 }
 
 /*
- * A writer ended or moved the lease of a message with key `key`: it ends at
- * `until` now (a nack: now).  If the hint passed the message, gets must be
- * back by then; and a get walking now must not pass it on the old lease.
+ * A writer ended or moved the lease of a message with key `key` in the
+ * queue's lane: it ends at `until` now (a nack: now).  If the hint passed
+ * the message, gets must be back by then; and a get walking now must not
+ * pass it on the old lease.
  */
 void
-RmsgReadyHintLeaseMoved(int32 queue_id, TimestampTz key, TimestampTz until)
+RmsgReadyHintLeaseMoved(int32 queue_id, int lane, TimestampTz key, TimestampTz until)
 {
 	ReadyHint  *hint;
 
+	Assert(lane >= 0 && lane < RMSG_PRIORITY_LANES);
 	if (hints == NULL)
 		return;
 	hint = LockHint(queue_id, false);
 	if (hint != NULL)
 	{
-		NoteWrite(hint, key);
-		hint->return_from = Min(hint->return_from, key);
-		hint->return_at = Min(hint->return_at, until);
+		LaneHint   *lh = &hint->lane[lane];
+
+		NoteWrite(hint, lane, key);
+		lh->return_from = Min(lh->return_from, key);
+		lh->return_at = Min(lh->return_at, until);
 	}
 	UnlockHint(hint);
 }

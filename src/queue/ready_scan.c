@@ -10,8 +10,10 @@
  * sort, which reads every entry of the queue, dead ones included, looks as
  * cheap as the ordered index scan that stops after max rows; and its
  * executor start and end were a good part of a get's cost.  So we walk the
- * ready index ourselves: btree keys queue_id = q AND visible_at <= now, in
- * index order, stepping over messages whose lease is still running.
+ * ready index ourselves: btree keys queue_id = q AND priority = p AND
+ * visible_at <= now, in index order, stepping over messages whose lease is
+ * still running, one priority lane after another from the highest
+ * (priorities.c).
  *
  * Each candidate is locked as SELECT ... FOR UPDATE SKIP LOCKED would:
  * table_tuple_lock with LockWaitSkip, following the update chain to the
@@ -174,67 +176,57 @@ StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
 	return ENTRY_LEASED;
 }
 
-/*
- * Locks and leases up to max ready messages of the queue, oldest-ready
- * first, into taken[]; returns how many it locked.  Messages other
- * transactions have locked are skipped, never waited for.  Those whose
- * deliveries are used up come back locked but not leased, marked exhausted.
- */
-int
-RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
-					   int32 max_deliveries, int max, RmsgTaken *taken)
+/* What the walks of one get share. */
+typedef struct ReadyWalker
 {
-	const RmsgRelations *rels = RmsgGetRelations();
+	const RmsgRelations *rels;
 	Relation	rel;
-	Relation	index;
 	Snapshot	snapshot;
-	IndexScanDesc scan;
-	ScanKeyData keys[3];
-	TupleTableSlot *seen;
-	TupleTableSlot *locked;
-	TupleTableSlot *leased;
-	TupleTableSlot *dirty;
+	IndexScanDesc scan;			/* of the ready index, rescanned per lane */
+	TupleTableSlot *seen;		/* the version our snapshot sees */
+	TupleTableSlot *locked;		/* its newest version, locked */
+	TupleTableSlot *leased;		/* the leased version we made */
+	TupleTableSlot *dirty;		/* for StateOfEntry */
 	IndexFetchTableData *dirty_fetch;
-	CommandId	cid = GetCurrentCommandId(true);
+	CommandId	cid;
+	int32		queue_id;
+	TimestampTz now;
+	TimestampTz lease_end;
+	int32		max_deliveries;
+	bool		may_move;		/* whether this transaction may move the hints */
+} ReadyWalker;
+
+/*
+ * Locks and leases up to max ready messages of one lane of the queue
+ * (priorities.c), oldest-ready first, into taken[]; returns how many it
+ * locked.  Starts at the lane's hint and moves it.
+ */
+static int
+WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
+{
+	const RmsgRelations *rels = w->rels;
+	IndexScanDesc scan = w->scan;
+	ScanKeyData keys[4];
 	int			nfound = 0;
-	RmsgReadyWalk walk;
-	bool		may_move = RmsgReadyHintMayMove(queue_id);
+	RmsgReadyWalk walk = RmsgReadyHintRead(w->queue_id, lane, w->now);
+	bool		may_move = w->may_move;
 	bool		moving_hint = may_move;
-	TimestampTz hint_to = now;	/* where the hint may move, if nothing stops it */
+	TimestampTz hint_to = w->now;	/* where the hint may move, if nothing stops it */
 	TimestampTz leased_from = DT_NOEND;	/* the leased messages it passes */
 	TimestampTz leased_until = DT_NOEND;
 	ItemPointer tid;
-	int			nkeys = 2;
 	uint64		passed = 0;		/* entries the hint passed in this walk */
 
-	rel = table_open(rels->message, RowExclusiveLock);
-	RmsgRefuseBypass(rel, "rmsg.get");
-	index = index_open(rels->message_ready_idx, AccessShareLock);
-
-	/*
-	 * READ COMMITTED looks at the newest committed state, so that a get
-	 * waiting in a loop sees messages committed since it started.
-	 */
-	snapshot = RegisterSnapshot(IsolationUsesXactSnapshot()
-								? GetTransactionSnapshot() : GetLatestSnapshot());
-
+	/* from the hint (DT_NOBEGIN: the front of the lane) up to now */
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(queue_id));
-	ScanKeyInit(&keys[1], 2, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
-				TimestampTzGetDatum(now));
-	walk = RmsgReadyHintRead(queue_id, now);
-	if (walk.start != DT_NOBEGIN)
-		ScanKeyInit(&keys[nkeys++], 2, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
-					TimestampTzGetDatum(walk.start));
-
-	seen = table_slot_create(rel, NULL);
-	locked = table_slot_create(rel, NULL);
-	leased = table_slot_create(rel, NULL);
-	dirty = table_slot_create(rel, NULL);
-	dirty_fetch = table_index_fetch_begin(rel);
-	scan = index_beginscan(rel, index, snapshot, nkeys, 0);
-	scan->xs_want_itup = true;	/* for each entry's key */
-	index_rescan(scan, keys, nkeys, NULL, 0);
+				Int32GetDatum(w->queue_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT2EQ,
+				Int16GetDatum((int16) lane));
+	ScanKeyInit(&keys[2], 3, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
+				TimestampTzGetDatum(w->now));
+	ScanKeyInit(&keys[3], 3, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
+				TimestampTzGetDatum(walk.start));
+	index_rescan(scan, keys, 4, NULL, 0);
 
 	while (nfound < max && (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
 	{
@@ -251,7 +243,7 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 
 		CHECK_FOR_INTERRUPTS();
 
-		if (!index_fetch_heap(scan, seen) || !IsReady(seen, rels, queue_id, now))
+		if (!index_fetch_heap(scan, w->seen) || !IsReady(w->seen, rels, w->queue_id, w->now))
 		{
 			/*
 			 * Not in our snapshot, or leased there: nothing for us to take.
@@ -262,7 +254,8 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 				TimestampTz key;
 				TimestampTz lease_end;
 
-				switch (StateOfEntry(dirty_fetch, &entry, dirty, rels, now, &key, &lease_end))
+				switch (StateOfEntry(w->dirty_fetch, &entry, w->dirty, rels, w->now,
+									 &key, &lease_end))
 				{
 					case ENTRY_GONE:
 						break;
@@ -284,9 +277,9 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 				 */
 				if (moving_hint && ++passed % RMSG_HINT_STEP == 0)
 				{
-					key = DatumGetTimestampTz(index_getattr(scan->xs_itup, 2,
+					key = DatumGetTimestampTz(index_getattr(scan->xs_itup, 3,
 															scan->xs_itupdesc, &isnull));
-					if (!RmsgReadyHintAdvance(queue_id, &walk, key, leased_from, leased_until))
+					if (!RmsgReadyHintAdvance(w->queue_id, &walk, key, leased_from, leased_until))
 						moving_hint = may_move = false;
 					leased_from = leased_until = DT_NOEND;
 				}
@@ -296,11 +289,11 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 		if (moving_hint)
 		{
 			/* a ready message: the hint stops here */
-			hint_to = DatumGetTimestampTz(slot_getattr(seen, rels->att_visible_at, &isnull));
+			hint_to = DatumGetTimestampTz(slot_getattr(w->seen, rels->att_visible_at, &isnull));
 			moving_hint = false;
 		}
 
-		result = table_tuple_lock(rel, &seen->tts_tid, snapshot, locked, cid,
+		result = table_tuple_lock(w->rel, &w->seen->tts_tid, w->snapshot, w->locked, w->cid,
 								  LockTupleExclusive, LockWaitSkip,
 								  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
 		if (result != TM_Ok)
@@ -313,35 +306,94 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 		 */
 		if (tmfd.traversed && IsolationUsesXactSnapshot())
 			continue;
-		if (!IsReady(locked, rels, queue_id, now))
-			continue;			/* changed since our snapshot */
+		/* changed since our snapshot, or moved out of the lane */
+		if (!IsReady(w->locked, rels, w->queue_id, w->now) ||
+			DatumGetInt16(slot_getattr(w->locked, rels->att_priority, &isnull)) != lane)
+			continue;
 
-		t->exhausted = DatumGetInt32(slot_getattr(locked, rels->att_deliveries, &isnull))
-			>= max_deliveries;
+		t->exhausted = DatumGetInt32(slot_getattr(w->locked, rels->att_deliveries, &isnull))
+			>= w->max_deliveries;
 		if (t->exhausted)
-			t->tid = locked->tts_tid;	/* all dead-lettering needs */
+			t->tid = w->locked->tts_tid;	/* all dead-lettering needs */
 		else
 		{
-			Lease(rel, rels, locked, leased, lease_end, cid, snapshot);
-			Describe(leased, rels, t);
+			Lease(w->rel, rels, w->locked, w->leased, w->lease_end, w->cid, w->snapshot);
+			Describe(w->leased, rels, t);
+			t->priority = (int16) lane;
 		}
 		nfound++;
 	}
 
+	if (may_move && hint_to > walk.start)
+		(void) RmsgReadyHintAdvance(w->queue_id, &walk, hint_to, leased_from, leased_until);
+	return nfound;
+}
+
+/*
+ * Locks and leases up to max ready messages of the queue, highest priority
+ * first and oldest-ready first within one, into taken[]; returns how many
+ * it locked.  Messages other transactions have locked are skipped, never
+ * waited for.  Those whose deliveries are used up come back locked but not
+ * leased, marked exhausted.
+ */
+int
+RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
+					   int32 max_deliveries, int max, RmsgTaken *taken)
+{
+	ReadyWalker w;
+	Relation	index;
+	uint16		lanes;
+	int			nfound = 0;
+
+	w.rels = RmsgGetRelations();
+	w.queue_id = queue_id;
+	w.now = now;
+	w.lease_end = lease_end;
+	w.max_deliveries = max_deliveries;
+	w.cid = GetCurrentCommandId(true);
+	w.may_move = RmsgReadyHintMayMove(queue_id);
+	w.rel = table_open(w.rels->message, RowExclusiveLock);
+	RmsgRefuseBypass(w.rel, "rmsg.get");
+	index = index_open(w.rels->message_ready_idx, AccessShareLock);
+
+	/* the lanes to walk: known to the hint, or looked up in the index */
+	lanes = RmsgReadyHintLanes(queue_id);
+	if (lanes == 0)
+	{
+		lanes = RmsgProbeLanes(w.rel, index, queue_id);
+		RmsgReadyHintLanesFound(queue_id, lanes);
+	}
+
+	/*
+	 * READ COMMITTED looks at the newest committed state, so that a get
+	 * waiting in a loop sees messages committed since it started.
+	 */
+	w.snapshot = RegisterSnapshot(IsolationUsesXactSnapshot()
+								  ? GetTransactionSnapshot() : GetLatestSnapshot());
+	w.seen = table_slot_create(w.rel, NULL);
+	w.locked = table_slot_create(w.rel, NULL);
+	w.leased = table_slot_create(w.rel, NULL);
+	w.dirty = table_slot_create(w.rel, NULL);
+	w.dirty_fetch = table_index_fetch_begin(w.rel);
+	w.scan = index_beginscan(w.rel, index, w.snapshot, 4, 0);
+	w.scan->xs_want_itup = true;	/* for each entry's key */
+
+	for (int lane = RMSG_MAX_PRIORITY; lane >= 0 && nfound < max; lane--)
+		if (lanes & (1 << lane))
+			nfound += WalkLane(&w, lane, max - nfound, taken + nfound);
+
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();
-	index_endscan(scan);
-	table_index_fetch_end(dirty_fetch);
+	index_endscan(w.scan);
+	table_index_fetch_end(w.dirty_fetch);
 	if (nfound > 0)
 		RmsgReadyHintTouched(queue_id); /* we leased, or will move, some */
-	if (may_move && hint_to > walk.start)
-		(void) RmsgReadyHintAdvance(queue_id, &walk, hint_to, leased_from, leased_until);
-	ExecDropSingleTupleTableSlot(dirty);
-	ExecDropSingleTupleTableSlot(seen);
-	ExecDropSingleTupleTableSlot(locked);
-	ExecDropSingleTupleTableSlot(leased);
-	UnregisterSnapshot(snapshot);
+	ExecDropSingleTupleTableSlot(w.dirty);
+	ExecDropSingleTupleTableSlot(w.seen);
+	ExecDropSingleTupleTableSlot(w.locked);
+	ExecDropSingleTupleTableSlot(w.leased);
+	UnregisterSnapshot(w.snapshot);
 	index_close(index, NoLock);
-	table_close(rel, NoLock);
+	table_close(w.rel, NoLock);
 	return nfound;
 }

@@ -71,7 +71,7 @@ static RmsgPlan move_back_plan = {
 	"   ORDER BY m.msg_id LIMIT $4"
 	"     FOR UPDATE OF m SKIP LOCKED)"
 	" UPDATE rmsg.message m SET queue_id = p.to_queue_id, deliveries = 0,"
-	"        lease_until = NULL, visible_at = $3, died_in = NULL"
+	"        lease_until = NULL, visible_at = $3, died_in = NULL, priority = 0"
 	"   FROM picked p WHERE m.ctid = p.tid",
 	5, {INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID, INT4ARRAYOID}
 };
@@ -91,13 +91,14 @@ static RmsgPlan revive_plan = {
 };
 
 /*
- * Queue queue_id received ready messages at `now`: new entries in its
- * ready index (ready_hint.c's rule), and its waiters woken at commit.
+ * Queue queue_id received ready messages at `now`: new entries in lane 0
+ * of its ready index (ready_hint.c's rule), and its waiters woken at
+ * commit.
  */
 static void
 Received(int32 queue_id, TimestampTz now)
 {
-	RmsgReadyHintLower(queue_id, now);
+	RmsgReadyHintLower(queue_id, 0, now);
 	RmsgReadyHintTouched(queue_id);
 	RmsgWakeQueueAtCommit(queue_id);
 }

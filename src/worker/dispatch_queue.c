@@ -115,7 +115,7 @@ RmsgDispatchQueue(const RmsgHandler *h, int max, uint64 generation,
 			values[2] = Int32GetDatum(t->deliveries);
 			RmsgPlanExecute(&give_back_plan, values, NULL, false, 0);
 			/* a new entry in the queue's ready index, at its retry time */
-			RmsgReadyHintLower(queue.queue_id, again);
+			RmsgReadyHintLower(queue.queue_id, t->priority, again);
 			counts->retried++;
 		}
 	}

@@ -11,7 +11,8 @@ use warnings FATAL => 'all';
 # handler that fails one call in three (retries, dead letters to dlq).
 # Producers log every msg_id they put in "produced", in the put's own
 # transaction (single puts, put_batch, delayed puts, a slow producer whose
-# transaction stays open, puts rolled back).  Consumers record every
+# transaction stays open, puts rolled back), at priorities 0, 3, 6 and 9
+# in jobs and wq: each lane has a hint of its own (queue/priorities.c).  Consumers record every
 # message they handle in "handled" (msg_id the primary key, a second
 # handling counted in dups), in the transaction of its ack:
 #  - get, work and ack in one transaction (READ COMMITTED, REPEATABLE READ,
@@ -101,15 +102,16 @@ my $dir = PostgreSQL::Test::Utils::tempdir();
 my $produce = <<'EOF';
 \set kind random(1, 100)
 \set n random(1, 20)
+\set prio random(0, 3) * 3
 \if :kind <= 35
-INSERT INTO produced SELECT rmsg.put('jobs', 'single ' || :client_id), 'jobs';
+INSERT INTO produced SELECT rmsg.put('jobs', 'single ' || :client_id, priority => :prio), 'jobs';
 \elif :kind <= 55
-INSERT INTO produced SELECT id, 'jobs' FROM rmsg.put_batch('jobs', (SELECT array_agg(convert_to('batch ' || i, 'UTF8')) FROM generate_series(1, :n) i)) id;
+INSERT INTO produced SELECT id, 'jobs' FROM rmsg.put_batch('jobs', (SELECT array_agg(convert_to('batch ' || i, 'UTF8')) FROM generate_series(1, :n) i), priority => :prio) id;
 \elif :kind <= 65
-INSERT INTO produced SELECT rmsg.put('jobs', 'delayed', delay => random() * interval '1.5 seconds'), 'jobs';
+INSERT INTO produced SELECT rmsg.put('jobs', 'delayed', delay => random() * interval '1.5 seconds', priority => :prio), 'jobs';
 \elif :kind <= 75
 BEGIN;
-INSERT INTO produced SELECT rmsg.put('jobs', 'slow'), 'jobs';
+INSERT INTO produced SELECT rmsg.put('jobs', 'slow', priority => :prio), 'jobs';
 SELECT pg_sleep(random() * 0.3);
 COMMIT;
 \elif :kind <= 80
@@ -118,7 +120,7 @@ SELECT rmsg.put('jobs', 'rolled back');
 SELECT count(*) FROM rmsg.put_batch('jobs', ARRAY['rolled back 1', 'rolled back 2']::bytea[]);
 ROLLBACK;
 \else
-INSERT INTO produced SELECT id, 'wq' FROM rmsg.put_batch('wq', (SELECT array_agg(convert_to('work ' || i, 'UTF8')) FROM generate_series(1, :n) i)) id;
+INSERT INTO produced SELECT id, 'wq' FROM rmsg.put_batch('wq', (SELECT array_agg(convert_to('work ' || i, 'UTF8')) FROM generate_series(1, :n) i), priority => :prio) id;
 \endif
 EOF
 
