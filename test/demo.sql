@@ -207,6 +207,13 @@ SELECT queue, ready, in_flight, groups_in_flight, group_waiting FROM rmsg.queues
 SELECT rmsg.ack(msg_id) AS acked FROM event_leases;
 SELECT convert_from(payload, 'UTF8') AS payload, rmsg.ack(msg_id) AS acked FROM rmsg.get('events', 10);
 
+\echo '-- priorities: among ready messages the higher priority (0 to 9) goes out first, in order within'
+\echo '-- one; each priority is a lane of the ready index with its own hint, so gets stay as cheap:'
+SELECT rmsg.put('events', 'newsletter'::text) AS msg_id;
+SELECT rmsg.put('events', 'password reset'::text, priority => 9) AS msg_id;
+SELECT rmsg.put('events', 'weekly report'::text, priority => 3) AS msg_id;
+SELECT convert_from(payload, 'UTF8') AS payload, rmsg.ack(msg_id) AS acked FROM rmsg.get('events', 10);
+
 \echo '-- idempotent puts: a producer that does not know whether its put committed puts again with the'
 \echo '-- same dedup_id; within the queue''s dedup_window (5 minutes by default) it gets the first msg_id'
 \echo '-- back and nothing is stored twice:'

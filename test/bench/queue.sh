@@ -22,7 +22,8 @@
 # autocommit, synchronous_commit = on:
 #   1 cycle    one message through the queue per pgbench transaction
 #              (rmsg also with each put in one of 100 message groups, at
-#              random: target >= 0.9x the plain cycle):
+#              random, and with each put at a priority from 0 to 9, at
+#              random: targets >= 0.9x the plain cycle):
 #              rmsg.put, rmsg.get (1 message, 30 s lease), rmsg.ack(msg_id,
 #              receipt), against pgmq.send, pgmq.read(queue, 30, 1),
 #              pgmq.delete(queue, msg_id), each its own statement.  A
@@ -161,7 +162,7 @@ setup_schema() {
 workloads_of() {
     local n
     case $1 in
-        cycle) echo cycle_rmsg cyclegrp_rmsg cycle_pgmq ;;
+        cycle) echo cycle_rmsg cyclegrp_rmsg cycleprio_rmsg cycle_pgmq ;;
         put) echo put_rmsg put_pgmq put_pgq ;;
         get10) echo get10_rmsg get10_pgmq ;;
         batch) echo batch_rmsg batch_pgmq batch_insert ;;
@@ -186,6 +187,14 @@ SQL
     cat >"$d/cyclegrp_rmsg.sql" <<'SQL'
 \set g random(1, 100)
 SELECT rmsg.put('bench', bench_payload(), group_id => 'g' || :g);
+SELECT count(*) AS n, coalesce(max(msg_id), 0) AS id, coalesce(max(receipt), 0) AS receipt, coalesce(sum(length(payload)), 0) AS bytes FROM rmsg.get('bench', 1, '30 seconds') \gset
+\if :n > 0
+SELECT rmsg.ack(:id::bigint, :receipt::bigint);
+\endif
+SQL
+    cat >"$d/cycleprio_rmsg.sql" <<'SQL'
+\set p random(0, 9)
+SELECT rmsg.put('bench', bench_payload(), priority => :p);
 SELECT count(*) AS n, coalesce(max(msg_id), 0) AS id, coalesce(max(receipt), 0) AS receipt, coalesce(sum(length(payload)), 0) AS bytes FROM rmsg.get('bench', 1, '30 seconds') \gset
 \if :n > 0
 SELECT rmsg.ack(:id::bigint, :receipt::bigint);
@@ -457,6 +466,7 @@ report() {
         printf '1. put + get + ack, one message per cycle\n'
         row "rmsg  put, get, ack" cycle_rmsg left
         row "rmsg  the same in 100 message groups" cyclegrp_rmsg left
+        row "rmsg  the same at priorities 0-9" cycleprio_rmsg left
         row "pgmq  send, read 1, delete" cycle_pgmq left
     fi
     if has_case put; then
@@ -489,6 +499,7 @@ report() {
     if has_case cycle; then
         ratio_line "1. cycle, rmsg / pgmq:" cycle_rmsg cycle_pgmq '>=' 2.0
         ratio_line "   cycle in groups / plain:" cyclegrp_rmsg cycle_rmsg '>=' 0.9
+        ratio_line "   cycle at priorities / plain:" cycleprio_rmsg cycle_rmsg '>=' 0.9
     fi
     if has_case put; then
         ratio_line "2. put, rmsg / pgmq.send:" put_rmsg put_pgmq
