@@ -157,11 +157,22 @@ extern void RmsgRegisterLeaseKeeper(const RmsgLeaseKeeper *keeper);
  * queue/ready_hint.c: where a get may start in the ready index.  Every
  * writer of rmsg.message keeps its rules (see there) before it commits.
  */
+/*
+ * A place in a lane of the ready index: an entry's (visible_at, msg_id).
+ * A batch puts many messages with one visible_at, so the msg_id lets a
+ * hint stop inside it.
+ */
+typedef struct RmsgHintKey
+{
+	TimestampTz at;
+	int64		msg_id;
+} RmsgHintKey;
+
 typedef struct RmsgReadyWalk
 {
 	int			lane;			/* the priority lane walked */
 	uint64		writes;			/* the hint's count of writes, when read */
-	TimestampTz start;			/* where the walk starts (DT_NOBEGIN: the front) */
+	RmsgHintKey start;			/* where the walk starts (at DT_NOBEGIN: the front) */
 	TimestampTz cap;			/* the lowest key written since (DT_NOEND: none) */
 } RmsgReadyWalk;
 
@@ -170,8 +181,9 @@ extern void RmsgReadyHintShmemStartup(void);
 extern uint16 RmsgReadyHintLanes(int32 queue_id);
 extern void RmsgReadyHintLanesFound(int32 queue_id, uint16 lanes);
 extern RmsgReadyWalk RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now);
-extern bool RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
+extern bool RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, RmsgHintKey to,
 								 TimestampTz leased_from, TimestampTz leased_until);
+extern bool RmsgHintKeyBefore(RmsgHintKey a, RmsgHintKey b);
 extern void RmsgReadyHintLower(int32 queue_id, int lane, TimestampTz key);
 extern void RmsgReadyHintLeaseMoved(int32 queue_id, int lane, TimestampTz key,
 									TimestampTz until);

@@ -13,8 +13,11 @@
  * message acked since it began.  Without help, each get steps over all of
  * them, reading each from the heap, and consumers slow to a crawl.
  *
- * So each queue has a hint in shared memory, scan_from: a visible_at below
- * which the index holds no entry a get must look at.  A get starts its walk
+ * So each queue has a hint in shared memory, scan_from: a key (visible_at,
+ * msg_id) below which the index holds no entry a get must look at.  The
+ * msg_id lets it stop inside the messages of one batch, which share their
+ * visible_at; writers name only a visible_at (below), which counts as the
+ * lowest key with it.  A get starts its walk
  * at scan_from, and moves it forward over what it may pass:
  *  - entries gone for good: every row version deleted by a committed
  *    transaction or inserted by an aborted one;
@@ -90,7 +93,7 @@
 /* What the hint knows of one priority lane of its queue. */
 typedef struct LaneHint
 {
-	TimestampTz scan_from;
+	RmsgHintKey scan_from;
 	TimestampTz return_from;	/* lowest key of a leased message passed */
 	TimestampTz return_at;		/* earliest end of the leases passed */
 } LaneHint;
@@ -188,7 +191,8 @@ FindHint(const RmsgQueueKey *key, bool create)
 		hint->lanes = 1;		/* lane 0, the default priority */
 		for (int lane = 0; lane < RMSG_PRIORITY_LANES; lane++)
 		{
-			hint->lane[lane].scan_from = DT_NOBEGIN;
+			hint->lane[lane].scan_from.at = DT_NOBEGIN;
+			hint->lane[lane].scan_from.msg_id = 0;
 			hint->lane[lane].return_from = hint->lane[lane].return_at = DT_NOEND;
 		}
 	}
@@ -196,6 +200,28 @@ FindHint(const RmsgQueueKey *key, bool create)
 	LWLockAcquire(shared->lock, LW_SHARED);
 	/* it may have gone while we did not hold the lock: look again */
 	return hash_search(hints, key, HASH_FIND, NULL);
+}
+
+/* Whether key a comes before key b in the ready index. */
+bool
+RmsgHintKeyBefore(RmsgHintKey a, RmsgHintKey b)
+{
+	return a.at < b.at || (a.at == b.at && a.msg_id < b.msg_id);
+}
+
+/*
+ * Moves the lane's scan_from back to visible_at `at`, if it is past it:
+ * to the lowest key with that visible_at, since the writer does not name
+ * its entry's msg_id.  Spinlock held.
+ */
+static void
+LowerTo(LaneHint *lh, TimestampTz at)
+{
+	if (at <= lh->scan_from.at)
+	{
+		lh->scan_from.at = at;
+		lh->scan_from.msg_id = 0;
+	}
 }
 
 /* Notes a write with key `key` in lane `lane`.  Spinlock held. */
@@ -292,7 +318,7 @@ RmsgReadyWalk
 RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
 {
 	ReadyHint  *hint;
-	RmsgReadyWalk walk = {lane, 0, DT_NOBEGIN, DT_NOEND};
+	RmsgReadyWalk walk = {lane, 0, {DT_NOBEGIN, 0}, DT_NOEND};
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
@@ -303,7 +329,7 @@ RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
 
 		if (lh->return_at <= now)
 		{
-			lh->scan_from = Min(lh->scan_from, lh->return_from);
+			LowerTo(lh, lh->return_from);
 			NoteWrite(hint, lane, lh->return_from);
 			lh->return_from = lh->return_at = DT_NOEND;
 		}
@@ -324,7 +350,7 @@ RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
  * ring holds: nothing moved, and the walk may move nothing more.
  */
 bool
-RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
+RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, RmsgHintKey to,
 					 TimestampTz leased_from, TimestampTz leased_until)
 {
 	ReadyHint  *hint;
@@ -349,10 +375,15 @@ RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, TimestampTz to,
 			if (noted->lane == walk->lane)
 				walk->cap = Min(walk->cap, noted->key);
 		}
-		to = Min(to, walk->cap);
+		if (walk->cap <= to.at)
+		{
+			/* a write with key cap: no further than cap's lowest key */
+			to.at = walk->cap;
+			to.msg_id = 0;
+		}
 		lh->return_from = Min(lh->return_from, leased_from);
 		lh->return_at = Min(lh->return_at, leased_until);
-		if (to > lh->scan_from)
+		if (RmsgHintKeyBefore(lh->scan_from, to))
 			lh->scan_from = to;
 		walk->writes = hint->writes;
 		moved = true;
@@ -377,8 +408,7 @@ RmsgReadyHintLower(int32 queue_id, int lane, TimestampTz key)
 	hint = LockHint(queue_id, false);
 	if (hint != NULL)
 	{
-		if (key < hint->lane[lane].scan_from)
-			hint->lane[lane].scan_from = key;
+		LowerTo(&hint->lane[lane], key);
 		hint->lanes |= 1 << lane;
 		NoteWrite(hint, lane, key);
 	}

@@ -149,13 +149,11 @@ typedef enum EntryState
  * with a dirty snapshot: it finds no version when every version was
  * deleted by a committed transaction or inserted by an aborted one, and
  * says when a transaction still running inserted the version it found or
- * is deleting or changing it.  Sets *key (the entry's visible_at) and, for
- * a leased message, *lease_end.
+ * is deleting or changing it.  Sets, for a leased message, *lease_end.
  */
 static EntryState
 StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
-			 const RmsgRelations *rels, TimestampTz now,
-			 TimestampTz *key, TimestampTz *lease_end)
+			 const RmsgRelations *rels, TimestampTz now, TimestampTz *lease_end)
 {
 	SnapshotData dirty;
 	bool		call_again = false;
@@ -166,7 +164,6 @@ StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
 	InitDirtySnapshot(dirty);
 	if (!table_index_fetch_tuple(fetch, tid, &dirty, slot, &call_again, &all_dead))
 		return ENTRY_GONE;
-	*key = DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull));
 	if (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax))
 		return ENTRY_STOPS;
 	lease = slot_getattr(slot, rels->att_lease_until, &isnull);
@@ -174,6 +171,21 @@ StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
 		return ENTRY_STOPS;
 	*lease_end = DatumGetTimestampTz(lease);
 	return ENTRY_LEASED;
+}
+
+/*
+ * The key of the index entry the scan is on: its (visible_at, msg_id),
+ * which every version in its HOT chain shares.
+ */
+static RmsgHintKey
+EntryKey(IndexScanDesc scan)
+{
+	RmsgHintKey key;
+	bool		isnull;
+
+	key.at = DatumGetTimestampTz(index_getattr(scan->xs_itup, 3, scan->xs_itupdesc, &isnull));
+	key.msg_id = DatumGetInt64(index_getattr(scan->xs_itup, 4, scan->xs_itupdesc, &isnull));
+	return key;
 }
 
 /* What the walks of one get share. */
@@ -207,25 +219,43 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 	const RmsgRelations *rels = w->rels;
 	IndexScanDesc scan = w->scan;
 	ScanKeyData keys[4];
+	ScanKeyData from_hint[2];	/* (visible_at, msg_id) >= the hint's key */
 	int			nfound = 0;
 	RmsgReadyWalk walk = RmsgReadyHintRead(w->queue_id, lane, w->now);
 	bool		may_move = w->may_move;
 	bool		moving_hint = may_move;
-	TimestampTz hint_to = w->now;	/* where the hint may move, if nothing stops it */
+	RmsgHintKey hint_to = {w->now, 0};	/* where the hint may move, if nothing stops it */
 	TimestampTz leased_from = DT_NOEND;	/* the leased messages it passes */
 	TimestampTz leased_until = DT_NOEND;
 	ItemPointer tid;
 	uint64		passed = 0;		/* entries the hint passed in this walk */
 
-	/* from the hint (DT_NOBEGIN: the front of the lane) up to now */
+	/*
+	 * From the hint's key (at DT_NOBEGIN: the front of the lane) up to now.
+	 * The start is a row comparison, (visible_at, msg_id) >= (at, msg_id),
+	 * which btree positions on directly: a hint may stop inside a batch,
+	 * whose messages share one visible_at.  Keys in column order, as btree
+	 * requires.
+	 */
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(w->queue_id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT2EQ,
 				Int16GetDatum((int16) lane));
 	ScanKeyInit(&keys[2], 3, BTLessEqualStrategyNumber, F_TIMESTAMPTZ_LE,
 				TimestampTzGetDatum(w->now));
-	ScanKeyInit(&keys[3], 3, BTGreaterEqualStrategyNumber, F_TIMESTAMPTZ_GE,
-				TimestampTzGetDatum(walk.start));
+	/* the members of a row comparison compare with btree's three-way functions */
+	ScanKeyEntryInitialize(&from_hint[0], SK_ROW_MEMBER, 3, BTGreaterEqualStrategyNumber,
+						   InvalidOid, InvalidOid, F_TIMESTAMPTZ_CMP,
+						   TimestampTzGetDatum(walk.start.at));
+	ScanKeyEntryInitialize(&from_hint[1], SK_ROW_MEMBER | SK_ROW_END, 4,
+						   BTGreaterEqualStrategyNumber, InvalidOid, InvalidOid, F_BTINT8CMP,
+						   Int64GetDatum(walk.start.msg_id));
+	/* a row comparison's header has no function of its own, as the executor makes it */
+	MemSet(&keys[3], 0, sizeof(ScanKeyData));
+	keys[3].sk_flags = SK_ROW_HEADER;
+	keys[3].sk_attno = 3;
+	keys[3].sk_strategy = BTGreaterEqualStrategyNumber;
+	keys[3].sk_argument = PointerGetDatum(from_hint);
 	index_rescan(scan, keys, 4, NULL, 0);
 
 	while (nfound < max && (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
@@ -251,16 +281,16 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 			 */
 			if (moving_hint)
 			{
-				TimestampTz key;
+				RmsgHintKey key = EntryKey(scan);
 				TimestampTz lease_end;
 
 				switch (StateOfEntry(w->dirty_fetch, &entry, w->dirty, rels, w->now,
-									 &key, &lease_end))
+									 &lease_end))
 				{
 					case ENTRY_GONE:
 						break;
 					case ENTRY_LEASED:
-						leased_from = Min(leased_from, key);
+						leased_from = Min(leased_from, key.at);
 						leased_until = Min(leased_until, lease_end);
 						break;
 					case ENTRY_STOPS:
@@ -277,8 +307,6 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 				 */
 				if (moving_hint && ++passed % RMSG_HINT_STEP == 0)
 				{
-					key = DatumGetTimestampTz(index_getattr(scan->xs_itup, 3,
-															scan->xs_itupdesc, &isnull));
 					if (!RmsgReadyHintAdvance(w->queue_id, &walk, key, leased_from, leased_until))
 						moving_hint = may_move = false;
 					leased_from = leased_until = DT_NOEND;
@@ -289,7 +317,7 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 		if (moving_hint)
 		{
 			/* a ready message: the hint stops here */
-			hint_to = DatumGetTimestampTz(slot_getattr(w->seen, rels->att_visible_at, &isnull));
+			hint_to = EntryKey(scan);
 			moving_hint = false;
 		}
 
@@ -324,7 +352,7 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 		nfound++;
 	}
 
-	if (may_move && hint_to > walk.start)
+	if (may_move && RmsgHintKeyBefore(walk.start, hint_to))
 		(void) RmsgReadyHintAdvance(w->queue_id, &walk, hint_to, leased_from, leased_until);
 	return nfound;
 }
