@@ -171,6 +171,7 @@ typedef struct RmsgHintKey
 typedef struct RmsgReadyWalk
 {
 	int			lane;			/* the priority lane walked */
+	bool		hinted;			/* the queue had a hint when the walk read it */
 	uint64		writes;			/* the hint's count of writes, when read */
 	RmsgHintKey start;			/* where the walk starts (at DT_NOBEGIN: the front) */
 	TimestampTz cap;			/* the lowest key written since (DT_NOEND: none) */

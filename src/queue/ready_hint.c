@@ -318,7 +318,7 @@ RmsgReadyWalk
 RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
 {
 	ReadyHint  *hint;
-	RmsgReadyWalk walk = {lane, 0, {DT_NOBEGIN, 0}, DT_NOEND};
+	RmsgReadyWalk walk = {lane, false, 0, {DT_NOBEGIN, 0}, DT_NOEND};
 
 	if (hints == NULL)
 		return walk;			/* not preloaded: no shared memory */
@@ -333,6 +333,7 @@ RmsgReadyHintRead(int32 queue_id, int lane, TimestampTz now)
 			NoteWrite(hint, lane, lh->return_from);
 			lh->return_from = lh->return_at = DT_NOEND;
 		}
+		walk.hinted = true;
 		walk.writes = hint->writes;
 		walk.start = lh->scan_from;
 	}
@@ -359,7 +360,12 @@ RmsgReadyHintAdvance(int32 queue_id, RmsgReadyWalk *walk, RmsgHintKey to,
 	if (hints == NULL)
 		return false;
 	hint = LockHint(queue_id, false);
-	if (hint != NULL && hint->writes - walk->writes <= RMSG_HINT_WRITES)
+	/*
+	 * A walk that found no hint (the table was full) knows no count of
+	 * writes to answer for: a hint made since (a drop freed room) may have
+	 * noted writes it walked past.
+	 */
+	if (hint != NULL && walk->hinted && hint->writes - walk->writes <= RMSG_HINT_WRITES)
 	{
 		LaneHint   *lh = &hint->lane[walk->lane];
 
