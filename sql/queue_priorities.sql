@@ -69,6 +69,15 @@ INSERT INTO rmsg.message (queue_id, visible_at, enqueued_at, payload_size, inlin
 SELECT queue_id, now(), now(), 1, 'x', 10 FROM rmsg.queue WHERE name = 'pq';
 \set VERBOSITY default
 
+-- the ready index must have the shape the gets walk: one of another shape
+-- (a development script's, or one changed by hand) is refused
+BEGIN;
+DROP INDEX rmsg.message_ready_idx;
+CREATE INDEX message_ready_idx ON rmsg.message (queue_id, visible_at, msg_id);
+SELECT count(*) FROM rmsg.get('pq');
+ROLLBACK;
+SELECT count(*) AS works_again FROM rmsg.get('pq');
+
 -- in a group, the group's order comes first: a later message of a higher
 -- priority waits for the one before it
 SELECT rmsg.put('pq', 'g1'::text, group_id => 'g') > 0 AS put,

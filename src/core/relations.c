@@ -191,6 +191,32 @@ RmsgRefuseBypass(Relation rel, const char *what)
 }
 
 /*
+ * ready_scan.c walks message_ready_idx by its column numbers: queue_id,
+ * priority, visible_at, msg_id.  An index of another shape (a database
+ * made by a development script of 1.1, or changed by hand) would be
+ * searched with keys of the wrong types; refuse it instead.
+ */
+static void
+CheckReadyIndex(const RmsgRelations *r)
+{
+	Relation	index = index_open(r->message_ready_idx, AccessShareLock);
+	int2vector *keys = &index->rd_index->indkey;
+	bool		ok;
+
+	ok = index->rd_index->indnkeyatts == 4 &&
+		keys->values[0] == r->att_queue_id &&
+		keys->values[1] == r->att_priority &&
+		keys->values[2] == r->att_visible_at &&
+		keys->values[3] == r->att_msg_id;
+	index_close(index, AccessShareLock);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index rmsg.message_ready_idx is not on (queue_id, priority, visible_at, msg_id)"),
+				 errhint("Reinstall the extension, or recreate the index as its script does.")));
+}
+
+/*
  * Our tables' OIDs and attribute numbers, looked up again after any
  * relcache invalidation.  Also the check that the SQL objects are of the
  * version this library needs, and that nobody added a trigger to our
@@ -250,6 +276,7 @@ RmsgGetRelations(void)
 		relations.att_group_id = AttnumOf(rel, "group_id");
 		relations.att_priority = AttnumOf(rel, "priority");
 		table_close(rel, NoLock);
+		CheckReadyIndex(&relations);
 
 		rel = table_open(relations.payload, AccessShareLock);
 		relations.att_payload_payload_id = AttnumOf(rel, "payload_id");

@@ -100,12 +100,18 @@ static int64 instance_cursor = 0;
 static TimestampTz earliest_retry = 0;	/* of the retries we scheduled */
 static TimestampTz next_maintenance = 0;
 
-/* $1 subscribed queue ids, $2 now: when the first delayed message comes due */
+/*
+ * $1 subscribed queue ids, $2 now: when the first delayed message comes
+ * due.  One index descent per queue and priority lane: with priority the
+ * second column of the ready index, a scan of a whole queue ordered by
+ * visible_at would read (and sort) every entry of it on each idle pass.
+ */
 static RmsgPlan next_due_plan = {
 	"SELECT min(n.visible_at) AS next_due FROM unnest($1) q(id)"
+	" CROSS JOIN generate_series(0, " CppAsString2(RMSG_MAX_PRIORITY) ") p(lane)"
 	" CROSS JOIN LATERAL (SELECT visible_at FROM rmsg.message"
-	"                      WHERE queue_id = q.id AND visible_at > $2"
-	"                      ORDER BY queue_id, visible_at LIMIT 1) n",
+	"                      WHERE queue_id = q.id AND priority = p.lane AND visible_at > $2"
+	"                      ORDER BY visible_at LIMIT 1) n",
 	2, {INT4ARRAYOID, TIMESTAMPTZOID}
 };
 

@@ -10,6 +10,8 @@ use warnings FATAL => 'all';
 #     get after it finds the lanes in the index and takes the highest.
 #  3. The worker hands out in the same order: a paused queue filled at
 #     random priorities is handled highest first once resumed.
+#  4. The worker's idle passes read one entry per lane of a queue of
+#     delayed messages, not the whole queue.
 # Counted in index entries read (idx_tup_read), which do not depend on the
 # machine's speed.  The random mix of TAP 023 puts at several priorities.
 
@@ -158,6 +160,40 @@ SELECT count(*) FROM handled a JOIN handled b ON b.seq = a.seq + 1 WHERE b.prior
 is( $node->safe_psql('postgres', q{
 SELECT string_agg(payload, ',' ORDER BY seq) FROM handled WHERE priority = 7}),
 	'w1,w11,w21,w31', 'and in put order within a priority');
+
+#---------------------------------------------------------------------------
+# 4. The worker's idle pass asks when the next delayed message of each
+#    subscribed queue comes due: one index descent per lane, not a read of
+#    the whole queue (with priority second in the ready index, a query
+#    ordered by visible_at alone read every entry of the queue and sorted
+#    them on each pass: 20,000 delayed messages, 20,000 entries a pass).
+#---------------------------------------------------------------------------
+$node->append_conf('postgresql.conf', "rmsg.worker_naptime = 200\n");
+$node->reload;
+$node->safe_psql('postgres', q{
+SELECT rmsg.create_queue('later');
+SELECT count(*) FROM rmsg.put_batch('later', (SELECT array_agg(convert_to('l' || i, 'UTF8'))
+                                                FROM generate_series(1, 20000) i));
+UPDATE rmsg.message m SET visible_at = now() + interval '1 hour'
+  FROM rmsg.queue q WHERE q.queue_id = m.queue_id AND q.name = 'later';
+SELECT rmsg.subscribe('later', 'record(bytea,jsonb)');
+});
+# let the worker read the new subscription and go idle
+$node->safe_psql('postgres', q{SELECT pg_sleep(1)});
+my $idle = $node->safe_psql('postgres', q{
+SET stats_fetch_consistency = none;
+SELECT pg_stat_force_next_flush();
+SELECT 'before', idx_tup_read + coalesce((SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'message' AND schemaname = 'rmsg'), 0)
+  FROM pg_stat_user_indexes WHERE indexrelname = 'message_ready_idx';
+SELECT pg_sleep(2);
+SELECT pg_stat_force_next_flush();
+SELECT 'after', idx_tup_read + coalesce((SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'message' AND schemaname = 'rmsg'), 0)
+  FROM pg_stat_user_indexes WHERE indexrelname = 'message_ready_idx';
+});
+my %idle = $idle =~ /^(before|after)\|(\d+)$/mg;
+my $idle_read = $idle{after} - $idle{before};
+note("rows and index entries read in 2 s of idle passes beside 20,000 delayed messages: $idle_read");
+cmp_ok($idle_read, '<', 2000, 'idle passes read a few entries per lane, not the whole queue');
 
 $node->stop;
 done_testing();
