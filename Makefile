@@ -26,7 +26,9 @@ TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
 
 PG_CONFIG ?= pg_config
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -I$(libpq_srcdir)
+# remote/connection.c: the worker connects to foreign servers with libpq
+SHLIB_LINK_INTERNAL = $(libpq)
 # The compiler writes down which headers each object read (src/*/*.d), so
 # that a change to a folder's header rebuilds only the files that use it:
 # PGXS tracks no header dependencies by itself.

@@ -1014,3 +1014,100 @@ COMMENT ON FUNCTION rmsg.metrics() IS
   'queue depths by state, oldest ready age, puts, acks, dead letters, instances, workers and contract figures, in the Prometheus text exposition format';
 REVOKE EXECUTE ON FUNCTION rmsg.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rmsg.metrics() TO pg_read_all_stats;
+
+------------------------------------------------------------------------------
+-- Between servers (remote/): a remote queue is a local queue whose messages
+-- the worker moves, exactly once and in order, to a queue on a foreign
+-- server (CREATE SERVER ... FOREIGN DATA WRAPPER postgres_fdw and a user
+-- mapping say where and as whom)
+------------------------------------------------------------------------------
+
+-- The sending side, one row per remote queue.  channel names this sender to
+-- the receiver; next_seq is the sequence number the next message moved
+-- gets, acked_seq the last the receiver said it holds.
+CREATE TABLE rmsg.remote_queue (
+    queue_id        int PRIMARY KEY REFERENCES rmsg.queue (queue_id) ON DELETE CASCADE,
+    server          text NOT NULL,
+    remote_queue    text NOT NULL,
+    channel         text NOT NULL UNIQUE,
+    next_seq        bigint NOT NULL DEFAULT 1 CHECK (next_seq > 0),
+    acked_seq       bigint NOT NULL DEFAULT 0 CHECK (acked_seq >= 0),
+    last_sent_at    timestamptz,
+    last_error      text,
+    last_error_at   timestamptz
+);
+COMMENT ON TABLE rmsg.remote_queue IS 'the queues whose messages the worker moves to a queue of a foreign server';
+
+-- Messages given a sequence number and on their way: they left
+-- rmsg.message in the transaction that numbered them, with their data.
+CREATE TABLE rmsg.transit (
+    queue_id        int NOT NULL REFERENCES rmsg.remote_queue (queue_id) ON DELETE CASCADE,
+    seq             bigint NOT NULL,
+    msg_id          bigint NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    headers         jsonb,
+    data            bytea NOT NULL,
+    PRIMARY KEY (queue_id, seq)
+);
+COMMENT ON TABLE rmsg.transit IS 'messages of remote queues numbered and sent, not yet confirmed by the receiver';
+
+-- The receiving side: the last sequence number taken from each channel,
+-- which queue it puts to and the role that may send on it.
+CREATE TABLE rmsg.channel_in (
+    channel         text PRIMARY KEY,
+    queue_id        int NOT NULL,
+    sender          regrole NOT NULL,
+    last_seq        bigint NOT NULL,
+    updated_at      timestamptz NOT NULL
+);
+COMMENT ON TABLE rmsg.channel_in IS 'the last sequence number taken from each sending server''s channel';
+
+SELECT pg_catalog.pg_extension_config_dump('rmsg.remote_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.transit', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.channel_in', '');
+REVOKE ALL ON rmsg.remote_queue, rmsg.transit, rmsg.channel_in FROM PUBLIC;
+
+CREATE FUNCTION rmsg.create_remote_queue(queue text, server text, remote_queue text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_create_remote_queue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.create_remote_queue(text, text, text) IS
+  'create a queue whose messages the worker moves, exactly once and in order, to remote_queue (default: the same name) on the foreign server';
+REVOKE EXECUTE ON FUNCTION rmsg.create_remote_queue(text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION rmsg.accept_transfer(channel text, queue text, first_seq bigint,
+                                     payloads bytea[], headers jsonb[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rmsg_accept_transfer'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.accept_transfer(text, text, bigint, bytea[], jsonb[]) IS
+  'called by a sending server''s worker: puts the messages numbered first_seq on that the channel has not brought yet; returns the last number taken';
+
+CREATE VIEW rmsg.channels WITH (security_barrier) AS
+SELECT r.server,
+       q.name AS queue,
+       r.remote_queue,
+       coalesce(m.pending, 0) AS pending,
+       coalesce(t.in_transit, 0) AS in_transit,
+       r.next_seq - 1 AS last_sent,
+       r.acked_seq AS last_acknowledged,
+       now() - least(m.oldest, t.oldest) AS lag,
+       r.last_sent_at,
+       r.last_error,
+       r.last_error_at,
+       r.channel
+  FROM rmsg.remote_queue r
+  JOIN rmsg.queue q USING (queue_id)
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS pending, min(mm.enqueued_at) AS oldest
+          FROM rmsg.message mm
+         WHERE mm.queue_id = r.queue_id) m ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS in_transit, min(tt.enqueued_at) AS oldest
+          FROM rmsg.transit tt
+         WHERE tt.queue_id = r.queue_id) t ON true
+ WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+    OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+COMMENT ON VIEW rmsg.channels IS
+  'one row per remote queue: messages waiting, in transit, the last sequence number sent and acknowledged, lag and last error';
+GRANT SELECT ON rmsg.channels TO PUBLIC;

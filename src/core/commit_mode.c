@@ -4,7 +4,7 @@
  *	  How a transaction's commit reaches disk: lazily for writes a crash may
  *	  lose, stably for writes a crash must not lose.
  *
- * Two kinds of our writes may be lost in a crash without harm:
+ * Three kinds of our writes may be lost in a crash without harm:
  *
  * - A lease (get, nack, extend, receive) changes when a message is visible,
  *	 nothing more.  A forgotten lease leaves the message ready again, which
@@ -18,6 +18,9 @@
  *	 (contract/called_components.c).  A log write lost in a crash is redone
  *	 when the caller replays from its checkpoint.  (rmsg.lazy_caller_log =
  *	 off turns this off, to measure what it saves.)
+ * - A remote queue's worker forgetting the messages the other server said
+ *	 it holds (worker/transfer.c).  Lost, it sends them again, and the
+ *	 receiver skips the numbers it has.
  *
  * A transaction that wrote nothing but such writes commits as if
  * synchronous_commit were off, whatever the session's setting.  PostgreSQL
@@ -71,7 +74,7 @@ RmsgLazyWriteBegin(RmsgLazyKind kind)
 {
 	if (kind == RMSG_LAZY_LEASE)
 		wrote_lease = true;
-	else
+	else if (kind == RMSG_LAZY_CALLER_LOG)
 		wrote_caller_log = true;
 	switch (lazy_state)
 	{

@@ -86,7 +86,8 @@ extern void RmsgBumpCatalogGeneration(void);
 typedef enum RmsgLazyKind
 {
 	RMSG_LAZY_LEASE,			/* get, nack, extend, receive (rmsg.lazy_leases) */
-	RMSG_LAZY_CALLER_LOG		/* the caller's log of the contract */
+	RMSG_LAZY_CALLER_LOG,		/* the caller's log of the contract */
+	RMSG_LAZY_TRANSFER_ACK		/* a remote queue forgetting what was received */
 } RmsgLazyKind;
 
 extern bool rmsg_lazy_leases;

@@ -72,8 +72,9 @@ static RmsgPlan lookup_plan = {
 	"SELECT queue_id, max_deliveries,"
 	"       coalesce(dead_letter_queue_id, 0) AS dead_letter_queue_id, dedup,"
 	"       owner::oid AS owner, acl, paused,"
-	"       (extract(epoch FROM dedup_window) * 1000000)::bigint AS dedup_window"
-	"  FROM rmsg.queue WHERE name = $1",
+	"       (extract(epoch FROM dedup_window) * 1000000)::bigint AS dedup_window,"
+	"       EXISTS (SELECT FROM rmsg.remote_queue r WHERE r.queue_id = q.queue_id) AS remote"
+	"  FROM rmsg.queue q WHERE name = $1",
 	1, {TEXTOID}
 };
 
@@ -184,6 +185,7 @@ RmsgLookupQueue(const char *name, RmsgQueue *queue, Acl **acl)
 	queue->owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
 	queue->paused = DatumGetBool(RmsgSpiNotNull(0, "paused"));
 	queue->dedup_window = DatumGetInt64(RmsgSpiNotNull(0, "dedup_window"));
+	queue->remote = DatumGetBool(RmsgSpiNotNull(0, "remote"));
 	value = RmsgSpiValue(0, "acl", &isnull);
 	*acl = isnull ? NULL : DatumGetAclP(value);
 	return true;
@@ -373,6 +375,20 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 		ReportQueueExists(name);
 	RmsgSpiFinish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Refuses (42809) what only a local queue does, on a remote queue: its
+ * messages are the receiving server's (remote/create.c).
+ */
+void
+RmsgRefuseRemoteQueue(const RmsgQueue *queue, const char *name, const char *what)
+{
+	if (queue->remote)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("queue \"%s\" is a remote queue: %s is for local queues", name, what),
+				 errdetail("The worker moves a remote queue's messages to the queue of the foreign server it names.")));
 }
 
 /*

@@ -111,6 +111,7 @@ rmsg_forward(PG_FUNCTION_ARGS)
 
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
+	RmsgCheckPlacement(&queue, queue_name, &place);
 	arg = Int64GetDatum(source_msg_id);
 	RmsgPlanExecute(&source_message_plan, &arg, NULL, false, 1);
 	if (SPI_processed == 0)
@@ -226,6 +227,7 @@ rmsg_put_many(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nqueues; i++)
 	{
 		queues[i] = RmsgOpenQueueFor(names[i], AccessShareLock, RMSG_PUT);
+		RmsgCheckPlacement(&queues[i], names[i], &place);
 		if (queues[i].dedup != RMSG_DEDUP_NONE)
 		{
 			/* a content queue leads: it finds equal data and writes findably */

@@ -221,6 +221,7 @@ rmsg_get(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_GET);
+	RmsgRefuseRemoteQueue(&queue, queue_name, "rmsg.get");
 	deadline = RmsgTimeAfter(GetCurrentTimestamp(), wait);
 	/* an empty get hands out no data: last_data_token() is then NULL */
 	RmsgClearLastToken();

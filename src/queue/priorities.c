@@ -60,6 +60,21 @@ RmsgPlacementArgs(FunctionCallInfo fcinfo, int group_argno, int priority_argno)
 }
 
 /*
+ * A remote queue (remote/) moves its messages in put order: a group or a
+ * priority is for the queue on the receiving side, and is refused (0A000)
+ * before anything is written.
+ */
+void
+RmsgCheckPlacement(const RmsgQueue *queue, const char *name, const RmsgPlacement *place)
+{
+	if (queue->remote && (place->group_id != NULL || place->priority != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("queue \"%s\" is a remote queue: its messages take no group_id or priority", name),
+				 errdetail("A remote queue moves its messages to the other server in the order they were put.")));
+}
+
+/*
  * The lanes of the queue that hold index entries, live or dead, as a
  * bitmask: one descent of the ready index per lane found, and one more.
  * Entries marked dead in the index are not seen, and need not be.  For a

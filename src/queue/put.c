@@ -160,6 +160,7 @@ PutMessage(FunctionCallInfo fcinfo, bytea *payload, int64 *new_token)
 
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
+	RmsgCheckPlacement(&queue, queue_name, &place);
 	by_token = TokenSource(fcinfo, 4, payload, &token, &source);
 	/*
 	 * The group's lock first, before a msg_id is drawn: the group's order
@@ -415,6 +416,7 @@ rmsg_put_batch(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	/* an empty batch still names a queue, which must exist */
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
+	RmsgCheckPlacement(&queue, queue_name, &place);
 	if (nelems == 0)
 	{
 		RmsgSpiFinish();

@@ -29,6 +29,7 @@ typedef struct RmsgQueue
 	RmsgDedupMode dedup;
 	Oid			owner;
 	bool		paused;			/* pause_queue: nothing is handed out */
+	bool		remote;			/* remote/: its messages go to another server */
 	int64		dedup_window;	/* usecs a put's dedup_id is remembered */
 	AclMode		rights;			/* of the role that opened it */
 } RmsgQueue;
@@ -36,6 +37,7 @@ typedef struct RmsgQueue
 extern void RmsgQueueCatalogInit(void);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
 extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed);
+extern void RmsgRefuseRemoteQueue(const RmsgQueue *queue, const char *name, const char *what);
 extern void RmsgRefuseDropOfDeadLetterQueue(const char *name);
 extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);
 
@@ -55,6 +57,8 @@ typedef struct RmsgPlacement
 
 extern RmsgPlacement RmsgPlacementArgs(FunctionCallInfo fcinfo, int group_argno,
 									   int priority_argno);
+extern void RmsgCheckPlacement(const RmsgQueue *queue, const char *name,
+							   const RmsgPlacement *place);
 extern uint16 RmsgProbeLanes(Relation rel, Relation index, int32 queue_id);
 
 /* queue/ready_scan.c: finding, locking and leasing a queue's ready messages */

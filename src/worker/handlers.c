@@ -294,6 +294,7 @@ rmsg_subscribe(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	/* as a put does: a concurrent drop_queue waits for us, or we for it */
 	queue = RmsgOpenQueueFor(name, AccessShareLock, RMSG_MANAGE | RMSG_GET);
+	RmsgRefuseRemoteQueue(&queue, name, "rmsg.subscribe");
 	values[0] = Int32GetDatum(queue.queue_id);
 	values[1] = ObjectIdGetDatum(handler);
 	values[2] = Int32GetDatum(batch);

@@ -92,6 +92,7 @@ static int	worker_index;
 static char connected_database[NAMEDATALEN];
 static MemoryContext handlers_context = NULL;
 static List *handlers = NIL;	/* of RmsgHandler */
+static List *remotes = NIL;		/* of RmsgRemote: worker 0's, transfer.c */
 static bool handlers_valid = false;
 static bool handlers_checked = false;	/* since the last sleep */
 static uint64 handlers_generation = 0;
@@ -157,6 +158,19 @@ EndUnit(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* The same, for the worker's other files (transfer.c). */
+void
+RmsgWorkerBeginUnit(const char *activity)
+{
+	BeginUnit(activity);
+}
+
+void
+RmsgWorkerEndUnit(void)
+{
+	EndUnit();
 }
 
 /*
@@ -247,7 +261,11 @@ PrepareHandlers(void)
 		MemoryContextReset(handlers_context);
 		RmsgSpiConnect();
 		handlers = RmsgLoadHandlers(handlers_context);
+		/* one sender per remote queue keeps its rounds in order */
+		remotes = worker_index == 0 ? RmsgLoadRemoteQueues(handlers_context) : NIL;
 		RmsgSpiFinish();
+		foreach(lc, remotes)
+			mask |= UINT64CONST(1) << ((uint32) ((RmsgRemote *) lfirst(lc))->queue_id % 64);
 
 		foreach(lc, handlers)
 		{
@@ -388,7 +406,10 @@ Maintain(void)
 						swept, collected)));
 }
 
-/* When the first delayed message of a subscribed queue comes due, or 0. */
+/*
+ * When the first delayed message of a subscribed queue, or of a remote
+ * queue worker 0 moves, comes due, or 0.
+ */
 static TimestampTz
 NextDelayedMessage(void)
 {
@@ -407,6 +428,7 @@ NextDelayedMessage(void)
 		if (!h->for_instances && h->usable)
 			n++;
 	}
+	n += list_length(remotes);
 	if (n == 0)
 		return 0;
 
@@ -420,6 +442,8 @@ NextDelayedMessage(void)
 		if (!h->for_instances && h->usable)
 			ids[n++] = Int32GetDatum(h->queue_id);
 	}
+	foreach(lc, remotes)
+		ids[n++] = Int32GetDatum(((RmsgRemote *) lfirst(lc))->queue_id);
 	values[0] = PointerGetDatum(construct_array(ids, n, INT4OID, sizeof(int32),
 												true, TYPALIGN_INT));
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
@@ -474,6 +498,13 @@ RunPass(TimestampTz *wake_at)
 		if (result == TURN_STALE)
 			return true;
 		worked |= (result == TURN_WORKED);
+	}
+	foreach(lc, remotes)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (HandlersChanged())
+			return true;
+		worked |= RmsgTransferTurn((RmsgRemote *) lfirst(lc), &earliest_retry);
 	}
 	for (int turn = 0; any_instances && turn < INSTANCE_TURNS; turn++)
 	{

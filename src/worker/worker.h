@@ -92,6 +92,25 @@ extern int	RmsgFlowBegin(const RmsgHandler *h, int worker, TimestampTz *due);
 extern void RmsgFlowEnd(const RmsgHandler *h, int worker, int granted, int taken);
 extern void RmsgFlowLeaveAll(int worker);
 
+/* worker/worker.c: a transaction for one unit of the worker's work */
+extern void RmsgWorkerBeginUnit(const char *activity);
+extern void RmsgWorkerEndUnit(void);
+
+/* worker/transfer.c: worker 0 moves the messages of remote queues (remote/) */
+typedef struct RmsgRemote
+{
+	int32		queue_id;
+	char		queue[NAMEDATALEN];
+	char		server[NAMEDATALEN];
+	char	   *remote_queue;
+	char	   *channel;
+	Oid			owner;			/* whose user mapping the worker connects with */
+	TimestampTz retry_at;		/* after a failure: not before then */
+} RmsgRemote;
+
+extern List *RmsgLoadRemoteQueues(MemoryContext into);
+extern bool RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at);
+
 /* worker/maintenance.c */
 extern int64 RmsgSweepExhausted(void);
 

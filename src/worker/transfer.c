@@ -1,0 +1,329 @@
+/*-------------------------------------------------------------------------
+ *
+ * transfer.c
+ *	  Worker 0 moves the messages of remote queues (remote/) to the queues
+ *	  of the foreign servers they name: exactly once, in put order.
+ *
+ * One round of a remote queue is three steps, each its own transaction:
+ *
+ *  1. Numbering, here.  When nothing is in transit, up to
+ *     RMSG_TRANSFER_BATCH ready messages of the queue leave rmsg.message
+ *     for rmsg.transit, numbered from the queue's next_seq in the order
+ *     they became ready, with their data.  This commit is flushed before
+ *     anything is sent: once a number has left for the other server it
+ *     must stand for the same message after any crash here, or the
+ *     receiver, skipping numbers it holds, would skip a message it never
+ *     had.  That is the one force per batch the transfer makes.
+ *  2. Sending, there: rmsg.accept_transfer(channel, queue, first_seq,
+ *     payloads, headers) in a transaction of the receiver (remote/accept.c)
+ *     puts the messages it has not had yet and keeps the channel's last
+ *     number with them; it answers that number.
+ *  3. Forgetting, here: the transit rows up to that number go, and
+ *     acked_seq moves there.  This commit need not be flushed: lost in a
+ *     crash, it only makes the next round send the same numbers again,
+ *     which the receiver skips.
+ *
+ * A crash of either server, or a lost connection, between any two steps
+ * leaves the numbered messages in transit, and the next round sends them
+ * again; so every message arrives once, and in order, since numbering
+ * waits until the transit rows are gone.  An error (the other server down,
+ * a refusal there) is kept in the queue's row (rmsg.channels.last_error),
+ * the connection is dropped, and the queue is tried again a second later.
+ * A paused queue is left alone.  Only worker 0 transfers, so one queue's
+ * rounds never overlap.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "remote/remote.h"
+#include "worker/worker.h"
+
+/* How long a queue whose transfer failed waits before the next try. */
+#define RMSG_TRANSFER_RETRY_USECS (1 * USECS_PER_SEC)
+
+/* Every remote queue, with the role whose user mapping the worker uses. */
+static RmsgPlan load_plan = {
+	"SELECT r.queue_id, q.name, r.server, r.remote_queue, r.channel, q.owner::oid AS owner"
+	"  FROM rmsg.remote_queue r JOIN rmsg.queue q USING (queue_id)"
+	" ORDER BY r.queue_id",
+	0, {InvalidOid}
+};
+
+/*
+ * Step 1.  $1 queue, $2 the most to number, $3 now.  Only when nothing is
+ * in transit (next_seq - 1 = acked_seq).  Remote queues hold only
+ * ungrouped messages of priority 0 (queue/priorities.c), so the ready
+ * index gives them in order.
+ */
+static RmsgPlan number_plan = {
+	"WITH r AS (SELECT next_seq FROM rmsg.remote_queue"
+	"            WHERE queue_id = $1 AND next_seq - 1 = acked_seq FOR UPDATE),"
+	" picked AS (SELECT m.msg_id FROM rmsg.message m"
+	"             WHERE m.queue_id = $1 AND m.priority = 0 AND m.visible_at <= $3"
+	"               AND (m.lease_until IS NULL OR m.lease_until <= $3)"
+	"               AND EXISTS (SELECT FROM r)"
+	"             ORDER BY m.visible_at, m.msg_id LIMIT $2 FOR UPDATE OF m SKIP LOCKED),"
+	" moved AS (DELETE FROM rmsg.message m USING picked p WHERE m.msg_id = p.msg_id"
+	"           RETURNING m.msg_id, m.visible_at, m.enqueued_at, m.headers, m.inline_data,"
+	"                     m.payload_id),"
+	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data)"
+	"   SELECT $1, (SELECT next_seq FROM r)"
+	"              + row_number() OVER (ORDER BY mv.visible_at, mv.msg_id) - 1,"
+	"          mv.msg_id, mv.enqueued_at, mv.headers,"
+	"          coalesce(mv.inline_data,"
+	"                   (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = mv.payload_id))"
+	"     FROM moved mv RETURNING 1)"
+	" UPDATE rmsg.remote_queue SET next_seq = next_seq + (SELECT count(*) FROM numbered)"
+	"  WHERE queue_id = $1 AND EXISTS (SELECT FROM r)"
+	" RETURNING (SELECT count(*) FROM numbered) AS numbered",
+	3, {INT4OID, INT4OID, TIMESTAMPTZOID}
+};
+
+/* What step 2 sends: the transit rows after acked_seq, as array literals.  $1 queue, $2 max */
+static RmsgPlan in_transit_plan = {
+	"SELECT min(t.seq) AS first_seq, count(*) AS n,"
+	"       array_agg(t.data ORDER BY t.seq)::text AS payloads,"
+	"       array_agg(t.headers ORDER BY t.seq)::text AS headers"
+	"  FROM (SELECT tt.seq, tt.data, tt.headers FROM rmsg.transit tt"
+	"          JOIN rmsg.remote_queue r USING (queue_id)"
+	"         WHERE tt.queue_id = $1 AND tt.seq > r.acked_seq"
+	"         ORDER BY tt.seq LIMIT $2) t",
+	2, {INT4OID, INT4OID}
+};
+
+/* Step 3.  $1 queue, $2 the last number the receiver holds */
+static RmsgPlan acknowledged_plan = {
+	"WITH gone AS (DELETE FROM rmsg.transit WHERE queue_id = $1 AND seq <= $2)"
+	" UPDATE rmsg.remote_queue SET acked_seq = greatest(acked_seq, $2), last_sent_at = now()"
+	"  WHERE queue_id = $1",
+	2, {INT4OID, INT8OID}
+};
+
+/* $1 queue, $2 the error */
+static RmsgPlan error_plan = {
+	"UPDATE rmsg.remote_queue SET last_error = $2, last_error_at = now() WHERE queue_id = $1",
+	2, {INT4OID, TEXTOID}
+};
+
+/* Reads every remote queue into a list of RmsgRemote in `into`.  Inside SPI. */
+List *
+RmsgLoadRemoteQueues(MemoryContext into)
+{
+	List	   *remotes = NIL;
+
+	RmsgPlanExecute(&load_plan, NULL, NULL, true, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(into);
+		RmsgRemote *r = palloc0(sizeof(RmsgRemote));
+
+		r->queue_id = DatumGetInt32(RmsgSpiNotNull(i, "queue_id"));
+		strlcpy(r->queue, RmsgSpiText(i, "name"), sizeof(r->queue));
+		strlcpy(r->server, RmsgSpiText(i, "server"), sizeof(r->server));
+		r->remote_queue = pstrdup(RmsgSpiText(i, "remote_queue"));
+		r->channel = pstrdup(RmsgSpiText(i, "channel"));
+		r->owner = DatumGetObjectId(RmsgSpiNotNull(i, "owner"));
+		remotes = lappend(remotes, r);
+		MemoryContextSwitchTo(old);
+	}
+	return remotes;
+}
+
+/* What step 1 found to send, in the worker's memory for step 2. */
+typedef struct Batch
+{
+	RmsgConnInfo *conninfo;		/* where to send it */
+	int64		n;
+	char		first_seq[24];
+	char	   *payloads;		/* a bytea[] literal */
+	char	   *headers;		/* a jsonb[] literal */
+} Batch;
+
+/*
+ * Step 1, and reading what is in transit; false when the queue is gone or
+ * paused.  In a transaction.
+ */
+static bool
+NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
+{
+	RmsgQueue	queue;
+	Datum		values[3];
+	bool		isnull;
+
+	batch->n = 0;
+	RmsgSpiConnect();
+	if (!RmsgTryOpenQueue(r->queue, AccessShareLock, &queue) ||
+		queue.queue_id != r->queue_id || queue.paused)
+	{
+		RmsgSpiFinish();
+		return false;
+	}
+	values[0] = Int32GetDatum(r->queue_id);
+	values[1] = Int32GetDatum(RMSG_TRANSFER_BATCH);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	RmsgPlanExecute(&number_plan, values, NULL, true, 0);
+	if (SPI_processed > 0 && DatumGetInt64(RmsgSpiNotNull(0, "numbered")) > 0)
+		RmsgRequireStableCommit();	/* the numbers must outlive a crash */
+
+	RmsgPlanExecute(&in_transit_plan, values, NULL, true, 1);
+	batch->n = DatumGetInt64(RmsgSpiNotNull(0, "n"));
+	if (batch->n > 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(into);
+
+		snprintf(batch->first_seq, sizeof(batch->first_seq), INT64_FORMAT,
+				 DatumGetInt64(RmsgSpiNotNull(0, "first_seq")));
+		batch->payloads = pstrdup(RmsgSpiText(0, "payloads"));
+		(void) RmsgSpiValue(0, "headers", &isnull);
+		/* every element NULL still makes an array of NULLs */
+		batch->headers = isnull ? NULL : pstrdup(RmsgSpiText(0, "headers"));
+		MemoryContextSwitchTo(old);
+	}
+	RmsgSpiFinish();
+	return true;
+}
+
+/* Step 2: sends the batch; the last number the receiver holds. */
+static int64
+Send(const RmsgRemote *r, const Batch *batch)
+{
+	PGconn	   *conn = RmsgRemoteConnect(r->server, r->owner, batch->conninfo);
+	const char *params[5];
+	PGresult   *result;
+	int64		last;
+
+	params[0] = r->channel;
+	params[1] = r->remote_queue;
+	params[2] = batch->first_seq;
+	params[3] = batch->payloads;
+	params[4] = batch->headers;
+	result = RmsgRemoteExec(conn,
+							"SELECT rmsg.accept_transfer($1, $2, $3::bigint, $4::bytea[], $5::jsonb[])",
+							5, params);
+	if (PQntuples(result) != 1 || PQgetisnull(result, 0, 0))
+	{
+		PQclear(result);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the other server answered a transfer with no number")));
+	}
+	last = strtoi64(PQgetvalue(result, 0, 0), NULL, 10);
+	PQclear(result);
+	return last;
+}
+
+/* Keeps the error of a failed round in the queue's row. */
+static void
+NoteError(const RmsgRemote *r, const char *message)
+{
+	Datum		values[2];
+
+	RmsgWorkerBeginUnit("recoverable_msg: noting a transfer's error");
+	RmsgSpiConnect();
+	values[0] = Int32GetDatum(r->queue_id);
+	values[1] = CStringGetTextDatum(message);
+	RmsgPlanExecute(&error_plan, values, NULL, true, 0);
+	RmsgSpiFinish();
+	RmsgWorkerEndUnit();
+}
+
+/*
+ * One round of the remote queue; true if it moved messages.  A failure to
+ * reach the other server or a refusal there is noted and retried later
+ * (*retry_at); an error here goes to the worker's own recovery.
+ */
+bool
+RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
+{
+	MemoryContext turn = AllocSetContextCreate(CurrentMemoryContext, "recoverable_msg transfer",
+											   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(turn);
+	Batch		batch;
+	bool		open;
+	int64		last = 0;
+	char	   *failure = NULL;
+
+	if (r->retry_at > GetCurrentTimestamp())
+	{
+		if (*retry_at == 0 || r->retry_at < *retry_at)
+			*retry_at = r->retry_at;
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(turn);
+		return false;
+	}
+
+	RmsgWorkerBeginUnit("recoverable_msg: numbering messages of a remote queue");
+	open = NumberAndRead(r, &batch, turn);
+	RmsgWorkerEndUnit();
+	if (!open || batch.n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(turn);
+		return false;
+	}
+
+	/*
+	 * Where to connect (a transaction of its own: the server or the user
+	 * mapping may be gone), then the sending, outside any transaction.  A
+	 * failure in either is the queue's, kept in its row, not the worker's.
+	 */
+	PG_TRY();
+	{
+		RmsgWorkerBeginUnit("recoverable_msg: reading where a remote queue goes");
+		batch.conninfo = RmsgRemoteConnInfo(r->server, r->owner, turn);
+		RmsgWorkerEndUnit();
+		last = Send(r, &batch);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(turn);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(turn);
+		failure = pstrdup(edata->message);
+	}
+	PG_END_TRY();
+
+	if (failure != NULL)
+	{
+		RmsgRemoteDisconnect(r->server, r->owner);
+		ereport(LOG,
+				(errmsg("recoverable_msg could not move messages of queue \"%s\" to server \"%s\": %s",
+						r->queue, r->server, failure)));
+		NoteError(r, failure);
+		r->retry_at = GetCurrentTimestamp() + RMSG_TRANSFER_RETRY_USECS;
+		if (*retry_at == 0 || r->retry_at < *retry_at)
+			*retry_at = r->retry_at;
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(turn);
+		return false;
+	}
+
+	RmsgWorkerBeginUnit("recoverable_msg: forgetting messages the other server holds");
+	{
+		Datum		values[2];
+
+		RmsgSpiConnect();
+		values[0] = Int32GetDatum(r->queue_id);
+		values[1] = Int64GetDatum(last);
+		RmsgLazyWriteBegin(RMSG_LAZY_TRANSFER_ACK);
+		RmsgPlanExecute(&acknowledged_plan, values, NULL, true, 0);
+		RmsgLazyWriteEnd();
+		RmsgSpiFinish();
+	}
+	RmsgWorkerEndUnit();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(turn);
+	return true;
+}
