@@ -12,7 +12,7 @@ DATA = $(wildcard sql/recoverable_msg--*.sql)
 # the library preloaded, which test/check.sh arranges through --temp-config.
 REGRESS = queue_basic queue_errors queue_delivery queue_wait queue_view dedup_tokens dedup_fanout \
           contract_caller contract_callee instance_basic instance_errors \
-          worker_handlers queue_receipts queue_operations queue_idempotent queue_groups queue_priorities security_roles security_input
+          worker_handlers queue_receipts queue_operations queue_idempotent queue_groups queue_priorities remote_queues security_roles security_input
 REGRESS_OPTS = --load-extension=recoverable_msg
 
 # Isolation specs for races, kept under test/ with their expected outputs.

@@ -17,9 +17,9 @@
  *
  * rmsg.channel_in holds one row per channel, made by its first transfer:
  * the queue it puts to, the role that sent it and the last number.  Only
- * that role (or one with its privileges) may send on the channel again,
- * so a role that may put to another queue cannot move someone else's
- * channel past messages it has not brought.  The sending role needs put
+ * that very role may send on the channel again, so a role that may put to
+ * the queue cannot move someone else's channel past messages it has not
+ * brought.  The sending role needs put
  * on the queue, as for any put.  A number beyond the next one is refused:
  * the sender numbers without gaps, so a gap means a mistake, not a lost
  * message to skip over.
@@ -161,10 +161,16 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 		elog(ERROR, "channel \"%s\" has no row", channel);
 	sender = DatumGetObjectId(RmsgSpiNotNull(0, "sender"));
 	last_seq = DatumGetInt64(RmsgSpiNotNull(0, "last_seq"));
-	if (!has_privs_of_role(GetUserId(), sender))
+	/*
+	 * The very role, not one with its privileges: a channel row that
+	 * another role made first (it may put to the queue, and channel names
+	 * can be guessed) must not make a superuser's transfers skip numbers.
+	 */
+	if (sender != GetUserId())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("channel \"%s\" belongs to another role", channel)));
+				 errmsg("channel \"%s\" belongs to another role", channel),
+				 errhint("A channel row made by mistake or by someone else can be deleted from rmsg.channel_in by a superuser.")));
 	if (DatumGetInt32(RmsgSpiNotNull(0, "queue_id")) != queue.queue_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -46,6 +46,9 @@
 #include "remote/remote.h"
 #include "worker/worker.h"
 
+/* The memory of one round, emptied at the start of the next. */
+static MemoryContext transfer_context = NULL;
+
 /* How long a queue whose transfer failed waits before the next try. */
 #define RMSG_TRANSFER_RETRY_USECS (1 * USECS_PER_SEC)
 
@@ -206,7 +209,8 @@ Send(const RmsgRemote *r, const Batch *batch)
 	params[3] = batch->payloads;
 	params[4] = batch->headers;
 	result = RmsgRemoteExec(conn,
-							"SELECT rmsg.accept_transfer($1, $2, $3::bigint, $4::bytea[], $5::jsonb[])",
+							"SELECT rmsg.accept_transfer($1, $2, $3::pg_catalog.int8,"
+							" $4::pg_catalog.bytea[], $5::pg_catalog.jsonb[])",
 							5, params);
 	if (PQntuples(result) != 1 || PQgetisnull(result, 0, 0))
 	{
@@ -243,9 +247,8 @@ NoteError(const RmsgRemote *r, const char *message)
 bool
 RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 {
-	MemoryContext turn = AllocSetContextCreate(CurrentMemoryContext, "recoverable_msg transfer",
-											   ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(turn);
+	MemoryContext turn;
+	MemoryContext old;
 	Batch		batch;
 	bool		open;
 	int64		last = 0;
@@ -255,10 +258,15 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 	{
 		if (*retry_at == 0 || r->retry_at < *retry_at)
 			*retry_at = r->retry_at;
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(turn);
 		return false;
 	}
+	/* a round ended by an error leaves its memory here, freed now */
+	if (transfer_context == NULL)
+		transfer_context = AllocSetContextCreate(TopMemoryContext, "recoverable_msg transfer",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(transfer_context);
+	turn = transfer_context;
+	old = MemoryContextSwitchTo(turn);
 
 	RmsgWorkerBeginUnit("recoverable_msg: numbering messages of a remote queue");
 	open = NumberAndRead(r, &batch, turn);
@@ -266,7 +274,6 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 	if (!open || batch.n == 0)
 	{
 		MemoryContextSwitchTo(old);
-		MemoryContextDelete(turn);
 		return false;
 	}
 
@@ -306,7 +313,6 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 		if (*retry_at == 0 || r->retry_at < *retry_at)
 			*retry_at = r->retry_at;
 		MemoryContextSwitchTo(old);
-		MemoryContextDelete(turn);
 		return false;
 	}
 
@@ -324,6 +330,5 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 	}
 	RmsgWorkerEndUnit();
 	MemoryContextSwitchTo(old);
-	MemoryContextDelete(turn);
 	return true;
 }

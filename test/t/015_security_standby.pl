@@ -194,7 +194,7 @@ my %shared_memory_view = map { $_ => 1 } qw(log_stats called_components worker);
 my @views = split /\n/, $ss->(q{
 	SELECT c.relname FROM pg_class c
 	 WHERE c.relnamespace = 'rmsg'::regnamespace AND c.relkind = 'v' ORDER BY 1});
-is(scalar(@views), 9, 'the schema has nine views: ' . join(', ', @views));
+is(scalar(@views), 10, 'the schema has ten views: ' . join(', ', @views));
 for my $v (@views)
 {
 	my ($rc, $out, $err) = $standby->psql('postgres', "SELECT count(*) FROM (SELECT * FROM rmsg.$v) v");
@@ -233,6 +233,8 @@ my %calls = (
 	'rmsg.forward(bigint,text,text,integer)' => "SELECT rmsg.forward($ready, 'q2', 'g', 1)",
 	'rmsg.put_many(text[],bytea,jsonb,text,integer)' => q{SELECT * FROM rmsg.put_many(ARRAY['q1', 'q2'], '\x01'::bytea, group_id => 'g')},
 	'rmsg.collect_payloads()' => q{SELECT rmsg.collect_payloads()},
+	'rmsg.create_remote_queue(text,text,text)' => q{SELECT rmsg.create_remote_queue('rq', 'nowhere', 'q1')},
+	'rmsg.accept_transfer(text,text,bigint,bytea[],jsonb[])' => q{SELECT rmsg.accept_transfer('ch', 'q1', 1, ARRAY['\x01'::bytea], NULL)},
 	'rmsg.get(text,integer,interval,interval)' => q{SELECT * FROM rmsg.get('q1')},
 	'rmsg.ack(bigint)' => "SELECT rmsg.ack(${ready}::bigint)",
 	'rmsg.ack(bigint[])' => "SELECT rmsg.ack(ARRAY[$ready]::bigint[])",
@@ -290,7 +292,7 @@ my $fingerprint_sql = join("\nUNION ALL\n",
 	map {
 		"SELECT '$_:' || count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM rmsg.$_ t"
 	} @tables);
-is(scalar(@tables), 13, 'the extension has 13 tables');
+is(scalar(@tables), 16, 'the extension has 16 tables');
 
 my $before_tables = $ss->($fingerprint_sql);
 my $before_shared = $ss->($shared_sql);

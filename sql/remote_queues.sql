@@ -1,0 +1,107 @@
+-- Remote queues without a second server: what create_remote_queue checks
+-- and refuses, and the receiving side, rmsg.accept_transfer, called
+-- directly as a sending server's worker would call it.  TAP 026 moves
+-- messages between real servers.
+
+CREATE FOREIGN DATA WRAPPER rq_fdw;
+CREATE SERVER rq_server FOREIGN DATA WRAPPER rq_fdw OPTIONS (host '/nonexistent', dbname 'x');
+CREATE ROLE rq_owner;
+CREATE ROLE rq_other;
+GRANT EXECUTE ON FUNCTION rmsg.create_remote_queue(text, text, text) TO rq_owner, rq_other;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO rq_owner, rq_other;
+GRANT USAGE ON SCHEMA rmsg TO rq_owner, rq_other;
+
+\set VERBOSITY terse
+-- the server must exist, the role hold USAGE on it and have a user mapping
+SELECT rmsg.create_remote_queue('rq', 'no_such_server');
+SET ROLE rq_owner;
+SELECT rmsg.create_remote_queue('rq', 'rq_server');
+RESET ROLE;
+GRANT USAGE ON FOREIGN SERVER rq_server TO rq_owner;
+SET ROLE rq_owner;
+SELECT rmsg.create_remote_queue('rq', 'rq_server');
+RESET ROLE;
+CREATE USER MAPPING FOR rq_owner SERVER rq_server OPTIONS (user 'someone', password 'secret');
+SET ROLE rq_owner;
+SELECT rmsg.create_remote_queue('rq', 'rq_server', 'orders_in');
+-- bad names are refused as for create_queue
+SELECT rmsg.create_remote_queue('bad name', 'rq_server');
+SELECT rmsg.create_remote_queue('rq2', 'rq_server', 'bad name');
+SELECT rmsg.create_remote_queue('rq', 'rq_server');
+\set VERBOSITY default
+SELECT server, queue, remote_queue, pending, in_transit, last_sent, last_acknowledged, last_error
+  FROM rmsg.channels;
+
+-- puts commit here; what only a local queue does is refused
+SELECT rmsg.put('rq', 'one'::text) > 0 AS put;
+SELECT count(*) AS batch FROM rmsg.put_batch('rq', ARRAY['two', 'three']::bytea[]);
+\set VERBOSITY terse
+SELECT rmsg.put('rq', 'x'::text, priority => 3);
+SELECT rmsg.put('rq', 'x'::text, group_id => 'g');
+SELECT rmsg.put_batch('rq', ARRAY['x']::bytea[], priority => 1);
+SELECT rmsg.put_many(ARRAY['rq'], 'x'::bytea, group_id => 'g');
+SELECT * FROM rmsg.get('rq');
+\set VERBOSITY default
+SELECT pending, in_transit FROM rmsg.channels WHERE queue = 'rq';
+-- another role sees no row of it
+RESET ROLE;
+SET ROLE rq_other;
+SELECT count(*) AS others_see FROM rmsg.channels;
+RESET ROLE;
+
+-- the receiving side
+SELECT rmsg.create_queue('inbox');
+SELECT rmsg.create_queue('inbox2');
+SELECT rmsg.accept_transfer('ch1', 'inbox', 1, ARRAY['m1', 'm2', 'm3']::bytea[],
+                            ARRAY['{"k": 1}', NULL, '{}']::jsonb[]) AS last_seq;
+-- the same numbers again (the sender did not hear the answer): nothing more
+SELECT rmsg.accept_transfer('ch1', 'inbox', 1, ARRAY['m1', 'm2', 'm3']::bytea[], NULL) AS last_seq;
+-- overlapping: only the new number is put
+SELECT rmsg.accept_transfer('ch1', 'inbox', 3, ARRAY['m3', 'm4']::bytea[], NULL) AS last_seq;
+SELECT convert_from(inline_data, 'UTF8') AS payload, headers
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'inbox' ORDER BY msg_id;
+SELECT channel, sender = current_user::regrole AS sent_by_me, last_seq FROM rmsg.channel_in;
+SELECT puts FROM rmsg.queues WHERE queue = 'inbox';
+
+\set VERBOSITY terse
+-- a gap, another queue, another role, bad input: refused, nothing written
+SELECT rmsg.accept_transfer('ch1', 'inbox', 9, ARRAY['m9']::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch1', 'inbox2', 5, ARRAY['m5']::bytea[], NULL);
+GRANT USAGE ON SCHEMA rmsg TO rq_other;
+SELECT rmsg.grant_queue('inbox', 'rq_other', 'put');
+SET ROLE rq_other;
+SELECT rmsg.accept_transfer('ch1', 'inbox', 5, ARRAY['m5']::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch2', 'inbox2', 1, ARRAY['m1']::bytea[], NULL);
+RESET ROLE;
+SELECT rmsg.accept_transfer(NULL, 'inbox', 1, ARRAY['x']::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 0, ARRAY['x']::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, NULL, NULL);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, ARRAY['x', NULL]::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, ARRAY['x', 'y']::bytea[], ARRAY['{}']::jsonb[]);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, ARRAY['x']::bytea[], ARRAY['[1]']::jsonb[]);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, ARRAY[['x'], ['y']]::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch3', 'inbox', 9223372036854775807, ARRAY['x', 'y']::bytea[], NULL);
+SELECT rmsg.accept_transfer('ch3', 'no_such_queue', 1, ARRAY['x']::bytea[], NULL);
+BEGIN READ ONLY;
+SELECT rmsg.accept_transfer('ch3', 'inbox', 1, ARRAY['x']::bytea[], NULL);
+ROLLBACK;
+\set VERBOSITY default
+SELECT count(*) AS messages FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+ WHERE q.name IN ('inbox', 'inbox2');
+SELECT channel, last_seq FROM rmsg.channel_in ORDER BY channel;
+
+-- dropping a remote queue drops its row and what it had in transit
+SET ROLE rq_owner;
+SELECT rmsg.drop_queue('rq');
+RESET ROLE;
+SELECT count(*) AS remote_rows FROM rmsg.remote_queue;
+SELECT rmsg.drop_queue('inbox'), rmsg.drop_queue('inbox2');
+DELETE FROM rmsg.channel_in;
+DROP USER MAPPING FOR rq_owner SERVER rq_server;
+DROP SERVER rq_server;
+DROP FOREIGN DATA WRAPPER rq_fdw;
+REVOKE ALL ON SCHEMA rmsg FROM rq_owner, rq_other;
+REVOKE EXECUTE ON FUNCTION rmsg.create_remote_queue(text, text, text) FROM rq_owner, rq_other;
+REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) FROM rq_owner, rq_other;
+DROP ROLE rq_owner;
+DROP ROLE rq_other;
