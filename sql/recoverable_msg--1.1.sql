@@ -1111,3 +1111,39 @@ SELECT r.server,
 COMMENT ON VIEW rmsg.channels IS
   'one row per remote queue: messages waiting, in transit, the last sequence number sent and acknowledged, lag and last error';
 GRANT SELECT ON rmsg.channels TO PUBLIC;
+
+-- Calls through the extension (remote/call.c, contract/serve.c): rmsg.call
+-- does what a caller does by hand (prepare_call, the callee's accept_call,
+-- its work and reply in one transaction there, record_reply), reaching the
+-- callee's server through a foreign server and a user mapping.  On the
+-- callee's server, the handler registered for a callee does the work.
+CREATE TABLE rmsg.callee_handler (
+    callee          text PRIMARY KEY,
+    handler         regprocedure NOT NULL,
+    owner           regrole NOT NULL,     -- the role it runs as
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE rmsg.callee_handler IS 'the function that does the work of each callee for rmsg.serve_call';
+SELECT pg_catalog.pg_extension_config_dump('rmsg.callee_handler', '');
+REVOKE ALL ON rmsg.callee_handler FROM PUBLIC;
+
+CREATE FUNCTION rmsg.set_callee_handler(callee text, handler regprocedure)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rmsg_set_callee_handler'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.set_callee_handler(text, regprocedure) IS
+  'have rmsg.serve_call run handler(caller text, request bytea) -> bytea for the calls to callee, as the current role; NULL removes it';
+
+CREATE FUNCTION rmsg.serve_call(callee text, caller text, call_id bigint, request bytea)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'rmsg_serve_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.serve_call(text, text, bigint, bytea) IS
+  'callee side of rmsg.call: accept_call, the callee''s handler and reply in this transaction; a duplicate returns the kept reply';
+
+CREATE FUNCTION rmsg.call(caller text, server text, callee text, request bytea)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'rmsg_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION rmsg.call(text, text, text, bytea) IS
+  'call callee on the foreign server exactly once: the logged reply when replaying, else prepare_call, rmsg.serve_call there, record_reply';

@@ -105,3 +105,51 @@ REVOKE EXECUTE ON FUNCTION rmsg.create_remote_queue(text, text, text) FROM rq_ow
 REVOKE EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) FROM rq_owner, rq_other;
 DROP ROLE rq_owner;
 DROP ROLE rq_other;
+
+-- The callee's side of rmsg.call, called directly as a caller's server
+-- would: the handler runs once per call id, a repeat gets the kept reply.
+CREATE TABLE served (caller text, request text);
+CREATE FUNCTION serve_it(caller text, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO served VALUES (caller, convert_from(request, 'UTF8'));
+  RETURN convert_to('done: ' || convert_from(request, 'UTF8'), 'UTF8');
+END $$;
+SELECT rmsg.set_callee_handler('desk', 'serve_it(text,bytea)');
+SELECT convert_from(rmsg.serve_call('desk', 'clerk', 1, 'first'), 'UTF8') AS reply;
+SELECT convert_from(rmsg.serve_call('desk', 'clerk', 1, 'first'), 'UTF8') AS repeated;
+SELECT convert_from(rmsg.serve_call('desk', 'clerk', 2, 'second'), 'UTF8') AS reply;
+SELECT * FROM served;
+\set VERBOSITY terse
+SELECT rmsg.serve_call('desk', 'clerk', 1, 'first');
+SELECT rmsg.serve_call('nobody', 'clerk', 1, 'x');
+CREATE FUNCTION wrong_shape(request bytea) RETURNS bytea LANGUAGE sql AS 'SELECT $1';
+SELECT rmsg.set_callee_handler('desk', 'wrong_shape(bytea)');
+CREATE FUNCTION no_reply(caller text, request bytea) RETURNS bytea LANGUAGE sql AS 'SELECT NULL::bytea';
+SELECT rmsg.set_callee_handler('desk2', 'no_reply(text,bytea)');
+SELECT rmsg.serve_call('desk2', 'clerk', 1, 'x');
+SELECT count(*) AS replies_kept FROM rmsg.last_call WHERE callee = 'desk2';
+-- the handler runs as the role that registered it, not as the role
+-- that serves the call
+CREATE ROLE desk_owner;
+GRANT USAGE ON SCHEMA rmsg TO desk_owner;
+CREATE FUNCTION whoami(caller text, request bytea) RETURNS bytea LANGUAGE sql
+  AS $$ SELECT convert_to(current_user, 'UTF8') $$;
+GRANT EXECUTE ON FUNCTION whoami(text, bytea) TO desk_owner;
+SET ROLE desk_owner;
+SELECT rmsg.set_callee_handler('desk3', 'whoami(text,bytea)');
+RESET ROLE;
+SELECT rmsg.grant_component('desk3', CURRENT_USER::regrole, 'use');
+\set VERBOSITY default
+SELECT convert_from(rmsg.serve_call('desk3', 'clerk', 1, 'x'), 'UTF8') AS ran_as;
+-- rmsg.call needs a foreign server the role may use
+\set VERBOSITY terse
+SELECT rmsg.call('clerk', 'no_such_server', 'desk', 'x');
+\set VERBOSITY default
+SELECT rmsg.set_callee_handler('desk', NULL);
+SELECT count(*) AS handlers_left FROM rmsg.callee_handler WHERE callee = 'desk';
+DELETE FROM rmsg.callee_handler;
+DROP TABLE served;
+DROP FUNCTION serve_it(text, bytea), wrong_shape(bytea), no_reply(text, bytea), whoami(text, bytea);
+REVOKE ALL ON SCHEMA rmsg FROM desk_owner;
+SELECT rmsg.alter_component_owner('desk3', CURRENT_USER::regrole);
+DROP ROLE desk_owner;

@@ -306,6 +306,31 @@ RmsgBeforeSend(const char *caller, const char *callee)
 }
 
 /*
+ * Whether the current transaction logged a reply from callee to caller: its
+ * CLSN is not known until commit, so a second call to that callee in the
+ * same transaction could release a reply no log holds stably (rmsg.call
+ * refuses it).
+ */
+bool
+RmsgReplyPendingFor(const char *caller, const char *callee)
+{
+	ComponentKey key;
+	ListCell   *lc;
+
+	if (pending_replies == NIL)
+		return false;
+	MakeKey(&key, caller, callee);
+	foreach(lc, pending_replies)
+	{
+		PendingReply *reply = (PendingReply *) lfirst(lc);
+
+		if (memcmp(&reply->key, &key, sizeof(key)) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
  * The current transaction logged the reply to call_id from callee: its CLSN
  * is known when the transaction commits (RmsgComponentsXactEnd).  Until
  * then the entry is kept from eviction.

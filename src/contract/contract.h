@@ -29,6 +29,7 @@ extern Size RmsgComponentsShmemSize(void);
 extern void RmsgComponentsShmemStartup(void);
 extern bool RmsgBeforeSend(const char *caller, const char *callee);
 extern void RmsgReplyRecorded(const char *caller, const char *callee, int64 call_id);
+extern bool RmsgReplyPendingFor(const char *caller, const char *callee);
 extern void RmsgComponentsXactEnd(bool committed);
 extern void RmsgComponentsSubXactEnd(bool committed, SubTransactionId subxid,
 									 SubTransactionId parent);

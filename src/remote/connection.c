@@ -31,6 +31,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/memutils.h"
 
 #include "remote/remote.h"
@@ -46,6 +47,23 @@ typedef struct KeptConnection
 #define RMSG_MAX_KEPT_CONNECTIONS 16
 static KeptConnection kept[RMSG_MAX_KEPT_CONNECTIONS];
 static int	nkept = 0;
+
+/*
+ * The foreign server, checked for the current role the way a foreign
+ * table's use would be: it exists (else 42704), the role holds USAGE on it
+ * (else 42501), and has a user mapping for it (else 42704).
+ */
+void
+RmsgCheckForeignServer(const char *name)
+{
+	ForeignServer *server = GetForeignServerByName(name, false);
+	AclResult	result;
+
+	result = pg_foreign_server_aclcheck(server->serverid, GetUserId(), ACL_USAGE);
+	if (result != ACLCHECK_OK)
+		aclcheck_error(result, OBJECT_FOREIGN_SERVER, server->servername);
+	(void) GetUserMapping(GetUserId(), server->serverid);
+}
 
 /* Whether libpq knows the option `name`. */
 static bool

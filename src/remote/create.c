@@ -29,7 +29,6 @@
 
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
-#include "foreign/foreign.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -48,23 +47,6 @@ static RmsgPlan insert_plan = {
 	4, {TEXTOID, TEXTOID, TEXTOID, TEXTOID}
 };
 
-/*
- * The foreign server, checked the way a foreign table's use would be: it
- * exists (else 42704), the role holds USAGE on it (else 42501), and has a
- * user mapping for it (else 42704).
- */
-static void
-CheckServer(const char *name)
-{
-	ForeignServer *server = GetForeignServerByName(name, false);
-	AclResult	result;
-
-	result = pg_foreign_server_aclcheck(server->serverid, GetUserId(), ACL_USAGE);
-	if (result != ACLCHECK_OK)
-		aclcheck_error(result, OBJECT_FOREIGN_SERVER, server->servername);
-	(void) GetUserMapping(GetUserId(), server->serverid);
-}
-
 /* rmsg.create_remote_queue(queue, server, remote_queue) */
 Datum
 rmsg_create_remote_queue(PG_FUNCTION_ARGS)
@@ -82,7 +64,7 @@ rmsg_create_remote_queue(PG_FUNCTION_ARGS)
 	remote_queue = PG_ARGISNULL(2) ? name : RmsgTextArg(fcinfo, 2, "remote queue name");
 	RmsgCheckName(name, "queue");
 	RmsgCheckName(remote_queue, "queue");
-	CheckServer(server);
+	RmsgCheckForeignServer(server);
 
 	/* the queue itself, as create_queue makes it, with its defaults */
 	InitFunctionCallInfoData(*create, NULL, 5, InvalidOid, NULL, NULL);

@@ -30,6 +30,7 @@ typedef struct RmsgConnInfo
 	bool		needs_password;	/* the role is not a superuser */
 } RmsgConnInfo;
 
+extern void RmsgCheckForeignServer(const char *name);
 extern RmsgConnInfo *RmsgRemoteConnInfo(const char *server, Oid role, MemoryContext into);
 extern PGconn *RmsgRemoteConnect(const char *server, Oid role, const RmsgConnInfo *info);
 extern void RmsgRemoteDisconnect(const char *server, Oid role);

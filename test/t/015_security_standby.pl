@@ -235,6 +235,9 @@ my %calls = (
 	'rmsg.collect_payloads()' => q{SELECT rmsg.collect_payloads()},
 	'rmsg.create_remote_queue(text,text,text)' => q{SELECT rmsg.create_remote_queue('rq', 'nowhere', 'q1')},
 	'rmsg.accept_transfer(text,text,bigint,bytea[],jsonb[])' => q{SELECT rmsg.accept_transfer('ch', 'q1', 1, ARRAY['\x01'::bytea], NULL)},
+	'rmsg.set_callee_handler(text,regprocedure)' => q{SELECT rmsg.set_callee_handler('billing', NULL)},
+	'rmsg.serve_call(text,text,bigint,bytea)' => q{SELECT rmsg.serve_call('billing', 'orders', 9, 'req9')},
+	'rmsg.call(text,text,text,bytea)' => q{SELECT rmsg.call('orders', 'nowhere', 'billing', 'req9')},
 	'rmsg.get(text,integer,interval,interval)' => q{SELECT * FROM rmsg.get('q1')},
 	'rmsg.ack(bigint)' => "SELECT rmsg.ack(${ready}::bigint)",
 	'rmsg.ack(bigint[])' => "SELECT rmsg.ack(ARRAY[$ready]::bigint[])",
@@ -292,7 +295,7 @@ my $fingerprint_sql = join("\nUNION ALL\n",
 	map {
 		"SELECT '$_:' || count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM rmsg.$_ t"
 	} @tables);
-is(scalar(@tables), 16, 'the extension has 16 tables');
+is(scalar(@tables), 17, 'the extension has 17 tables');
 
 my $before_tables = $ss->($fingerprint_sql);
 my $before_shared = $ss->($shared_sql);

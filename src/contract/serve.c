@@ -1,0 +1,239 @@
+/*-------------------------------------------------------------------------
+ *
+ * serve.c
+ *	  The callee's side of rmsg.call: a handler per callee, and
+ *	  rmsg.serve_call, which the caller's server calls over libpq.
+ *
+ * By hand, a callee does accept_call, its work and reply in one
+ * transaction (callee.c).  rmsg.serve_call does the same with the function
+ * registered for the callee by rmsg.set_callee_handler: accept_call says
+ * whether the call is new; for a new one the handler turns the request
+ * into a reply, and reply keeps it, all in the transaction of the caller's
+ * statement, which commits flushed (callee.c).  A duplicate (the caller
+ * sends again a call whose answer it lost) gets the kept reply, and the
+ * handler is not called: its work is done once.
+ *
+ * The handler, handler(caller text, request bytea) -> bytea, runs as the
+ * role that registered it, as the worker's handlers do (worker/
+ * handler_call.c): inside its own GUC nest level, as a security-restricted
+ * operation, with SECURITY_LOCAL_USERID_CHANGE so that it cannot SET ROLE
+ * back to the calling role; that role's EXECUTE on the function is checked
+ * again before each call.  Registering takes use on the callee's component
+ * and EXECUTE on the function; serving a call takes what accept_call takes,
+ * use on the callee.  An error in the handler fails the statement, so
+ * nothing of the call commits and the caller may send it again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "contract/contract.h"
+
+PG_FUNCTION_INFO_V1(rmsg_set_callee_handler);
+PG_FUNCTION_INFO_V1(rmsg_serve_call);
+
+/* $1 callee, $2 handler, $3 owner */
+static RmsgPlan set_plan = {
+	"INSERT INTO rmsg.callee_handler (callee, handler, owner) VALUES ($1, $2, $3)"
+	" ON CONFLICT (callee) DO UPDATE SET handler = $2, owner = $3, created_at = now()",
+	3, {TEXTOID, OIDOID, OIDOID}
+};
+
+static RmsgPlan remove_plan = {
+	"DELETE FROM rmsg.callee_handler WHERE callee = $1",
+	1, {TEXTOID}
+};
+
+static RmsgPlan lookup_plan = {
+	"SELECT handler::oid AS handler, owner::oid AS owner FROM rmsg.callee_handler"
+	" WHERE callee = $1",
+	1, {TEXTOID}
+};
+
+/* A handler must be handler(text, bytea) returning bytea, a plain function. */
+static void
+CheckCalleeHandler(Oid handler)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
+	Form_pg_proc proc;
+	bool		ok;
+
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("callee handler function %u does not exist", handler)));
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	ok = proc->prokind == PROKIND_FUNCTION && !proc->proretset &&
+		proc->pronargs == 2 && proc->proargtypes.values[0] == TEXTOID &&
+		proc->proargtypes.values[1] == BYTEAOID && proc->prorettype == BYTEAOID;
+	ReleaseSysCache(tuple);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("callee handler %s must be a plain function (caller text, request bytea) returning bytea",
+						format_procedure(handler))));
+}
+
+/* rmsg.set_callee_handler(callee, handler): NULL handler removes it */
+Datum
+rmsg_set_callee_handler(PG_FUNCTION_ARGS)
+{
+	char	   *callee;
+	Datum		values[3];
+
+	RmsgEnter("rmsg.set_callee_handler", true);
+	callee = RmsgTextArg(fcinfo, 0, "callee");
+	RmsgCheckName(callee, "component");
+	(void) RmsgUseComponent(callee, true);
+	values[0] = CStringGetTextDatum(callee);
+	RmsgSpiConnect();
+	if (PG_ARGISNULL(1))
+		RmsgPlanExecute(&remove_plan, values, NULL, true, 0);
+	else
+	{
+		Oid			handler = PG_GETARG_OID(1);
+
+		CheckCalleeHandler(handler);
+		if (pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(handler));
+		values[1] = ObjectIdGetDatum(handler);
+		values[2] = ObjectIdGetDatum(GetUserId());
+		RmsgPlanExecute(&set_plan, values, NULL, true, 0);
+	}
+	RmsgSpiFinish();
+	PG_RETURN_VOID();
+}
+
+/* Calls the handler as its owner; its reply, which must not be NULL. */
+static bytea *
+CallHandler(const char *callee, Oid handler, Oid owner, text *caller, bytea *request)
+{
+	Oid			saved_user;
+	int			saved_context;
+	int			nest_level;
+	Datum		reply;
+	LOCAL_FCINFO(call, 2);
+	FmgrInfo	flinfo;
+
+	CheckCalleeHandler(handler);
+	if (pg_proc_aclcheck(handler, owner, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the role of the handler of callee \"%s\" may no longer execute %s",
+						callee, format_procedure(handler))));
+	fmgr_info(handler, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, 2, InvalidOid, NULL, NULL);
+	call->args[0].value = PointerGetDatum(caller);
+	call->args[0].isnull = false;
+	call->args[1].value = PointerGetDatum(request);
+	call->args[1].isnull = request == NULL;
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	nest_level = NewGUCNestLevel();
+	SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	if (request == NULL && flinfo.fn_strict)
+	{
+		call->isnull = true;
+		reply = (Datum) 0;
+	}
+	else
+		reply = FunctionCallInvoke(call);
+	AtEOXact_GUC(false, nest_level);
+	SetUserIdAndSecContext(saved_user, saved_context);
+	if (call->isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the handler of callee \"%s\" returned no reply", callee)));
+	return DatumGetByteaPCopy(reply);
+}
+
+/* rmsg.serve_call(callee, caller, call_id, request) -> bytea */
+Datum
+rmsg_serve_call(PG_FUNCTION_ARGS)
+{
+	char	   *callee;
+	int64		call_id;
+	bytea	   *request = PG_ARGISNULL(3) ? NULL : PG_GETARG_BYTEA_PP(3);
+	Datum		args[4];
+	Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, BYTEAOID};
+	char		nulls[4] = {' ', ' ', ' ', PG_ARGISNULL(3) ? 'n' : ' '};
+	bool		isnull;
+	char	   *status;
+	bytea	   *reply;
+	Oid			handler;
+	Oid			owner;
+
+	RmsgEnter("rmsg.serve_call", true);
+	callee = RmsgTextArg(fcinfo, 0, "callee");
+	(void) RmsgTextArg(fcinfo, 1, "caller");
+	RmsgRequireArg(fcinfo, 2, "call_id");
+	call_id = PG_GETARG_INT64(2);
+
+	/*
+	 * accept_call as the calling role, which must be allowed to: its
+	 * checks are the ones a callee that answers by hand gets.  Qualified
+	 * names and given argument types: nothing is looked up in the
+	 * caller's search_path.
+	 */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	args[2] = Int64GetDatum(call_id);
+	args[3] = request == NULL ? (Datum) 0 : PointerGetDatum(request);
+	if (SPI_execute_with_args("SELECT status, reply FROM rmsg.accept_call($1, $2, $3, $4)",
+							  4, types, args, nulls, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "rmsg.accept_call returned no row");
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (strcmp(status, "duplicate") == 0)
+	{
+		Datum		kept = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+		reply = isnull ? NULL : (bytea *) SPI_palloc(VARSIZE_ANY(DatumGetPointer(kept)));
+		if (reply != NULL)
+			memcpy(reply, DatumGetPointer(kept), VARSIZE_ANY(DatumGetPointer(kept)));
+		SPI_finish();
+		if (reply == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_BYTEA_P(reply);
+	}
+
+	/* a new call: the callee's handler, as its role */
+	RmsgSpiConnect();
+	RmsgPlanExecute(&lookup_plan, args, NULL, true, 1);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("callee \"%s\" has no handler on this server", callee),
+				 errhint("Register one with rmsg.set_callee_handler.")));
+	handler = DatumGetObjectId(RmsgSpiNotNull(0, "handler"));
+	owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
+	RmsgSpiFinish();
+	reply = CallHandler(callee, handler, owner, PG_GETARG_TEXT_PP(1), request);
+
+	/* the reply kept with the work, in this transaction */
+	args[3] = PointerGetDatum(reply);
+	nulls[3] = ' ';
+	if (SPI_execute_with_args("SELECT rmsg.reply($1, $2, $3, $4)",
+							  4, types, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "rmsg.reply failed");
+	reply = (bytea *) SPI_palloc(VARSIZE_ANY(reply));
+	memcpy(reply, DatumGetPointer(args[3]), VARSIZE_ANY(DatumGetPointer(args[3])));
+	SPI_finish();
+	PG_RETURN_BYTEA_P(reply);
+}
