@@ -908,7 +908,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'rmsg_set_callee_handler'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rmsg.set_callee_handler(text, regprocedure) IS
-  'have rmsg.serve_call run handler(caller text, request bytea) -> bytea for the calls to callee, as the current role; NULL removes it';
+  'have rmsg.serve_call run handler(caller text, call_id bigint, request bytea) -> bytea for the calls to callee, as the current role; NULL removes it';
 
 CREATE FUNCTION rmsg.serve_call(callee text, caller text, call_id bigint, request bytea)
 RETURNS bytea

@@ -109,12 +109,12 @@ DROP ROLE rq_other;
 -- The callee's side of rmsg.call, called directly as a caller's server
 -- would: the handler runs once per call id, a repeat gets the kept reply.
 CREATE TABLE served (caller text, request text);
-CREATE FUNCTION serve_it(caller text, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
+CREATE FUNCTION serve_it(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO served VALUES (caller, convert_from(request, 'UTF8'));
   RETURN convert_to('done: ' || convert_from(request, 'UTF8'), 'UTF8');
 END $$;
-SELECT rmsg.set_callee_handler('desk', 'serve_it(text,bytea)');
+SELECT rmsg.set_callee_handler('desk', 'serve_it(text,bigint,bytea)');
 SELECT convert_from(rmsg.serve_call('desk', 'clerk', 1, 'first'), 'UTF8') AS reply;
 SELECT convert_from(rmsg.serve_call('desk', 'clerk', 1, 'first'), 'UTF8') AS repeated;
 SELECT convert_from(rmsg.serve_call('desk', 'clerk', 2, 'second'), 'UTF8') AS reply;
@@ -124,19 +124,19 @@ SELECT rmsg.serve_call('desk', 'clerk', 1, 'first');
 SELECT rmsg.serve_call('nobody', 'clerk', 1, 'x');
 CREATE FUNCTION wrong_shape(request bytea) RETURNS bytea LANGUAGE sql AS 'SELECT $1';
 SELECT rmsg.set_callee_handler('desk', 'wrong_shape(bytea)');
-CREATE FUNCTION no_reply(caller text, request bytea) RETURNS bytea LANGUAGE sql AS 'SELECT NULL::bytea';
-SELECT rmsg.set_callee_handler('desk2', 'no_reply(text,bytea)');
+CREATE FUNCTION no_reply(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE sql AS 'SELECT NULL::bytea';
+SELECT rmsg.set_callee_handler('desk2', 'no_reply(text,bigint,bytea)');
 SELECT rmsg.serve_call('desk2', 'clerk', 1, 'x');
 SELECT count(*) AS replies_kept FROM rmsg.last_call WHERE callee = 'desk2';
 -- the handler runs as the role that registered it, not as the role
 -- that serves the call
 CREATE ROLE desk_owner;
 GRANT USAGE ON SCHEMA rmsg TO desk_owner;
-CREATE FUNCTION whoami(caller text, request bytea) RETURNS bytea LANGUAGE sql
+CREATE FUNCTION whoami(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE sql
   AS $$ SELECT convert_to(current_user, 'UTF8') $$;
-GRANT EXECUTE ON FUNCTION whoami(text, bytea) TO desk_owner;
+GRANT EXECUTE ON FUNCTION whoami(text, bigint, bytea) TO desk_owner;
 SET ROLE desk_owner;
-SELECT rmsg.set_callee_handler('desk3', 'whoami(text,bytea)');
+SELECT rmsg.set_callee_handler('desk3', 'whoami(text,bigint,bytea)');
 RESET ROLE;
 SELECT rmsg.grant_component('desk3', CURRENT_USER::regrole, 'use');
 \set VERBOSITY default
@@ -149,7 +149,7 @@ SELECT rmsg.set_callee_handler('desk', NULL);
 SELECT count(*) AS handlers_left FROM rmsg.callee_handler WHERE callee = 'desk';
 DELETE FROM rmsg.callee_handler;
 DROP TABLE served;
-DROP FUNCTION serve_it(text, bytea), wrong_shape(bytea), no_reply(text, bytea), whoami(text, bytea);
+DROP FUNCTION serve_it(text, bigint, bytea), wrong_shape(bytea), no_reply(text, bigint, bytea), whoami(text, bigint, bytea);
 REVOKE ALL ON SCHEMA rmsg FROM desk_owner;
 SELECT rmsg.alter_component_owner('desk3', CURRENT_USER::regrole);
 DROP ROLE desk_owner;

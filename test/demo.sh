@@ -96,26 +96,32 @@ run_walkthrough() {
 
 # The committed interaction contract (README, "A worked example"): a caller
 # 'shop' in database shop calls 'warehouse' and 'billing' in database
-# callees through dblink.  The server crashes while the shop takes orders;
-# the same CALL after the restart recovers it, and every call's work is
-# done exactly once.
+# callees with rmsg.call, through a foreign server.  The server crashes
+# while the shop takes orders; the same CALL after the restart recovers
+# it, and every call's work is done exactly once.
 contract_demo() {
-    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)') conninfo
-    conninfo="dbname=callees host=$PGHOST port=$PGPORT"
+    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)')
     section "4. Committed interaction contract" \
         "A caller that keeps state between calls must survive a crash without sending a call twice, and" \
         "without forcing its log to disk before every call. Callees keep their last reply to it; it logs" \
         "their replies lazily, forces only before a callee would drop a reply its log may lack, and after" \
         "a crash replays from a checkpoint."
     echo "-- the shop (database shop, test/examples/contract_caller.sql) takes orders: for each it calls"
-    echo "-- warehouse, then billing (database callees, test/examples/contract_callees.sql) through dblink."
+    echo "-- warehouse, then billing (database callees, test/examples/contract_callees.sql) with rmsg.call,"
+    echo "-- through a foreign server 'callees' (it could be another machine)."
     run_as_pg "${psql[@]}" -q -c "CREATE DATABASE callees" -c "CREATE DATABASE shop"
-    run_as_pg "${psql[@]}" -q -d callees -f - <"$ROOT/test/examples/contract_callees.sql"
+    run_as_pg "${psql[@]}" -q -d callees -f - <"$ROOT/test/examples/contract_callees.sql" >/dev/null
+    run_as_pg "${psql[@]}" -q -d shop <<SQL >/dev/null
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER callees FOREIGN DATA WRAPPER postgres_fdw
+  OPTIONS (dbname 'callees', host '$PGHOST', port '$PGPORT');
+SELECT format('CREATE USER MAPPING FOR CURRENT_USER SERVER callees OPTIONS (user %L)', current_user) \gexec
+SQL
     run_as_pg "${psql[@]}" -q -d shop -f - <"$ROOT/test/examples/contract_caller.sql"
     run_as_pg "${psql[@]}" -d shop -e <<SQL
 \echo '-- five orders, ten calls, a checkpoint after every fifth order. Call ids number the shop''s calls'
 \echo '-- from 1: order n is call 2n-1 to warehouse and call 2n to billing.'
-CALL take_orders(5, '$conninfo');
+CALL take_orders(5, 'callees');
 SELECT caller, next_call_id, checkpoint_call_id, logged_calls, calls_without_reply FROM rmsg.callers;
 SQL
     run_as_pg "${psql[@]}" -d callees -e <<'SQL'
@@ -123,7 +129,7 @@ SQL
 SELECT callee, caller, call_id, reply_bytes FROM rmsg.last_calls;
 SQL
     echo "-- twenty orders, a tenth of a second apart; the server crashes a second in:"
-    run_as_pg "${psql[@]}" -d shop -c "CALL take_orders(20, '$conninfo', 0.1)" >/dev/null 2>&1 &
+    run_as_pg "${psql[@]}" -d shop -c "CALL take_orders(20, 'callees', 0.1)" >/dev/null 2>&1 &
     sleep 1
     log "pg_ctl stop -m immediate while the shop takes orders, then start"
     crash_and_restart
@@ -141,7 +147,7 @@ SELECT call_id, callee, convert_from(request, 'UTF8') AS request,
 SELECT * FROM rmsg.prepare_call('shop', 'warehouse');
 \set ON_ERROR_STOP 1
 \echo '-- the same CALL recovers it: restart from the checkpoint, replay from the log, send the rest:'
-CALL take_orders(20, '$conninfo');
+CALL take_orders(20, 'callees');
 SELECT caller, next_call_id, checkpoint_call_id, logged_calls, calls_without_reply FROM rmsg.callers;
 \echo '-- calls counts the calls sent since the restart (replayed ones were answered from the log);'
 \echo '-- stable says whether the callee''s last reply is on disk here (if not, the next call to it forces'

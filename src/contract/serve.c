@@ -13,7 +13,8 @@
  * sends again a call whose answer it lost) gets the kept reply, and the
  * handler is not called: its work is done once.
  *
- * The handler, handler(caller text, request bytea) -> bytea, runs as the
+ * The handler, handler(caller text, call_id bigint, request bytea) ->
+ * bytea, runs as the
  * role that registered it, as the worker's handlers do (worker/
  * handler_call.c): inside its own GUC nest level, as a security-restricted
  * operation, with SECURITY_LOCAL_USERID_CHANGE so that it cannot SET ROLE
@@ -63,7 +64,11 @@ static RmsgPlan lookup_plan = {
 	1, {TEXTOID}
 };
 
-/* A handler must be handler(text, bytea) returning bytea, a plain function. */
+/*
+ * A handler must be handler(text, bigint, bytea) returning bytea, a plain
+ * function: the call id lets its work name the call (a key in its own
+ * tables), as a callee that answers by hand does.
+ */
 static void
 CheckCalleeHandler(Oid handler)
 {
@@ -77,13 +82,14 @@ CheckCalleeHandler(Oid handler)
 				 errmsg("callee handler function %u does not exist", handler)));
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 	ok = proc->prokind == PROKIND_FUNCTION && !proc->proretset &&
-		proc->pronargs == 2 && proc->proargtypes.values[0] == TEXTOID &&
-		proc->proargtypes.values[1] == BYTEAOID && proc->prorettype == BYTEAOID;
+		proc->pronargs == 3 && proc->proargtypes.values[0] == TEXTOID &&
+		proc->proargtypes.values[1] == INT8OID && proc->proargtypes.values[2] == BYTEAOID &&
+		proc->prorettype == BYTEAOID;
 	ReleaseSysCache(tuple);
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("callee handler %s must be a plain function (caller text, request bytea) returning bytea",
+				 errmsg("callee handler %s must be a plain function (caller text, call_id bigint, request bytea) returning bytea",
 						format_procedure(handler))));
 }
 
@@ -119,13 +125,14 @@ rmsg_set_callee_handler(PG_FUNCTION_ARGS)
 
 /* Calls the handler as its owner; its reply, which must not be NULL. */
 static bytea *
-CallHandler(const char *callee, Oid handler, Oid owner, text *caller, bytea *request)
+CallHandler(const char *callee, Oid handler, Oid owner, text *caller, int64 call_id,
+			bytea *request)
 {
 	Oid			saved_user;
 	int			saved_context;
 	int			nest_level;
 	Datum		reply;
-	LOCAL_FCINFO(call, 2);
+	LOCAL_FCINFO(call, 3);
 	FmgrInfo	flinfo;
 
 	CheckCalleeHandler(handler);
@@ -135,11 +142,13 @@ CallHandler(const char *callee, Oid handler, Oid owner, text *caller, bytea *req
 				 errmsg("the role of the handler of callee \"%s\" may no longer execute %s",
 						callee, format_procedure(handler))));
 	fmgr_info(handler, &flinfo);
-	InitFunctionCallInfoData(*call, &flinfo, 2, InvalidOid, NULL, NULL);
+	InitFunctionCallInfoData(*call, &flinfo, 3, InvalidOid, NULL, NULL);
 	call->args[0].value = PointerGetDatum(caller);
 	call->args[0].isnull = false;
-	call->args[1].value = PointerGetDatum(request);
-	call->args[1].isnull = request == NULL;
+	call->args[1].value = Int64GetDatum(call_id);
+	call->args[1].isnull = false;
+	call->args[2].value = PointerGetDatum(request);
+	call->args[2].isnull = request == NULL;
 
 	GetUserIdAndSecContext(&saved_user, &saved_context);
 	nest_level = NewGUCNestLevel();
@@ -224,7 +233,7 @@ rmsg_serve_call(PG_FUNCTION_ARGS)
 	handler = DatumGetObjectId(RmsgSpiNotNull(0, "handler"));
 	owner = DatumGetObjectId(RmsgSpiNotNull(0, "owner"));
 	RmsgSpiFinish();
-	reply = CallHandler(callee, handler, owner, PG_GETARG_TEXT_PP(1), request);
+	reply = CallHandler(callee, handler, owner, PG_GETARG_TEXT_PP(1), call_id, request);
 
 	/* the reply kept with the work, in this transaction */
 	args[3] = PointerGetDatum(reply);

@@ -318,12 +318,17 @@ callees_example() {
 
 # Five orders, then the same procedure up to twelve: it restarts from its
 # checkpoint after the fifth and sends only the calls of orders 6 to 12.
-# Uses the callees of callees_example.
+# Uses the callees of callees_example, through a foreign server.
 caller_example() {
-    local conninfo="dbname=callees host=$PGHOST port=$PGPORT"
+    run_sql shop contract_caller.sql <<SQL &&
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER callees FOREIGN DATA WRAPPER postgres_fdw
+  OPTIONS (dbname 'callees', host '$PGHOST', port '$PGPORT');
+SELECT format('CREATE USER MAPPING FOR CURRENT_USER SERVER callees OPTIONS (user %L)', current_user) \gexec
+SQL
     run_sql shop contract_caller.sql <"$EXAMPLES/contract_caller.sql" &&
-        run_sql shop contract_caller.sql <<<"CALL take_orders(5, '$conninfo');
-                                             CALL take_orders(12, '$conninfo');" &&
+        run_sql shop contract_caller.sql <<<"CALL take_orders(5, 'callees');
+                                             CALL take_orders(12, 'callees');" &&
         expect callees "SELECT (SELECT on_hand FROM stock), count(*), count(DISTINCT call_id)
                           FROM charges WHERE caller = 'shop'" "88|12|12"
 }

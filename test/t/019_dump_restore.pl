@@ -258,9 +258,9 @@ sql($source, 'app', q{
 	UPDATE rmsg.remote_queue SET next_seq = 2;
 	SELECT rmsg.create_queue('inbound');
 	SELECT rmsg.accept_transfer('sender:1:1', 'inbound', 1, ARRAY['arrived']::bytea[], NULL);
-	CREATE FUNCTION public.answer(caller text, request bytea) RETURNS bytea LANGUAGE sql
-	  AS $$ SELECT request $$;
-	SELECT rmsg.set_callee_handler('desk', 'public.answer(text,bytea)');
+	CREATE FUNCTION public.answer(caller text, call_id bigint, request bytea) RETURNS bytea
+	  LANGUAGE sql AS $$ SELECT request $$;
+	SELECT rmsg.set_callee_handler('desk', 'public.answer(text,bigint,bytea)');
 });
 
 # Handlers.  No worker runs (rmsg.worker_count = 0), and the functions say

@@ -36,7 +36,7 @@ my $os_user = getpwuid($<);
 $callee->safe_psql('postgres', q{
 CREATE TABLE work_done (seq serial PRIMARY KEY, caller text, request text);
 CREATE SEQUENCE attempts;
-CREATE FUNCTION reserve(caller text, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
+CREATE FUNCTION reserve(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
 DECLARE
   r text := convert_from(request, 'UTF8');
   n int;
@@ -54,7 +54,7 @@ BEGIN
   SELECT count(*) INTO n FROM work_done;
   RETURN convert_to('reserved ' || r || ' as #' || n, 'UTF8');
 END $$;
-SELECT rmsg.set_callee_handler('warehouse', 'reserve(text,bytea)');
+SELECT rmsg.set_callee_handler('warehouse', 'reserve(text,bigint,bytea)');
 });
 $caller->safe_psql('postgres', qq{
 CREATE EXTENSION postgres_fdw;
@@ -142,7 +142,7 @@ session_kill($s);
 is(work_done(), 'o1,o2,o3,fail once', 'the crashed call left nothing at the callee');
 # the handler sleeps no more: the request is the same, the callee answers fast
 $callee->safe_psql('postgres', q{
-CREATE OR REPLACE FUNCTION reserve(caller text, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION reserve(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE plpgsql AS $$
 DECLARE
   r text := convert_from(request, 'UTF8');
   n int;
