@@ -1051,14 +1051,16 @@ CREATE TABLE rmsg.transit (
 );
 COMMENT ON TABLE rmsg.transit IS 'messages of remote queues numbered and sent, not yet confirmed by the receiver';
 
--- The receiving side: the last sequence number taken from each channel,
--- which queue it puts to and the role that may send on it.
+-- The receiving side: the last sequence number taken from each channel
+-- of each sending role, and which queue it puts to.  A role's channels
+-- are its own: another role's row of the same name never meets them.
 CREATE TABLE rmsg.channel_in (
-    channel         text PRIMARY KEY,
-    queue_id        int NOT NULL,
+    channel         text NOT NULL,
     sender          regrole NOT NULL,
+    queue_id        int NOT NULL,
     last_seq        bigint NOT NULL,
-    updated_at      timestamptz NOT NULL
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (channel, sender)
 );
 COMMENT ON TABLE rmsg.channel_in IS 'the last sequence number taken from each sending server''s channel';
 
@@ -1093,7 +1095,10 @@ SELECT r.server,
        r.acked_seq AS last_acknowledged,
        now() - least(m.oldest, t.oldest) AS lag,
        r.last_sent_at,
-       r.last_error,
+       -- what the other server said may name hosts and roles: for managers
+       CASE WHEN rmsg.has_queue_privilege(q.name, 'manage')
+              OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+            THEN r.last_error END AS last_error,
        r.last_error_at,
        r.channel
   FROM rmsg.remote_queue r

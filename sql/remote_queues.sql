@@ -70,7 +70,12 @@ SELECT rmsg.accept_transfer('ch1', 'inbox2', 5, ARRAY['m5']::bytea[], NULL);
 GRANT USAGE ON SCHEMA rmsg TO rq_other;
 SELECT rmsg.grant_queue('inbox', 'rq_other', 'put');
 SET ROLE rq_other;
+-- another role's channels are its own: ch1 is not this role's, and it
+-- cannot be opened at 5; opened at 1 it is a channel of its own
 SELECT rmsg.accept_transfer('ch1', 'inbox', 5, ARRAY['m5']::bytea[], NULL);
+\set VERBOSITY default
+SELECT rmsg.accept_transfer('ch1', 'inbox', 1, ARRAY['other 1']::bytea[], NULL) AS own_channel;
+\set VERBOSITY terse
 SELECT rmsg.accept_transfer('ch2', 'inbox2', 1, ARRAY['m1']::bytea[], NULL);
 RESET ROLE;
 SELECT rmsg.accept_transfer(NULL, 'inbox', 1, ARRAY['x']::bytea[], NULL);
@@ -88,7 +93,13 @@ ROLLBACK;
 \set VERBOSITY default
 SELECT count(*) AS messages FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
  WHERE q.name IN ('inbox', 'inbox2');
-SELECT channel, last_seq FROM rmsg.channel_in ORDER BY channel;
+SELECT channel, sender = current_user::regrole AS sent_by_me, last_seq
+  FROM rmsg.channel_in ORDER BY channel, sent_by_me;
+-- a channel this server does not know cannot begin past 1: the numbers
+-- before were acknowledged here, and are gone
+\set VERBOSITY terse
+SELECT rmsg.accept_transfer('ch9', 'inbox', 7, ARRAY['x']::bytea[], NULL);
+\set VERBOSITY default
 
 -- dropping a remote queue drops its row and what it had in transit
 SET ROLE rq_owner;

@@ -15,11 +15,12 @@
  * commit is a normal, flushed one: the number is kept stably, and the
  * sender forgets its copies only once it has the answer (transfer.c).
  *
- * rmsg.channel_in holds one row per channel, made by its first transfer:
- * the queue it puts to, the role that sent it and the last number.  Only
- * that very role may send on the channel again, so a role that may put to
- * the queue cannot move someone else's channel past messages it has not
- * brought.  The sending role needs put
+ * rmsg.channel_in holds one row per channel and sending role, made by
+ * the channel's first transfer (number 1): the queue it puts to and the
+ * last number.  A role's channels are its own, so another role that may
+ * put here cannot move or block them, whatever names it uses.  The commit
+ * is flushed whatever the session's synchronous_commit: the sender
+ * forgets what we acknowledge.  The sending role needs put
  * on the queue, as for any put.  A number beyond the next one is refused:
  * the sender numbers without gaps, so a gap means a mistake, not a lost
  * message to skip over.
@@ -41,24 +42,28 @@
 
 PG_FUNCTION_INFO_V1(rmsg_accept_transfer);
 
-/* Makes the channel's row if it has none.  $1 channel, $2 queue, $3 role, $4 last */
+/*
+ * Makes the role's channel row if it has none: only for a transfer that
+ * begins at number 1.  $1 channel, $2 queue, $3 role
+ */
 static RmsgPlan channel_insert_plan = {
-	"INSERT INTO rmsg.channel_in (channel, queue_id, sender, last_seq, updated_at)"
-	" VALUES ($1, $2, $3, $4, now()) ON CONFLICT (channel) DO NOTHING",
-	4, {TEXTOID, INT4OID, OIDOID, INT8OID}
+	"INSERT INTO rmsg.channel_in (channel, sender, queue_id, last_seq, updated_at)"
+	" VALUES ($1, $3, $2, 0, now()) ON CONFLICT (channel, sender) DO NOTHING",
+	3, {TEXTOID, INT4OID, OIDOID}
 };
 
-/* The channel's row, locked until commit.  $1 channel */
+/* The role's channel row, locked until commit.  $1 channel, $3 role */
 static RmsgPlan channel_lock_plan = {
-	"SELECT queue_id, sender::oid AS sender, last_seq FROM rmsg.channel_in"
-	" WHERE channel = $1 FOR UPDATE",
-	1, {TEXTOID}
+	"SELECT queue_id, last_seq FROM rmsg.channel_in"
+	" WHERE channel = $1 AND sender = $3 FOR UPDATE",
+	3, {TEXTOID, INT4OID, OIDOID}
 };
 
-/* $1 channel, $2 the new last number */
+/* $1 channel, $2 the new last number, $3 role */
 static RmsgPlan channel_advance_plan = {
-	"UPDATE rmsg.channel_in SET last_seq = $2, updated_at = now() WHERE channel = $1",
-	2, {TEXTOID, INT8OID}
+	"UPDATE rmsg.channel_in SET last_seq = $2, updated_at = now()"
+	" WHERE channel = $1 AND sender = $3",
+	3, {TEXTOID, INT8OID, OIDOID}
 };
 
 /* The elements of a one-dimensional array argument (NULL array: none). */
@@ -101,7 +106,6 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	int64		last_seq;
 	int64		new_last;
-	Oid			sender;
 	int			skip;
 	TimestampTz now = GetCurrentTimestamp();
 	int64		bytes = 0;
@@ -150,27 +154,26 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	queue = RmsgOpenQueueFor(queue_name, AccessShareLock, RMSG_PUT);
 
-	/* the channel, locked: concurrent transfers on it wait for each other */
+	/*
+	 * The role's channel, locked: concurrent transfers on it wait for each
+	 * other.  A channel begins at number 1: a first transfer that begins
+	 * later means this server lost what it had acknowledged (a row gone
+	 * with a commit a crash took, a restore), and skipping ahead would hide
+	 * the loss.
+	 */
 	values[0] = CStringGetTextDatum(channel);
 	values[1] = Int32GetDatum(queue.queue_id);
 	values[2] = ObjectIdGetDatum(GetUserId());
-	values[3] = Int64GetDatum(first_seq - 1);
-	RmsgPlanExecute(&channel_insert_plan, values, NULL, true, 0);
+	if (first_seq == 1)
+		RmsgPlanExecute(&channel_insert_plan, values, NULL, true, 0);
 	RmsgPlanExecute(&channel_lock_plan, values, NULL, true, 1);
 	if (SPI_processed != 1)
-		elog(ERROR, "channel \"%s\" has no row", channel);
-	sender = DatumGetObjectId(RmsgSpiNotNull(0, "sender"));
-	last_seq = DatumGetInt64(RmsgSpiNotNull(0, "last_seq"));
-	/*
-	 * The very role, not one with its privileges: a channel row that
-	 * another role made first (it may put to the queue, and channel names
-	 * can be guessed) must not make a superuser's transfers skip numbers.
-	 */
-	if (sender != GetUserId())
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("channel \"%s\" belongs to another role", channel),
-				 errhint("A channel row made by mistake or by someone else can be deleted from rmsg.channel_in by a superuser.")));
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("channel \"%s\" is not known here, and a transfer beginning at message " INT64_FORMAT " cannot open it",
+						channel, first_seq),
+				 errdetail("The numbers before it were acknowledged by this server, which no longer has them.")));
+	last_seq = DatumGetInt64(RmsgSpiNotNull(0, "last_seq"));
 	if (DatumGetInt32(RmsgSpiNotNull(0, "queue_id")) != queue.queue_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -195,6 +198,8 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 		bytes += stored.size;
 	}
 	new_last = Max(last_seq, first_seq + n - 1);
+	/* the sender forgets these once we answer: they must outlive a crash */
+	RmsgRequireStableCommit();
 	if (new_last > last_seq)
 	{
 		values[1] = Int64GetDatum(new_last);

@@ -133,7 +133,7 @@ rmsg_call(PG_FUNCTION_ARGS)
 		result = RmsgRemoteExec(conn,
 								"SELECT rmsg.serve_call($1, $2, $3::pg_catalog.int8,"
 								" $4::pg_catalog.bytea)",
-								4, params);
+								4, params, -1);
 		if (PQntuples(result) != 1 || PQgetisnull(result, 0, 0))
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),

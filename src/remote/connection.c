@@ -42,6 +42,7 @@ typedef struct KeptConnection
 	char		server[NAMEDATALEN];
 	Oid			role;
 	PGconn	   *conn;
+	char	   *signature;		/* of the RmsgConnInfo it was made with (malloc'd) */
 } KeptConnection;
 
 #define RMSG_MAX_KEPT_CONNECTIONS 16
@@ -63,6 +64,18 @@ RmsgCheckForeignServer(const char *name)
 	if (result != ACLCHECK_OK)
 		aclcheck_error(result, OBJECT_FOREIGN_SERVER, server->servername);
 	(void) GetUserMapping(GetUserId(), server->serverid);
+}
+
+/* Adds keyword=value unless the options already name the keyword; the new count. */
+static int
+AddDefault(RmsgConnInfo *info, int n, const char *keyword, const char *value)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(info->keywords[i], keyword) == 0)
+			return n;
+	info->keywords[n] = keyword;
+	info->values[n] = value;
+	return n + 1;
 }
 
 /* Whether libpq knows the option `name`. */
@@ -102,21 +115,25 @@ AddOptions(List *options, const PQconninfoOption *known,
 }
 
 /*
- * Waits until the socket is ready for `events`, or the latch is set (and
- * then handles interrupts: SIGTERM ends the worker here).
+ * Waits until the socket is ready for `events`, the latch is set (and
+ * then handles interrupts: SIGTERM ends the worker here, a cancel or
+ * statement_timeout a user's call), or timeout_ms pass (-1: no limit);
+ * false on the timeout.
  */
-static void
-WaitForSocket(PGconn *conn, int events)
+static bool
+WaitForSocket(PGconn *conn, int events, long timeout_ms)
 {
 	int			rc;
 
-	rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events,
-						   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+	rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | events |
+						   (timeout_ms >= 0 ? WL_TIMEOUT : 0),
+						   PQsocket(conn), timeout_ms, PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
 	{
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+	return !(rc & WL_TIMEOUT);
 }
 
 /*
@@ -130,13 +147,21 @@ RmsgRemoteConnInfo(const char *server_name, Oid role, MemoryContext into)
 {
 	MemoryContext old = MemoryContextSwitchTo(into);
 	ForeignServer *server = GetForeignServerByName(server_name, false);
-	UserMapping *mapping = GetUserMapping(role, server->serverid);
+	UserMapping *mapping;
 	PQconninfoOption *known = PQconndefaults();
-	int			max = list_length(server->options) + list_length(mapping->options) + 4;
+	int			max;
 	RmsgConnInfo *info = palloc0(sizeof(RmsgConnInfo));
 	int			n = 0;
 	bool		has_password = false;
+	StringInfoData signature;
 
+	/* the right to use the server, again: it may have been revoked since */
+	if (pg_foreign_server_aclcheck(server->serverid, role, ACL_USAGE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role %u no longer holds USAGE on foreign server \"%s\"", role, server_name)));
+	mapping = GetUserMapping(role, server->serverid);
+	max = list_length(server->options) + list_length(mapping->options) + 8;
 	if (known == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
@@ -156,15 +181,27 @@ RmsgRemoteConnInfo(const char *server_name, Oid role, MemoryContext into)
 	info->values[n++] = "recoverable_msg transfer";
 	info->keywords[n] = "client_encoding";
 	info->values[n++] = pstrdup(GetDatabaseEncodingName());
-	info->keywords[n] = "connect_timeout";
-	info->values[n++] = "10";
+	/*
+	 * Defaults the server's options may override: a peer that stops
+	 * answering is noticed (keepalives), and a statement there gives up
+	 * rather than wait for ever on a lock.
+	 */
+	n = AddDefault(info, n, "connect_timeout", "10");
+	n = AddDefault(info, n, "keepalives_idle", "30");
+	n = AddDefault(info, n, "keepalives_interval", "10");
+	n = AddDefault(info, n, "keepalives_count", "3");
+	n = AddDefault(info, n, "options", "-c lock_timeout=10000 -c statement_timeout=60000");
 	info->keywords[n] = NULL;
 	info->values[n] = NULL;
+	initStringInfo(&signature);
+	appendStringInfo(&signature, "%d", (int) info->needs_password);
 	for (int i = 0; i < n; i++)
 	{
 		info->keywords[i] = pstrdup(info->keywords[i]);
 		info->values[i] = pstrdup(info->values[i]);
+		appendStringInfo(&signature, "|%s=%s", info->keywords[i], info->values[i]);
 	}
+	info->signature = signature.data;
 	MemoryContextSwitchTo(old);
 	return info;
 }
@@ -186,10 +223,11 @@ Connect(const char *server_name, Oid role, const RmsgConnInfo *info)
 		 status != PGRES_POLLING_OK && status != PGRES_POLLING_FAILED && PQsocket(conn) >= 0;
 		 status = PQconnectPoll(conn))
 	{
+		/* connect_timeout bounds this in libpq */
 		if (status == PGRES_POLLING_READING)
-			WaitForSocket(conn, WL_SOCKET_READABLE);
+			(void) WaitForSocket(conn, WL_SOCKET_READABLE, -1L);
 		else if (status == PGRES_POLLING_WRITING)
-			WaitForSocket(conn, WL_SOCKET_WRITEABLE);
+			(void) WaitForSocket(conn, WL_SOCKET_WRITEABLE, -1L);
 	}
 	if (PQstatus(conn) != CONNECTION_OK)
 	{
@@ -219,23 +257,36 @@ PGconn *
 RmsgRemoteConnect(const char *server, Oid role, const RmsgConnInfo *info)
 {
 	KeptConnection *k;
+	PGconn	   *conn;
+	char	   *signature;
 
 	for (int i = 0; i < nkept; i++)
 		if (kept[i].role == role && strcmp(kept[i].server, server) == 0)
 		{
-			if (PQstatus(kept[i].conn) == CONNECTION_OK)
+			/* a changed server or mapping (ALTER ...) takes a new connection */
+			if (PQstatus(kept[i].conn) == CONNECTION_OK &&
+				strcmp(kept[i].signature, info->signature) == 0)
 				return kept[i].conn;
 			RmsgRemoteDisconnect(server, role);
 			break;
 		}
 	if (nkept == RMSG_MAX_KEPT_CONNECTIONS)
 		RmsgRemoteDisconnect(kept[0].server, kept[0].role);
-	k = &kept[nkept];
+	conn = Connect(server, role, info);
+	signature = strdup(info->signature);
+	if (signature == NULL)
+	{
+		PQfinish(conn);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	}
+	k = &kept[nkept++];
 	strlcpy(k->server, server, sizeof(k->server));
 	k->role = role;
-	k->conn = Connect(server, role, info);
-	nkept++;
-	return k->conn;
+	k->conn = conn;
+	k->signature = signature;
+	return conn;
 }
 
 /* Closes and forgets the connection to `server` as `role`, if any. */
@@ -246,6 +297,7 @@ RmsgRemoteDisconnect(const char *server, Oid role)
 		if (kept[i].role == role && strcmp(kept[i].server, server) == 0)
 		{
 			PQfinish(kept[i].conn);
+			free(kept[i].signature);
 			kept[i] = kept[--nkept];
 			return;
 		}
@@ -254,13 +306,18 @@ RmsgRemoteDisconnect(const char *server, Oid role)
 /*
  * Runs one statement with text parameters on the connection and returns
  * its last result (the caller PQclears it), waiting on the latch and the
- * socket; an error when it could not be sent or failed.
+ * socket; an error when it could not be sent, failed, or had no answer
+ * within timeout_ms (-1: no limit but the caller's own statement_timeout),
+ * when it is cancelled there.
  */
 PGresult *
-RmsgRemoteExec(PGconn *conn, const char *sql, int nparams, const char *const *values)
+RmsgRemoteExec(PGconn *conn, const char *sql, int nparams, const char *const *values,
+			   int timeout_ms)
 {
 	PGresult   *last = NULL;
 	PGresult   *result;
+	TimestampTz deadline = timeout_ms >= 0
+		? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms) : 0;
 
 	if (!PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0))
 		ereport(ERROR,
@@ -270,7 +327,25 @@ RmsgRemoteExec(PGconn *conn, const char *sql, int nparams, const char *const *va
 	{
 		while (PQisBusy(conn))
 		{
-			WaitForSocket(conn, WL_SOCKET_READABLE);
+			long		left = -1L;
+
+			if (deadline != 0)
+				left = Max(0L, (long) ((deadline - GetCurrentTimestamp()) / 1000));
+			if (!WaitForSocket(conn, WL_SOCKET_READABLE, left))
+			{
+				PGcancel   *cancel = PQgetCancel(conn);
+				char		why[256];
+
+				if (cancel != NULL)
+				{
+					(void) PQcancel(cancel, why, sizeof(why));
+					PQfreeCancel(cancel);
+				}
+				PQclear(last);
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("the other server did not answer within %d ms", timeout_ms)));
+			}
 			if (!PQconsumeInput(conn))
 			{
 				PQclear(last);

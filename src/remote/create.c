@@ -19,9 +19,10 @@
  * with that mapping for as long as the queue exists (connection.c).
  *
  * The channel is the name the receiver knows this sender's queue by: the
- * system identifier of this cluster, the database and the queue, so that
- * two senders never share one.  It is written once and dumped with the
- * row, so a restored database goes on with its sequence numbers.
+ * system identifier of this cluster, the database, a random number and
+ * the queue, so that two senders never share one and a queue made again
+ * never continues an old one.  It is written once and dumped with the row,
+ * so a restored database goes on with its sequence numbers.
  *
  *-------------------------------------------------------------------------
  */
@@ -80,8 +81,21 @@ rmsg_create_remote_queue(PG_FUNCTION_ARGS)
 	create->args[4].isnull = true;
 	(void) rmsg_create_queue(create);
 
-	snprintf(channel_prefix, sizeof(channel_prefix), UINT64_FORMAT ":%u",
-			 GetSystemIdentifier(), MyDatabaseId);
+	{
+		uint32		nonce;
+
+		/*
+		 * A random part: a queue made again under the same id (after DROP
+		 * and CREATE EXTENSION, say) must not continue the old channel's
+		 * numbers at the receiver, which would skip its first messages.
+		 */
+		if (!pg_strong_random(&nonce, sizeof(nonce)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random channel name")));
+		snprintf(channel_prefix, sizeof(channel_prefix), UINT64_FORMAT ":%u:%08x",
+				 GetSystemIdentifier(), MyDatabaseId, nonce);
+	}
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(server);

@@ -28,6 +28,7 @@ typedef struct RmsgConnInfo
 	const char **keywords;		/* NULL-terminated, as PQconnectdbParams takes */
 	const char **values;
 	bool		needs_password;	/* the role is not a superuser */
+	char	   *signature;		/* all of the above as one string: a change reconnects */
 } RmsgConnInfo;
 
 extern void RmsgCheckForeignServer(const char *name);
@@ -35,6 +36,6 @@ extern RmsgConnInfo *RmsgRemoteConnInfo(const char *server, Oid role, MemoryCont
 extern PGconn *RmsgRemoteConnect(const char *server, Oid role, const RmsgConnInfo *info);
 extern void RmsgRemoteDisconnect(const char *server, Oid role);
 extern PGresult *RmsgRemoteExec(PGconn *conn, const char *sql, int nparams,
-								const char *const *values);
+								const char *const *values, int timeout_ms);
 
 #endif							/* RMSG_REMOTE_H */

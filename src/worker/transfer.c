@@ -49,8 +49,23 @@
 /* The memory of one round, emptied at the start of the next. */
 static MemoryContext transfer_context = NULL;
 
-/* How long a queue whose transfer failed waits before the next try. */
+/*
+ * A queue whose round failed waits before the next try: a second, twice
+ * as long after each further failure, at most a minute; so a peer that is
+ * down, or a message it refuses, costs the other queues little.
+ */
 #define RMSG_TRANSFER_RETRY_USECS (1 * USECS_PER_SEC)
+#define RMSG_TRANSFER_MAX_RETRY_USECS (60 * USECS_PER_SEC)
+
+/* How long the other server may take to answer a transfer. */
+#define RMSG_TRANSFER_TIMEOUT_MS 60000
+
+/*
+ * The most bytes of data one batch carries (always at least one message):
+ * the batch goes as text, two characters a byte, and a text value stops
+ * at 1 GB.
+ */
+#define RMSG_TRANSFER_MAX_BYTES (INT64CONST(64) * 1024 * 1024)
 
 /* Every remote queue, with the role whose user mapping the worker uses. */
 static RmsgPlan load_plan = {
@@ -61,20 +76,33 @@ static RmsgPlan load_plan = {
 };
 
 /*
- * Step 1.  $1 queue, $2 the most to number, $3 now.  Only when nothing is
- * in transit (next_seq - 1 = acked_seq).  Remote queues hold only
- * ungrouped messages of priority 0 (queue/priorities.c), so the ready
- * index gives them in order.
+ * Step 1.  $1 queue, $2 the most to number, $3 now, $4 the most bytes.
+ * Only when nothing is in transit (next_seq - 1 = acked_seq).  Remote
+ * queues hold only ungrouped messages of priority 0 (queue/priorities.c),
+ * so the ready index gives them in order.  The batch is the unbroken front
+ * of that order: a message another transaction has locked (a purge or an
+ * ack in progress) ends it, since numbering the ones after it first would
+ * send them before it, should that transaction roll back.
  */
 static RmsgPlan number_plan = {
 	"WITH r AS (SELECT next_seq FROM rmsg.remote_queue"
 	"            WHERE queue_id = $1 AND next_seq - 1 = acked_seq FOR UPDATE),"
-	" picked AS (SELECT m.msg_id FROM rmsg.message m"
-	"             WHERE m.queue_id = $1 AND m.priority = 0 AND m.visible_at <= $3"
-	"               AND (m.lease_until IS NULL OR m.lease_until <= $3)"
-	"               AND EXISTS (SELECT FROM r)"
-	"             ORDER BY m.visible_at, m.msg_id LIMIT $2 FOR UPDATE OF m SKIP LOCKED),"
-	" moved AS (DELETE FROM rmsg.message m USING picked p WHERE m.msg_id = p.msg_id"
+	" candidates AS (SELECT m.msg_id, row_number() OVER w AS rn,"
+	"                       sum(m.payload_size::bigint) OVER w AS bytes"
+	"                  FROM rmsg.message m"
+	"                 WHERE m.queue_id = $1 AND m.priority = 0 AND m.visible_at <= $3"
+	"                   AND (m.lease_until IS NULL OR m.lease_until <= $3)"
+	"                   AND EXISTS (SELECT FROM r)"
+	"                WINDOW w AS (ORDER BY m.visible_at, m.msg_id)"
+	"                 ORDER BY m.visible_at, m.msg_id LIMIT $2),"
+	" within AS (SELECT c.msg_id, c.rn FROM candidates c WHERE c.rn = 1 OR c.bytes <= $4),"
+	" locked AS (SELECT m.msg_id FROM rmsg.message m JOIN within w ON w.msg_id = m.msg_id"
+	"             FOR UPDATE OF m SKIP LOCKED),"
+	" run AS (SELECT w.msg_id FROM within w"
+	"          WHERE w.rn < coalesce((SELECT min(w2.rn) FROM within w2"
+	"                                  WHERE w2.msg_id NOT IN (SELECT msg_id FROM locked)),"
+	"                                $2 + 1)),"
+	" moved AS (DELETE FROM rmsg.message m USING run WHERE m.msg_id = run.msg_id"
 	"           RETURNING m.msg_id, m.visible_at, m.enqueued_at, m.headers, m.inline_data,"
 	"                     m.payload_id),"
 	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data)"
@@ -87,7 +115,7 @@ static RmsgPlan number_plan = {
 	" UPDATE rmsg.remote_queue SET next_seq = next_seq + (SELECT count(*) FROM numbered)"
 	"  WHERE queue_id = $1 AND EXISTS (SELECT FROM r)"
 	" RETURNING (SELECT count(*) FROM numbered) AS numbered",
-	3, {INT4OID, INT4OID, TIMESTAMPTZOID}
+	4, {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID}
 };
 
 /* What step 2 sends: the transit rows after acked_seq, as array literals.  $1 queue, $2 max */
@@ -158,7 +186,7 @@ static bool
 NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 {
 	RmsgQueue	queue;
-	Datum		values[3];
+	Datum		values[4];
 	bool		isnull;
 
 	batch->n = 0;
@@ -172,6 +200,7 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 	values[0] = Int32GetDatum(r->queue_id);
 	values[1] = Int32GetDatum(RMSG_TRANSFER_BATCH);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[3] = Int64GetDatum(RMSG_TRANSFER_MAX_BYTES);
 	RmsgPlanExecute(&number_plan, values, NULL, true, 0);
 	if (SPI_processed > 0 && DatumGetInt64(RmsgSpiNotNull(0, "numbered")) > 0)
 		RmsgRequireStableCommit();	/* the numbers must outlive a crash */
@@ -211,7 +240,7 @@ Send(const RmsgRemote *r, const Batch *batch)
 	result = RmsgRemoteExec(conn,
 							"SELECT rmsg.accept_transfer($1, $2, $3::pg_catalog.int8,"
 							" $4::pg_catalog.bytea[], $5::pg_catalog.jsonb[])",
-							5, params);
+							5, params, RMSG_TRANSFER_TIMEOUT_MS);
 	if (PQntuples(result) != 1 || PQgetisnull(result, 0, 0))
 	{
 		PQclear(result);
@@ -240,19 +269,58 @@ NoteError(const RmsgRemote *r, const char *message)
 }
 
 /*
- * One round of the remote queue; true if it moved messages.  A failure to
- * reach the other server or a refusal there is noted and retried later
- * (*retry_at); an error here goes to the worker's own recovery.
+ * The last number the receiver answered must lie between the numbers it
+ * had before this batch and the end of the batch.  Below: it lost what it
+ * acknowledged.  Above: it holds numbers this sender never sent (the
+ * sender was restored from an older backup, or a copy of it sends on the
+ * same channel), and it skipped this batch's messages as ones it had.
+ * Either way the channel stops with an error rather than lose anything.
+ */
+static void
+CheckAnswer(const RmsgRemote *r, const Batch *batch, int64 last)
+{
+	int64		first = strtoi64(batch->first_seq, NULL, 10);
+
+	if (last < first - 1 || last > first + batch->n - 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the receiver of queue \"%s\" answered message " INT64_FORMAT " to messages " INT64_FORMAT " to " INT64_FORMAT,
+						r->queue, last, first, first + batch->n - 1),
+				 errdetail("The receiver and this sender no longer agree on channel \"%s\": one of them was restored or copied.",
+						   r->channel)));
+}
+
+/* Step 3: forget what the receiver holds (a lazy commit). */
+static void
+Forget(const RmsgRemote *r, int64 last)
+{
+	Datum		values[2];
+
+	RmsgWorkerBeginUnit("recoverable_msg: forgetting messages the other server holds");
+	RmsgSpiConnect();
+	values[0] = Int32GetDatum(r->queue_id);
+	values[1] = Int64GetDatum(last);
+	RmsgLazyWriteBegin(RMSG_LAZY_TRANSFER_ACK);
+	RmsgPlanExecute(&acknowledged_plan, values, NULL, true, 0);
+	RmsgLazyWriteEnd();
+	RmsgSpiFinish();
+	RmsgWorkerEndUnit();
+}
+
+/*
+ * One round of the remote queue; true if it moved messages.  Any failure
+ * in it (the other server down or refusing, a batch that cannot be read,
+ * an answer that does not fit) is the queue's: noted in its row, the
+ * connection dropped, and the queue tried again later (*retry_at), while
+ * the worker goes on with its other work.
  */
 bool
 RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 {
-	MemoryContext turn;
 	MemoryContext old;
 	Batch		batch;
-	bool		open;
-	int64		last = 0;
-	char	   *failure = NULL;
+	volatile bool moved = false;
+	char	   *volatile failure = NULL;
 
 	if (r->retry_at > GetCurrentTimestamp())
 	{
@@ -265,70 +333,61 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 		transfer_context = AllocSetContextCreate(TopMemoryContext, "recoverable_msg transfer",
 												 ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(transfer_context);
-	turn = transfer_context;
-	old = MemoryContextSwitchTo(turn);
+	old = MemoryContextSwitchTo(transfer_context);
 
-	RmsgWorkerBeginUnit("recoverable_msg: numbering messages of a remote queue");
-	open = NumberAndRead(r, &batch, turn);
-	RmsgWorkerEndUnit();
-	if (!open || batch.n == 0)
-	{
-		MemoryContextSwitchTo(old);
-		return false;
-	}
-
-	/*
-	 * Where to connect (a transaction of its own: the server or the user
-	 * mapping may be gone), then the sending, outside any transaction.  A
-	 * failure in either is the queue's, kept in its row, not the worker's.
-	 */
 	PG_TRY();
 	{
-		RmsgWorkerBeginUnit("recoverable_msg: reading where a remote queue goes");
-		batch.conninfo = RmsgRemoteConnInfo(r->server, r->owner, turn);
+		bool		open;
+
+		RmsgWorkerBeginUnit("recoverable_msg: numbering messages of a remote queue");
+		open = NumberAndRead(r, &batch, transfer_context);
 		RmsgWorkerEndUnit();
-		last = Send(r, &batch);
+		if (open && batch.n > 0)
+		{
+			int64		last;
+
+			/* where to connect: the server or the user mapping may be gone */
+			RmsgWorkerBeginUnit("recoverable_msg: reading where a remote queue goes");
+			batch.conninfo = RmsgRemoteConnInfo(r->server, r->owner, transfer_context);
+			RmsgWorkerEndUnit();
+			/* sending, outside any transaction */
+			last = Send(r, &batch);
+			CheckAnswer(r, &batch, last);
+			Forget(r, last);
+			moved = true;
+		}
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(turn);
+		MemoryContextSwitchTo(transfer_context);
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		MemoryContextSwitchTo(turn);
+		MemoryContextSwitchTo(transfer_context);
 		failure = pstrdup(edata->message);
 	}
 	PG_END_TRY();
 
 	if (failure != NULL)
 	{
+		int64		wait = RMSG_TRANSFER_RETRY_USECS;
+
 		RmsgRemoteDisconnect(r->server, r->owner);
 		ereport(LOG,
 				(errmsg("recoverable_msg could not move messages of queue \"%s\" to server \"%s\": %s",
 						r->queue, r->server, failure)));
 		NoteError(r, failure);
-		r->retry_at = GetCurrentTimestamp() + RMSG_TRANSFER_RETRY_USECS;
+		for (int i = 0; i < r->failures && wait < RMSG_TRANSFER_MAX_RETRY_USECS; i++)
+			wait *= 2;
+		r->failures++;
+		r->retry_at = GetCurrentTimestamp() + Min(wait, RMSG_TRANSFER_MAX_RETRY_USECS);
 		if (*retry_at == 0 || r->retry_at < *retry_at)
 			*retry_at = r->retry_at;
-		MemoryContextSwitchTo(old);
-		return false;
 	}
-
-	RmsgWorkerBeginUnit("recoverable_msg: forgetting messages the other server holds");
-	{
-		Datum		values[2];
-
-		RmsgSpiConnect();
-		values[0] = Int32GetDatum(r->queue_id);
-		values[1] = Int64GetDatum(last);
-		RmsgLazyWriteBegin(RMSG_LAZY_TRANSFER_ACK);
-		RmsgPlanExecute(&acknowledged_plan, values, NULL, true, 0);
-		RmsgLazyWriteEnd();
-		RmsgSpiFinish();
-	}
-	RmsgWorkerEndUnit();
+	else
+		r->failures = 0;
 	MemoryContextSwitchTo(old);
-	return true;
+	return moved;
 }

@@ -106,6 +106,7 @@ typedef struct RmsgRemote
 	char	   *channel;
 	Oid			owner;			/* whose user mapping the worker connects with */
 	TimestampTz retry_at;		/* after a failure: not before then */
+	int			failures;		/* in a row: the next wait doubles */
 } RmsgRemote;
 
 extern List *RmsgLoadRemoteQueues(MemoryContext into);
