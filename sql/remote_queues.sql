@@ -159,6 +159,7 @@ SELECT rmsg.call('clerk', 'no_such_server', 'desk', 'x');
 SELECT rmsg.set_callee_handler('desk', NULL);
 SELECT count(*) AS handlers_left FROM rmsg.callee_handler WHERE callee = 'desk';
 DELETE FROM rmsg.callee_handler;
+DELETE FROM rmsg.last_call WHERE callee IN ('desk', 'desk2', 'desk3');
 DROP TABLE served;
 DROP FUNCTION serve_it(text, bigint, bytea), wrong_shape(bytea), no_reply(text, bigint, bytea), whoami(text, bigint, bytea);
 REVOKE ALL ON SCHEMA rmsg FROM desk_owner;

@@ -65,6 +65,14 @@ static RmsgPlan lookup_plan = {
 };
 
 /*
+ * accept_call and reply, run as the calling role with their own checks
+ * (core/kept_plans.c, RmsgExecuteAsCaller), prepared once per backend.
+ */
+static SPIPlanPtr accept_call_plan = NULL;
+static SPIPlanPtr reply_plan = NULL;
+
+
+/*
  * A handler must be handler(text, bigint, bytea) returning bytea, a plain
  * function: the call id lets its work name the call (a key in its own
  * tables), as a callee that answers by hand does.
@@ -204,10 +212,8 @@ rmsg_serve_call(PG_FUNCTION_ARGS)
 	args[1] = PG_GETARG_DATUM(1);
 	args[2] = Int64GetDatum(call_id);
 	args[3] = request == NULL ? (Datum) 0 : PointerGetDatum(request);
-	if (SPI_execute_with_args("SELECT status, reply FROM rmsg.accept_call($1, $2, $3, $4)",
-							  4, types, args, nulls, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "rmsg.accept_call returned no row");
+	RmsgExecuteAsCaller(&accept_call_plan, 4, "SELECT status, reply FROM rmsg.accept_call($1, $2, $3, $4)",
+				types, args, nulls);
 	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	if (strcmp(status, "duplicate") == 0)
 	{
@@ -238,9 +244,7 @@ rmsg_serve_call(PG_FUNCTION_ARGS)
 	/* the reply kept with the work, in this transaction */
 	args[3] = PointerGetDatum(reply);
 	nulls[3] = ' ';
-	if (SPI_execute_with_args("SELECT rmsg.reply($1, $2, $3, $4)",
-							  4, types, args, nulls, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "rmsg.reply failed");
+	RmsgExecuteAsCaller(&reply_plan, 4, "SELECT rmsg.reply($1, $2, $3, $4)", types, args, nulls);
 	reply = (bytea *) SPI_palloc(VARSIZE_ANY(reply));
 	memcpy(reply, DatumGetPointer(args[3]), VARSIZE_ANY(DatumGetPointer(args[3])));
 	SPI_finish();

@@ -109,6 +109,8 @@ typedef struct RmsgPlan
 
 extern int	RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 							bool latest_snapshot, long count);
+extern void RmsgExecuteAsCaller(SPIPlanPtr *plan, int nargs, const char *sql, Oid *types,
+								Datum *args, const char *nulls);
 extern void RmsgSpiConnect(void);
 extern void RmsgSpiFinish(void);
 

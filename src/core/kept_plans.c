@@ -224,3 +224,28 @@ RmsgSpiText(uint64 row, const char *column)
 
 	return isnull ? NULL : TextDatumGetCString(value);
 }
+
+/*
+ * Runs one of the extension's own SQL functions as the current role, with
+ * that role's rights and the function's own checks (where RmsgPlanExecute
+ * runs our statements as the tables' owner): rmsg.call's prepare_call,
+ * say.  The statement names everything with its schema and gives its
+ * argument types, so nothing comes from the caller's search_path.  *plan
+ * is prepared on first use and kept for the backend; the plan cache
+ * replans it when the objects change.  Inside SPI; one row expected.
+ */
+void
+RmsgExecuteAsCaller(SPIPlanPtr *plan, int nargs, const char *sql, Oid *types,
+					Datum *args, const char *nulls)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(sql, nargs, types);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		*plan = prepared;
+	}
+	if (SPI_execute_plan(*plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "\"%s\" returned no row", sql);
+}

@@ -82,11 +82,15 @@ static RmsgPlan load_plan = {
  * so the ready index gives them in order.  The batch is the unbroken front
  * of that order: a message another transaction has locked (a purge or an
  * ack in progress) ends it, since numbering the ones after it first would
- * send them before it, should that transaction roll back.
+ * send them before it, should that transaction roll back.  The rows are
+ * found by msg_id with = ANY: a join planned while the queue was empty
+ * read the whole table for each message of a backlog.  With nothing
+ * ready it writes nothing, so an idle queue's passes cost no commit to
+ * flush.  Only worker 0 numbers, so the queue's row needs no lock.
  */
 static RmsgPlan number_plan = {
 	"WITH r AS (SELECT next_seq FROM rmsg.remote_queue"
-	"            WHERE queue_id = $1 AND next_seq - 1 = acked_seq FOR UPDATE),"
+	"            WHERE queue_id = $1 AND next_seq - 1 = acked_seq),"
 	" candidates AS (SELECT m.msg_id, row_number() OVER w AS rn,"
 	"                       sum(m.payload_size::bigint) OVER w AS bytes"
 	"                  FROM rmsg.message m"
@@ -96,13 +100,14 @@ static RmsgPlan number_plan = {
 	"                WINDOW w AS (ORDER BY m.visible_at, m.msg_id)"
 	"                 ORDER BY m.visible_at, m.msg_id LIMIT $2),"
 	" within AS (SELECT c.msg_id, c.rn FROM candidates c WHERE c.rn = 1 OR c.bytes <= $4),"
-	" locked AS (SELECT m.msg_id FROM rmsg.message m JOIN within w ON w.msg_id = m.msg_id"
+	" locked AS (SELECT m.msg_id FROM rmsg.message m"
+	"             WHERE m.msg_id = ANY (ARRAY(SELECT w.msg_id FROM within w))"
 	"             FOR UPDATE OF m SKIP LOCKED),"
 	" run AS (SELECT w.msg_id FROM within w"
 	"          WHERE w.rn < coalesce((SELECT min(w2.rn) FROM within w2"
 	"                                  WHERE w2.msg_id NOT IN (SELECT msg_id FROM locked)),"
 	"                                $2 + 1)),"
-	" moved AS (DELETE FROM rmsg.message m USING run WHERE m.msg_id = run.msg_id"
+	" moved AS (DELETE FROM rmsg.message m WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM run))"
 	"           RETURNING m.msg_id, m.visible_at, m.enqueued_at, m.headers, m.inline_data,"
 	"                     m.payload_id),"
 	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data)"
@@ -113,7 +118,7 @@ static RmsgPlan number_plan = {
 	"                   (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = mv.payload_id))"
 	"     FROM moved mv RETURNING 1)"
 	" UPDATE rmsg.remote_queue SET next_seq = next_seq + (SELECT count(*) FROM numbered)"
-	"  WHERE queue_id = $1 AND EXISTS (SELECT FROM r)"
+	"  WHERE queue_id = $1 AND (SELECT count(*) FROM numbered) > 0"
 	" RETURNING (SELECT count(*) FROM numbered) AS numbered",
 	4, {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID}
 };

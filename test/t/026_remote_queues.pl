@@ -257,6 +257,20 @@ is(received('in_a'), join(',', map { "a$_" } 1 .. TOTAL + 25),
 	'in_a holds a1..a' . (TOTAL + 25) . ' in put order');
 
 #---------------------------------------------------------------------------
+# 4c. An idle remote queue costs no writes: the worker's passes over it
+#     (every 200 ms here) number nothing and write nothing, so they make no
+#     commit to flush.  The numbering once locked and updated the queue's
+#     row on every pass (a commit and a WAL flush each time): the row's
+#     version (xmin, ctid) and its lock (xmax) must stay as they are.
+#---------------------------------------------------------------------------
+my $row_sql = q{SELECT r.xmin::text || ' ' || r.ctid::text || ' ' || r.xmax::text
+  FROM rmsg.remote_queue r JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'to_c'};
+my $row_before = $node_a->safe_psql('postgres', $row_sql);
+sleep 2;
+is($node_a->safe_psql('postgres', $row_sql), $row_before,
+	'two seconds of idle passes leave the queue\'s row untouched');
+
+#---------------------------------------------------------------------------
 # 5. Refusals
 #---------------------------------------------------------------------------
 
