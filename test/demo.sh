@@ -362,6 +362,40 @@ SELECT instance, mode, ready, in_flight FROM rmsg.instances;
 SQL
 }
 
+# Between servers (README, "Between servers"): a remote queue in database
+# shipping (the workers' database) whose messages worker 0 moves to a queue
+# of database callees, through a foreign server.  Here both are on this
+# server; the server could be another machine, as for rmsg.call above.
+remote_demo() {
+    local psql=(psql -X -v ON_ERROR_STOP=1 -P null='(null)')
+    section "7. Between servers" \
+        "A queue on another server: puts commit here, in the application's transaction, and the worker" \
+        "moves the messages there exactly once and in order, whatever crashes or lost connections come" \
+        "between: it numbers a batch (one flushed commit), the receiver keeps the last number with the" \
+        "messages, and the sender forgets the batch once the receiver has it."
+    run_as_pg "${psql[@]}" -q -d callees -c "SELECT rmsg.create_queue('shipments_in')" >/dev/null
+    run_as_pg "${psql[@]}" -q -d shipping <<SQL >/dev/null
+CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+CREATE SERVER warehouse_db FOREIGN DATA WRAPPER postgres_fdw
+  OPTIONS (dbname 'callees', host '$PGHOST', port '$PGPORT');
+SELECT format('CREATE USER MAPPING FOR CURRENT_USER SERVER warehouse_db OPTIONS (user %L)', current_user) \\gexec
+SQL
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+SELECT rmsg.create_remote_queue('shipments', 'warehouse_db', 'shipments_in');
+SELECT rmsg.put('shipments', 'parcel ' || i) AS msg_id FROM generate_series(1, 3) i;
+SQL
+    wait_for shipping "SELECT pending = 0 AND in_transit = 0 AND last_acknowledged = 3 FROM rmsg.channels WHERE queue = 'shipments'"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+\echo '-- the worker moved them: sent and acknowledged by the receiver, nothing pending or in transit:'
+SELECT server, queue, remote_queue, pending, in_transit, last_sent, last_acknowledged FROM rmsg.channels;
+SQL
+    run_as_pg "${psql[@]}" -d callees -e <<'SQL'
+\echo '-- on the receiving side, ordinary messages, in put order; the channel keeps its last number:'
+SELECT convert_from(payload, 'UTF8') AS payload, rmsg.ack(msg_id) AS acked FROM rmsg.get('shipments_in', 10);
+SELECT last_seq FROM rmsg.channel_in;
+SQL
+}
+
 main() {
     # shellcheck disable=SC2086  # a space-separated package list
     ensure_packages $DEMO_PACKAGES || die "could not install the required packages"
@@ -373,6 +407,7 @@ main() {
     contract_demo
     instance_demo
     worker_demo
+    remote_demo
     stop_cluster   # the EXIT trap stops it too, should anything above fail
     echo
     log "demo finished"
