@@ -146,9 +146,15 @@ GRANT USAGE ON SCHEMA rmsg TO desk_owner;
 CREATE FUNCTION whoami(caller text, call_id bigint, request bytea) RETURNS bytea LANGUAGE sql
   AS $$ SELECT convert_to(current_user, 'UTF8') $$;
 GRANT EXECUTE ON FUNCTION whoami(text, bigint, bytea) TO desk_owner;
+-- use on a callee is not enough to set its handler: that takes manage
+SELECT rmsg.grant_component('desk', 'desk_owner', 'use');
 SET ROLE desk_owner;
+\set VERBOSITY terse
+SELECT rmsg.set_callee_handler('desk', 'whoami(text,bigint,bytea)');
+\set VERBOSITY default
 SELECT rmsg.set_callee_handler('desk3', 'whoami(text,bigint,bytea)');
 RESET ROLE;
+SELECT convert_from(rmsg.serve_call('desk', 'clerk', 3, 'third'), 'UTF8') AS still_serve_it;
 SELECT rmsg.grant_component('desk3', CURRENT_USER::regrole, 'use');
 \set VERBOSITY default
 SELECT convert_from(rmsg.serve_call('desk3', 'clerk', 1, 'x'), 'UTF8') AS ran_as;
@@ -164,4 +170,5 @@ DROP TABLE served;
 DROP FUNCTION serve_it(text, bigint, bytea), wrong_shape(bytea), no_reply(text, bigint, bytea), whoami(text, bigint, bytea);
 REVOKE ALL ON SCHEMA rmsg FROM desk_owner;
 SELECT rmsg.alter_component_owner('desk3', CURRENT_USER::regrole);
+SELECT rmsg.revoke_component('desk', 'desk_owner', 'use');
 DROP ROLE desk_owner;

@@ -14,14 +14,13 @@
  * handler is not called: its work is done once.
  *
  * The handler, handler(caller text, call_id bigint, request bytea) ->
- * bytea, runs as the
- * role that registered it, as the worker's handlers do (worker/
- * handler_call.c): inside its own GUC nest level, as a security-restricted
- * operation, with SECURITY_LOCAL_USERID_CHANGE so that it cannot SET ROLE
- * back to the calling role; that role's EXECUTE on the function is checked
- * again before each call.  Registering takes use on the callee's component
- * and EXECUTE on the function; serving a call takes what accept_call takes,
- * use on the callee.  An error in the handler fails the statement, so
+ * bytea, runs as the role that registered it, as the worker's handlers do
+ * (RmsgInvokeAsRole, core/privileges.c: its own GUC nest level, a
+ * security-restricted operation, no SET ROLE back to the calling role);
+ * that role's EXECUTE on the function is checked again before each call.  Registering takes manage on the callee's
+ * component (the handler decides what every call to it does) and EXECUTE
+ * on the function; serving a call takes what accept_call takes, use on the
+ * callee.  An error in the handler fails the statement, so
  * nothing of the call commits and the caller may send it again.
  *
  *-------------------------------------------------------------------------
@@ -36,7 +35,6 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -111,7 +109,18 @@ rmsg_set_callee_handler(PG_FUNCTION_ARGS)
 	RmsgEnter("rmsg.set_callee_handler", true);
 	callee = RmsgTextArg(fcinfo, 0, "callee");
 	RmsgCheckName(callee, "component");
+	/*
+	 * use makes the component on its first use (its maker owns it); then
+	 * manage, since the handler decides what every call to the callee does.
+	 */
 	(void) RmsgUseComponent(callee, true);
+	{
+		AclMode		rights;
+
+		if (!RmsgObjectRights(RMSG_COMPONENT, 0, callee, GetUserId(), &rights, NULL))
+			elog(ERROR, "component \"%s\" vanished while its handler was set", callee);
+		RmsgRequireRights(RMSG_COMPONENT, callee, rights, RMSG_MANAGE);
+	}
 	values[0] = CStringGetTextDatum(callee);
 	RmsgSpiConnect();
 	if (PG_ARGISNULL(1))
@@ -136,9 +145,6 @@ static bytea *
 CallHandler(const char *callee, Oid handler, Oid owner, text *caller, int64 call_id,
 			bytea *request)
 {
-	Oid			saved_user;
-	int			saved_context;
-	int			nest_level;
 	Datum		reply;
 	LOCAL_FCINFO(call, 3);
 	FmgrInfo	flinfo;
@@ -158,19 +164,13 @@ CallHandler(const char *callee, Oid handler, Oid owner, text *caller, int64 call
 	call->args[2].value = PointerGetDatum(request);
 	call->args[2].isnull = request == NULL;
 
-	GetUserIdAndSecContext(&saved_user, &saved_context);
-	nest_level = NewGUCNestLevel();
-	SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
 	if (request == NULL && flinfo.fn_strict)
 	{
 		call->isnull = true;
 		reply = (Datum) 0;
 	}
 	else
-		reply = FunctionCallInvoke(call);
-	AtEOXact_GUC(false, nest_level);
-	SetUserIdAndSecContext(saved_user, saved_context);
+		reply = RmsgInvokeAsRole(owner, call);
 	if (call->isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -165,6 +165,7 @@ extern bool RmsgObjectRights(RmsgObjectKind kind, int64 id, const char *name,
 							 Oid role, AclMode *rights, Oid *owner);
 extern bool RmsgMaySee(RmsgObjectKind kind, int64 id, const char *name, AclMode any_of);
 extern void RmsgLockRole(Oid role);
+extern Datum RmsgInvokeAsRole(Oid role, FunctionCallInfo fcinfo);
 
 /* core/relations.c: our tables, for direct access */
 typedef struct RmsgRelations

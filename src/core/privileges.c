@@ -47,6 +47,7 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -883,4 +884,32 @@ RmsgLockRole(Oid role)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("role with OID %u does not exist", role)));
+}
+
+/*
+ * Calls a function of another role's as that role: a handler, run for the
+ * role that registered it (worker/handler_call.c, contract/serve.c).  With
+ * SECURITY_LOCAL_USERID_CHANGE it cannot SET ROLE back to the caller, as
+ * a security-restricted operation it can neither make temporary tables
+ * (which the next role's handler would find first by name) nor LISTEN,
+ * and the settings it changes (a search_path) go when it returns, in its
+ * own GUC nest level.  An error leaves the user and the settings to the
+ * transaction's or subtransaction's abort, which restores both.
+ */
+Datum
+RmsgInvokeAsRole(Oid role, FunctionCallInfo fcinfo)
+{
+	Oid			saved_user;
+	int			saved_context;
+	int			nest_level;
+	Datum		result;
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	nest_level = NewGUCNestLevel();
+	SetUserIdAndSecContext(role, saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	result = FunctionCallInvoke(fcinfo);
+	AtEOXact_GUC(false, nest_level);
+	SetUserIdAndSecContext(saved_user, saved_context);
+	return result;
 }

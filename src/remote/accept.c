@@ -103,7 +103,7 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	int			n;
 	int			nheaders;
 	RmsgQueue	queue;
-	Datum		values[4];
+	Datum		values[3];
 	int64		last_seq;
 	int64		new_last;
 	int			skip;
@@ -202,8 +202,9 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	RmsgRequireStableCommit();
 	if (new_last > last_seq)
 	{
-		values[1] = Int64GetDatum(new_last);
-		RmsgPlanExecute(&channel_advance_plan, values, NULL, true, 0);
+		Datum		advance[3] = {values[0], Int64GetDatum(new_last), values[2]};
+
+		RmsgPlanExecute(&channel_advance_plan, advance, NULL, true, 0);
 		RmsgCountPuts(queue.queue_id, n - skip, bytes, false);
 		RmsgWakeQueueAtCommit(queue.queue_id);
 	}

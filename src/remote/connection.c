@@ -78,11 +78,25 @@ AddDefault(RmsgConnInfo *info, int n, const char *keyword, const char *value)
 	return n + 1;
 }
 
+/*
+ * libpq's options, read once per process: PQconndefaults also reads the
+ * environment and the service file, too much for every call and round.
+ */
+static PQconninfoOption *libpq_options = NULL;
+
 /* Whether libpq knows the option `name`. */
 static bool
-IsLibpqOption(const PQconninfoOption *known, const char *name)
+IsLibpqOption(const char *name)
 {
-	for (const PQconninfoOption *o = known; o->keyword != NULL; o++)
+	if (libpq_options == NULL)
+	{
+		libpq_options = PQconndefaults();
+		if (libpq_options == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory reading libpq's connection options")));
+	}
+	for (const PQconninfoOption *o = libpq_options; o->keyword != NULL; o++)
 		if (strcmp(o->keyword, name) == 0)
 			return true;
 	return false;
@@ -90,7 +104,7 @@ IsLibpqOption(const PQconninfoOption *known, const char *name)
 
 /* Adds the libpq options of a list of DefElem to keywords and values. */
 static void
-AddOptions(List *options, const PQconninfoOption *known,
+AddOptions(List *options,
 		   const char **keywords, const char **values, int *n, bool *has_password)
 {
 	ListCell   *lc;
@@ -99,7 +113,7 @@ AddOptions(List *options, const PQconninfoOption *known,
 	{
 		DefElem    *d = (DefElem *) lfirst(lc);
 
-		if (!IsLibpqOption(known, d->defname))
+		if (!IsLibpqOption(d->defname))
 			continue;
 		/* these are ours to set */
 		if (strcmp(d->defname, "application_name") == 0 ||
@@ -148,7 +162,6 @@ RmsgRemoteConnInfo(const char *server_name, Oid role, MemoryContext into)
 	MemoryContext old = MemoryContextSwitchTo(into);
 	ForeignServer *server = GetForeignServerByName(server_name, false);
 	UserMapping *mapping;
-	PQconninfoOption *known = PQconndefaults();
 	int			max;
 	RmsgConnInfo *info = palloc0(sizeof(RmsgConnInfo));
 	int			n = 0;
@@ -162,15 +175,10 @@ RmsgRemoteConnInfo(const char *server_name, Oid role, MemoryContext into)
 				 errmsg("role %u no longer holds USAGE on foreign server \"%s\"", role, server_name)));
 	mapping = GetUserMapping(role, server->serverid);
 	max = list_length(server->options) + list_length(mapping->options) + 8;
-	if (known == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory reading libpq's connection options")));
 	info->keywords = palloc0(sizeof(char *) * (max + 1));
 	info->values = palloc0(sizeof(char *) * (max + 1));
-	AddOptions(server->options, known, info->keywords, info->values, &n, &has_password);
-	AddOptions(mapping->options, known, info->keywords, info->values, &n, &has_password);
-	PQconninfoFree(known);
+	AddOptions(server->options, info->keywords, info->values, &n, &has_password);
+	AddOptions(mapping->options, info->keywords, info->values, &n, &has_password);
 	info->needs_password = !superuser_arg(role);
 	if (info->needs_password && !has_password)
 		ereport(ERROR,

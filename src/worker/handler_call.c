@@ -133,10 +133,7 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 	{
 		LOCAL_FCINFO(fcinfo, RMSG_HANDLER_MAX_ARGS);
 		FmgrInfo	flinfo;
-		Oid			saved_user;
-		int			saved_context;
 		int			nargs;
-		int			nest_level;
 
 		/*
 		 * Changed since it was registered?  Then that is this call's error,
@@ -168,13 +165,9 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 			fcinfo->args[i].isnull = nulls[i];
 		}
 
-		GetUserIdAndSecContext(&saved_user, &saved_context);
-		nest_level = NewGUCNestLevel();
-		SetUserIdAndSecContext(h->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		StartHandlerTimer();
-		(void) FunctionCallInvoke(fcinfo);
+		(void) RmsgInvokeAsRole(h->owner, fcinfo);
 		StopHandlerTimer();
 
 		/*
@@ -184,8 +177,6 @@ RmsgCallHandler(const RmsgHandler *h, int64 target_id, Datum *args, bool *nulls,
 		if (handler_timed_out)
 			QueryCancelPending = false;
 		PopActiveSnapshot();
-		AtEOXact_GUC(false, nest_level);	/* whatever it set goes */
-		SetUserIdAndSecContext(saved_user, saved_context);
 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(caller_context);
