@@ -43,7 +43,6 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "utils/acl.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
