@@ -1034,22 +1034,44 @@ CREATE TABLE rmsg.remote_queue (
     acked_seq       bigint NOT NULL DEFAULT 0 CHECK (acked_seq >= 0),
     last_sent_at    timestamptz,
     last_error      text,
-    last_error_at   timestamptz
+    last_error_at   timestamptz,
+    sent_by_reference bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE rmsg.remote_queue IS 'the queues whose messages the worker moves to a queue of a foreign server';
 
 -- Messages given a sequence number and on their way: they left
--- rmsg.message in the transaction that numbered them, with their data.
+-- rmsg.message in the transaction that numbered them, with their data:
+-- inline data moves here, a payload row stays referenced (and the
+-- collector keeps it while a transit row names it).  shared: other
+-- messages referenced that payload row when it was numbered, so the
+-- receiver is told its key and may be sent it again by reference.
 CREATE TABLE rmsg.transit (
     queue_id        int NOT NULL REFERENCES rmsg.remote_queue (queue_id) ON DELETE CASCADE,
     seq             bigint NOT NULL,
     msg_id          bigint NOT NULL,
     enqueued_at     timestamptz NOT NULL,
     headers         jsonb,
-    data            bytea NOT NULL,
-    PRIMARY KEY (queue_id, seq)
+    data            bytea,
+    payload_id      bigint,
+    shared          boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (queue_id, seq),
+    CHECK ((data IS NULL) <> (payload_id IS NULL))
 );
+CREATE INDEX transit_payload_idx ON rmsg.transit (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.transit IS 'messages of remote queues numbered and sent, not yet confirmed by the receiver';
+
+-- Payload rows whose data a receiver acknowledged with their key: the
+-- worker sends the next message that references one as its key alone.
+-- A cache: a row missing costs the bytes sent again, a row the receiver
+-- no longer backs costs one round (it stops there and the rest goes with
+-- bytes).  Not dumped; the collector removes a row with its payload row.
+CREATE TABLE rmsg.payload_sent (
+    payload_id      bigint NOT NULL,
+    server          text NOT NULL,
+    owner           oid NOT NULL,
+    PRIMARY KEY (payload_id, server, owner)
+);
+COMMENT ON TABLE rmsg.payload_sent IS 'payload rows a foreign server holds, by key, for the role the worker connects as';
 
 -- The receiving side: the last sequence number taken from each channel
 -- of each sending role, and which queue it puts to.  A role's channels
@@ -1064,10 +1086,27 @@ CREATE TABLE rmsg.channel_in (
 );
 COMMENT ON TABLE rmsg.channel_in IS 'the last sequence number taken from each sending server''s channel';
 
+-- The receiving side's memory of payloads that came with a key: which
+-- payload row here holds the data that the sending role's server (origin)
+-- calls remote_payload_id, so that a later transfer can name it alone.
+-- A role finds only the keys it sent itself.  Not dumped; the collector
+-- removes a row with its payload row.
+CREATE TABLE rmsg.payload_received (
+    sender          oid NOT NULL,
+    origin          text NOT NULL,
+    remote_payload_id bigint NOT NULL,
+    payload_id      bigint NOT NULL,
+    size            int NOT NULL,
+    PRIMARY KEY (sender, origin, remote_payload_id)
+);
+CREATE INDEX payload_received_payload_idx ON rmsg.payload_received (payload_id);
+COMMENT ON TABLE rmsg.payload_received IS 'payload rows holding data that a sending server named by key, for the role that sent it';
+
 SELECT pg_catalog.pg_extension_config_dump('rmsg.remote_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.transit', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.channel_in', '');
-REVOKE ALL ON rmsg.remote_queue, rmsg.transit, rmsg.channel_in FROM PUBLIC;
+REVOKE ALL ON rmsg.remote_queue, rmsg.transit, rmsg.channel_in, rmsg.payload_sent,
+                rmsg.payload_received FROM PUBLIC;
 
 CREATE FUNCTION rmsg.create_remote_queue(queue text, server text, remote_queue text DEFAULT NULL)
 RETURNS void
@@ -1078,12 +1117,14 @@ COMMENT ON FUNCTION rmsg.create_remote_queue(text, text, text) IS
 REVOKE EXECUTE ON FUNCTION rmsg.create_remote_queue(text, text, text) FROM PUBLIC;
 
 CREATE FUNCTION rmsg.accept_transfer(channel text, queue text, first_seq bigint,
-                                     payloads bytea[], headers jsonb[])
+                                     payloads bytea[], headers jsonb[],
+                                     payload_keys bigint[] DEFAULT NULL,
+                                     key_origin text DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'rmsg_accept_transfer'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION rmsg.accept_transfer(text, text, bigint, bytea[], jsonb[]) IS
-  'called by a sending server''s worker: puts the messages numbered first_seq on that the channel has not brought yet; returns the last number taken';
+COMMENT ON FUNCTION rmsg.accept_transfer(text, text, bigint, bytea[], jsonb[], bigint[], text) IS
+  'called by a sending server''s worker: puts the messages numbered first_seq on that the channel has not brought yet (a null payload with a key: the data sent before under that key); returns the last number taken';
 
 CREATE VIEW rmsg.channels WITH (security_barrier) AS
 SELECT r.server,
@@ -1100,7 +1141,8 @@ SELECT r.server,
               OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
             THEN r.last_error END AS last_error,
        r.last_error_at,
-       r.channel
+       r.channel,
+       r.sent_by_reference
   FROM rmsg.remote_queue r
   JOIN rmsg.queue q USING (queue_id)
   LEFT JOIN LATERAL (

@@ -101,12 +101,66 @@ SELECT channel, sender = current_user::regrole AS sent_by_me, last_seq
 SELECT rmsg.accept_transfer('ch9', 'inbox', 7, ARRAY['x']::bytea[], NULL);
 \set VERBOSITY default
 
+-- Data by reference: a payload sent with its key is kept in a payload row
+-- and remembered; later messages may name the key alone (a NULL payload)
+SELECT rmsg.create_queue('inbox_none', dedup => 'none');
+SELECT max(msg_id) AS before_keys FROM rmsg.message \gset
+SELECT rmsg.accept_transfer('ch5', 'inbox', 1, ARRAY[repeat('a', 300)::bytea, NULL, NULL],
+                            NULL, ARRAY[41, 41, 41], 'origin-a') AS last_seq;
+SELECT count(DISTINCT payload_id) AS payload_rows, count(*) AS messages,
+       bool_and(inline_data IS NULL) AS all_referenced
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+ WHERE q.name = 'inbox' AND m.payload_size = 300;
+SELECT remote_payload_id, size, sender = current_user::regrole AS mine
+  FROM rmsg.payload_received;
+-- a key that names nothing here stops the transfer before it: the sender
+-- sends the rest again with their data
+SELECT rmsg.accept_transfer('ch5', 'inbox', 4, ARRAY[NULL, 'plain', NULL]::bytea[],
+                            NULL, ARRAY[41, NULL, 99], 'origin-a') AS last_seq;
+SELECT rmsg.accept_transfer('ch5', 'inbox', 6, ARRAY[NULL, 'eight']::bytea[],
+                            NULL, ARRAY[99, NULL], 'origin-a') AS last_seq;
+SELECT rmsg.accept_transfer('ch5', 'inbox', 6, ARRAY['ninety-nine', 'seven']::bytea[],
+                            NULL, NULL, NULL) AS last_seq;
+SELECT payload_size, payload_id IS NOT NULL AS in_payload_row,
+       left(convert_from(coalesce(inline_data, p.data), 'UTF8'), 12) AS starts
+  FROM rmsg.message m LEFT JOIN rmsg.payload p USING (payload_id)
+ WHERE m.msg_id > :before_keys ORDER BY msg_id;
+SELECT bytes_referenced FROM rmsg.queues WHERE queue = 'inbox';
+-- the same number from another origin, or sent by another role: not ours
+SELECT rmsg.accept_transfer('ch6', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
+                            'origin-b') AS other_origin;
+SET ROLE rq_other;
+SELECT rmsg.accept_transfer('ch7', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
+                            'origin-a') AS other_role;
+RESET ROLE;
+-- a queue with dedup 'none' gets its own copy, read from the row here
+SELECT rmsg.accept_transfer('ch8', 'inbox_none', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
+                            'origin-a') AS last_seq;
+SELECT payload_id IS NULL AS own_copy, inline_data = repeat('a', 300)::bytea AS same_data
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'inbox_none';
+-- refused: keys without their origin, arrays that do not match
+\set VERBOSITY terse
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41], NULL);
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x']::bytea[], NULL, ARRAY[41], NULL);
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x', 'y']::bytea[], NULL, ARRAY[41],
+                            'origin-a');
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[NULL]::bigint[],
+                            'origin-a');
+\set VERBOSITY default
+-- once no message references the payload row, it is collected, and what
+-- was remembered of its key with it
+SELECT rmsg.purge_queue('inbox') > 0 AS purged, rmsg.purge_queue('inbox_none') AS purged_none;
+SELECT rmsg.collect_payloads() >= 1 AS collected;
+SELECT count(*) AS keys_left FROM rmsg.payload_received;
+SELECT rmsg.accept_transfer('ch5', 'inbox', 8, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
+                            'origin-a') AS last_seq;
+
 -- dropping a remote queue drops its row and what it had in transit
 SET ROLE rq_owner;
 SELECT rmsg.drop_queue('rq');
 RESET ROLE;
 SELECT count(*) AS remote_rows FROM rmsg.remote_queue;
-SELECT rmsg.drop_queue('inbox'), rmsg.drop_queue('inbox2');
+SELECT rmsg.drop_queue('inbox'), rmsg.drop_queue('inbox2'), rmsg.drop_queue('inbox_none');
 DELETE FROM rmsg.channel_in;
 DROP USER MAPPING FOR rq_owner SERVER rq_server;
 DROP SERVER rq_server;

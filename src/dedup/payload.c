@@ -72,22 +72,40 @@ static RmsgPlan read_inline_plan = {
 	1, {INT8OID}
 };
 
+/*
+ * Who may reference a payload row: a live or dead message, and a message
+ * of a remote queue on its way to another server (rmsg.transit), which the
+ * worker moved there from rmsg.message in one transaction.
+ */
+#define UNREFERENCED(p) \
+	"NOT EXISTS (SELECT 1 FROM rmsg.message m WHERE m.payload_id = " p ".payload_id)" \
+	" AND NOT EXISTS (SELECT 1 FROM rmsg.dead_message d WHERE d.payload_id = " p ".payload_id)" \
+	" AND NOT EXISTS (SELECT 1 FROM rmsg.transit t WHERE t.payload_id = " p ".payload_id)"
+
 /* Unreferenced rows after $1, locked unless a put has pinned them. */
 static RmsgPlan collect_candidates_plan = {
 	"SELECT p.payload_id FROM rmsg.payload p"
-	" WHERE p.payload_id > $1"
-	"   AND NOT EXISTS (SELECT 1 FROM rmsg.message m WHERE m.payload_id = p.payload_id)"
-	"   AND NOT EXISTS (SELECT 1 FROM rmsg.dead_message d WHERE d.payload_id = p.payload_id)"
+	" WHERE p.payload_id > $1 AND " UNREFERENCED("p")
 	" ORDER BY p.payload_id LIMIT " CppAsString2(COLLECT_BATCH)
 	" FOR UPDATE OF p SKIP LOCKED",
 	1, {INT8OID}
 };
 
-/* The second look, in a snapshot taken after the locks were granted. */
+/*
+ * The second look, in a snapshot taken after the locks were granted.  What
+ * the remote side remembers of a row goes with it: the keys a receiver
+ * holds it under (rmsg.payload_received) and the servers this sender knows
+ * to hold it (rmsg.payload_sent); a key found no more costs the data sent
+ * again, never wrong data.
+ */
 static RmsgPlan collect_delete_plan = {
-	"DELETE FROM rmsg.payload p WHERE p.payload_id = ANY($1)"
-	"   AND NOT EXISTS (SELECT 1 FROM rmsg.message m WHERE m.payload_id = p.payload_id)"
-	"   AND NOT EXISTS (SELECT 1 FROM rmsg.dead_message d WHERE d.payload_id = p.payload_id)",
+	"WITH gone AS (DELETE FROM rmsg.payload p WHERE p.payload_id = ANY($1)"
+	"                 AND " UNREFERENCED("p") " RETURNING p.payload_id),"
+	" received AS (DELETE FROM rmsg.payload_received r"
+	"               WHERE r.payload_id IN (SELECT payload_id FROM gone)),"
+	" sent AS (DELETE FROM rmsg.payload_sent s"
+	"           WHERE s.payload_id IN (SELECT payload_id FROM gone))"
+	" SELECT count(*) AS collected FROM gone",
 	1, {INT8ARRAYOID}
 };
 
@@ -328,8 +346,8 @@ RmsgCollectPayloads(void)
 
 		array = construct_array(ids, nids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 		array_arg = PointerGetDatum(array);
-		RmsgPlanExecute(&collect_delete_plan, &array_arg, NULL, true, 0);
-		collected += SPI_processed;
+		RmsgPlanExecute(&collect_delete_plan, &array_arg, NULL, true, 1);
+		collected += DatumGetInt64(RmsgSpiNotNull(0, "collected"));
 		if (nids < COLLECT_BATCH)
 			break;
 	}

@@ -25,6 +25,21 @@
  * the sender numbers without gaps, so a gap means a mistake, not a lost
  * message to skip over.
  *
+ * Data by reference (seed 004's deduplicated logging, across servers).  A
+ * sender may give a payload its key: the payload_id its own server keeps
+ * the data under, with key_origin saying which server and table that is.
+ * The data is stored as a put that is going to be shared would store it
+ * (a payload row, dedup/store.c), and rmsg.payload_received remembers
+ * which payload row here holds it, for this sending role only.  A later
+ * message may then come as its key alone, with a NULL payload: it is put
+ * as a put by data token would be, a reference where the queue's dedup
+ * setting allows one, else a copy read from that row here.  A key this
+ * role never sent, or whose payload row has been collected since, cannot
+ * be put: the transfer takes the messages before it and answers the
+ * number before it, and the sender sends the rest again with their data.
+ * A role finds only the keys it sent itself, so naming a key shows it
+ * nothing it did not have.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -38,6 +53,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
+#include "dedup/dedup.h"
 #include "remote/remote.h"
 
 PG_FUNCTION_INFO_V1(rmsg_accept_transfer);
@@ -66,6 +82,22 @@ static RmsgPlan channel_advance_plan = {
 	3, {TEXTOID, INT8OID, OIDOID}
 };
 
+/* The data a key names here.  $1 role, $2 origin, $3 key */
+static RmsgPlan key_lookup_plan = {
+	"SELECT payload_id, size FROM rmsg.payload_received"
+	" WHERE sender = $1 AND origin = $2 AND remote_payload_id = $3",
+	3, {OIDOID, TEXTOID, INT8OID}
+};
+
+/* A key's data is kept here.  $1 role, $2 origin, $3 key, $4 payload row, $5 size */
+static RmsgPlan key_remember_plan = {
+	"INSERT INTO rmsg.payload_received (sender, origin, remote_payload_id, payload_id, size)"
+	" VALUES ($1, $2, $3, $4, $5)"
+	" ON CONFLICT (sender, origin, remote_payload_id)"
+	" DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size",
+	5, {OIDOID, TEXTOID, INT8OID, INT8OID, INT4OID}
+};
+
 /* The elements of a one-dimensional array argument (NULL array: none). */
 static int
 ArrayArg(FunctionCallInfo fcinfo, int argno, Oid type, int16 typlen, bool byval,
@@ -89,7 +121,47 @@ ArrayArg(FunctionCallInfo fcinfo, int argno, Oid type, int16 typlen, bool byval,
 	return n;
 }
 
-/* rmsg.accept_transfer(channel, queue, first_seq, payloads, headers) -> bigint */
+/*
+ * Stores the data of one message that came by key alone, as a put by data
+ * token would; false, with nothing written, when this role sent no such
+ * key or its payload row is gone.
+ */
+static bool
+StoreByKey(const RmsgQueue *queue, Datum origin, int64 key, RmsgStoredData *stored)
+{
+	Datum		values[3];
+	RmsgTokenData source = {0};
+
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = origin;
+	values[2] = Int64GetDatum(key);
+	RmsgPlanExecute(&key_lookup_plan, values, NULL, true, 1);
+	if (SPI_processed == 0)
+		return false;
+	source.payload_id = DatumGetInt64(RmsgSpiNotNull(0, "payload_id"));
+	source.size = DatumGetInt32(RmsgSpiNotNull(0, "size"));
+	RmsgCheckPayloadSize(source.size);
+	return RmsgStoreData(queue->dedup, queue->owner, NULL, &source, false, stored);
+}
+
+/* Remembers which payload row here holds the data the sender calls key. */
+static void
+RememberKey(Datum origin, int64 key, const RmsgStoredData *stored)
+{
+	Datum		values[5];
+
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = origin;
+	values[2] = Int64GetDatum(key);
+	values[3] = Int64GetDatum(stored->payload_id);
+	values[4] = Int32GetDatum(stored->size);
+	RmsgPlanExecute(&key_remember_plan, values, NULL, true, 0);
+}
+
+/*
+ * rmsg.accept_transfer(channel, queue, first_seq, payloads, headers,
+ *                      payload_keys, key_origin) -> bigint
+ */
 Datum
 rmsg_accept_transfer(PG_FUNCTION_ARGS)
 {
@@ -100,15 +172,23 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	bool	   *payload_nulls;
 	Datum	   *headers = NULL;
 	bool	   *header_nulls = NULL;
+	Datum	   *keys = NULL;
+	bool	   *key_nulls = NULL;
+	Datum		origin = (Datum) 0;
 	int			n;
 	int			nheaders;
+	int			nkeys;
+	int			taken;
 	RmsgQueue	queue;
 	Datum		values[3];
 	int64		last_seq;
 	int64		new_last;
 	int			skip;
 	TimestampTz now = GetCurrentTimestamp();
-	int64		bytes = 0;
+	int64		bytes_written = 0;
+	int64		bytes_referenced = 0;
+	int			n_written = 0;
+	int			n_referenced = 0;
 	RmsgPlacement plain = {NULL, 0};
 
 	RmsgEnter("rmsg.accept_transfer", true);
@@ -125,6 +205,10 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	RmsgRequireArg(fcinfo, 3, "payloads");
 	n = ArrayArg(fcinfo, 3, BYTEAOID, -1, false, TYPALIGN_INT, &payloads, &payload_nulls);
 	nheaders = ArrayArg(fcinfo, 4, JSONBOID, -1, false, TYPALIGN_INT, &headers, &header_nulls);
+	nkeys = ArrayArg(fcinfo, 5, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					 &keys, &key_nulls);
+	if (!PG_ARGISNULL(6))
+		origin = PointerGetDatum(PG_GETARG_TEXT_PP(6));
 	if (n > RMSG_MAX_ACCEPT)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -133,13 +217,24 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("a transfer of %d payloads has %d headers", n, nheaders)));
+	if (!PG_ARGISNULL(5) && nkeys != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("a transfer of %d payloads has %d payload keys", n, nkeys)));
 	for (int i = 0; i < n; i++)
 	{
-		if (payload_nulls[i])
+		bool		keyed = keys != NULL && !key_nulls[i];
+
+		if (keyed && origin == (Datum) 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("payload %d of the transfer is null", i + 1)));
-		RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(DatumGetPointer(payloads[i])));
+					 errmsg("payload keys need a key_origin")));
+		if (payload_nulls[i] && !keyed)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payload %d of the transfer is null and has no key", i + 1)));
+		if (!payload_nulls[i])
+			RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(DatumGetPointer(payloads[i])));
 		if (headers != NULL && !header_nulls[i] &&
 			!JB_ROOT_IS_OBJECT(DatumGetJsonbP(headers[i])))
 			ereport(ERROR,
@@ -184,20 +279,48 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 				 errmsg("channel \"%s\" expects message " INT64_FORMAT ", not " INT64_FORMAT,
 						channel, last_seq + 1, first_seq)));
 
-	/* the messages it has not brought yet, in their order */
+	/*
+	 * The messages it has not brought yet, in their order, up to the first
+	 * whose key names nothing here.
+	 */
 	skip = (int) Min((int64) n, last_seq - first_seq + 1);
+	taken = n;
 	for (int i = skip; i < n; i++)
 	{
-		bytea	   *data = DatumGetByteaPP(payloads[i]);
 		bool		no_headers = headers == NULL || header_nulls[i];
+		bool		keyed = keys != NULL && !key_nulls[i];
 		RmsgStoredData stored;
 
-		(void) RmsgStoreData(queue.dedup, queue.owner, data, NULL, false, &stored);
+		if (payload_nulls[i])
+		{
+			if (!StoreByKey(&queue, origin, DatumGetInt64(keys[i]), &stored))
+			{
+				taken = i;
+				break;
+			}
+		}
+		else
+		{
+			/* data with a key is going to be named again: a payload row */
+			(void) RmsgStoreData(queue.dedup, queue.owner, DatumGetByteaPP(payloads[i]),
+								 NULL, keyed, &stored);
+			if (keyed && stored.payload_id != 0)
+				RememberKey(origin, DatumGetInt64(keys[i]), &stored);
+		}
 		RmsgInsertMessageAs(RmsgNextMsgId(), queue.queue_id, now, now,
 							no_headers ? (Datum) 0 : headers[i], no_headers, &stored, &plain);
-		bytes += stored.size;
+		if (stored.referenced)
+		{
+			n_referenced++;
+			bytes_referenced += stored.size;
+		}
+		else
+		{
+			n_written++;
+			bytes_written += stored.size;
+		}
 	}
-	new_last = Max(last_seq, first_seq + n - 1);
+	new_last = Max(last_seq, first_seq + taken - 1);
 	/* the sender forgets these once we answer: they must outlive a crash */
 	RmsgRequireStableCommit();
 	if (new_last > last_seq)
@@ -205,7 +328,8 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 		Datum		advance[3] = {values[0], Int64GetDatum(new_last), values[2]};
 
 		RmsgPlanExecute(&channel_advance_plan, advance, NULL, true, 0);
-		RmsgCountPuts(queue.queue_id, n - skip, bytes, false);
+		RmsgCountPuts(queue.queue_id, n_written, bytes_written, false);
+		RmsgCountPuts(queue.queue_id, n_referenced, bytes_referenced, true);
 		RmsgWakeQueueAtCommit(queue.queue_id);
 	}
 	RmsgSpiFinish();

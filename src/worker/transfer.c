@@ -37,6 +37,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -109,13 +110,15 @@ static RmsgPlan number_plan = {
 	"                                $2 + 1)),"
 	" moved AS (DELETE FROM rmsg.message m WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM run))"
 	"           RETURNING m.msg_id, m.visible_at, m.enqueued_at, m.headers, m.inline_data,"
-	"                     m.payload_id),"
-	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data)"
+	"                     m.payload_id, m.payload_size),"
+	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data,"
+	"                                        payload_id, shared)"
 	"   SELECT $1, (SELECT next_seq FROM r)"
 	"              + row_number() OVER (ORDER BY mv.visible_at, mv.msg_id) - 1,"
-	"          mv.msg_id, mv.enqueued_at, mv.headers,"
-	"          coalesce(mv.inline_data,"
-	"                   (SELECT p.data FROM rmsg.payload p WHERE p.payload_id = mv.payload_id))"
+	"          mv.msg_id, mv.enqueued_at, mv.headers, mv.inline_data, mv.payload_id,"
+	"          mv.payload_id IS NOT NULL AND mv.payload_size >= " CppAsString2(RMSG_MIN_SHARED_SIZE)
+	"          AND EXISTS (SELECT FROM rmsg.message o"
+	"                       WHERE o.payload_id = mv.payload_id AND o.msg_id <> mv.msg_id)"
 	"     FROM moved mv RETURNING 1)"
 	" UPDATE rmsg.remote_queue SET next_seq = next_seq + (SELECT count(*) FROM numbered)"
 	"  WHERE queue_id = $1 AND (SELECT count(*) FROM numbered) > 0"
@@ -123,24 +126,61 @@ static RmsgPlan number_plan = {
 	4, {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID}
 };
 
-/* What step 2 sends: the transit rows after acked_seq, as array literals.  $1 queue, $2 max */
+/*
+ * What step 2 sends: the transit rows after acked_seq, as array literals.
+ * A message whose payload row the receiver holds goes by reference: its
+ * key, and no data.  The receiver holds it when it acknowledged it to the
+ * same role before (rmsg.payload_sent), or when an earlier message of this
+ * batch carries it with its key (the receiver keeps the key as it puts
+ * that one).  Only a shared payload row is sent with its key, so that the
+ * receiver remembers no keys that nothing will name again.
+ * $1 queue, $2 max, $3 server, $4 the role the worker connects as
+ */
 static RmsgPlan in_transit_plan = {
 	"SELECT min(t.seq) AS first_seq, count(*) AS n,"
-	"       array_agg(t.data ORDER BY t.seq)::text AS payloads,"
-	"       array_agg(t.headers ORDER BY t.seq)::text AS headers"
-	"  FROM (SELECT tt.seq, tt.data, tt.headers FROM rmsg.transit tt"
-	"          JOIN rmsg.remote_queue r USING (queue_id)"
+	"       array_agg(CASE WHEN t.by_reference THEN NULL ELSE coalesce(t.data, p.data) END"
+	"                 ORDER BY t.seq)::text AS payloads,"
+	"       array_agg(t.headers ORDER BY t.seq)::text AS headers,"
+	"       array_agg(CASE WHEN t.shared OR t.by_reference THEN t.payload_id END"
+	"                 ORDER BY t.seq)::text AS payload_keys,"
+	"       count(*) FILTER (WHERE t.by_reference) AS by_reference"
+	"  FROM (SELECT tt.seq, tt.data, tt.headers, tt.payload_id, tt.shared,"
+	"               tt.payload_id IS NOT NULL"
+	"               AND (EXISTS (SELECT FROM rmsg.payload_sent s"
+	"                             WHERE s.payload_id = tt.payload_id"
+	"                               AND s.server = $3 AND s.owner = $4)"
+	"                    OR (tt.shared AND row_number() OVER (PARTITION BY tt.payload_id"
+	"                                                         ORDER BY tt.seq) > 1))"
+	"               AS by_reference"
+	"          FROM rmsg.transit tt JOIN rmsg.remote_queue r USING (queue_id)"
 	"         WHERE tt.queue_id = $1 AND tt.seq > r.acked_seq"
-	"         ORDER BY tt.seq LIMIT $2) t",
-	2, {INT4OID, INT4OID}
+	"         ORDER BY tt.seq LIMIT $2) t"
+	"  LEFT JOIN rmsg.payload p ON p.payload_id = t.payload_id AND NOT t.by_reference",
+	4, {INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
-/* Step 3.  $1 queue, $2 the last number the receiver holds */
+/*
+ * Step 3.  $1 queue, $2 the last number the receiver holds, $3 server,
+ * $4 role, $5 messages the batch sent by reference (0 unless it was all
+ * taken).  The shared payload rows it took are noted as held there.  An
+ * answer short of the batch means the receiver stopped at a key it no
+ * longer backs (its payload row was collected): the rest of the batch
+ * forgets that the receiver holds their payload rows, and goes again
+ * with its data.
+ */
 static RmsgPlan acknowledged_plan = {
-	"WITH gone AS (DELETE FROM rmsg.transit WHERE queue_id = $1 AND seq <= $2)"
-	" UPDATE rmsg.remote_queue SET acked_seq = greatest(acked_seq, $2), last_sent_at = now()"
+	"WITH held AS (INSERT INTO rmsg.payload_sent (payload_id, server, owner)"
+	"               SELECT DISTINCT t.payload_id, $3, $4 FROM rmsg.transit t"
+	"                WHERE t.queue_id = $1 AND t.seq <= $2 AND t.shared"
+	"               ON CONFLICT DO NOTHING),"
+	" not_held AS (DELETE FROM rmsg.payload_sent s USING rmsg.transit t"
+	"               WHERE t.queue_id = $1 AND t.seq > $2 AND s.payload_id = t.payload_id"
+	"                 AND s.server = $3 AND s.owner = $4),"
+	" gone AS (DELETE FROM rmsg.transit WHERE queue_id = $1 AND seq <= $2)"
+	" UPDATE rmsg.remote_queue SET acked_seq = greatest(acked_seq, $2), last_sent_at = now(),"
+	"                              sent_by_reference = sent_by_reference + $5"
 	"  WHERE queue_id = $1",
-	2, {INT4OID, INT8OID}
+	5, {INT4OID, INT8OID, TEXTOID, OIDOID, INT8OID}
 };
 
 /* $1 queue, $2 the error */
@@ -179,9 +219,26 @@ typedef struct Batch
 	RmsgConnInfo *conninfo;		/* where to send it */
 	int64		n;
 	char		first_seq[24];
-	char	   *payloads;		/* a bytea[] literal */
+	char	   *payloads;		/* a bytea[] literal, NULL for data sent by key */
 	char	   *headers;		/* a jsonb[] literal */
+	char	   *payload_keys;	/* a bigint[] literal: this server's payload_ids */
+	int64		by_reference;	/* how many went by key */
+	char		key_origin[64]; /* what the keys are numbers of (KeyOrigin) */
 } Batch;
+
+/*
+ * What this sender's payload keys are numbers of: the cluster, the
+ * database and this extension's payload table.  Payload ids are never
+ * used twice by one table, but a table made again (DROP and CREATE
+ * EXTENSION) starts over, and the receiver must not take its keys for the
+ * old ones.  In a transaction.
+ */
+static void
+KeyOrigin(char *out, size_t size)
+{
+	snprintf(out, size, UINT64_FORMAT ":%u:%u", GetSystemIdentifier(), MyDatabaseId,
+			 RmsgGetRelations()->payload);
+}
 
 /*
  * Step 1, and reading what is in transit; false when the queue is gone or
@@ -192,6 +249,7 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 {
 	RmsgQueue	queue;
 	Datum		values[4];
+	Datum		read_values[4];
 	bool		isnull;
 
 	batch->n = 0;
@@ -210,7 +268,11 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 	if (SPI_processed > 0 && DatumGetInt64(RmsgSpiNotNull(0, "numbered")) > 0)
 		RmsgRequireStableCommit();	/* the numbers must outlive a crash */
 
-	RmsgPlanExecute(&in_transit_plan, values, NULL, true, 1);
+	read_values[0] = values[0];
+	read_values[1] = values[1];
+	read_values[2] = CStringGetTextDatum(r->server);
+	read_values[3] = ObjectIdGetDatum(r->owner);
+	RmsgPlanExecute(&in_transit_plan, read_values, NULL, true, 1);
 	batch->n = DatumGetInt64(RmsgSpiNotNull(0, "n"));
 	if (batch->n > 0)
 	{
@@ -222,6 +284,9 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 		(void) RmsgSpiValue(0, "headers", &isnull);
 		/* every element NULL still makes an array of NULLs */
 		batch->headers = isnull ? NULL : pstrdup(RmsgSpiText(0, "headers"));
+		batch->payload_keys = pstrdup(RmsgSpiText(0, "payload_keys"));
+		batch->by_reference = DatumGetInt64(RmsgSpiNotNull(0, "by_reference"));
+		KeyOrigin(batch->key_origin, sizeof(batch->key_origin));
 		MemoryContextSwitchTo(old);
 	}
 	RmsgSpiFinish();
@@ -233,7 +298,7 @@ static int64
 Send(const RmsgRemote *r, const Batch *batch)
 {
 	PGconn	   *conn = RmsgRemoteConnect(r->server, r->owner, batch->conninfo);
-	const char *params[5];
+	const char *params[7];
 	PGresult   *result;
 	int64		last;
 
@@ -242,10 +307,13 @@ Send(const RmsgRemote *r, const Batch *batch)
 	params[2] = batch->first_seq;
 	params[3] = batch->payloads;
 	params[4] = batch->headers;
+	params[5] = batch->payload_keys;
+	params[6] = batch->key_origin;
 	result = RmsgRemoteExec(conn,
 							"SELECT rmsg.accept_transfer($1, $2, $3::pg_catalog.int8,"
-							" $4::pg_catalog.bytea[], $5::pg_catalog.jsonb[])",
-							5, params, RMSG_TRANSFER_TIMEOUT_MS);
+							" $4::pg_catalog.bytea[], $5::pg_catalog.jsonb[],"
+							" $6::pg_catalog.int8[], $7::pg_catalog.text)",
+							7, params, RMSG_TRANSFER_TIMEOUT_MS);
 	if (PQntuples(result) != 1 || PQgetisnull(result, 0, 0))
 	{
 		PQclear(result);
@@ -297,14 +365,18 @@ CheckAnswer(const RmsgRemote *r, const Batch *batch, int64 last)
 
 /* Step 3: forget what the receiver holds (a lazy commit). */
 static void
-Forget(const RmsgRemote *r, int64 last)
+Forget(const RmsgRemote *r, const Batch *batch, int64 last)
 {
-	Datum		values[2];
+	Datum		values[5];
+	bool		all_taken = last == strtoi64(batch->first_seq, NULL, 10) + batch->n - 1;
 
 	RmsgWorkerBeginUnit("recoverable_msg: forgetting messages the other server holds");
 	RmsgSpiConnect();
 	values[0] = Int32GetDatum(r->queue_id);
 	values[1] = Int64GetDatum(last);
+	values[2] = CStringGetTextDatum(r->server);
+	values[3] = ObjectIdGetDatum(r->owner);
+	values[4] = Int64GetDatum(all_taken ? batch->by_reference : 0);
 	RmsgLazyWriteBegin(RMSG_LAZY_TRANSFER_ACK);
 	RmsgPlanExecute(&acknowledged_plan, values, NULL, true, 0);
 	RmsgLazyWriteEnd();
@@ -358,7 +430,7 @@ RmsgTransferTurn(RmsgRemote *r, TimestampTz *retry_at)
 			/* sending, outside any transaction */
 			last = Send(r, &batch);
 			CheckAnswer(r, &batch, last);
-			Forget(r, last);
+			Forget(r, &batch, last);
 			moved = true;
 		}
 	}

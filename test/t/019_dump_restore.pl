@@ -258,6 +258,10 @@ sql($source, 'app', q{
 	UPDATE rmsg.remote_queue SET next_seq = 2;
 	SELECT rmsg.create_queue('inbound');
 	SELECT rmsg.accept_transfer('sender:1:1', 'inbound', 1, ARRAY['arrived']::bytea[], NULL);
+	-- what the two sides remember of payloads sent by key: caches, not dumped
+	SELECT rmsg.accept_transfer('sender:1:2', 'inbound', 1, ARRAY[repeat('k', 300)::bytea],
+	                            NULL, ARRAY[7], 'sender:1:1');
+	INSERT INTO rmsg.payload_sent SELECT max(payload_id), 'elsewhere', 10 FROM rmsg.payload;
 	CREATE FUNCTION public.answer(caller text, call_id bigint, request bytea) RETURNS bytea
 	  LANGUAGE sql AS $$ SELECT request $$;
 	SELECT rmsg.set_callee_handler('desk', 'public.answer(text,bigint,bytea)');
@@ -384,6 +388,10 @@ sub diag_rows
 my @tables = relations_of($source, 'app', 'r');
 my @sequences = relations_of($source, 'app', 'S');
 my %source_rows;
+# What the remote side remembers of payloads sent by key holds role OIDs,
+# which name other roles, or none, in another cluster: it is not dumped,
+# and a restored database sends the data again.
+my %not_dumped = map { $_ => 1 } qw(payload_received payload_sent);
 for my $t (@tables)
 {
 	$source_rows{$t} = table_fingerprint($source, 'app', $t);
@@ -433,6 +441,11 @@ for my $copy (@copies)
 		"$format: the restored database has the same tables in rmsg");
 	for my $t (@tables)
 	{
+		if ($not_dumped{$t})
+		{
+			like(table_fingerprint($target, $db, $t), qr/^0 rows/, "$format: rmsg.$t is not carried over");
+			next;
+		}
 		is(table_fingerprint($target, $db, $t), $source_rows{$t},
 			"$format: rmsg.$t holds the same rows") or diag_rows($db, $t);
 	}
