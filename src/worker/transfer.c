@@ -9,7 +9,8 @@
  *  1. Numbering, here.  When nothing is in transit, up to
  *     RMSG_TRANSFER_BATCH ready messages of the queue leave rmsg.message
  *     for rmsg.transit, numbered from the queue's next_seq in the order
- *     they became ready, with their data.  This commit is flushed before
+ *     they became ready, with their data (inline data moves, a payload
+ *     row stays referenced).  This commit is flushed before
  *     anything is sent: once a number has left for the other server it
  *     must stand for the same message after any crash here, or the
  *     receiver, skipping numbers it holds, would skip a message it never
@@ -22,6 +23,14 @@
  *     acked_seq moves there.  This commit need not be flushed: lost in a
  *     crash, it only makes the next round send the same numbers again,
  *     which the receiver skips.
+ *
+ * Data the receiver already holds goes as its key alone (remote/README.md,
+ * Data by reference): a transit row keeps a payload row referenced, a
+ * shared one is sent with its key, and once the receiver has it (earlier
+ * in the batch, or acknowledged before: rmsg.payload_sent) the key goes
+ * without the data.  A receiver that no longer holds it answers short of
+ * the batch; step 3 then forgets that it held the rest's payload rows, and
+ * the next round sends them with data.
  *
  * A crash of either server, or a lost connection, between any two steps
  * leaves the numbered messages in transit, and the next round sends them
