@@ -394,6 +394,23 @@ SQL
 SELECT convert_from(payload, 'UTF8') AS payload, rmsg.ack(msg_id) AS acked FROM rmsg.get('shipments_in', 10);
 SELECT last_seq FROM rmsg.channel_in;
 SQL
+    run_as_pg "${psql[@]}" -q -d callees -c "SELECT rmsg.create_queue('labels_in')" >/dev/null
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+\echo '-- data the receiver already holds goes by reference: a 6 kB label put to two remote queues'
+\echo '-- of one server crosses once, and the second message carries only its key:'
+SELECT rmsg.create_remote_queue('labels', 'warehouse_db', 'labels_in');
+SELECT count(*) AS messages
+  FROM rmsg.put_many(ARRAY['shipments', 'labels'], convert_to(repeat('label ', 1000), 'UTF8'));
+SQL
+    wait_for shipping "SELECT bool_and(pending = 0 AND in_transit = 0) FROM rmsg.channels"
+    run_as_pg "${psql[@]}" -d shipping -e <<'SQL'
+SELECT queue, last_acknowledged, sent_by_reference FROM rmsg.channels ORDER BY queue;
+SQL
+    run_as_pg "${psql[@]}" -d callees -e <<'SQL'
+\echo '-- on the receiving side, both messages reference one payload row:'
+SELECT q.name AS queue, m.payload_size, m.payload_id
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) ORDER BY q.name;
+SQL
 }
 
 main() {

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 #
 # Between servers (issue #19, item 4), side by side in one run: messages
-# moved by a remote queue against an application's own dblink transfer, and
+# moved by a remote queue against an application's own dblink transfer,
 # calls made by rmsg.call against the contract's calls carried by hand over
-# dblink (prepare_call, the callee's handle(), record_reply).
+# dblink (prepare_call, the callee's handle(), record_reply), and a fan-out
+# to three remote queues whose one payload row crosses once, by reference,
+# against the same data put three times.
 #
 #   test/bench/remote.sh                                 # 5 rounds: about 7 min
 #   BUILD=0 ROUNDS=3 test/bench/remote.sh                # the build already installed
 #   BUILD=0 ROUNDS=1 MSGS=4000 CALLS=200 test/bench/remote.sh   # a quick look
+#   BUILD=0 ROUNDS=3 CASES=fanout test/bench/remote.sh   # case 3 alone
 # Knobs: ROUNDS (5), MSGS (20000 messages per measurement), CLIENTS (4
 # pgbench producers), CALLS (1000 measured calls, after 16 warm-up calls),
-# DRAIN_TIMEOUT (300 s), BUILD (1; 0 uses the build already installed).
+# FANOUT_MSGS (200 fan-outs), DRAIN_TIMEOUT (300 s), BUILD (1; 0 uses the
+# build already installed), CASES (puts,calls,fanout: the cases run).
 #
 # Two scratch clusters on this machine: a sends and calls (worker 0 on,
 # rmsg.database = postgres, a postgres_fdw server "b" and a user mapping),
 # b receives and is called; synchronous_commit = on, autovacuum off, and a
-# VACUUM and a CHECKPOINT of both before each measurement.
+# VACUUM and a CHECKPOINT of both before each measurement.  b also listens
+# on 127.0.0.1, where a's server "b_tcp" (case 3) reaches it.
 #
 # 1. Remote puts.  CLIENTS pgbench clients put MSGS 1 KiB payloads on a, each
 #    put its own flushed commit, and the run waits until all are on b.
@@ -46,6 +51,29 @@
 #    (rmsg.log_stats.forces) bracket exactly those calls; b sync/c counts
 #    the warm-up too (read once b's sessions are gone).  Target: rmsg.call's
 #    a wal_sync per call within 0.05 of the contract's 1/N, in every round.
+# 3. Fan-out.  a's remote queues f1, f2, f3 go to b's g1, g2, g3 (token
+#    dedup) over server b_tcp.  FANOUT_MSGS payloads of 32 KiB that do not
+#    compress (random bytes, each different, made once: every round and
+#    both variants send the same data) go to the three, one committed
+#    transaction a payload, while the three queues are paused (as they are
+#    outside this case, which worker 0's passes then skip): the run resumes
+#    them once all are put and waits until all the messages are on b and
+#    acknowledged on a, so that the batches are the same every time.
+#      shared    rmsg.put_many(ARRAY['f1', 'f2', 'f3'], payload): one payload
+#                row on a; the first message to leave carries the data with
+#                its key, the two others the key alone (once b acknowledged
+#                it), and g1 .. g3 reference one payload row on b.
+#      unshared  rmsg.put('f1', payload), then f2, then f3: three payload
+#                rows on a, each message carries its bytes, three rows on b.
+#    b WAL/m, a WAL/m: insert LSN delta per message (a's includes the puts
+#    and worker 0's numbering and forgetting, and any collection its
+#    maintenance does meanwhile).  b recv/m: bytes b's backend of worker 0's
+#    connection received (ss's bytes_received of the TCP connection; nan if
+#    ss cannot tell).  by-ref: rmsg.channels.sent_by_reference delta of the
+#    three.  a rows, b rows: payload rows written on a and held on b.
+#    put_s: the puts; drain_s: the resume to the last acknowledgement.
+#    Target: b WAL per message shared <= 0.4x unshared (3 messages, one
+#    copy of the data instead of three), the median of the rounds' ratios.
 # The cases run interleaved, in reverse order every other round; figures are
 # medians of the rounds, ratios the median of each round's ratio.  A
 # benchmark prints figures and marks targets; it passes or fails nothing.
@@ -58,13 +86,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib_peers.sh"
 
 ROUNDS=${ROUNDS:-5} MSGS=${MSGS:-20000} CLIENTS=${CLIENTS:-4} CALLS=${CALLS:-1000}
-DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300} FANOUT_MSGS=${FANOUT_MSGS:-200} CASES=${CASES:-puts,calls,fanout}
 WARMUP=16   # a multiple of every N: the measured calls start at s0
 NS=(1 2 4)
 PAYLOAD_BYTES=1024
-for var in ROUNDS MSGS CLIENTS CALLS DRAIN_TIMEOUT; do
+FANOUT_BYTES=32768
+for var in ROUNDS MSGS CLIENTS CALLS DRAIN_TIMEOUT FANOUT_MSGS; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer, not '${!var}'"
 done
+[[ $CASES =~ ^(puts|calls|fanout)(,(puts|calls|fanout))*$ ]] ||
+    die "CASES must be a comma-separated list of puts, calls and fanout, not '$CASES'"
+has_case() { [[ ,$CASES, == *,$1,* ]]; }
 # shellcheck disable=SC2034  # set by start_named_cluster, read through at()
 PGHOST_a='' PGPORT_a='' PGHOST_b='' PGPORT_b=''
 
@@ -96,7 +128,7 @@ start_clusters() {
     local conf=("synchronous_commit = on" "shared_buffers = 256MB" "max_wal_size = 8GB"
                 "checkpoint_timeout = 1h" "autovacuum = off" "max_connections = 30")
     start_named_cluster a "${conf[@]}" "rmsg.worker_count = 1" "rmsg.database = 'postgres'"
-    start_named_cluster b "${conf[@]}"
+    start_named_cluster b "${conf[@]}" "listen_addresses = '127.0.0.1'"
 }
 
 setup() {
@@ -188,9 +220,64 @@ setup() {
     chmod -R a+rX "$WORK/scripts"
 }
 
+# Case 3's queues, over TCP so that b's side of the connection counts the
+# bytes it receives, and its data: FANOUT_MSGS payloads of 2048 md5s each.
+setup_fanout() {
+    local i
+    for i in 1 2 3; do sql b "SELECT rmsg.create_queue('g$i')" >/dev/null; done
+    sql a "CREATE SERVER b_tcp FOREIGN DATA WRAPPER postgres_fdw
+               OPTIONS (host '127.0.0.1', port '$PGPORT_b', dbname 'postgres');
+           CREATE USER MAPPING FOR CURRENT_USER SERVER b_tcp OPTIONS (user 'postgres')"
+    for i in 1 2 3; do sql a "SELECT rmsg.create_remote_queue('f$i', 'b_tcp', 'g$i')" >/dev/null; done
+    sql a "CREATE TABLE fanout_data AS
+             SELECT i, (SELECT decode(string_agg(md5(random()::text || i || '/' || j), ''), 'hex')
+                          FROM generate_series(1, $FANOUT_BYTES / 16) j) AS payload
+               FROM generate_series(1, $FANOUT_MSGS) i"
+    sql a "CREATE PROCEDURE fanout_put(shared bool) LANGUAGE plpgsql AS \$\$
+           DECLARE r record;
+           BEGIN
+               FOR r IN SELECT payload FROM fanout_data ORDER BY i LOOP
+                   IF shared THEN
+                       PERFORM rmsg.put_many(ARRAY['f1', 'f2', 'f3'], r.payload);
+                   ELSE
+                       PERFORM rmsg.put('f1', r.payload);
+                       PERFORM rmsg.put('f2', r.payload);
+                       PERFORM rmsg.put('f3', r.payload);
+                   END IF;
+                   COMMIT;
+               END LOOP;
+           END \$\$"
+    # the three channels begin (channel_in rows on b) before any measurement
+    sql a "SELECT rmsg.put_many(ARRAY['f1', 'f2', 'f3'], 'warm-up'::bytea)" >/dev/null
+    wait_until 30 a "SELECT bool_and(last_acknowledged = 1 AND in_transit = 0) FROM rmsg.channels
+                      WHERE queue IN ('f1', 'f2', 'f3')" || die "worker 0 opened no fan-out channel in 30 s"
+    pause_fanout
+}
+
+# f1 .. f3 stay paused outside their measurement: worker 0's passes during
+# the other cases skip them rather than look for work in them.
+pause_fanout() {
+    local q
+    for q in f1 f2 f3; do sql a "SELECT rmsg.pause_queue('$q')" >/dev/null; done
+}
+
+# b_received: "PORT BYTES" of the TCP connection worker 0 keeps to b (server
+# b_tcp), BYTES what b's side of it received; "none" when there is none or
+# ss cannot tell.
+b_received() {
+    local port bytes
+    port=$(sql b "SELECT client_port FROM pg_stat_activity
+                   WHERE application_name = 'recoverable_msg transfer' AND client_addr IS NOT NULL")
+    [[ $port =~ ^[0-9]+$ ]] || { echo none; return; }
+    bytes=$(ss -Htin state established "( sport = :$PGPORT_b and dport = :$port )" 2>/dev/null |
+        grep -oP 'bytes_received:\K[0-9]+' | head -1) || true
+    if [[ -n $bytes ]]; then echo "$port $bytes"; else echo none; fi
+}
+
 reset_state() {
-    sql b "TRUNCATE rmsg.message, rmsg.payload, inbox_dblink"
+    sql b "TRUNCATE rmsg.message, rmsg.payload, rmsg.payload_received, inbox_dblink"
     sql a "TRUNCATE outbox; UPDATE bench_ctl SET done = false"
+    sql a "SELECT rmsg.collect_payloads()" >/dev/null
     for c in a b; do sql "$c" "VACUUM"; sql "$c" "CHECKPOINT"; done
 }
 
@@ -198,7 +285,9 @@ reset_state() {
 # 4 a-sync/m 5 b-sync/m 6 a-WAL/m 7 b-WAL/m 8 m/btch 9 messages 10 drain/s".
 measure_put() {
     local sys=$1 out tps puts t0 t1 tend mover="" early got batches as0 bs0 al0 bl0 as1 bs1 al1 bl1
-    local arrived="SELECT coalesce(max(last_seq), 0) FROM rmsg.channel_in"
+    # inbox's channel: case 3's channels are in channel_in too
+    local inbox="FROM rmsg.channel_in JOIN rmsg.queue USING (queue_id) WHERE name = 'inbox'"
+    local arrived="SELECT coalesce(max(last_seq), 0) $inbox"
     [[ $sys == dblink ]] && arrived="SELECT count(*) FROM inbox_dblink"
     reset_state
     as0=$(quiet_wal_sync a) bs0=$(quiet_wal_sync b) al0=$(lsn a) bl0=$(lsn b)
@@ -220,7 +309,7 @@ measure_put() {
     if [[ $sys == rmsg ]]; then
         wait_until "$DRAIN_TIMEOUT" b "SELECT ($arrived) >= $((base + puts))" ||
             die "put_rmsg: not all on b after $DRAIN_TIMEOUT s: $(sql a "SELECT pending, in_transit, last_error FROM rmsg.channels")"
-        tend=$(sql b "SELECT extract(epoch FROM updated_at) FROM rmsg.channel_in")
+        tend=$(sql b "SELECT extract(epoch FROM updated_at) $inbox")
         got=$(sql b "SELECT count(*) FROM rmsg.message")
         batches=$(sql b "SELECT count(DISTINCT xmin::text) FROM rmsg.message")
     else
@@ -286,13 +375,61 @@ measure_call() {
         printf "  call N=%d %-6s %6.0f calls/s  wal_sync/call a %.3f (rmsg forces %.3f) b %.3f\n", n, m, $1, $2, $3, $4 }'
 }
 
-# run_case NAME, for run_rounds: put_SYS or callN_MODE.
+# measure_fanout MODE (shared or unshared): appends to results/fanout_MODE
+# "1 b-WAL/m 2 a-WAL/m 3 b-recv/m 4 by-ref 5 messages 6 a-rows 7 b-rows
+# 8 put_s 9 drain_s".
+measure_fanout() {
+    local mode=$1 n=$((3 * FANOUT_MSGS)) fq="queue IN ('f1', 'f2', 'f3')" q t0 t1 t2 al0 bl0 al1 bl1
+    local ref0 ref1 r0 r1 recv ap0 ap got bp
+    local refs="SELECT coalesce(sum(sent_by_reference), 0) FROM rmsg.channels WHERE $fq"
+    reset_state
+    ap0=$(sql a "SELECT count(*) FROM rmsg.payload")
+    ref0=$(sql a "$refs") r0=$(b_received) al0=$(lsn a) bl0=$(lsn b)
+    t0=$(now)
+    sql a "CALL fanout_put($([[ $mode == shared ]] && echo true || echo false))"
+    t1=$(now)
+    ap=$(($(sql a "SELECT count(*) FROM rmsg.payload") - ap0))
+    for q in f1 f2 f3; do sql a "SELECT rmsg.resume_queue('$q')" >/dev/null; done
+    wait_until "$DRAIN_TIMEOUT" b "SELECT count(*) >= $n FROM rmsg.message" ||
+        die "fanout_$mode: not all on b after $DRAIN_TIMEOUT s: $(sql a "SELECT queue, pending, in_transit, last_error FROM rmsg.channels WHERE $fq")"
+    wait_until 60 a "SELECT bool_and(pending = 0 AND in_transit = 0) FROM rmsg.channels WHERE $fq" ||
+        die "fanout_$mode: a has not forgotten what b holds after 60 s"
+    t2=$(now)
+    al1=$(lsn a) bl1=$(lsn b) ref1=$(sql a "$refs") r1=$(b_received)
+    pause_fanout
+    got=$(sql b "SELECT count(*) FROM rmsg.message") bp=$(sql b "SELECT count(*) FROM rmsg.payload")
+    [[ $got == "$n" ]] || die "fanout_$mode: $n messages put, $got on b"
+    # each of g1 .. g3 holds the payloads in put order, with their bytes
+    [[ $(sql b "SELECT string_agg(d, ' ' ORDER BY q) FROM (
+                  SELECT q.name AS q, md5(string_agg(md5(coalesce(m.inline_data, p.data)), ',' ORDER BY m.msg_id)) AS d
+                    FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+                    LEFT JOIN rmsg.payload p USING (payload_id) GROUP BY q.name) x") == \
+       "$(sql a "SELECT repeat(md5(string_agg(md5(payload), ',' ORDER BY i)) || ' ', 2)
+                     || md5(string_agg(md5(payload), ',' ORDER BY i)) FROM fanout_data")" ]] ||
+        die "fanout_$mode: the data on b is not the data put on a"
+    # the same connection before and after (or a new one, counted from 0)
+    if [[ $r1 == none ]] || [[ $r0 != none && ${r0% *} != "${r1% *}" ]]; then
+        recv=nan
+    else
+        recv=$((${r1#* } - $([[ $r0 == none ]] && echo 0 || echo "${r0#* }")))
+    fi
+    awk -v n="$n" -v bl="$((bl1 - bl0))" -v al="$((al1 - al0))" -v rv="$recv" -v ref="$((ref1 - ref0))" \
+        -v ap="$ap" -v bp="$bp" -v t0="$t0" -v t1="$t1" -v t2="$t2" 'BEGIN {
+        printf "%.0f %.0f %s %d %d %d %d %.2f %.2f\n", bl / n, al / n, (rv == "nan" ? "nan" : sprintf("%.0f", rv / n)),
+            ref, n, ap, bp, t1 - t0, t2 - t1 }' >>"$WORK/results/fanout_$mode"
+    tail -n 1 "$WORK/results/fanout_$mode" | awk -v m="$mode" '{
+        printf "  fanout %-8s WAL/msg b %6d a %6d  b recv/msg %6s  by reference %d of %d  payload rows a %d b %d  (put %.2f s, drain %.2f s)\n",
+            m, $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+}
+
+# run_case NAME, for run_rounds: put_SYS, callN_MODE or fanout_MODE.
 MEASUREMENT=0
 run_case() {
     local k=${1#call}
     MEASUREMENT=$((MEASUREMENT + 1))
     case $1 in
         put_*) measure_put "${1#put_}" ;;
+        fanout_*) measure_fanout "${1#fanout_}" ;;
         call*) measure_call "${k%%_*}" "${k#*_}" "$MEASUREMENT" ;;
     esac
 }
@@ -300,7 +437,20 @@ run_case() {
 verdict() { awk "BEGIN { print (($1) ? \"met\" : \"missed\") }"; }
 
 report() {
-    local n mode r c worst
+    local r
+    has_case puts && report_puts
+    has_case calls && report_calls
+    has_case fanout && report_fanout
+    [[ $CASES == fanout ]] && return
+    printf '\nper round, msgs/s or calls/s:\n'
+    for r in "${NAMES[@]}"; do
+        [[ $r == fanout_* ]] && continue
+        printf '  %-12s %s\n' "$r" "$(awk '{ printf "%.0f ", $1 }' "$WORK/results/$r")"
+    done
+}
+
+report_puts() {
+    local r c
     printf '\n1. remote puts: %d clients put %d messages of %d bytes; median of %d round(s)\n' \
         "$CLIENTS" "$MSGS" "$PAYLOAD_BYTES" "$ROUNDS"
     printf '  %-31s %7s %7s %7s %7s %8s %8s %7s %7s %6s\n' "" msgs/s put/s drain_s drain/s "a sync/m" \
@@ -312,7 +462,10 @@ report() {
     done
     printf '  msgs/s, rmsg / dblink: %s  [>= 3x: %s]\n' "$(paired put_rmsg put_dblink)" \
         "$(verdict "$(median <"$WORK/results/put_rmsg.put_dblink.paired") >= 3")"
+}
 
+report_calls() {
+    local n mode c worst
     printf '\n2. calls to N callees in turn: %d calls after %d warm-up; median of %d round(s)\n' \
         "$CALLS" "$WARMUP" "$ROUNDS"
     printf '  %-2s %-28s %8s %9s %10s %9s  %s\n' N "" calls/s "a sync/c" "rmsg frc/c" "b sync/c" \
@@ -331,10 +484,23 @@ report() {
     for n in "${NS[@]}"; do
         printf '  N=%d calls/s, rmsg.call / dblink by hand: %s\n' "$n" "$(paired "call${n}_rmsg" "call${n}_dblink")"
     done
-    printf '\nper round, msgs/s or calls/s:\n'
-    for r in "${NAMES[@]}"; do
-        printf '  %-12s %s\n' "$r" "$(awk '{ printf "%.0f ", $1 }' "$WORK/results/$r")"
+}
+
+report_fanout() {
+    local r c
+    printf '\n3. fan-out to 3 remote queues: %d payloads of %d bytes, %d messages; median of %d round(s)\n' \
+        "$FANOUT_MSGS" "$FANOUT_BYTES" $((3 * FANOUT_MSGS)) "$ROUNDS"
+    printf '  %-31s %7s %7s %8s %6s %6s %6s %6s %7s\n' "" "b WAL/m" "a WAL/m" "b recv/m" by-ref \
+        "a rows" "b rows" put_s drain_s
+    for r in "shared:put_many, sent by reference" "unshared:3 puts, each with its bytes"; do
+        printf '  %-31s' "${r#*:}"
+        for c in 1 2 3 4 6 7 8 9; do column_median "fanout_${r%%:*}" "$c"; done |
+            xargs printf ' %7.0f %7.0f %8.0f %6.0f %6.0f %6.0f %6.2f %7.2f\n'
     done
+    printf '  b WAL/m, shared / unshared: %s  [<= 0.4x: %s]\n' "$(paired fanout_shared fanout_unshared)" \
+        "$(verdict "$(median <"$WORK/results/fanout_shared.fanout_unshared.paired") <= 0.4")"
+    printf '  a WAL/m, shared / unshared: %sx\n' "$(ratio_of "$(column_median fanout_shared 2)" \
+        "$(column_median fanout_unshared 2)")"
 }
 
 main() {
@@ -342,8 +508,13 @@ main() {
     bench_setup remote
     start_clusters
     setup
-    NAMES=(put_rmsg put_dblink)
-    for n in "${NS[@]}"; do NAMES+=("call${n}_rmsg" "call${n}_dblink"); done
+    has_case fanout && setup_fanout
+    NAMES=()
+    has_case puts && NAMES+=(put_rmsg put_dblink)
+    if has_case calls; then
+        for n in "${NS[@]}"; do NAMES+=("call${n}_rmsg" "call${n}_dblink"); done
+    fi
+    has_case fanout && NAMES+=(fanout_shared fanout_unshared)
     log "$(sql a "SELECT version()" | cut -d, -f1); clusters a (sends, calls; worker 0) and b, on this machine"
     log "synchronous_commit on, wal_sync_method $(sql a "SHOW wal_sync_method"), autovacuum off, rmsg.last_call_depth $(sql a "SHOW rmsg.last_call_depth")"
     log "$ROUNDS round(s) of: ${NAMES[*]}"
