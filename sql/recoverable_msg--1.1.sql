@@ -1060,6 +1060,17 @@ CREATE TABLE rmsg.transit (
 CREATE INDEX transit_payload_idx ON rmsg.transit (payload_id) WHERE payload_id IS NOT NULL;
 COMMENT ON TABLE rmsg.transit IS 'messages of remote queues numbered and sent, not yet confirmed by the receiver';
 
+-- The key a shared payload row is sent with: a random number, so that
+-- no role can name data it was not sent (payload_ids are easy to guess),
+-- and a copy of this database that numbers new payload rows from the same
+-- point gives them other keys.  Made when the row is first numbered for a
+-- remote queue; the collector removes it with its payload row.
+CREATE TABLE rmsg.payload_key (
+    payload_id      bigint PRIMARY KEY,
+    key             bigint NOT NULL CHECK (key > 0)
+);
+COMMENT ON TABLE rmsg.payload_key IS 'the random key a shared payload row is sent to other servers under';
+
 -- Payload rows whose data a receiver acknowledged with their key: the
 -- worker sends the next message that references one as its key alone.
 -- A cache: a row missing costs the bytes sent again, a row the receiver
@@ -1088,16 +1099,16 @@ COMMENT ON TABLE rmsg.channel_in IS 'the last sequence number taken from each se
 
 -- The receiving side's memory of payloads that came with a key: which
 -- payload row here holds the data that the sending role's server (origin)
--- calls remote_payload_id, so that a later transfer can name it alone.
--- A role finds only the keys it sent itself.  Not dumped; the collector
--- removes a row with its payload row.
+-- sent under key, so that a later transfer can name it alone.  A role
+-- finds only the keys it sent itself.  Not dumped; the collector removes
+-- a row with its payload row.
 CREATE TABLE rmsg.payload_received (
     sender          oid NOT NULL,
     origin          text NOT NULL,
-    remote_payload_id bigint NOT NULL,
+    key             bigint NOT NULL,
     payload_id      bigint NOT NULL,
     size            int NOT NULL,
-    PRIMARY KEY (sender, origin, remote_payload_id)
+    PRIMARY KEY (sender, origin, key)
 );
 CREATE INDEX payload_received_payload_idx ON rmsg.payload_received (payload_id);
 COMMENT ON TABLE rmsg.payload_received IS 'payload rows holding data that a sending server named by key, for the role that sent it';
@@ -1105,8 +1116,8 @@ COMMENT ON TABLE rmsg.payload_received IS 'payload rows holding data that a send
 SELECT pg_catalog.pg_extension_config_dump('rmsg.remote_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.transit', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.channel_in', '');
-REVOKE ALL ON rmsg.remote_queue, rmsg.transit, rmsg.channel_in, rmsg.payload_sent,
-                rmsg.payload_received FROM PUBLIC;
+REVOKE ALL ON rmsg.remote_queue, rmsg.transit, rmsg.channel_in, rmsg.payload_key,
+                rmsg.payload_sent, rmsg.payload_received FROM PUBLIC;
 
 CREATE FUNCTION rmsg.create_remote_queue(queue text, server text, remote_queue text DEFAULT NULL)
 RETURNS void

@@ -111,8 +111,7 @@ SELECT count(DISTINCT payload_id) AS payload_rows, count(*) AS messages,
        bool_and(inline_data IS NULL) AS all_referenced
   FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
  WHERE q.name = 'inbox' AND m.payload_size = 300;
-SELECT remote_payload_id, size, sender = current_user::regrole AS mine
-  FROM rmsg.payload_received;
+SELECT key, size, sender = current_user::regrole AS mine FROM rmsg.payload_received;
 -- a key that names nothing here stops the transfer before it: the sender
 -- sends the rest again with their data
 SELECT rmsg.accept_transfer('ch5', 'inbox', 4, ARRAY[NULL, 'plain', NULL]::bytea[],
@@ -133,6 +132,19 @@ SET ROLE rq_other;
 SELECT rmsg.accept_transfer('ch7', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
                             'origin-a') AS other_role;
 RESET ROLE;
+-- a key names one data for ever: other bytes under a known key leave it as
+-- it was (the new message keeps its own bytes)
+SELECT rmsg.accept_transfer('ch5', 'inbox', 8, ARRAY[repeat('b', 300)::bytea, NULL],
+                            NULL, ARRAY[41, 41], 'origin-a') AS last_seq;
+SELECT payload_size, left(convert_from(coalesce(inline_data, p.data), 'UTF8'), 12) AS starts
+  FROM rmsg.message m LEFT JOIN rmsg.payload p USING (payload_id)
+ WHERE m.msg_id > :before_keys ORDER BY msg_id DESC LIMIT 2;
+-- the same bytes under a new key in a 'content' queue find the row the
+-- old key named: the row keeps its newest key only, so keys do not pile up
+SELECT rmsg.create_queue('inbox_c', dedup => 'content');
+SELECT rmsg.accept_transfer('ch10', 'inbox_c', 1, ARRAY[repeat('c', 300)::bytea,
+                            repeat('c', 300)::bytea], NULL, ARRAY[51, 52], 'origin-a') AS last_seq;
+SELECT key FROM rmsg.payload_received WHERE key IN (51, 52);
 -- a queue with dedup 'none' gets its own copy, read from the row here
 SELECT rmsg.accept_transfer('ch8', 'inbox_none', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
                             'origin-a') AS last_seq;
@@ -146,13 +158,20 @@ SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x', 'y']::bytea[], NULL, A
                             'origin-a');
 SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[NULL]::bigint[],
                             'origin-a');
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x']::bytea[], NULL, ARRAY[-41], 'origin-a');
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x']::bytea[], NULL, ARRAY[0], 'origin-a');
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x']::bytea[], NULL, ARRAY[41], '');
+SELECT rmsg.accept_transfer('ch9', 'inbox', 1, ARRAY['x']::bytea[], NULL, ARRAY[41],
+                            repeat('o', 101));
+SELECT count(*) AS nothing_from_ch9 FROM rmsg.channel_in WHERE channel = 'ch9';
 \set VERBOSITY default
 -- once no message references the payload row, it is collected, and what
 -- was remembered of its key with it
-SELECT rmsg.purge_queue('inbox') > 0 AS purged, rmsg.purge_queue('inbox_none') AS purged_none;
+SELECT rmsg.purge_queue('inbox') > 0 AS purged, rmsg.purge_queue('inbox_none') AS purged_none,
+       rmsg.purge_queue('inbox_c') AS purged_c;
 SELECT rmsg.collect_payloads() >= 1 AS collected;
 SELECT count(*) AS keys_left FROM rmsg.payload_received;
-SELECT rmsg.accept_transfer('ch5', 'inbox', 8, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
+SELECT rmsg.accept_transfer('ch5', 'inbox', 10, ARRAY[NULL]::bytea[], NULL, ARRAY[41],
                             'origin-a') AS last_seq;
 
 -- dropping a remote queue drops its row and what it had in transit
@@ -160,7 +179,8 @@ SET ROLE rq_owner;
 SELECT rmsg.drop_queue('rq');
 RESET ROLE;
 SELECT count(*) AS remote_rows FROM rmsg.remote_queue;
-SELECT rmsg.drop_queue('inbox'), rmsg.drop_queue('inbox2'), rmsg.drop_queue('inbox_none');
+SELECT rmsg.drop_queue('inbox'), rmsg.drop_queue('inbox2'), rmsg.drop_queue('inbox_none'),
+       rmsg.drop_queue('inbox_c');
 DELETE FROM rmsg.channel_in;
 DROP USER MAPPING FOR rq_owner SERVER rq_server;
 DROP SERVER rq_server;

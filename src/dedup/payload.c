@@ -94,9 +94,10 @@ static RmsgPlan collect_candidates_plan = {
 /*
  * The second look, in a snapshot taken after the locks were granted.  What
  * the remote side remembers of a row goes with it: the keys a receiver
- * holds it under (rmsg.payload_received) and the servers this sender knows
- * to hold it (rmsg.payload_sent); a key found no more costs the data sent
- * again, never wrong data.
+ * holds it under (rmsg.payload_received), the servers this sender knows to
+ * hold it (rmsg.payload_sent) and the key it sends it under
+ * (rmsg.payload_key); a key found no more costs the data sent again,
+ * never wrong data.
  */
 static RmsgPlan collect_delete_plan = {
 	"WITH gone AS (DELETE FROM rmsg.payload p WHERE p.payload_id = ANY($1)"
@@ -104,7 +105,9 @@ static RmsgPlan collect_delete_plan = {
 	" received AS (DELETE FROM rmsg.payload_received r"
 	"               WHERE r.payload_id IN (SELECT payload_id FROM gone)),"
 	" sent AS (DELETE FROM rmsg.payload_sent s"
-	"           WHERE s.payload_id IN (SELECT payload_id FROM gone))"
+	"           WHERE s.payload_id IN (SELECT payload_id FROM gone)),"
+	" keys AS (DELETE FROM rmsg.payload_key k"
+	"           WHERE k.payload_id IN (SELECT payload_id FROM gone))"
 	" SELECT count(*) AS collected FROM gone",
 	1, {INT8ARRAYOID}
 };

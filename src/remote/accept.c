@@ -26,8 +26,11 @@
  * message to skip over.
  *
  * Data by reference (seed 004's deduplicated logging, across servers).  A
- * sender may give a payload its key: the payload_id its own server keeps
- * the data under, with key_origin saying which server and table that is.
+ * sender may give a payload its key: a random number its own server drew
+ * for the payload row holding the data, with key_origin saying which
+ * server that is.  Random, so that no role can name data it was not sent
+ * by guessing (payload_ids count up), and a copy of the sending database
+ * gives its new data other keys than the original does.
  * The data is stored as a put that is going to be shared would store it
  * (a payload row, dedup/store.c), and rmsg.payload_received remembers
  * which payload row here holds it, for this sending role only.  A later
@@ -82,19 +85,31 @@ static RmsgPlan channel_advance_plan = {
 	3, {TEXTOID, INT8OID, OIDOID}
 };
 
+/* The longest key_origin taken: the sender's is about 40 characters. */
+#define RMSG_MAX_KEY_ORIGIN 100
+
 /* The data a key names here.  $1 role, $2 origin, $3 key */
 static RmsgPlan key_lookup_plan = {
 	"SELECT payload_id, size FROM rmsg.payload_received"
-	" WHERE sender = $1 AND origin = $2 AND remote_payload_id = $3",
+	" WHERE sender = $1 AND origin = $2 AND key = $3",
 	3, {OIDOID, TEXTOID, INT8OID}
 };
 
-/* A key's data is kept here.  $1 role, $2 origin, $3 key, $4 payload row, $5 size */
+/*
+ * A key's data is kept here.  $1 role, $2 origin, $3 key, $4 payload row,
+ * $5 size.  A key names one data for ever (the sender draws it at random),
+ * so a key already known keeps its row: nothing here waits on, or
+ * changes, a row the collector may be deleting.  Data this sender named
+ * by another key before, and that found the same payload row (a
+ * 'content' queue), gives that row its newest key only, so that keys do
+ * not pile up on a row that traffic keeps alive.
+ */
 static RmsgPlan key_remember_plan = {
-	"INSERT INTO rmsg.payload_received (sender, origin, remote_payload_id, payload_id, size)"
+	"WITH older AS (DELETE FROM rmsg.payload_received"
+	"                WHERE payload_id = $4 AND sender = $1 AND origin = $2 AND key <> $3)"
+	" INSERT INTO rmsg.payload_received (sender, origin, key, payload_id, size)"
 	" VALUES ($1, $2, $3, $4, $5)"
-	" ON CONFLICT (sender, origin, remote_payload_id)"
-	" DO UPDATE SET payload_id = excluded.payload_id, size = excluded.size",
+	" ON CONFLICT (sender, origin, key) DO NOTHING",
 	5, {OIDOID, TEXTOID, INT8OID, INT8OID, INT4OID}
 };
 
@@ -208,7 +223,17 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 	nkeys = ArrayArg(fcinfo, 5, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 					 &keys, &key_nulls);
 	if (!PG_ARGISNULL(6))
-		origin = PointerGetDatum(PG_GETARG_TEXT_PP(6));
+	{
+		text	   *origin_text = PG_GETARG_TEXT_PP(6);
+		int			length = VARSIZE_ANY_EXHDR(origin_text);
+
+		if (length < 1 || length > RMSG_MAX_KEY_ORIGIN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("key_origin must be 1 to %d bytes long, not %d",
+							RMSG_MAX_KEY_ORIGIN, length)));
+		origin = PointerGetDatum(origin_text);
+	}
 	if (n > RMSG_MAX_ACCEPT)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -229,6 +254,11 @@ rmsg_accept_transfer(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("payload keys need a key_origin")));
+		if (keyed && DatumGetInt64(keys[i]) <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("payload key %d must be positive, not " INT64_FORMAT,
+							i + 1, DatumGetInt64(keys[i]))));
 		if (payload_nulls[i] && !keyed)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -96,7 +96,9 @@ static RmsgPlan load_plan = {
  * found by msg_id with = ANY: a join planned while the queue was empty
  * read the whole table for each message of a backlog.  With nothing
  * ready it writes nothing, so an idle queue's passes cost no commit to
- * flush.  Only worker 0 numbers, so the queue's row needs no lock.
+ * flush.  Only worker 0 numbers, so the queue's row needs no lock.  A
+ * payload row other messages also reference is shared: it gets a random
+ * key (rmsg.payload_key), unless it has one, to be sent under.
  */
 static RmsgPlan number_plan = {
 	"WITH r AS (SELECT next_seq FROM rmsg.remote_queue"
@@ -120,15 +122,25 @@ static RmsgPlan number_plan = {
 	" moved AS (DELETE FROM rmsg.message m WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM run))"
 	"           RETURNING m.msg_id, m.visible_at, m.enqueued_at, m.headers, m.inline_data,"
 	"                     m.payload_id, m.payload_size),"
+	" marked AS (SELECT mv.*,"
+	"                   mv.payload_id IS NOT NULL"
+	"                   AND mv.payload_size >= " CppAsString2(RMSG_MIN_SHARED_SIZE)
+	"                   AND EXISTS (SELECT FROM rmsg.message o"
+	"                                WHERE o.payload_id = mv.payload_id"
+	"                                  AND o.msg_id <> mv.msg_id) AS shared"
+	"              FROM moved mv),"
+	" keyed AS (INSERT INTO rmsg.payload_key (payload_id, key)"
+	"            SELECT d.payload_id,"
+	"                   greatest(1, ('x' || substr(md5(gen_random_uuid()::text), 1, 16))"
+	"                                 ::bit(64)::bigint & 9223372036854775807)"
+	"              FROM (SELECT DISTINCT mk.payload_id FROM marked mk WHERE mk.shared) d"
+	"            ON CONFLICT (payload_id) DO NOTHING),"
 	" numbered AS (INSERT INTO rmsg.transit (queue_id, seq, msg_id, enqueued_at, headers, data,"
 	"                                        payload_id, shared)"
 	"   SELECT $1, (SELECT next_seq FROM r)"
-	"              + row_number() OVER (ORDER BY mv.visible_at, mv.msg_id) - 1,"
-	"          mv.msg_id, mv.enqueued_at, mv.headers, mv.inline_data, mv.payload_id,"
-	"          mv.payload_id IS NOT NULL AND mv.payload_size >= " CppAsString2(RMSG_MIN_SHARED_SIZE)
-	"          AND EXISTS (SELECT FROM rmsg.message o"
-	"                       WHERE o.payload_id = mv.payload_id AND o.msg_id <> mv.msg_id)"
-	"     FROM moved mv RETURNING 1)"
+	"              + row_number() OVER (ORDER BY mk.visible_at, mk.msg_id) - 1,"
+	"          mk.msg_id, mk.enqueued_at, mk.headers, mk.inline_data, mk.payload_id, mk.shared"
+	"     FROM marked mk RETURNING 1)"
 	" UPDATE rmsg.remote_queue SET next_seq = next_seq + (SELECT count(*) FROM numbered)"
 	"  WHERE queue_id = $1 AND (SELECT count(*) FROM numbered) > 0"
 	" RETURNING (SELECT count(*) FROM numbered) AS numbered",
@@ -141,8 +153,9 @@ static RmsgPlan number_plan = {
  * key, and no data.  The receiver holds it when it acknowledged it to the
  * same role before (rmsg.payload_sent), or when an earlier message of this
  * batch carries it with its key (the receiver keeps the key as it puts
- * that one).  Only a shared payload row is sent with its key, so that the
- * receiver remembers no keys that nothing will name again.
+ * that one).  Only a shared payload row is sent with its key (its random
+ * rmsg.payload_key), so that the receiver remembers no keys that nothing
+ * will name again.
  * $1 queue, $2 max, $3 server, $4 the role the worker connects as
  */
 static RmsgPlan in_transit_plan = {
@@ -150,7 +163,7 @@ static RmsgPlan in_transit_plan = {
 	"       array_agg(CASE WHEN t.by_reference THEN NULL ELSE coalesce(t.data, p.data) END"
 	"                 ORDER BY t.seq)::text AS payloads,"
 	"       array_agg(t.headers ORDER BY t.seq)::text AS headers,"
-	"       array_agg(CASE WHEN t.shared OR t.by_reference THEN t.payload_id END"
+	"       array_agg(CASE WHEN t.shared OR t.by_reference THEN k.key END"
 	"                 ORDER BY t.seq)::text AS payload_keys,"
 	"       count(*) FILTER (WHERE t.by_reference) AS by_reference"
 	"  FROM (SELECT tt.seq, tt.data, tt.headers, tt.payload_id, tt.shared,"
@@ -164,7 +177,8 @@ static RmsgPlan in_transit_plan = {
 	"          FROM rmsg.transit tt JOIN rmsg.remote_queue r USING (queue_id)"
 	"         WHERE tt.queue_id = $1 AND tt.seq > r.acked_seq"
 	"         ORDER BY tt.seq LIMIT $2) t"
-	"  LEFT JOIN rmsg.payload p ON p.payload_id = t.payload_id AND NOT t.by_reference",
+	"  LEFT JOIN rmsg.payload p ON p.payload_id = t.payload_id AND NOT t.by_reference"
+	"  LEFT JOIN rmsg.payload_key k ON k.payload_id = t.payload_id",
 	4, {INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
@@ -236,11 +250,9 @@ typedef struct Batch
 } Batch;
 
 /*
- * What this sender's payload keys are numbers of: the cluster, the
- * database and this extension's payload table.  Payload ids are never
- * used twice by one table, but a table made again (DROP and CREATE
- * EXTENSION) starts over, and the receiver must not take its keys for the
- * old ones.  In a transaction.
+ * Where this sender's payload keys come from: the cluster, the database
+ * and this extension's payload table.  The keys are random, so this only
+ * keeps two senders' keys apart for certain.  In a transaction.
  */
 static void
 KeyOrigin(char *out, size_t size)

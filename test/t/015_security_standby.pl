@@ -234,7 +234,7 @@ my %calls = (
 	'rmsg.put_many(text[],bytea,jsonb,text,integer)' => q{SELECT * FROM rmsg.put_many(ARRAY['q1', 'q2'], '\x01'::bytea, group_id => 'g')},
 	'rmsg.collect_payloads()' => q{SELECT rmsg.collect_payloads()},
 	'rmsg.create_remote_queue(text,text,text)' => q{SELECT rmsg.create_remote_queue('rq', 'nowhere', 'q1')},
-	'rmsg.accept_transfer(text,text,bigint,bytea[],jsonb[])' => q{SELECT rmsg.accept_transfer('ch', 'q1', 1, ARRAY['\x01'::bytea], NULL)},
+	'rmsg.accept_transfer(text,text,bigint,bytea[],jsonb[],bigint[],text)' => q{SELECT rmsg.accept_transfer('ch', 'q1', 1, ARRAY[NULL]::bytea[], NULL, ARRAY[7], 'o')},
 	'rmsg.set_callee_handler(text,regprocedure)' => q{SELECT rmsg.set_callee_handler('billing', NULL)},
 	'rmsg.serve_call(text,text,bigint,bytea)' => q{SELECT rmsg.serve_call('billing', 'orders', 9, 'req9')},
 	'rmsg.call(text,text,text,bytea)' => q{SELECT rmsg.call('orders', 'nowhere', 'billing', 'req9')},
@@ -295,7 +295,7 @@ my $fingerprint_sql = join("\nUNION ALL\n",
 	map {
 		"SELECT '$_:' || count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM rmsg.$_ t"
 	} @tables);
-is(scalar(@tables), 17, 'the extension has 17 tables');
+is(scalar(@tables), 20, 'the extension has 20 tables');
 
 my $before_tables = $ss->($fingerprint_sql);
 my $before_shared = $ss->($shared_sql);

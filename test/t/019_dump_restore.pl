@@ -262,6 +262,7 @@ sql($source, 'app', q{
 	SELECT rmsg.accept_transfer('sender:1:2', 'inbound', 1, ARRAY[repeat('k', 300)::bytea],
 	                            NULL, ARRAY[7], 'sender:1:1');
 	INSERT INTO rmsg.payload_sent SELECT max(payload_id), 'elsewhere', 10 FROM rmsg.payload;
+	INSERT INTO rmsg.payload_key SELECT max(payload_id), 12345 FROM rmsg.payload;
 	CREATE FUNCTION public.answer(caller text, call_id bigint, request bytea) RETURNS bytea
 	  LANGUAGE sql AS $$ SELECT request $$;
 	SELECT rmsg.set_callee_handler('desk', 'public.answer(text,bigint,bytea)');
@@ -389,9 +390,10 @@ my @tables = relations_of($source, 'app', 'r');
 my @sequences = relations_of($source, 'app', 'S');
 my %source_rows;
 # What the remote side remembers of payloads sent by key holds role OIDs,
-# which name other roles, or none, in another cluster: it is not dumped,
-# and a restored database sends the data again.
-my %not_dumped = map { $_ => 1 } qw(payload_received payload_sent);
+# which name other roles, or none, in another cluster, and random keys: it
+# is not dumped, and a restored database sends the data again, under new
+# keys.
+my %not_dumped = map { $_ => 1 } qw(payload_key payload_received payload_sent);
 for my $t (@tables)
 {
 	$source_rows{$t} = table_fingerprint($source, 'app', $t);

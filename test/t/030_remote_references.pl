@@ -110,6 +110,13 @@ is($node_c->safe_psql('postgres', 'SELECT count(*) FROM rmsg.payload_received'),
 	'1', 'C remembers the one key it was sent');
 is($node_a->safe_psql('postgres', 'SELECT count(*) FROM rmsg.payload_sent'),
 	'1', 'A remembers that C holds the payload row');
+# the key is the random one A drew for the row, not its payload_id, which
+# another role could guess
+my ($a_key, $a_payload_id) = split /\|/, $node_a->safe_psql('postgres',
+	'SELECT key, payload_id FROM rmsg.payload_key');
+is($node_c->safe_psql('postgres', 'SELECT key FROM rmsg.payload_received'),
+	$a_key, "C knows the data by A's random key");
+isnt($a_key, $a_payload_id, 'which is not the payload_id');
 
 #---------------------------------------------------------------------------
 # 2. One payload five times in a batch
