@@ -14,7 +14,8 @@ use warnings FATAL => 'all';
 #  2. 1000 messages per sender, one commit each, put in 10 chunks; between
 #     chunks, while the worker is moving them: the sender crashes, the
 #     receiver crashes, both at once, the connection is cut on the receiver
-#     (first for A, then the same for B), then all three crash at once.
+#     while its accept_transfer waits inside its transaction there (first
+#     for A, then the same for B), then all three crash at once.
 #  3. C holds a1..a1000 in in_a and b1..b1000 in in_b, each once and in put
 #     order; channel_in says 1000 per channel; the senders' rmsg.channels
 #     say 1000 sent and acknowledged, nothing pending, and A's rmsg.message
@@ -101,12 +102,35 @@ sub restart_immediate
 	$_->start for @nodes;
 }
 
-# cuts the senders' connections on C
+# A connection cut in the middle of a transfer.  Before the chunk is put,
+# a session on C locks the sender's channel row; the sender's next
+# accept_transfer then waits for it, inside its transaction on C.  After
+# the chunk, the test waits for that, terminates the waiting backend (the
+# connection is cut mid-transfer: C rolls back what it had put of the
+# batch, and the sender never hears an answer), and lets go of the row.
+my $channel_holder;
+
+sub hold_channel
+{
+	my ($channel) = @_;
+	$channel_holder = session_open($node_c, 'channel_holder');
+	session_query($channel_holder, qq{BEGIN;
+SELECT last_seq FROM rmsg.channel_in WHERE channel = '$channel' FOR UPDATE;},
+		'a session on C holds the channel row');
+}
+
 sub cut_transfer
 {
-	note('transfer connections cut on C: ' . $node_c->safe_psql('postgres', q{
+	ok( $node_c->poll_query_until('postgres', q{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE application_name = 'recoverable_msg transfer' AND wait_event_type = 'Lock'}),
+		'the sender\'s transfer waits on C for the channel row');
+	is( $node_c->safe_psql('postgres', q{
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
- WHERE application_name = 'recoverable_msg transfer'}));
+ WHERE application_name = 'recoverable_msg transfer' AND wait_event_type = 'Lock'}),
+		'1', 'its connection is cut in the middle of the transfer');
+	session_query($channel_holder, 'ROLLBACK;', 'the channel row is let go');
+	session_kill($channel_holder);
 }
 
 #---------------------------------------------------------------------------
@@ -145,22 +169,25 @@ my @events = (
 	[ 'a',  'A crashes',            sub { restart_immediate($node_a) } ],
 	[ 'a',  'C crashes',            sub { restart_immediate($node_c) } ],
 	[ 'a',  'A and C crash at once', sub { restart_immediate($node_a, $node_c) } ],
-	[ 'a',  'connections cut on C', \&cut_transfer ],
+	[ 'a',  'a connection cut on C mid-transfer', \&cut_transfer, sub { hold_channel($chan_a) } ],
 	[ 'b',  'B crashes',            sub { restart_immediate($node_b) } ],
 	[ 'b',  'C crashes',            sub { restart_immediate($node_c) } ],
 	[ 'b',  'B and C crash at once', sub { restart_immediate($node_b, $node_c) } ],
-	[ 'b',  'connections cut on C', \&cut_transfer ],
+	[ 'b',  'a connection cut on C mid-transfer', \&cut_transfer, sub { hold_channel($chan_b) } ],
 	[ 'ab', 'A, B and C crash at once', sub { restart_immediate($node_a, $node_b, $node_c) } ]);
 
 for my $k (1 .. CHUNKS)
 {
 	my ($from, $to) = (($k - 1) * CHUNK + 1, $k * CHUNK);
-	my ($about, $what, $inject) = @{ $events[ $k - 1 ] // [ '', '', undef ] };
+	my ($about, $what, $inject, $before) = @{ $events[ $k - 1 ] // [ '', '', undef, undef ] };
 	my @order = $about eq 'b' ? ([ $node_a, 'a' ], [ $node_b, 'b' ]) : ([ $node_b, 'b' ], [ $node_a, 'a' ]);
+	$before->() if $before;
 	put_range(@$_, $from, $to) for @order;
 	next unless $inject;
 
-	for my $s (grep { index($about, $_->[1]) >= 0 } @order)
+	# (a held channel row keeps the worker from moving it: cut_transfer
+	# waits for that instead)
+	for my $s (grep { !$before && index($about, $_->[1]) >= 0 } @order)
 	{
 		ok( $s->[0]->poll_query_until('postgres', qq{
 SELECT last_sent >= $from FROM rmsg.channels WHERE queue = 'to_c'}),
