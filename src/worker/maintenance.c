@@ -19,6 +19,16 @@
  * messages FOR UPDATE SKIP LOCKED, passing over rows a consumer holds
  * (core/locks.h).
  *
+ * Nothing indexes how often a message was delivered (that column changes
+ * with every lease, which must stay a HOT update), so finding exhausted
+ * messages means reading messages.  The sweep once read every message of
+ * every queue on each pass: a backlog of two million messages cost the
+ * worker a second of every ten.  Now each pass reads at most SWEEP_SCAN
+ * messages along the ready index, from where the last pass stopped, and
+ * starts again from the front once it reaches the end: a pass costs the
+ * same whatever the backlog, and an exhausted message nobody gets is
+ * dead-lettered within (messages / SWEEP_SCAN) passes.
+ *
  * The sweep runs in the caller's transaction; worker 0 gives it, and the
  * collection, a transaction each (worker.c).
  *
@@ -29,87 +39,152 @@
 #include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/timestamp.h"
 
 #include "worker/worker.h"
 
-/* How many exhausted messages of a queue are dead-lettered per statement. */
-#define SWEEP_BATCH 1000
+/* How many messages one pass reads, at most. */
+#define SWEEP_SCAN 50000
 
-/* The queues that have exhausted messages ready at $1. */
-static RmsgPlan exhausted_queues_plan = {
-	"SELECT q.name AS queue_name FROM rmsg.queue q"
-	" WHERE EXISTS (SELECT 1 FROM rmsg.message m"
-	"                WHERE m.queue_id = q.queue_id AND m.visible_at <= $1"
-	"                  AND m.deliveries >= q.max_deliveries"
-	"                  AND (m.lease_until IS NULL OR m.lease_until <= $1))"
-	" ORDER BY q.queue_id",
-	1, {TIMESTAMPTZOID}
+/*
+ * Where the next pass starts: the ready index's key of the last message
+ * the pass before read (worker 0's memory; after a restart, the front).
+ */
+static struct
+{
+	int32		queue_id;
+	int16		priority;
+	TimestampTz visible_at;
+	int64		msg_id;
+} sweep_from = {0, 0, DT_NOBEGIN, 0};
+
+/*
+ * The next SWEEP_SCAN messages after ($1, $2, $3, $4) in the ready index's
+ * order, read as one range of it: the last one's key and how many were
+ * read, and by queue the exhausted ones ready at $5 whose lease has run
+ * out.  One row per queue met (none when nothing was read).
+ */
+static RmsgPlan exhausted_scan_plan = {
+	"WITH slice AS MATERIALIZED ("
+	"       SELECT m.queue_id, m.priority, m.visible_at, m.msg_id, m.deliveries, m.lease_until"
+	"         FROM rmsg.message m"
+	"        WHERE (m.queue_id, m.priority, m.visible_at, m.msg_id) > ($1, $2, $3, $4)"
+	"        ORDER BY m.queue_id, m.priority, m.visible_at, m.msg_id"
+	"        LIMIT " CppAsString2(SWEEP_SCAN) "),"
+	" last AS (SELECT s.queue_id, s.priority, s.visible_at, s.msg_id FROM slice s"
+	"           ORDER BY s.queue_id DESC, s.priority DESC, s.visible_at DESC, s.msg_id DESC"
+	"           LIMIT 1)"
+	" SELECT l.queue_id, l.priority, l.visible_at, l.msg_id,"
+	"        (SELECT count(*) FROM slice) AS n, q.name AS queue_name,"
+	"        (SELECT array_agg(s.msg_id) FROM slice s"
+	"          WHERE s.queue_id = q.queue_id AND s.visible_at <= $5"
+	"            AND s.deliveries >= q.max_deliveries"
+	"            AND (s.lease_until IS NULL OR s.lease_until <= $5)) AS exhausted"
+	"   FROM last l"
+	"   LEFT JOIN rmsg.queue q ON q.queue_id IN (SELECT s.queue_id FROM slice s)",
+	5, {INT4OID, INT2OID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID}
 };
 
-/* Exhausted messages of queue $1 ready at $2 ($3: its max_deliveries), locked. */
-static RmsgPlan exhausted_messages_plan = {
+/* Of the messages $2 of queue $1, those still exhausted at $4, locked. */
+static RmsgPlan exhausted_lock_plan = {
 	"SELECT msg_id FROM rmsg.message"
-	" WHERE queue_id = $1 AND visible_at <= $2 AND deliveries >= $3"
-	"   AND (lease_until IS NULL OR lease_until <= $2)"
-	" LIMIT " CppAsString2(SWEEP_BATCH)
+	" WHERE msg_id = ANY ($2) AND queue_id = $1 AND visible_at <= $4 AND deliveries >= $3"
+	"   AND (lease_until IS NULL OR lease_until <= $4)"
 	" FOR UPDATE SKIP LOCKED",
-	3, {INT4OID, TIMESTAMPTZOID, INT4OID}
+	4, {INT4OID, INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 
-/* Dead-letters the exhausted messages of one queue; returns how many. */
+/* A queue with exhausted messages that a pass found. */
+typedef struct Exhausted
+{
+	char	   *queue_name;
+	Datum		msg_ids;		/* bigint[] */
+} Exhausted;
+
+/*
+ * Dead-letters those of the queue's msg_ids that are still exhausted,
+ * under the queue's name lock and their row locks; returns how many.
+ */
 static int64
-SweepQueue(const char *name)
+SweepQueue(const Exhausted *e, TimestampTz now)
 {
 	RmsgQueue	queue;
-	int64		swept = 0;
+	Datum		values[4];
+	int64	   *ids;
+	int			n;
+	int64		swept;
 
-	if (!RmsgTryOpenQueue(name, AccessShareLock, &queue))
+	if (!RmsgTryOpenQueue(e->queue_name, AccessShareLock, &queue))
 		return 0;				/* dropped meanwhile */
-
-	for (;;)
-	{
-		Datum		values[3];
-		int64	   *ids;
-		int			n;
-
-		values[0] = Int32GetDatum(queue.queue_id);
-		values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-		values[2] = Int32GetDatum(queue.max_deliveries);
-		RmsgPlanExecute(&exhausted_messages_plan, values, NULL, false, 0);
-		n = (int) SPI_processed;
-		if (n == 0)
-			break;
-		ids = palloc(sizeof(int64) * n);
-		for (int i = 0; i < n; i++)
-			ids[i] = DatumGetInt64(RmsgSpiNotNull(i, "msg_id"));
-		swept += RmsgDeadLetterById(&queue, ids, n);
-		pfree(ids);
-		if (n < SWEEP_BATCH)
-			break;
-	}
+	values[0] = Int32GetDatum(queue.queue_id);
+	values[1] = e->msg_ids;
+	values[2] = Int32GetDatum(queue.max_deliveries);
+	values[3] = TimestampTzGetDatum(now);
+	RmsgPlanExecute(&exhausted_lock_plan, values, NULL, false, 0);
+	n = (int) SPI_processed;
+	if (n == 0)
+		return 0;
+	ids = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+		ids[i] = DatumGetInt64(RmsgSpiNotNull(i, "msg_id"));
+	swept = RmsgDeadLetterById(&queue, ids, n);
+	pfree(ids);
 	return swept;
 }
 
-/* Dead-letters exhausted messages whose last lease ran out; returns how many. */
+/*
+ * Dead-letters the exhausted messages whose last lease ran out among the
+ * next SWEEP_SCAN messages; returns how many.
+ */
 int64
 RmsgSweepExhausted(void)
 {
-	Datum		now = TimestampTzGetDatum(GetCurrentTimestamp());
-	List	   *names = NIL;
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		values[5];
+	List	   *found = NIL;
 	ListCell   *lc;
 	int64		swept = 0;
 
 	RmsgSpiConnect();
-	RmsgPlanExecute(&exhausted_queues_plan, &now, NULL, false, 0);
+	values[0] = Int32GetDatum(sweep_from.queue_id);
+	values[1] = Int16GetDatum(sweep_from.priority);
+	values[2] = TimestampTzGetDatum(sweep_from.visible_at);
+	values[3] = Int64GetDatum(sweep_from.msg_id);
+	values[4] = TimestampTzGetDatum(now);
+	RmsgPlanExecute(&exhausted_scan_plan, values, NULL, false, 0);
+	if (SPI_processed == 0 || DatumGetInt64(RmsgSpiNotNull(0, "n")) < SWEEP_SCAN)
+	{
+		/* the end of the index: the next pass starts from the front */
+		sweep_from.queue_id = 0;
+		sweep_from.priority = 0;
+		sweep_from.visible_at = DT_NOBEGIN;
+		sweep_from.msg_id = 0;
+	}
+	else
+	{
+		sweep_from.queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
+		sweep_from.priority = DatumGetInt16(RmsgSpiNotNull(0, "priority"));
+		sweep_from.visible_at = DatumGetTimestampTz(RmsgSpiNotNull(0, "visible_at"));
+		sweep_from.msg_id = DatumGetInt64(RmsgSpiNotNull(0, "msg_id"));
+	}
 	/* read them all first: each queue's sweep runs statements of its own */
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		bool		isnull;
+		Datum		ids = RmsgSpiValue(i, "exhausted", &isnull);
+		Exhausted  *e;
+
+		if (isnull)
+			continue;
 		/* in SPI's memory, which lasts until SPI_finish */
-		names = lappend(names, RmsgSpiText(i, "queue_name"));
+		e = palloc(sizeof(Exhausted));
+		e->queue_name = RmsgSpiText(i, "queue_name");
+		e->msg_ids = datumCopy(ids, false, -1);
+		found = lappend(found, e);
 	}
-	foreach(lc, names)
-		swept += SweepQueue((const char *) lfirst(lc));
+	foreach(lc, found)
+		swept += SweepQueue((const Exhausted *) lfirst(lc), now);
 	RmsgSpiFinish();
 	return swept;
 }

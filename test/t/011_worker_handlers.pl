@@ -707,6 +707,20 @@ poll(qq{SELECT sum(dead_lettered) >= $before->{dead_lettered} + 1 FROM rmsg.work
 is(sql(q{SELECT maintained_at IS NOT NULL FROM rmsg.worker WHERE worker = 0}), 't',
 	'rmsg.worker: worker 0 has maintained_at');
 
+# A pass reads at most 50,000 messages (SWEEP_SCAN), from where the last one
+# stopped: an exhausted message behind 60,000 others is found by a later
+# pass.  (It fails if every pass starts from the front.)
+sql(q{SELECT rmsg.create_queue('sweep_deep', 1)});
+sql(q{SELECT count(*) FROM rmsg.put_batch('sweep_deep', array_fill('fresh'::bytea, ARRAY[60000]))});
+sql(q{SELECT rmsg.put('sweep_deep', 'deep'::text)});
+# as if a get had leased it once (gets take the front of the queue)
+sql(q{UPDATE rmsg.message SET deliveries = 1, lease_until = now() + interval '1 second'
+       WHERE msg_id = (SELECT max(msg_id) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+                        WHERE q.name = 'sweep_deep')});
+poll(q{SELECT dead = 1 AND ready = 60000 FROM rmsg.queues WHERE queue = 'sweep_deep'}, 't',
+	'the exhausted message behind 60,000 others was dead-lettered by a later pass');
+sql(q{SELECT rmsg.purge_queue('sweep_deep')});
+
 sql(q{SELECT rmsg.create_queue('big')});
 sql(q{SELECT rmsg.put('big', repeat('x', 5000))});
 is(sql(q{SELECT payload_rows FROM rmsg.log_stats}), '1', 'a 5000-byte payload is kept in rmsg.payload');
