@@ -155,7 +155,7 @@ static RmsgPlan number_plan = {
  * batch carries it with its key (the receiver keeps the key as it puts
  * that one).  Only a shared payload row is sent with its key (its random
  * rmsg.payload_key), so that the receiver remembers no keys that nothing
- * will name again.
+ * will name again; a row without a key goes with its data.
  * $1 queue, $2 max, $3 server, $4 the role the worker connects as
  */
 static RmsgPlan in_transit_plan = {
@@ -163,11 +163,11 @@ static RmsgPlan in_transit_plan = {
 	"       array_agg(CASE WHEN t.by_reference THEN NULL ELSE coalesce(t.data, p.data) END"
 	"                 ORDER BY t.seq)::text AS payloads,"
 	"       array_agg(t.headers ORDER BY t.seq)::text AS headers,"
-	"       array_agg(CASE WHEN t.shared OR t.by_reference THEN k.key END"
+	"       array_agg(CASE WHEN t.shared OR t.by_reference THEN t.key END"
 	"                 ORDER BY t.seq)::text AS payload_keys,"
 	"       count(*) FILTER (WHERE t.by_reference) AS by_reference"
-	"  FROM (SELECT tt.seq, tt.data, tt.headers, tt.payload_id, tt.shared,"
-	"               tt.payload_id IS NOT NULL"
+	"  FROM (SELECT tt.seq, tt.data, tt.headers, tt.payload_id, tt.shared, k.key,"
+	"               k.key IS NOT NULL"
 	"               AND (EXISTS (SELECT FROM rmsg.payload_sent s"
 	"                             WHERE s.payload_id = tt.payload_id"
 	"                               AND s.server = $3 AND s.owner = $4)"
@@ -175,10 +175,10 @@ static RmsgPlan in_transit_plan = {
 	"                                                         ORDER BY tt.seq) > 1))"
 	"               AS by_reference"
 	"          FROM rmsg.transit tt JOIN rmsg.remote_queue r USING (queue_id)"
+	"          LEFT JOIN rmsg.payload_key k ON k.payload_id = tt.payload_id"
 	"         WHERE tt.queue_id = $1 AND tt.seq > r.acked_seq"
 	"         ORDER BY tt.seq LIMIT $2) t"
-	"  LEFT JOIN rmsg.payload p ON p.payload_id = t.payload_id AND NOT t.by_reference"
-	"  LEFT JOIN rmsg.payload_key k ON k.payload_id = t.payload_id",
+	"  LEFT JOIN rmsg.payload p ON p.payload_id = t.payload_id AND NOT t.by_reference",
 	4, {INT4OID, INT4OID, TEXTOID, OIDOID}
 };
 
@@ -244,9 +244,9 @@ typedef struct Batch
 	char		first_seq[24];
 	char	   *payloads;		/* a bytea[] literal, NULL for data sent by key */
 	char	   *headers;		/* a jsonb[] literal */
-	char	   *payload_keys;	/* a bigint[] literal: this server's payload_ids */
+	char	   *payload_keys;	/* a bigint[] literal: shared rows' random keys */
 	int64		by_reference;	/* how many went by key */
-	char		key_origin[64]; /* what the keys are numbers of (KeyOrigin) */
+	char		key_origin[64]; /* where the keys come from (KeyOrigin) */
 } Batch;
 
 /*
