@@ -60,6 +60,17 @@ static int64 last_token = 0;
 static LocalTransactionId last_token_xact = InvalidLocalTransactionId;
 
 /*
+ * Strong random numbers drawn RANDOM_BATCH at a time: a call to the
+ * strong source costs about as much as a short put's own work (3% of the
+ * put-get-ack cycle's time went to it, one call per token), and one call
+ * for many numbers is as strong as one call each.
+ */
+#define RANDOM_BATCH 32
+
+static int64 random_batch[RANDOM_BATCH];
+static int	random_left = 0;
+
+/*
  * A random nonzero 63-bit number from the operating system's strong
  * source: a token is a capability, and the tokens of one backend must not
  * tell the next (a fast generator's output does, from a few of them).
@@ -71,11 +82,17 @@ RandomToken(void)
 
 	do
 	{
-		if (!pg_strong_random(&token, sizeof(token)))
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not generate a random data token")));
-		token &= PG_INT64_MAX;
+		if (random_left == 0)
+		{
+			if (!pg_strong_random(random_batch, sizeof(random_batch)))
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not generate a random data token")));
+			random_left = RANDOM_BATCH;
+		}
+		token = random_batch[--random_left] & PG_INT64_MAX;
+		/* a number handed out is not kept where a later look could find it */
+		random_batch[random_left] = 0;
 	} while (token == 0);
 	return token;
 }
