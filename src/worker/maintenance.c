@@ -60,16 +60,19 @@ static struct
 } sweep_from = {0, 0, DT_NOBEGIN, 0};
 
 /*
- * The next SWEEP_SCAN messages after ($1, $2, $3, $4) in the ready index's
- * order, read as one range of it: the last one's key and how many were
- * read, and by queue the exhausted ones ready at $5 whose lease has run
- * out.  One row per queue met (none when nothing was read).
+ * The next SWEEP_SCAN messages ready at $5 after ($1, $2, $3, $4) in the
+ * ready index's order, read as one range of it: the last one's key and how
+ * many were read, and by queue the exhausted ones whose lease has run out.
+ * One row per queue met (none when nothing was read).  The index passes
+ * over delayed messages (and a group's waiting ones) itself, without
+ * reading their rows: they cannot be exhausted before they are ready.
  */
 static RmsgPlan exhausted_scan_plan = {
 	"WITH slice AS MATERIALIZED ("
 	"       SELECT m.queue_id, m.priority, m.visible_at, m.msg_id, m.deliveries, m.lease_until"
 	"         FROM rmsg.message m"
 	"        WHERE (m.queue_id, m.priority, m.visible_at, m.msg_id) > ($1, $2, $3, $4)"
+	"          AND m.visible_at <= $5"
 	"        ORDER BY m.queue_id, m.priority, m.visible_at, m.msg_id"
 	"        LIMIT " CppAsString2(SWEEP_SCAN) "),"
 	" last AS (SELECT s.queue_id, s.priority, s.visible_at, s.msg_id FROM slice s"
@@ -78,8 +81,7 @@ static RmsgPlan exhausted_scan_plan = {
 	" SELECT l.queue_id, l.priority, l.visible_at, l.msg_id,"
 	"        (SELECT count(*) FROM slice) AS n, q.name AS queue_name,"
 	"        (SELECT array_agg(s.msg_id) FROM slice s"
-	"          WHERE s.queue_id = q.queue_id AND s.visible_at <= $5"
-	"            AND s.deliveries >= q.max_deliveries"
+	"          WHERE s.queue_id = q.queue_id AND s.deliveries >= q.max_deliveries"
 	"            AND (s.lease_until IS NULL OR s.lease_until <= $5)) AS exhausted"
 	"   FROM last l"
 	"   LEFT JOIN rmsg.queue q ON q.queue_id IN (SELECT s.queue_id FROM slice s)",
