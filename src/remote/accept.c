@@ -40,8 +40,9 @@
  * role never sent, or whose payload row has been collected since, cannot
  * be put: the transfer takes the messages before it and answers the
  * number before it, and the sender sends the rest again with their data.
- * A role finds only the keys it sent itself, so naming a key shows it
- * nothing it did not have.
+ * A role finds only the keys sent under its own name, and only by knowing
+ * them: the role the worker connects as carries every producer's data, and
+ * whoever can log in as it must not reach that data by guessing a key.
  *
  *-------------------------------------------------------------------------
  */
