@@ -197,6 +197,9 @@ extern bool RmsgReadyHintMayMove(int32 queue_id);
 extern void RmsgReadyHintXactEnd(void);
 extern void RmsgReadyHintForget(int32 queue_id);
 
+/* queue/ready_scan.c: where a reader that is not a get may start */
+extern RmsgHintKey RmsgReadyFront(int32 queue_id, int lane, TimestampTz now);
+
 /* queue/long_poll.c: long polling, woken by the commits that make messages ready */
 extern Size RmsgLongPollShmemSize(void);
 extern void RmsgLongPollShmemStartup(void);

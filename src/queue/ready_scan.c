@@ -193,6 +193,7 @@ typedef struct ReadyWalker
 {
 	const RmsgRelations *rels;
 	Relation	rel;
+	Relation	index;			/* the ready index */
 	Snapshot	snapshot;
 	IndexScanDesc scan;			/* of the ready index, rescanned per lane */
 	TupleTableSlot *seen;		/* the version our snapshot sees */
@@ -206,6 +207,7 @@ typedef struct ReadyWalker
 	TimestampTz lease_end;
 	int32		max_deliveries;
 	bool		may_move;		/* whether this transaction may move the hints */
+	bool		front_only;		/* move the hint only: lock and lease nothing */
 } ReadyWalker;
 
 /*
@@ -258,12 +260,13 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 	keys[3].sk_argument = PointerGetDatum(from_hint);
 	index_rescan(scan, keys, 4, NULL, 0);
 
-	while (nfound < max && (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
+	while ((w->front_only ? moving_hint : nfound < max) &&
+		   (tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
 	{
 		TM_FailureData tmfd;
 		TM_Result	result;
 		bool		isnull;
-		RmsgTaken  *t = &taken[nfound];
+		RmsgTaken  *t = taken != NULL ? &taken[nfound] : NULL;
 
 		/*
 		 * The entry's own tid, the root of its HOT chain: fetching the
@@ -320,6 +323,8 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 			hint_to = EntryKey(scan);
 			moving_hint = false;
 		}
+		if (w->front_only)
+			break;
 
 		result = table_tuple_lock(w->rel, &w->seen->tts_tid, w->snapshot, w->locked, w->cid,
 								  LockTupleExclusive, LockWaitSkip,
@@ -358,6 +363,50 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 }
 
 /*
+ * Opens what a walk of queue_id's ready index needs.  READ COMMITTED looks
+ * at the newest committed state, so that a get waiting in a loop sees
+ * messages committed since it started.
+ */
+static void
+BeginWalks(ReadyWalker *w, int32 queue_id, TimestampTz now, const char *caller)
+{
+	w->rels = RmsgGetRelations();
+	w->queue_id = queue_id;
+	w->now = now;
+	w->lease_end = now;
+	w->max_deliveries = 0;
+	w->front_only = false;
+	w->cid = GetCurrentCommandId(true);
+	w->may_move = RmsgReadyHintMayMove(queue_id);
+	w->rel = table_open(w->rels->message, RowExclusiveLock);
+	RmsgRefuseBypass(w->rel, caller);
+	w->index = index_open(w->rels->message_ready_idx, AccessShareLock);
+	w->snapshot = RegisterSnapshot(IsolationUsesXactSnapshot()
+								   ? GetTransactionSnapshot() : GetLatestSnapshot());
+	w->seen = table_slot_create(w->rel, NULL);
+	w->locked = table_slot_create(w->rel, NULL);
+	w->leased = table_slot_create(w->rel, NULL);
+	w->dirty = table_slot_create(w->rel, NULL);
+	w->dirty_fetch = table_index_fetch_begin(w->rel);
+	w->scan = index_beginscan(w->rel, w->index, w->snapshot, 4, 0);
+	w->scan->xs_want_itup = true;	/* for each entry's key */
+}
+
+static void
+EndWalks(ReadyWalker *w)
+{
+	index_endscan(w->scan);
+	table_index_fetch_end(w->dirty_fetch);
+	ExecDropSingleTupleTableSlot(w->dirty);
+	ExecDropSingleTupleTableSlot(w->seen);
+	ExecDropSingleTupleTableSlot(w->locked);
+	ExecDropSingleTupleTableSlot(w->leased);
+	UnregisterSnapshot(w->snapshot);
+	index_close(w->index, NoLock);
+	table_close(w->rel, NoLock);
+}
+
+/*
  * Locks and leases up to max ready messages of the queue, highest priority
  * first and oldest-ready first within one, into taken[]; returns how many
  * it locked.  Messages other transactions have locked are skipped, never
@@ -369,42 +418,20 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 					   int32 max_deliveries, int max, RmsgTaken *taken)
 {
 	ReadyWalker w;
-	Relation	index;
 	uint16		lanes;
 	int			nfound = 0;
 
-	w.rels = RmsgGetRelations();
-	w.queue_id = queue_id;
-	w.now = now;
+	BeginWalks(&w, queue_id, now, "rmsg.get");
 	w.lease_end = lease_end;
 	w.max_deliveries = max_deliveries;
-	w.cid = GetCurrentCommandId(true);
-	w.may_move = RmsgReadyHintMayMove(queue_id);
-	w.rel = table_open(w.rels->message, RowExclusiveLock);
-	RmsgRefuseBypass(w.rel, "rmsg.get");
-	index = index_open(w.rels->message_ready_idx, AccessShareLock);
 
 	/* the lanes to walk: known to the hint, or looked up in the index */
 	lanes = RmsgReadyHintLanes(queue_id);
 	if (lanes == 0)
 	{
-		lanes = RmsgProbeLanes(w.rel, index, queue_id);
+		lanes = RmsgProbeLanes(w.rel, w.index, queue_id);
 		RmsgReadyHintLanesFound(queue_id, lanes);
 	}
-
-	/*
-	 * READ COMMITTED looks at the newest committed state, so that a get
-	 * waiting in a loop sees messages committed since it started.
-	 */
-	w.snapshot = RegisterSnapshot(IsolationUsesXactSnapshot()
-								  ? GetTransactionSnapshot() : GetLatestSnapshot());
-	w.seen = table_slot_create(w.rel, NULL);
-	w.locked = table_slot_create(w.rel, NULL);
-	w.leased = table_slot_create(w.rel, NULL);
-	w.dirty = table_slot_create(w.rel, NULL);
-	w.dirty_fetch = table_index_fetch_begin(w.rel);
-	w.scan = index_beginscan(w.rel, index, w.snapshot, 4, 0);
-	w.scan->xs_want_itup = true;	/* for each entry's key */
 
 	for (int lane = RMSG_MAX_PRIORITY; lane >= 0 && nfound < max; lane--)
 		if (lanes & (1 << lane))
@@ -412,16 +439,31 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 
 	/* as after a statement: what we wrote is seen by the commands after us */
 	CommandCounterIncrement();
-	index_endscan(w.scan);
-	table_index_fetch_end(w.dirty_fetch);
 	if (nfound > 0)
 		RmsgReadyHintTouched(queue_id); /* we leased, or will move, some */
-	ExecDropSingleTupleTableSlot(w.dirty);
-	ExecDropSingleTupleTableSlot(w.seen);
-	ExecDropSingleTupleTableSlot(w.locked);
-	ExecDropSingleTupleTableSlot(w.leased);
-	UnregisterSnapshot(w.snapshot);
-	index_close(index, NoLock);
-	table_close(w.rel, NoLock);
+	EndWalks(&w);
 	return nfound;
+}
+
+/*
+ * Where a reader of one lane of the queue that is not a get may start:
+ * moves the lane's hint over the entries at its front that nobody needs
+ * to look at again (gone for good, or leased by a committed get), locking
+ * and leasing nothing, and returns the hint's key.  No entry before that
+ * key holds a message that is ready and not leased; a message put since by
+ * a transaction still open may still come before it, and the next call
+ * finds it (its writer lowered the hint).  The worker's numbering of a
+ * remote queue starts there: from the front of the lane it read, under a
+ * held horizon, every entry of every message it had already moved.
+ */
+RmsgHintKey
+RmsgReadyFront(int32 queue_id, int lane, TimestampTz now)
+{
+	ReadyWalker w;
+
+	BeginWalks(&w, queue_id, now, "the numbering of a remote queue");
+	w.front_only = true;
+	(void) WalkLane(&w, lane, 0, NULL);
+	EndWalks(&w);
+	return RmsgReadyHintRead(queue_id, lane, now).start;
 }
