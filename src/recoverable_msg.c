@@ -39,6 +39,7 @@ static const RmsgShmemArea shmem_areas[] = {
 	{"ready hints", RmsgReadyHintShmemSize, RmsgReadyHintShmemStartup},
 	{"called components", RmsgComponentsShmemSize, RmsgComponentsShmemStartup},
 	{"instance cache", RmsgInstanceCacheShmemSize, RmsgInstanceCacheShmemStartup},
+	{"line hints", RmsgLineHintShmemSize, RmsgLineHintShmemStartup},
 	{"workers", RmsgWorkerShmemSize, RmsgWorkerShmemStartup},
 	{"flow control", RmsgFlowShmemSize, RmsgFlowShmemStartup},
 };
@@ -68,6 +69,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			RmsgCatalogXactEnd();
 			RmsgReadyHintXactEnd();
+			RmsgLineHintXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
 			RmsgInstanceCacheXactEnd();
@@ -78,6 +80,7 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			RmsgCatalogXactEnd();
 			RmsgReadyHintXactEnd();
+			RmsgLineHintXactEnd();
 			RmsgWakeupXactEnd(false);
 			/*
 			 * A prepared reply's CLSN is not ours to learn, and need not

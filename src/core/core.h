@@ -109,6 +109,8 @@ typedef struct RmsgPlan
 
 extern int	RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 							bool latest_snapshot, long count);
+extern int	RmsgPlanExecuteIn(RmsgPlan *p, Datum *values, const bool *isnull,
+							  Snapshot snapshot, long count);
 extern void RmsgExecuteAsCaller(SPIPlanPtr *plan, int nargs, const char *sql, Oid *types,
 								Datum *args, const char *nulls);
 extern void RmsgSpiConnect(void);
@@ -181,6 +183,8 @@ typedef struct RmsgRelations
 	Oid			payload_hash_idx;
 	Oid			payload_id_seq;
 	Oid			instance;
+	Oid			instance_message;
+	Oid			instance_message_line_idx;	/* (instance_id, msg_id) */
 	Oid			queue;
 	Oid			caller;
 	Oid			namespace;		/* rmsg */

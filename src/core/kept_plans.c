@@ -96,6 +96,22 @@ int
 RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 				bool latest_snapshot, long count)
 {
+	return RmsgPlanExecuteIn(p, values, isnull,
+							 latest_snapshot && IsolationUsesXactSnapshot()
+							 ? GetLatestSnapshot() : InvalidSnapshot,
+							 count);
+}
+
+/*
+ * Run a kept statement with the given snapshot (InvalidSnapshot: as a
+ * statement would, a fresh one under READ COMMITTED): for a caller that
+ * must read shared memory after the snapshot was taken, so that what it
+ * reads is at least as new as what the statement sees.
+ */
+int
+RmsgPlanExecuteIn(RmsgPlan *p, Datum *values, const bool *isnull,
+				  Snapshot snapshot, long count)
+{
 	const RmsgRelations *rels = RmsgGetRelations();
 	char		nulls[lengthof(p->argtypes)];
 	int			rc;
@@ -120,9 +136,8 @@ RmsgPlanExecute(RmsgPlan *p, Datum *values, const bool *isnull,
 	{
 		SPIPlanPtr	plan = RmsgPlanGet(p);
 
-		if (latest_snapshot && IsolationUsesXactSnapshot())
-			rc = SPI_execute_snapshot(plan, values, nulls,
-									  GetLatestSnapshot(), InvalidSnapshot,
+		if (snapshot != InvalidSnapshot)
+			rc = SPI_execute_snapshot(plan, values, nulls, snapshot, InvalidSnapshot,
 									  false, true, count);
 		else
 			rc = SPI_execute_plan(plan, values, nulls, false, count);

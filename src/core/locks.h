@@ -22,6 +22,9 @@
  *							  each entry's fields have a spinlock)
  *	  RMSG_LWLOCK_FLOW		  worker/flow.c: the workers in each limited
  *							  queue's turns and its token bucket
+ *	  RMSG_LWLOCK_LINE_HINTS  instance/line_hint.c: where each instance's
+ *							  receives start (exclusive to add or remove an
+ *							  entry; each entry has a spinlock)
  *
  *    Besides these: each worker slot has a spinlock (worker/slots.c), and
  *    long polling sleeps on condition variables (queue/long_poll.c).
@@ -85,6 +88,7 @@ typedef enum RmsgLWLockId
 	RMSG_LWLOCK_INSTANCES,
 	RMSG_LWLOCK_READY_HINTS,
 	RMSG_LWLOCK_FLOW,
+	RMSG_LWLOCK_LINE_HINTS,
 	RMSG_LWLOCK_COUNT
 } RmsgLWLockId;
 

@@ -258,6 +258,8 @@ RmsgGetRelations(void)
 		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
 		relations.payload_id_seq = RelidOf(namespace, "payload_id_seq");
 		relations.instance = RelidOf(namespace, "instance");
+		relations.instance_message = RelidOf(namespace, "instance_message");
+		relations.instance_message_line_idx = RelidOf(namespace, "instance_message_line_idx");
 		relations.queue = RelidOf(namespace, "queue");
 		relations.caller = RelidOf(namespace, "caller");
 

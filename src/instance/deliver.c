@@ -109,6 +109,8 @@ rmsg_deliver(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&deliver_plan, values, nulls, false, 0);
 	msg_id = DatumGetInt64(RmsgSpiNotNull(0, "msg_id"));
 	RmsgSpiFinish();
+	/* before we commit: no receive may start past our msg_id (line_hint.c) */
+	RmsgLineHintLower(instance.instance_id, msg_id);
 	if (!deferred)
 		RmsgInstanceMessagesReady();
 

@@ -34,6 +34,16 @@ extern bool RmsgTryOpenInstanceById(int64 instance_id, RmsgInstanceFilter wanted
 extern void RmsgUnlockInstance(const char *name, RmsgNameLock lock_kind);
 extern void RmsgInstanceChanged(const char *name);
 extern void RmsgInstanceCacheXactEnd(void);
+
+/* instance/line_hint.c: where a receive may start in an instance's line */
+extern Size RmsgLineHintShmemSize(void);
+extern void RmsgLineHintShmemStartup(void);
+extern void RmsgLineHintWalk(int64 instance_id);
+extern int64 RmsgLineHintRead(int64 instance_id);
+extern void RmsgLineHintLower(int64 instance_id, int64 msg_id);
+extern void RmsgLineHintTouched(int64 instance_id);
+extern void RmsgLineHintXactEnd(void);
+extern int64 RmsgNextLineWithMessages(int64 after);
 extern void RmsgReportNoInstance(const char *name);
 
 /* instance/receive.c: an instance's head message, for the worker */

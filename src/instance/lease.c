@@ -77,10 +77,15 @@ FindMessage(int64 msg_id, int64 *instance_id, int32 *deliveries, bool *exists)
 
 	RmsgPlanExecute(&where_plan, &arg, NULL, false, 1);
 	*exists = (SPI_processed > 0);
+	if (*exists)
+	{
+		*instance_id = DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
+		*deliveries = DatumGetInt32(RmsgSpiNotNull(0, "deliveries"));
+	}
+	/* freed now: an ack of an array looks up each msg_id in one connection */
+	SPI_freetuptable(SPI_tuptable);
 	if (!*exists)
 		return false;
-	*instance_id = DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
-	*deliveries = DatumGetInt32(RmsgSpiNotNull(0, "deliveries"));
 	return RmsgObjectRights(RMSG_INSTANCE, *instance_id, NULL, GetUserId(), &rights, NULL) &&
 		(rights & RMSG_RECEIVE) != 0;
 }
@@ -110,7 +115,10 @@ AckInstanceMessage(int64 msg_id, const int64 *receipt, TimestampTz now)
 	values[3] = TimestampTzGetDatum(now);
 	RmsgPlanExecute(&ack_plan, values, nulls, false, 0);
 	if (SPI_processed > 0)
+	{
+		RmsgLineHintTouched(instance_id);	/* line_hint.c */
 		return RMSG_SETTLE_DONE;
+	}
 	return receipt != NULL ? RMSG_SETTLE_STALE : RMSG_SETTLE_REFUSED;
 }
 

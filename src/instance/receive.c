@@ -41,6 +41,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "instance/instance.h"
@@ -51,8 +52,9 @@ PG_FUNCTION_INFO_V1(rmsg_receive_any);
 /*
  * Leases up to $4 messages from the head of instance $1's line, unless the
  * head of the line or of its recovery messages is in flight.  $2 now, $3 the
- * lease's end.  The two statements differ only in the line they take from:
- * all messages, or (in recovery) the recovery ones.
+ * lease's end, $5 where the line's hint says it starts (line_hint.c: no
+ * message below it is still there).  The two statements differ only in the
+ * line they take from: all messages, or (in recovery) the recovery ones.
  *
  * Each part is written so that only the line's index serves it.  With an
  * equality on instance_id, the planner takes the wanted order to be msg_id
@@ -65,10 +67,11 @@ PG_FUNCTION_INFO_V1(rmsg_receive_any);
 #define IN_FLIGHT_CHECK \
 	"WITH busy AS (" \
 	"  SELECT coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
-	"                    WHERE instance_id BETWEEN $1 AND $1" \
+	"                    WHERE instance_id BETWEEN $1 AND $1 AND msg_id >= $5" \
 	"                    ORDER BY instance_id, msg_id LIMIT 1), false)" \
 	"      OR coalesce((SELECT lease_until > $2 FROM rmsg.instance_message" \
 	"                    WHERE instance_id BETWEEN $1 AND $1 AND kind = 'recovery'" \
+	"                      AND msg_id >= $5" \
 	"                    ORDER BY instance_id, msg_id LIMIT 1), false) AS busy),"
 #define LEASE_PICKED \
 	" leased AS (" \
@@ -82,30 +85,24 @@ static RmsgPlan receive_plan = {
 	IN_FLIGHT_CHECK
 	" picked AS ("
 	"  SELECT msg_id FROM rmsg.instance_message"
-	"   WHERE instance_id BETWEEN $1 AND $1 AND NOT (SELECT busy FROM busy)"
+	"   WHERE instance_id BETWEEN $1 AND $1 AND msg_id >= $5"
+	"     AND NOT (SELECT busy FROM busy)"
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
 static RmsgPlan receive_recovery_plan = {
 	IN_FLIGHT_CHECK
 	" picked AS ("
 	"  SELECT msg_id FROM rmsg.instance_message"
-	"   WHERE instance_id BETWEEN $1 AND $1 AND kind = 'recovery'"
+	"   WHERE instance_id BETWEEN $1 AND $1 AND kind = 'recovery' AND msg_id >= $5"
 	"     AND NOT (SELECT busy FROM busy)"
 	"     AND (lease_until IS NULL OR lease_until <= $2)"
 	"   ORDER BY instance_id, msg_id LIMIT $4),"
 	LEASE_PICKED,
-	4, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID}
-};
-
-/* The next instance with messages after $1, by id. */
-static RmsgPlan next_instance_plan = {
-	"SELECT instance_id FROM rmsg.instance_message"
-	" WHERE instance_id > $1 ORDER BY instance_id LIMIT 1",
-	1, {INT8OID}
+	5, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID}
 };
 
 /* The last instance receive_any visited in this backend: it goes on after it. */
@@ -131,16 +128,27 @@ static int
 LeaseFromLine(const RmsgInstance *instance, int max, int64 visibility)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	Datum		args[4];
+	Datum		args[5];
+	Snapshot	snapshot;
 
+	/*
+	 * Past what is gone for good at the head of the line (line_hint.c).
+	 * The hint is read after the statement's snapshot is taken: a delivery
+	 * the snapshot sees lowered it before committing, so the statement
+	 * does not start past it.
+	 */
+	RmsgLineHintWalk(instance->instance_id);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	args[0] = Int64GetDatum(instance->instance_id);
 	args[1] = TimestampTzGetDatum(now);
 	args[2] = TimestampTzGetDatum(RmsgTimeAfter(now, visibility));
 	args[3] = Int32GetDatum(max);
+	args[4] = Int64GetDatum(RmsgLineHintRead(instance->instance_id));
 	RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
-	RmsgPlanExecute(instance->recovering ? &receive_recovery_plan : &receive_plan,
-					args, NULL, true, 0);
+	RmsgPlanExecuteIn(instance->recovering ? &receive_recovery_plan : &receive_plan,
+					  args, NULL, snapshot, 0);
 	RmsgLazyWriteEnd();
+	UnregisterSnapshot(snapshot);
 	return (int) SPI_processed;
 }
 
@@ -175,18 +183,6 @@ ReturnLeased(const char *name, ReturnSetInfo *rsinfo)
 	}
 }
 
-/* The next instance id after `after` that has messages; 0 when none. */
-static int64
-NextInstanceWithMessages(int64 after)
-{
-	Datum		arg = Int64GetDatum(after);
-
-	RmsgPlanExecute(&next_instance_plan, &arg, NULL, true, 1);
-	if (SPI_processed == 0)
-		return 0;
-	return DatumGetInt64(RmsgSpiNotNull(0, "instance_id"));
-}
-
 /* Leases from a line the round below has locked; returns how many. */
 typedef int (*LineTaker) (const RmsgInstance *instance, const char *name, void *arg);
 
@@ -214,7 +210,7 @@ TakeRoundRobin(int64 *cursor, int want, RmsgInstanceFilter wanted,
 		int			leased;
 
 		CHECK_FOR_INTERRUPTS();
-		id = NextInstanceWithMessages(id);
+		id = RmsgNextLineWithMessages(id);	/* line_hint.c */
 		if (id == 0)
 		{
 			if (wrapped || start == 0)

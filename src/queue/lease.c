@@ -137,15 +137,23 @@ static bool
 AckOther(int64 msg_id, const int64 *receipt, TimestampTz now)
 {
 	Datum		values[2];
-	int32		queue_id;
+	int32		queue_id = 0;
+	bool		dead;
 
 	values[0] = Int64GetDatum(msg_id);
 	RmsgPlanExecute(&dead_plan, values, NULL, false, 1);
-	if (SPI_processed == 0)
+	/*
+	 * Each result lives until the SPI connection ends unless freed, and an
+	 * ack of an array looks up each msg_id in one connection: 100,000 of
+	 * them took 5.6 s, the memory growing with each, against 66 ms for 10,000.
+	 */
+	dead = SPI_processed > 0;
+	if (dead)
+		queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
+	SPI_freetuptable(SPI_tuptable);
+	if (!dead)
 		return AskOtherKeeper(other_keeper != NULL ? other_keeper->ack(msg_id, receipt, now)
 							  : RMSG_SETTLE_NOT_MINE, receipt);
-
-	queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
 	if (!MayGet(queue_id))
 		return false;
 	if (receipt != NULL)
