@@ -69,7 +69,6 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			RmsgCatalogXactEnd();
 			RmsgReadyHintXactEnd();
-			RmsgLineHintXactEnd();
 			RmsgWakeupXactEnd(true);
 			RmsgComponentsXactEnd(true);
 			RmsgInstanceCacheXactEnd();
@@ -80,7 +79,6 @@ RmsgXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			RmsgCatalogXactEnd();
 			RmsgReadyHintXactEnd();
-			RmsgLineHintXactEnd();
 			RmsgWakeupXactEnd(false);
 			/*
 			 * A prepared reply's CLSN is not ours to learn, and need not

@@ -23,6 +23,7 @@
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_trigger.h"
@@ -33,6 +34,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 
 #include "core/core.h"
 
@@ -203,7 +205,9 @@ CheckReadyIndex(const RmsgRelations *r)
 	int2vector *keys = &index->rd_index->indkey;
 	bool		ok;
 
-	ok = index->rd_index->indnkeyatts == 4 &&
+	ok = index->rd_rel->relam == BTREE_AM_OID &&
+		RelationGetIndexPredicate(index) == NIL &&
+		index->rd_index->indnkeyatts == 4 &&
 		keys->values[0] == r->att_queue_id &&
 		keys->values[1] == r->att_priority &&
 		keys->values[2] == r->att_visible_at &&
@@ -213,6 +217,35 @@ CheckReadyIndex(const RmsgRelations *r)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("index rmsg.message_ready_idx is not on (queue_id, priority, visible_at, msg_id)"),
+				 errhint("Reinstall the extension, or recreate the index as its script does.")));
+}
+
+/*
+ * instance/line_hint.c walks instance_message_line_idx by its column
+ * numbers too, (instance_id, msg_id), and takes every entry of a line to
+ * be in it: an index of another shape would be searched with keys of the
+ * wrong types, and a partial one would let the walk pass messages it
+ * lacks.  Refuse it.
+ */
+static void
+CheckLineIndex(const RmsgRelations *r)
+{
+	Relation	rel = table_open(r->instance_message, AccessShareLock);
+	Relation	index = index_open(r->instance_message_line_idx, AccessShareLock);
+	int2vector *keys = &index->rd_index->indkey;
+	bool		ok;
+
+	ok = index->rd_rel->relam == BTREE_AM_OID &&
+		RelationGetIndexPredicate(index) == NIL &&
+		index->rd_index->indnkeyatts == 2 &&
+		keys->values[0] == AttnumOf(rel, "instance_id") &&
+		keys->values[1] == AttnumOf(rel, "msg_id");
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index rmsg.instance_message_line_idx is not on (instance_id, msg_id)"),
 				 errhint("Reinstall the extension, or recreate the index as its script does.")));
 }
 
@@ -279,6 +312,7 @@ RmsgGetRelations(void)
 		relations.att_priority = AttnumOf(rel, "priority");
 		table_close(rel, NoLock);
 		CheckReadyIndex(&relations);
+		CheckLineIndex(&relations);
 
 		rel = table_open(relations.payload, AccessShareLock);
 		relations.att_payload_payload_id = AttnumOf(rel, "payload_id");

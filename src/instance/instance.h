@@ -41,8 +41,6 @@ extern void RmsgLineHintShmemStartup(void);
 extern void RmsgLineHintWalk(int64 instance_id);
 extern int64 RmsgLineHintRead(int64 instance_id);
 extern void RmsgLineHintLower(int64 instance_id, int64 msg_id);
-extern void RmsgLineHintTouched(int64 instance_id);
-extern void RmsgLineHintXactEnd(void);
 extern int64 RmsgNextLineWithMessages(int64 after);
 extern void RmsgReportNoInstance(const char *name);
 

@@ -115,10 +115,7 @@ AckInstanceMessage(int64 msg_id, const int64 *receipt, TimestampTz now)
 	values[3] = TimestampTzGetDatum(now);
 	RmsgPlanExecute(&ack_plan, values, nulls, false, 0);
 	if (SPI_processed > 0)
-	{
-		RmsgLineHintTouched(instance_id);	/* line_hint.c */
 		return RMSG_SETTLE_DONE;
-	}
 	return receipt != NULL ? RMSG_SETTLE_STALE : RMSG_SETTLE_REFUSED;
 }
 

@@ -195,7 +195,6 @@ rmsg_drop_instance(PG_FUNCTION_ARGS)
 	RmsgSpiConnect();
 	RmsgPlanExecute(&drop_plan, &arg, NULL, true, 0);
 	RmsgSpiFinish();
-	RmsgLineHintTouched(instance.instance_id);	/* line_hint.c */
 	RmsgInstanceChanged(name);
 	PG_RETURN_VOID();
 }

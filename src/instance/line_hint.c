@@ -40,10 +40,9 @@
  * is unchanged, checked under the lock a lowering must take after
  * counting.  So either the walk sees the write and gives up (the next
  * receive walks again), or the lowering comes after the walk's move and
- * undoes it.  And a transaction walks no line whose messages it deleted
- * (RmsgLineHintTouched: an ack, a drop): the dirty snapshot cannot tell its
- * own deletions from committed ones, and they all come back if it rolls
- * back.
+ * undoes it.  And a walk does not pass a message its own transaction
+ * deleted (an ack, a drop, DROP OWNED): the dirty snapshot cannot tell
+ * those from committed deletes, and they all come back if it rolls back.
  *
  * A receive reads line_from again after its statement's snapshot is taken
  * (receive.c): a delivery that committed before that snapshot lowered the
@@ -61,9 +60,11 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
@@ -86,12 +87,6 @@
 
 /* Counters of lowerings, one per group of instances that hash alike. */
 #define RMSG_LINE_WRITE_SLOTS 1024
-
-/*
- * The instances whose messages this transaction deleted.  Bounded: past
- * it, every instance counts as touched.
- */
-#define RMSG_MAX_TOUCHED_LINES 16
 
 /* An instance of a database's extension; zeroed first (hashed as bytes). */
 typedef struct LineKey
@@ -116,10 +111,6 @@ typedef struct LineHintShared
 
 static LineHintShared *shared = NULL;
 static HTAB *line_hints = NULL;
-
-static int64 touched[RMSG_MAX_TOUCHED_LINES];
-static int	ntouched = 0;
-static bool touched_overflow = false;
 
 Size
 RmsgLineHintShmemSize(void)
@@ -274,52 +265,39 @@ RmsgLineHintLower(int64 instance_id, int64 msg_id)
 	LWLockRelease(shared->lock);
 }
 
-/* This transaction deleted messages of the instance. */
-void
-RmsgLineHintTouched(int64 instance_id)
-{
-	for (int i = 0; i < ntouched; i++)
-		if (touched[i] == instance_id)
-			return;
-	if (ntouched < RMSG_MAX_TOUCHED_LINES)
-		touched[ntouched++] = instance_id;
-	else
-		touched_overflow = true;
-}
-
-static bool
-Touched(int64 instance_id)
-{
-	if (touched_overflow)
-		return true;
-	for (int i = 0; i < ntouched; i++)
-		if (touched[i] == instance_id)
-			return true;
-	return false;
-}
-
-/* The transaction ended (or was prepared). */
-void
-RmsgLineHintXactEnd(void)
-{
-	ntouched = 0;
-	touched_overflow = false;
-}
-
 /*
  * Whether the index entry at tid is gone for good: a dirty snapshot finds
  * no version of its row (every version deleted by a committed transaction
- * or inserted by an aborted one).
+ * or inserted by an aborted one), and no version was deleted by this very
+ * transaction.  The dirty snapshot cannot tell our own deletes (an ack, a
+ * drop, DROP OWNED, the worker's ack, before a receive in the same
+ * transaction) from committed ones, and they all come back if we roll back.
  */
 static bool
 EntryGone(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot)
 {
 	SnapshotData dirty;
+	ItemPointerData at = *tid;
 	bool		call_again = false;
 	bool		all_dead = false;
 
 	InitDirtySnapshot(dirty);
-	return !table_index_fetch_tuple(fetch, tid, &dirty, slot, &call_again, &all_dead);
+	if (table_index_fetch_tuple(fetch, &at, &dirty, slot, &call_again, &all_dead))
+		return false;
+
+	/* every version of the HOT chain, whatever its state */
+	at = *tid;
+	call_again = false;
+	while (table_index_fetch_tuple(fetch, &at, SnapshotAny, slot, &call_again, &all_dead))
+	{
+		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+
+		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetUpdateXid(tuple->t_data)))
+			return false;
+		if (!call_again)
+			break;
+	}
+	return true;
 }
 
 /*
@@ -344,7 +322,7 @@ RmsgLineHintWalk(int64 instance_id)
 	int64		to;
 	int64		passed = 0;
 
-	if (line_hints == NULL || Touched(instance_id))
+	if (line_hints == NULL)
 		return;
 	rels = RmsgGetRelations();
 	MakeKey(&key, instance_id);

@@ -198,7 +198,7 @@ extern void RmsgReadyHintXactEnd(void);
 extern void RmsgReadyHintForget(int32 queue_id);
 
 /* queue/ready_scan.c: where a reader that is not a get may start */
-extern RmsgHintKey RmsgReadyFront(int32 queue_id, int lane, TimestampTz now);
+extern void RmsgReadyFront(int32 queue_id, int lane, TimestampTz now);
 
 /* queue/long_poll.c: long polling, woken by the commits that make messages ready */
 extern Size RmsgLongPollShmemSize(void);

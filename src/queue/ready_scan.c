@@ -446,17 +446,17 @@ RmsgLeaseReadyMessages(int32 queue_id, TimestampTz now, TimestampTz lease_end,
 }
 
 /*
- * Where a reader of one lane of the queue that is not a get may start:
- * moves the lane's hint over the entries at its front that nobody needs
- * to look at again (gone for good, or leased by a committed get), locking
- * and leasing nothing, and returns the hint's key.  No entry before that
- * key holds a message that is ready and not leased; a message put since by
- * a transaction still open may still come before it, and the next call
- * finds it (its writer lowered the hint).  The worker's numbering of a
- * remote queue starts there: from the front of the lane it read, under a
- * held horizon, every entry of every message it had already moved.
+ * For a reader of one lane of the queue that is not a get: moves the
+ * lane's hint over the entries at its front that nobody needs to look at
+ * again (gone for good, or leased by a committed get), locking and leasing
+ * nothing.  The reader then takes its statement's snapshot and starts at
+ * the hint's key (RmsgReadyHintRead): no entry before it holds a message
+ * that is ready and not leased, and a put its snapshot sees lowered the
+ * hint before it committed.  The worker's numbering of a remote queue
+ * starts there: from the front of the lane it read, under a held horizon,
+ * every entry of every message it had already moved.
  */
-RmsgHintKey
+void
 RmsgReadyFront(int32 queue_id, int lane, TimestampTz now)
 {
 	ReadyWalker w;
@@ -465,5 +465,4 @@ RmsgReadyFront(int32 queue_id, int lane, TimestampTz now)
 	w.front_only = true;
 	(void) WalkLane(&w, lane, 0, NULL);
 	EndWalks(&w);
-	return RmsgReadyHintRead(queue_id, lane, now).start;
 }

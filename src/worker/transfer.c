@@ -51,6 +51,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "remote/remote.h"
@@ -279,6 +280,7 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 {
 	RmsgQueue	queue;
 	TimestampTz now;
+	Snapshot	snapshot;
 	RmsgHintKey front;
 	Datum		values[6];
 	Datum		read_values[4];
@@ -292,15 +294,23 @@ NumberAndRead(const RmsgRemote *r, Batch *batch, MemoryContext into)
 		RmsgSpiFinish();
 		return false;
 	}
+	/*
+	 * Past what is gone at the front of the lane.  The hint is read after
+	 * the statement's snapshot is taken: a put the snapshot sees lowered
+	 * it before committing, so the statement does not start past it.
+	 */
 	now = GetCurrentTimestamp();
-	front = RmsgReadyFront(r->queue_id, 0, now);
+	RmsgReadyFront(r->queue_id, 0, now);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	front = RmsgReadyHintRead(r->queue_id, 0, now).start;
 	values[0] = Int32GetDatum(r->queue_id);
 	values[1] = Int32GetDatum(RMSG_TRANSFER_BATCH);
 	values[2] = TimestampTzGetDatum(now);
 	values[3] = Int64GetDatum(RMSG_TRANSFER_MAX_BYTES);
 	values[4] = TimestampTzGetDatum(front.at);
 	values[5] = Int64GetDatum(front.msg_id);
-	RmsgPlanExecute(&number_plan, values, NULL, true, 0);
+	RmsgPlanExecuteIn(&number_plan, values, NULL, snapshot, 0);
+	UnregisterSnapshot(snapshot);
 	if (SPI_processed > 0 && DatumGetInt64(RmsgSpiNotNull(0, "numbered")) > 0)
 	{
 		RmsgRequireStableCommit();	/* the numbers must outlive a crash */

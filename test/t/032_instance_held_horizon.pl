@@ -17,6 +17,8 @@ use warnings FATAL => 'all';
 #     received once it commits.
 #  3. A transaction that acked messages and then receives does not move
 #     the hint past its own acks: rolled back, they are received again.
+#     The same with DROP OWNED and receive_any.
+#  4. A line index of another shape, or a partial one, is refused.
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -152,6 +154,60 @@ SELECT convert_from(payload, 'UTF8') FROM rmsg.receive('hot');
 }),
 	"40\n0\nr1",
 	'acks rolled back: the first message is received again, not passed by the hint');
+
+# The same through DROP OWNED, which deletes a role's instances with their
+# messages, and receive_any, which walks every line it looks at (found by
+# the attacker's review: the role's messages stayed hidden until a restart).
+$node->safe_psql('postgres', q{
+CREATE ROLE owner_r;
+SELECT rmsg.create_instance('owned');
+SELECT count(*) FROM generate_series(1, 30) i,
+  LATERAL rmsg.deliver('owned', convert_to('o' || i, 'UTF8'));
+SELECT rmsg.alter_instance_owner('owned', 'owner_r');
+});
+is( $node->safe_psql('postgres', q{
+BEGIN;
+DROP OWNED BY owner_r;
+SELECT count(*) FROM rmsg.receive_any(5);
+ROLLBACK;
+SELECT convert_from(payload, 'UTF8') FROM rmsg.receive('owned');
+}),
+	"0\no1",
+	'DROP OWNED rolled back: the first message is received again');
+
+#---------------------------------------------------------------------------
+# 4. The line's index must have its shape
+#---------------------------------------------------------------------------
+
+# The walk searches the index by column number and takes it to hold every
+# entry of a line; one of another shape crashed a receive.
+$node->safe_psql('postgres', q{
+DROP INDEX rmsg.instance_message_line_idx;
+CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, kind);
+});
+my ($rc, $out, $err) = $node->psql('postgres', q{
+\set VERBOSITY verbose
+SELECT * FROM rmsg.receive('hot');});
+like($err, qr/55000.*instance_message_line_idx is not on \(instance_id, msg_id\)/,
+	'a line index of another shape is refused (55000), not searched');
+$node->safe_psql('postgres', q{
+DROP INDEX rmsg.instance_message_line_idx;
+CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, msg_id)
+  WHERE kind = 'normal';
+});
+($rc, $out, $err) = $node->psql('postgres', q{
+\set VERBOSITY verbose
+SELECT * FROM rmsg.receive('hot');});
+like($err, qr/55000/, 'a partial one too');
+$node->safe_psql('postgres', q{
+DROP INDEX rmsg.instance_message_line_idx;
+CREATE INDEX instance_message_line_idx ON rmsg.instance_message (instance_id, msg_id);
+});
+is( $node->safe_psql('postgres', q{
+SELECT rmsg.create_instance('fresh');
+SELECT count(*) FROM rmsg.deliver('fresh', 'x'::bytea);
+SELECT count(*) FROM rmsg.receive('fresh', 10);}),
+	"\n1\n1", 'with the index as made, receives go on');
 
 session_query($holder, 'COMMIT;', 'the horizon is released');
 $node->stop;
