@@ -290,9 +290,10 @@ EntryGone(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot)
 	call_again = false;
 	while (table_index_fetch_tuple(fetch, &at, SnapshotAny, slot, &call_again, &all_dead))
 	{
-		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+		HeapTupleHeader header = ExecFetchSlotHeapTuple(slot, false, NULL)->t_data;
 
-		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetUpdateXid(tuple->t_data)))
+		if (!(header->t_infomask & HEAP_XMAX_INVALID) &&
+			TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetUpdateXid(header)))
 			return false;
 		if (!call_again)
 			break;
