@@ -338,8 +338,15 @@ RmsgLineHintWalk(int64 instance_id)
 	fetch = table_index_fetch_begin(rel);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(instance_id));
 	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(from));
-	/* every entry of the range: the dirty snapshot below judges each */
+	/*
+	 * Every entry of the range: the dirty snapshot below judges each.  The
+	 * entries index scans marked dead too: the btree would step over them
+	 * unseen, the walk would pass none, and without a horizon held (when
+	 * they are marked) the line would never get its hint, every probe
+	 * stepping over their pages until a VACUUM.
+	 */
 	scan = index_beginscan(rel, index, SnapshotAny, 2, 0);
+	scan->ignore_killed_tuples = false;
 	scan->xs_want_itup = true;	/* for each entry's msg_id */
 	index_rescan(scan, keys, 2, NULL, 0);
 	while ((tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
