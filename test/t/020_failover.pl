@@ -345,6 +345,15 @@ for (1 .. 250)
 	usleep(20_000);
 }
 is($waiting, '4/1', 'the four producers and the worker wait for the standby (wait event SyncRep)');
+# For whoever reads a failure of section 7's "taken back" check: which unit
+# of work the waiting worker was committing, and whether the standby had
+# already received its WAL (a sender may write it just before it freezes).
+note('waiting worker: '
+	  . $ps->(q{SELECT query || ' | primary at ' || pg_current_wal_lsn()
+	               FROM pg_stat_activity WHERE backend_type = 'recoverable_msg worker'
+	                AND wait_event = 'SyncRep'})
+	  . ' | standby received '
+	  . $standby->safe_psql('postgres', 'SELECT pg_last_wal_receive_lsn()'));
 my $crash_at = time;
 $primary->stop('immediate');
 
