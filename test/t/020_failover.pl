@@ -325,35 +325,81 @@ load_for($LOAD_SECONDS - (time - $load_start));
 # The worker must have messages to handle when the sender freezes (the
 # producers alone may not outpace it): 500 put at once just before take it
 # a good fraction of a second.
+#
+# Section 7 needs the worker's waiting transaction to be one that handled
+# messages and that never reached the standby.  A sender may have written
+# the worker's commit to the socket just before it froze: the standby then
+# holds it, but its answer cannot come back through the frozen sender, so
+# the worker still waits.  Which of the two it is shows on the standby once
+# it has replayed all it received: the status of the worker's xid there.
+# When the commit got through (or the worker waits on other work), the
+# sender is thawed and the burst and the freeze are tried again.
 #---------------------------------------------------------------------------
 my $BURST = 500;
-my @burst_ids = split /,/, $ps->(qq{
-	SELECT string_agg(id::text, ',') FROM rmsg.put_batch('work',
-	       ARRAY(SELECT convert_to('burst-' || i, 'UTF8') FROM generate_series(1, $BURST) i)) id});
-my $walsender = $ps->(q{SELECT pid FROM pg_stat_replication WHERE application_name = 'f_standby'});
-ok(kill('STOP', $walsender), "the primary's WAL sender ($walsender) is frozen");
 my $waiting_sql = q{
 	SELECT count(*) FILTER (WHERE application_name LIKE 'producer%') || '/'
 	    || count(*) FILTER (WHERE backend_type = 'recoverable_msg worker')
 	  FROM pg_stat_activity WHERE wait_event = 'SyncRep'};
-my $waiting = '';
-for (1 .. 250)
+# The waiting worker's work and its xid, as a full 64-bit one: the epoch is
+# that of the primary's snapshot xmax, one more or one less when the xid is
+# half the xid space away from it (the waiting commits are not completed,
+# so the worker's xid may be above that xmax).
+my $worker_xid_sql = q{
+	SELECT query || '|'
+	    || (f + CASE WHEN f > s + 2147483648 THEN -4294967296
+	                 WHEN f < s - 2147483648 THEN 4294967296 ELSE 0 END)
+	  FROM (SELECT query, s, ((s >> 32) << 32) | backend_xid::text::bigint AS f
+	          FROM pg_stat_activity,
+	               CAST(pg_snapshot_xmax(pg_current_snapshot())::text AS bigint) AS s
+	         WHERE backend_type = 'recoverable_msg worker' AND wait_event = 'SyncRep') w};
+my (@burst_payloads, @burst_ids, $walsender, $waiting, $freeze_attempts, $handling_unsent);
+for my $attempt (1 .. 5)
 {
-	pump_producer($_, 1) for @producers;
-	$waiting = $ps->($waiting_sql);
-	last if $waiting eq '4/1';
-	usleep(20_000);
+	$freeze_attempts = $attempt;
+	push @burst_payloads, map { "burst$attempt-$_" } 1 .. $BURST;
+	push @burst_ids, split /,/, $ps->(qq{
+		SELECT string_agg(id::text, ',') FROM rmsg.put_batch('work',
+		       ARRAY(SELECT convert_to('burst$attempt-' || i, 'UTF8')
+		               FROM generate_series(1, $BURST) i)) id});
+	$walsender = $ps->(q{SELECT pid FROM pg_stat_replication WHERE application_name = 'f_standby'});
+	kill('STOP', $walsender) or die "cannot freeze the WAL sender $walsender: $!";
+	$waiting = '';
+	for (1 .. 250)
+	{
+		pump_producer($_, 1) for @producers;
+		$waiting = $ps->($waiting_sql);
+		last if $waiting eq '4/1';
+		usleep(20_000);
+	}
+	last unless $waiting eq '4/1';    # fails below
+	my ($work, $xid) = split /\|/, $ps->($worker_xid_sql);
+
+	# The standby receives nothing more; wait until it has replayed what it
+	# got: neither its received position nor its replayed one moves (the
+	# last record it got may be cut short, so they need not be equal).
+	my ($received, $positions) = ('', '');
+	for (1 .. 100)
+	{
+		my $now = $ss->(q{SELECT pg_last_wal_receive_lsn() || '|' || pg_last_wal_replay_lsn()});
+		last if $now eq $positions;
+		$positions = $now;
+		usleep(200_000);
+	}
+	($received) = split /\|/, $positions;
+	# An xid the standby never heard of is "in the future" there (an error).
+	my ($rc, $status) = $standby->psql('postgres', "SELECT pg_xact_status('$xid'::xid8)");
+	$status = 'unknown' if $rc != 0;
+	note("attempt $attempt: the waiting worker is $work (xid $xid); on the standby, "
+		  . "which received up to $received, that xid is $status");
+	$handling_unsent =
+	  $work =~ /handling queue messages/ && $xid =~ /^\d+$/ && $status ne 'committed';
+	last if $handling_unsent;
+	kill('CONT', $walsender) or die "cannot thaw the WAL sender $walsender: $!";
+	load_for(0.3);
 }
 is($waiting, '4/1', 'the four producers and the worker wait for the standby (wait event SyncRep)');
-# For whoever reads a failure of section 7's "taken back" check: which unit
-# of work the waiting worker was committing, and whether the standby had
-# already received its WAL (a sender may write it just before it freezes).
-note('waiting worker: '
-	  . $ps->(q{SELECT query || ' | primary at ' || pg_current_wal_lsn()
-	               FROM pg_stat_activity WHERE backend_type = 'recoverable_msg worker'
-	                AND wait_event = 'SyncRep'})
-	  . ' | standby received '
-	  . $standby->safe_psql('postgres', 'SELECT pg_last_wal_receive_lsn()'));
+ok($handling_unsent,
+	"the WAL sender ($walsender) froze with the worker's handling not on the standby (attempt $freeze_attempts)");
 my $crash_at = time;
 $primary->stop('immediate');
 
@@ -398,8 +444,8 @@ for my $p (@producers)
 	}
 	$never{$_} = 1 for map { payloads_of($p, $_) } $n + 2 .. $p->{sent};
 }
-is(scalar(@burst_ids), $BURST, "the burst of $BURST messages was put");
-@acked{ map { "burst-$_" } 1 .. $BURST } = @burst_ids;
+is(scalar(@burst_ids), scalar(@burst_payloads), 'every message of the bursts was put: ' . scalar(@burst_ids));
+@acked{@burst_payloads} = @burst_ids;
 my $acked_count = scalar(keys %acked);
 note("load: $acked_count puts acknowledged in " . sprintf('%.1f', $crash_at - $load_start)
 	  . " s before the crash, $maybe_count cut off by it, "
