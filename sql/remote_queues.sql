@@ -33,7 +33,8 @@ SELECT server, queue, remote_queue, pending, in_transit, last_sent, last_acknowl
   FROM rmsg.channels;
 
 -- puts commit here; what only a local queue does is refused
-SELECT rmsg.put('rq', 'one'::text) > 0 AS put;
+SELECT rmsg.put('rq', 'one'::text) AS rq_one \gset
+SELECT :rq_one > 0 AS put;
 SELECT count(*) AS batch FROM rmsg.put_batch('rq', ARRAY['two', 'three']::bytea[]);
 \set VERBOSITY terse
 SELECT rmsg.put('rq', 'x'::text, priority => 3);
@@ -42,6 +43,19 @@ SELECT rmsg.put_batch('rq', ARRAY['x']::bytea[], priority => 1);
 SELECT rmsg.put_many(ARRAY['rq'], 'x'::bytea, group_id => 'g');
 SELECT * FROM rmsg.get('rq');
 \set VERBOSITY default
+SELECT pending, in_transit FROM rmsg.channels WHERE queue = 'rq';
+-- a pending message waits only to be moved: no role, not even the owner
+-- (who may get from it), acks, nacks or extends it here (an ack would lose it)
+SELECT rmsg.ack(:rq_one) AS acked, rmsg.ack(:rq_one, NULL) AS acked_without_receipt,
+       rmsg.ack(ARRAY[:rq_one]::bigint[]) AS acked_of_array,
+       rmsg.nack(:rq_one) AS nacked, rmsg.extend(:rq_one, '1 minute') AS extended;
+SELECT rmsg.grant_queue('rq', 'rq_other', 'get');
+RESET ROLE;
+SET ROLE rq_other;
+SELECT rmsg.ack(:rq_one) AS acked_by_a_role_with_get;
+RESET ROLE;
+SELECT rmsg.revoke_queue('rq', 'rq_other', 'get');
+SET ROLE rq_owner;
 SELECT pending, in_transit FROM rmsg.channels WHERE queue = 'rq';
 -- another role sees no row of it
 RESET ROLE;

@@ -64,8 +64,30 @@ static HTAB *queue_cache = NULL;
 static MemoryContext queue_cache_context = NULL;
 static bool queue_cache_stale = false;
 
+/*
+ * Whether each queue_id met by an ack, nack or extend is a remote queue's
+ * (RmsgQueueIsRemote).  A queue is made remote or local in the transaction
+ * that creates it and stays so, and queue_ids are not used again, so an
+ * entry never needs a new read; a relcache invalidation empties it all the
+ * same (the extension may have been dropped and made again).
+ */
+typedef struct CachedRemoteness
+{
+	int32		queue_id;		/* hash key */
+	bool		remote;
+} CachedRemoteness;
+
+static HTAB *remoteness_cache = NULL;
+static bool remoteness_cache_stale = false;
+
 PG_FUNCTION_INFO_V1(rmsg_create_queue);
 PG_FUNCTION_INFO_V1(rmsg_drop_queue);
+
+/* Whether queue $1 is a remote queue. */
+static RmsgPlan remoteness_plan = {
+	"SELECT EXISTS (SELECT FROM rmsg.remote_queue WHERE queue_id = $1) AS remote",
+	1, {INT4OID}
+};
 
 /* A queue's row; a queue without a dead-letter queue reads 0 for it.  $1 name */
 static RmsgPlan lookup_plan = {
@@ -113,6 +135,7 @@ static void
 QueueCacheInvalidate(Datum arg, Oid relid)
 {
 	queue_cache_stale = true;
+	remoteness_cache_stale = true;
 }
 
 /* Called from _PG_init: a relcache invalidation empties the cache. */
@@ -375,6 +398,55 @@ rmsg_create_queue(PG_FUNCTION_ARGS)
 		ReportQueueExists(name);
 	RmsgSpiFinish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Whether queue queue_id is a remote queue: its messages wait here only
+ * until the worker moves them to the receiving server, so nobody takes or
+ * settles them here (ack, nack and extend treat them as no message at all:
+ * an ack would delete a message before it was ever sent).  Reads the
+ * catalog once per queue and backend; works inside SPI or out of it.
+ */
+bool
+RmsgQueueIsRemote(int32 queue_id)
+{
+	CachedRemoteness *entry;
+	bool		found;
+	bool		remote;
+	Datum		arg = Int32GetDatum(queue_id);
+
+	if (remoteness_cache_stale && remoteness_cache != NULL)
+	{
+		hash_destroy(remoteness_cache);
+		remoteness_cache = NULL;
+	}
+	remoteness_cache_stale = false;
+	if (remoteness_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int32);
+		ctl.entrysize = sizeof(CachedRemoteness);
+		ctl.hcxt = CacheMemoryContext;
+		remoteness_cache = hash_create("recoverable_msg remote queues", 64, &ctl,
+									   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(remoteness_cache, &queue_id, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->remote;
+
+	RmsgSpiConnect();
+	RmsgPlanExecute(&remoteness_plan, &arg, NULL, true, 1);
+	remote = DatumGetBool(RmsgSpiNotNull(0, "remote"));
+	RmsgSpiFinish();
+
+	/* the statement may have invalidated the cache (a relcache message) */
+	if (!remoteness_cache_stale)
+	{
+		entry = hash_search(remoteness_cache, &queue_id, HASH_ENTER, &found);
+		entry->remote = remote;
+	}
+	return remote;
 }
 
 /*

@@ -21,6 +21,8 @@
  * Rights.  A message of a queue the role may not get from (or of an
  * instance it may not receive from) is, for that role, no message at all:
  * these functions return false for it and touch nothing, not even a lock.
+ * So is a remote queue's message, for every role: it waits here only to
+ * be moved to the receiving server, and an ack would lose it unsent.
  *
  * Receipts.  get and receive hand out a receipt with each lease
  * (receipts.c).  Given one, these functions act only while that lease
@@ -104,14 +106,18 @@ static RmsgPlan extend_plan = {
 	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID}
 };
 
-/* Whether the current role may settle messages of this queue. */
+/*
+ * Whether the current role may settle messages of this queue: it may get
+ * from it, and it is a local queue (a remote queue's messages are the
+ * receiving server's, catalog.c).
+ */
 static bool
 MayGet(int32 queue_id)
 {
 	AclMode		rights;
 
 	return RmsgObjectRights(RMSG_QUEUE, queue_id, NULL, GetUserId(), &rights, NULL) &&
-		(rights & RMSG_GET) != 0;
+		(rights & RMSG_GET) != 0 && !RmsgQueueIsRemote(queue_id);
 }
 
 /*

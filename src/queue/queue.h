@@ -37,6 +37,7 @@ typedef struct RmsgQueue
 extern void RmsgQueueCatalogInit(void);
 extern RmsgQueue RmsgOpenQueue(const char *name, LOCKMODE mode);
 extern RmsgQueue RmsgOpenQueueFor(const char *name, LOCKMODE mode, AclMode needed);
+extern bool RmsgQueueIsRemote(int32 queue_id);
 extern void RmsgRefuseRemoteQueue(const RmsgQueue *queue, const char *name, const char *what);
 extern void RmsgRefuseDropOfDeadLetterQueue(const char *name);
 extern bool RmsgTryOpenQueue(const char *name, LOCKMODE mode, RmsgQueue *queue);

@@ -67,7 +67,11 @@ QueueOf(TupleTableSlot *slot, const RmsgRelations *rels)
 	return DatumGetInt32(slot_getattr(slot, rels->att_queue_id, &isnull));
 }
 
-/* The queue of a version, and whether the current role may get from it. */
+/*
+ * The queue of a version, and whether the current role may take it: it may
+ * get from the queue, and the queue is local (a remote queue's messages
+ * wait only to be moved to the receiving server, catalog.c).
+ */
 static bool
 MayTake(TupleTableSlot *slot, const RmsgRelations *rels, int32 *queue_id)
 {
@@ -75,7 +79,7 @@ MayTake(TupleTableSlot *slot, const RmsgRelations *rels, int32 *queue_id)
 
 	*queue_id = QueueOf(slot, rels);
 	return RmsgObjectRights(RMSG_QUEUE, *queue_id, NULL, GetUserId(), &rights, NULL) &&
-		(rights & RMSG_GET) != 0;
+		(rights & RMSG_GET) != 0 && !RmsgQueueIsRemote(*queue_id);
 }
 
 /*
@@ -144,7 +148,7 @@ DeleteNewestVersion(Relation rel, const RmsgRelations *rels, TupleTableSlot *see
 
 /*
  * Deletes the live message msg_id.  With check_rights, only a message of
- * a queue the current role may get from (the worker, which took the
+ * a local queue the current role may get from (the worker, which took the
  * message itself, needs no check).  With a receipt (not NULL), only while
  * that lease holds: its lease must still run at valid_at, unless that is 0
  * (the worker holds the row locked, so its lease cannot be taken over).
