@@ -375,3 +375,71 @@ SELECT (SELECT count(*) FROM rmsg.instance WHERE name LIKE 'sec-%') AS instances
        (SELECT count(*) FROM rmsg.component WHERE name LIKE 'sec-%') AS components,
        (SELECT count(*) FROM rmsg.instance_handler WHERE prefix LIKE 'sec%') AS handlers;
 DROP ROLE sec_tenant_a, sec_stranger;
+
+------------------------------------------------------------------------------
+-- A callee's handler runs as its owner, in the caller's session: never under
+-- the caller's search path (pg_catalog, the handler's own schema, then
+-- pg_temp), so a function or temporary table the caller planted is not
+-- found before the owner's
+------------------------------------------------------------------------------
+
+CREATE ROLE sec_callee_owner;
+CREATE ROLE sec_mallory;
+GRANT USAGE ON SCHEMA rmsg TO sec_callee_owner, sec_mallory;
+GRANT EXECUTE ON FUNCTION rmsg.create_queue(text, int, text, text, interval) TO sec_callee_owner;
+CREATE SCHEMA sec_owned AUTHORIZATION sec_callee_owner;
+CREATE SCHEMA sec_planted AUTHORIZATION sec_mallory;
+SET ROLE sec_callee_owner;
+CREATE TABLE sec_owned.charges (caller text, call_id bigint, PRIMARY KEY (caller, call_id));
+-- unqualified names, as a handler written under its owner's search path has
+SET search_path = sec_owned;
+CREATE FUNCTION sec_owned.billing(caller text, call_id bigint, request bytea) RETURNS bytea
+  LANGUAGE sql AS $$
+  INSERT INTO charges VALUES (caller, call_id)
+  RETURNING convert_to(current_setting('search_path'), 'UTF8') $$;
+RESET search_path;
+SELECT rmsg.set_callee_handler('sec-billing', 'sec_owned.billing(text,bigint,bytea)');
+SELECT rmsg.create_queue('sec_owners_q');
+SELECT rmsg.grant_component('sec-billing', 'sec_mallory', 'use');
+RESET ROLE;
+SET ROLE sec_mallory;
+-- a convert_to that would run as the handler's owner and grant itself the
+-- owner's queue, and a temporary table of the handler's table's name
+CREATE FUNCTION sec_planted.convert_to(t text, enc name) RETURNS bytea LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM rmsg.grant_queue('sec_owners_q', 'sec_mallory', 'all');
+  RETURN pg_catalog.convert_to(t, enc);
+END $$;
+GRANT USAGE ON SCHEMA sec_planted TO PUBLIC;
+CREATE TEMP TABLE charges (caller text, call_id bigint);
+GRANT ALL ON charges TO sec_callee_owner;
+SET search_path = sec_planted, pg_catalog;
+SELECT convert_from(rmsg.serve_call('sec-billing', 'sec-m-caller', 1, 'x'), 'UTF8') AS handler_path;
+RESET search_path;
+SELECT rmsg.has_queue_privilege('sec_owners_q', 'get') AS mallory_may_get,
+       (SELECT count(*) FROM pg_temp.charges) AS in_mallorys_table;
+RESET ROLE;
+SELECT caller, call_id FROM sec_owned.charges;
+
+-- DROP OWNED of a caller's name drops that caller's own rows, not the
+-- replies other roles' callees keep for it: a replay of call 1 must still
+-- be a duplicate for sec-billing, or its work would be done twice
+SET ROLE sec_mallory;
+SELECT rmsg.force_log('sec-m-caller') IS NOT NULL AS claimed;
+RESET ROLE;
+SELECT name, owner FROM rmsg.component WHERE name LIKE 'sec-%' ORDER BY name;
+DROP OWNED BY sec_mallory;
+SET ROLE sec_callee_owner;
+SELECT callee, caller, call_id FROM rmsg.last_calls WHERE callee = 'sec-billing';
+SELECT status FROM rmsg.accept_call('sec-billing', 'sec-m-caller', 1);
+RESET ROLE;
+
+-- a name longer than any object's names no object, and the answer for it
+-- is not kept for the name it begins with
+SELECT rmsg.create_queue(repeat('q', 63));
+SELECT rmsg.has_queue_privilege(repeat('q', 63) || '-x', 'put') AS longer_name;
+SELECT rmsg.has_queue_privilege(repeat('q', 63), 'put') AS the_queue;
+SELECT rmsg.drop_queue(repeat('q', 63));
+
+DROP OWNED BY sec_callee_owner;
+DROP ROLE sec_callee_owner, sec_mallory;

@@ -50,6 +50,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
@@ -438,6 +439,15 @@ LookupAcl(RmsgObjectKind kind, int64 id, const char *name, AclEntry *out)
 	bool		isnull;
 	Datum		value;
 
+	/*
+	 * No object has a longer name (RmsgCheckName); the cache's key would
+	 * cut it short and answer, or remember, for another name.
+	 */
+	if (name != NULL && strlen(name) > RMSG_NAME_MAX)
+	{
+		memset(out, 0, sizeof(*out));
+		return false;
+	}
 	MakeAclKey(&key, kind, id, name);
 	if (cache != NULL)
 	{
@@ -887,6 +897,22 @@ RmsgLockRole(Oid role)
 }
 
 /*
+ * The search path a handler runs with (RmsgInvokeAsRole): its own schema,
+ * with pg_catalog first and pg_temp last, so that nothing another role
+ * put in a schema of its choosing, or a temporary table, is found before
+ * what the handler's owner meant.
+ */
+static const char *
+SearchPathFor(Oid function)
+{
+	char	   *schema = get_namespace_name(get_func_namespace(function));
+
+	if (schema == NULL)			/* dropped meanwhile: the call will fail */
+		return "pg_catalog, pg_temp";
+	return psprintf("pg_catalog, %s, pg_temp", quote_identifier(schema));
+}
+
+/*
  * Calls a function of another role's as that role: a handler, run for the
  * role that registered it (worker/handler_call.c, contract/serve.c).  With
  * SECURITY_LOCAL_USERID_CHANGE it cannot SET ROLE back to the caller, as
@@ -895,6 +921,15 @@ RmsgLockRole(Oid role)
  * and the settings it changes (a search_path) go when it returns, in its
  * own GUC nest level.  An error leaves the user and the settings to the
  * transaction's or subtransaction's abort, which restores both.
+ *
+ * The search path is not the session's: serve_call runs a callee's handler
+ * in the caller's own session, whose search_path (or a temporary table of
+ * the handler's table's name) the caller chooses, and a function planted
+ * there would run as the handler's owner.  So the handler gets what
+ * PostgreSQL advises for a SECURITY DEFINER function: pg_catalog, then the
+ * schema of the handler itself, then pg_temp, last (SearchPathFor).  A
+ * handler that needs other schemas names them, or sets its own search_path
+ * (CREATE FUNCTION ... SET search_path), which applies on top of this one.
  */
 Datum
 RmsgInvokeAsRole(Oid role, FunctionCallInfo fcinfo)
@@ -906,6 +941,8 @@ RmsgInvokeAsRole(Oid role, FunctionCallInfo fcinfo)
 
 	GetUserIdAndSecContext(&saved_user, &saved_context);
 	nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", SearchPathFor(fcinfo->flinfo->fn_oid),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(role, saved_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	result = FunctionCallInvoke(fcinfo);

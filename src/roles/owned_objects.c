@@ -137,11 +137,18 @@ static RmsgPlan drop_instance_plan = {
 	1, {TEXTOID}
 };
 
+/*
+ * A component's own rows go with it: as a caller, its counter and its log
+ * of calls; as a callee, the replies it keeps.  The replies other callees
+ * keep for it as their caller are theirs: deleting them would make those
+ * callees take a replayed call for a new one and do its work again (and
+ * whoever first used a caller's name owns it, on a callee's server too).
+ */
 static RmsgPlan drop_component_plan = {
 	"WITH c AS (DELETE FROM rmsg.component WHERE name = $1),"
 	" caller AS (DELETE FROM rmsg.caller WHERE caller = $1),"
 	" log AS (DELETE FROM rmsg.call_log WHERE caller = $1)"
-	" DELETE FROM rmsg.last_call WHERE callee = $1 OR caller = $1",
+	" DELETE FROM rmsg.last_call WHERE callee = $1",
 	1, {TEXTOID}
 };
 

@@ -206,7 +206,8 @@ is(sql(q{SELECT rolsuper FROM pg_roles WHERE rolname = 'attacker'}), 'f', 'the a
 
 # A handler that leaves what it can behind in the worker's session: a
 # search path that puts public first, a setting of its own.  The next call
-# writes down what it finds.
+# writes down what it finds: no setting, and the search path every handler
+# runs with (pg_catalog, its own schema, pg_temp; core/privileges.c).
 sql(q{
 	CREATE FUNCTION public.meddling_handler(p bytea, h jsonb, id bigint) RETURNS void
 	LANGUAGE plpgsql AS $$
@@ -240,7 +241,7 @@ sql(q{SELECT rmsg.put('sp_worker', 'later'::text, delay => '1 hour')});
 sleep(2);
 
 is( sql(q{SELECT string_agg(coalesce(nullif(marker, ''), '(none)') || ' | ' || path, '; ') FROM public.handled WHERE tag = 'meddler'}),
-	'(none) | "$user", public; (none) | "$user", public',
+	'(none) | pg_catalog, public, pg_temp; (none) | pg_catalog, public, pg_temp',
 	'a setting or search path a handler set is gone at its next call');
 is( sql(q{SELECT last_error FROM rmsg.handlers WHERE target = 'sp_temp'}),
 	'', 'no handler of sp_temp failed yet');
