@@ -443,3 +443,46 @@ SELECT rmsg.drop_queue(repeat('q', 63));
 
 DROP OWNED BY sec_callee_owner;
 DROP ROLE sec_callee_owner, sec_mallory;
+
+------------------------------------------------------------------------------
+-- A callee's handler runs as the role that registered it: DROP ROLE, REASSIGN
+-- OWNED and DROP OWNED know it, and it goes with its component (a role that
+-- took the name afterwards would have its calls served by it, as that role)
+------------------------------------------------------------------------------
+
+CREATE ROLE sec_desk_owner;
+CREATE ROLE sec_setter;
+CREATE ROLE sec_heir;
+GRANT USAGE ON SCHEMA rmsg TO sec_desk_owner, sec_setter, sec_heir;
+CREATE FUNCTION public.sec_who(caller text, call_id bigint, request bytea) RETURNS bytea
+  LANGUAGE sql AS $$ SELECT convert_to(current_user::text, 'UTF8') $$;
+SET ROLE sec_desk_owner;
+SELECT rmsg.force_log('sec-desk') IS NOT NULL AS claimed;
+SELECT rmsg.grant_component('sec-desk', 'sec_setter', 'all');
+RESET ROLE;
+SET ROLE sec_setter;
+SELECT rmsg.set_callee_handler('sec-desk', 'public.sec_who(text,bigint,bytea)');
+RESET ROLE;
+SELECT rmsg.revoke_component('sec-desk', 'sec_setter', 'all');
+-- the handler still runs as sec_setter: DROP ROLE is refused (once
+-- PostgreSQL's own objects no longer refer to the role)
+REVOKE USAGE ON SCHEMA rmsg FROM sec_setter;
+DROP ROLE sec_setter;
+-- REASSIGN OWNED hands it on: calls now run as the heir
+REASSIGN OWNED BY sec_setter TO sec_heir;
+SELECT callee, owner FROM rmsg.callee_handler WHERE callee = 'sec-desk';
+SELECT convert_from(rmsg.serve_call('sec-desk', 'sec-desk-caller', 1, 'x'), 'UTF8') AS ran_as;
+-- DROP OWNED removes it
+DROP OWNED BY sec_heir;
+SELECT count(*) AS desk_handlers FROM rmsg.callee_handler WHERE callee = 'sec-desk';
+-- one that another role registered goes with the component
+GRANT USAGE ON SCHEMA rmsg TO sec_heir;
+SELECT rmsg.grant_component('sec-desk', 'sec_heir', 'all');
+SET ROLE sec_heir;
+SELECT rmsg.set_callee_handler('sec-desk', 'public.sec_who(text,bigint,bytea)');
+RESET ROLE;
+DROP OWNED BY sec_desk_owner;
+SELECT count(*) AS desk_handlers FROM rmsg.callee_handler WHERE callee = 'sec-desk';
+DROP OWNED BY sec_heir;
+DROP ROLE sec_desk_owner, sec_setter, sec_heir;
+DROP FUNCTION public.sec_who(text, bigint, bytea);

@@ -19,11 +19,13 @@
  *	REASSIGN OWNED	   gives what the role owns, and the handlers that run as
  *					   it, to the new role;
  *	DROP OWNED		   revokes the role's privileges, removes the handlers that
- *					   run as it, and drops what it owns: queues with their
- *					   messages, instances with theirs, components with their
- *					   logs, the replies kept for them and by them, and their
- *					   entries in the called-component table (so that a
- *					   component made later under the name starts afresh).
+ *					   run as it (of queues, instance prefixes and callees),
+ *					   and drops what it owns: queues with their messages,
+ *					   instances with theirs, components with their logs,
+ *					   the replies they keep as callees and their handlers,
+ *					   and their entries in the called-component table (so
+ *					   that a component made later under the name starts
+ *					   afresh).
  *
  * Each does nothing in a database without the extension, or with it at
  * another version than the library's.
@@ -66,6 +68,8 @@ static RmsgPlan references_plan = {
 	"  FROM rmsg.subscription s JOIN rmsg.queue q USING (queue_id) WHERE s.owner = $1"
 	" UNION ALL SELECT 8, 'handler of instance prefix ''' || prefix || ''''"
 	"  FROM rmsg.instance_handler WHERE owner = $1"
+	" UNION ALL SELECT 9, 'handler of callee ' || callee"
+	"  FROM rmsg.callee_handler WHERE owner = $1"
 	") r ORDER BY o, what LIMIT 20",
 	1, {OIDOID}
 };
@@ -103,6 +107,7 @@ static OwnedTable owned_tables[] = {
  */
 static RmsgPlan reassign_handlers_plan = {
 	"WITH queues AS (UPDATE rmsg.subscription SET owner = $2 WHERE owner = $1),"
+	" callees AS (UPDATE rmsg.callee_handler SET owner = $2 WHERE owner = $1),"
 	" prefixes AS (UPDATE rmsg.instance_handler h SET owner = $2 WHERE owner = $1"
 	"   AND NOT EXISTS (SELECT 1 FROM rmsg.instance_handler n WHERE n.prefix = h.prefix AND n.owner = $2)"
 	"   RETURNING prefix)"
@@ -111,7 +116,8 @@ static RmsgPlan reassign_handlers_plan = {
 };
 
 static RmsgPlan drop_handlers_plan = {
-	"WITH queues AS (DELETE FROM rmsg.subscription WHERE owner = $1)"
+	"WITH queues AS (DELETE FROM rmsg.subscription WHERE owner = $1),"
+	" callees AS (DELETE FROM rmsg.callee_handler WHERE owner = $1)"
 	" DELETE FROM rmsg.instance_handler WHERE owner = $1",
 	1, {OIDOID}
 };
@@ -139,7 +145,9 @@ static RmsgPlan drop_instance_plan = {
 
 /*
  * A component's own rows go with it: as a caller, its counter and its log
- * of calls; as a callee, the replies it keeps.  The replies other callees
+ * of calls; as a callee, the replies it keeps and its handler (whoever
+ * registered it: a role that takes the name later must not have its calls
+ * served by another role's handler, as that role).  The replies other callees
  * keep for it as their caller are theirs: deleting them would make those
  * callees take a replayed call for a new one and do its work again (and
  * whoever first used a caller's name owns it, on a callee's server too).
@@ -147,7 +155,8 @@ static RmsgPlan drop_instance_plan = {
 static RmsgPlan drop_component_plan = {
 	"WITH c AS (DELETE FROM rmsg.component WHERE name = $1),"
 	" caller AS (DELETE FROM rmsg.caller WHERE caller = $1),"
-	" log AS (DELETE FROM rmsg.call_log WHERE caller = $1)"
+	" log AS (DELETE FROM rmsg.call_log WHERE caller = $1),"
+	" handler AS (DELETE FROM rmsg.callee_handler WHERE callee = $1)"
 	" DELETE FROM rmsg.last_call WHERE callee = $1",
 	1, {TEXTOID}
 };
