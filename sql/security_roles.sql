@@ -379,9 +379,12 @@ DROP ROLE sec_tenant_a, sec_stranger;
 ------------------------------------------------------------------------------
 -- A callee's handler runs as its owner, in the caller's session: never under
 -- the caller's search path (pg_catalog, the handler's own schema, then
--- pg_temp), so a function or temporary table the caller planted is not
--- found before the owner's
+-- pg_temp), so a function the caller planted is not found before the
+-- owner's; and not in a session with temporary objects, whose tables (and
+-- their triggers) a handler setting its own path would find first.  A new
+-- session: this one made temporary objects above.
 ------------------------------------------------------------------------------
+\c -
 
 CREATE ROLE sec_callee_owner;
 CREATE ROLE sec_mallory;
@@ -411,13 +414,31 @@ BEGIN
   RETURN pg_catalog.convert_to(t, enc);
 END $$;
 GRANT USAGE ON SCHEMA sec_planted TO PUBLIC;
-CREATE TEMP TABLE charges (caller text, call_id bigint);
-GRANT ALL ON charges TO sec_callee_owner;
 SET search_path = sec_planted, pg_catalog;
 SELECT convert_from(rmsg.serve_call('sec-billing', 'sec-m-caller', 1, 'x'), 'UTF8') AS handler_path;
 RESET search_path;
-SELECT rmsg.has_queue_privilege('sec_owners_q', 'get') AS mallory_may_get,
-       (SELECT count(*) FROM pg_temp.charges) AS in_mallorys_table;
+SELECT rmsg.has_queue_privilege('sec_owners_q', 'get') AS mallory_may_get;
+RESET ROLE;
+-- the owner gives the handler a search path of its own, without pg_temp
+-- last: PostgreSQL then looks for tables in pg_temp first
+SET ROLE sec_callee_owner;
+ALTER FUNCTION sec_owned.billing(text, bigint, bytea) SET search_path = sec_owned;
+RESET ROLE;
+SET ROLE sec_mallory;
+-- a temporary table of the handler's table's name, with a trigger that
+-- would run as the handler's owner: the session serves no more calls
+CREATE TEMP TABLE charges (caller text, call_id bigint);
+GRANT ALL ON charges TO PUBLIC;
+CREATE FUNCTION pg_temp.seize() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM rmsg.grant_queue('sec_owners_q', 'sec_mallory', 'all');
+  RETURN NEW;
+END $$;
+CREATE TRIGGER seize BEFORE INSERT ON charges FOR EACH ROW EXECUTE FUNCTION pg_temp.seize();
+SELECT sqlstate_of($$SELECT rmsg.serve_call('sec-billing', 'sec-m-caller', 2, 'y')$$);
+DROP TABLE charges;
+SELECT sqlstate_of($$SELECT rmsg.serve_call('sec-billing', 'sec-m-caller', 2, 'y')$$);
+SELECT rmsg.has_queue_privilege('sec_owners_q', 'get') AS mallory_may_get;
 RESET ROLE;
 SELECT caller, call_id FROM sec_owned.charges;
 
@@ -447,8 +468,10 @@ DROP ROLE sec_callee_owner, sec_mallory;
 ------------------------------------------------------------------------------
 -- A callee's handler runs as the role that registered it: DROP ROLE, REASSIGN
 -- OWNED and DROP OWNED know it, and it goes with its component (a role that
--- took the name afterwards would have its calls served by it, as that role)
+-- took the name afterwards would have its calls served by it, as that role).
+-- A new session again, without temporary objects.
 ------------------------------------------------------------------------------
+\c -
 
 CREATE ROLE sec_desk_owner;
 CREATE ROLE sec_setter;

@@ -23,11 +23,17 @@
  * callee.  An error in the handler fails the statement, so
  * nothing of the call commits and the caller may send it again.
  *
+ * The session is the caller's, so nothing of it may steer the handler: the
+ * handler runs with a search path of its own (pg_catalog, its schema,
+ * pg_temp: RmsgInvokeAsRole), and a session that has made temporary
+ * objects is refused (RefuseTemporaryObjects says why).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -140,6 +146,32 @@ rmsg_set_callee_handler(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * The handler runs as its owner in the caller's session.  A temporary
+ * table the caller made there is found by name before the owner's own
+ * whenever the handler's search path does not put pg_temp last (one the
+ * handler sets itself, with SET search_path = its_schema, say: PostgreSQL
+ * then looks in pg_temp first for tables), and the table's triggers would
+ * run as the owner.  A security-restricted operation cannot make temporary
+ * objects, but may use those made before.  So a session that has a
+ * temporary schema (it made a temporary object, even one dropped since)
+ * serves no call; the connection rmsg.call makes never makes one.
+ */
+static void
+RefuseTemporaryObjects(void)
+{
+	Oid			temp_namespace;
+	Oid			temp_toast_namespace;
+
+	GetTempNamespaceState(&temp_namespace, &temp_toast_namespace);
+	if (OidIsValid(temp_namespace))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("rmsg.serve_call cannot run in a session that has made temporary objects"),
+				 errdetail("A callee's handler runs as its owner, and could find this session's temporary tables, and run their triggers, in place of its own."),
+				 errhint("Call rmsg.serve_call in a session that makes no temporary objects.")));
+}
+
 /* Calls the handler as its owner; its reply, which must not be NULL. */
 static bytea *
 CallHandler(const char *callee, Oid handler, Oid owner, text *caller, int64 call_id,
@@ -195,6 +227,7 @@ rmsg_serve_call(PG_FUNCTION_ARGS)
 	Oid			owner;
 
 	RmsgEnter("rmsg.serve_call", true);
+	RefuseTemporaryObjects();
 	callee = RmsgTextArg(fcinfo, 0, "callee");
 	(void) RmsgTextArg(fcinfo, 1, "caller");
 	RmsgRequireArg(fcinfo, 2, "call_id");

@@ -72,9 +72,11 @@ static MemoryContext transfer_context = NULL;
 #define RMSG_TRANSFER_TIMEOUT_MS 60000
 
 /*
- * The most bytes of data one batch carries (always at least one message):
- * the batch goes as text, two characters a byte, and a text value stops
- * at 1 GB.
+ * The most bytes of data and headers one batch carries (always at least
+ * one message): the batch goes as text, two characters a data byte, and a
+ * text value or array stops at 1 GB.  Headers count too: they have no
+ * limit of their own, and a batch of messages with small data but large
+ * headers made arrays too large to send, every round, for ever.
  */
 #define RMSG_TRANSFER_MAX_BYTES (INT64CONST(64) * 1024 * 1024)
 
@@ -114,7 +116,8 @@ static RmsgPlan number_plan = {
 	"WITH r AS (SELECT next_seq FROM rmsg.remote_queue"
 	"            WHERE queue_id = $1 AND next_seq - 1 = acked_seq),"
 	" candidates AS (SELECT m.msg_id, row_number() OVER w AS rn,"
-	"                       sum(m.payload_size::bigint) OVER w AS bytes"
+	"                       sum(m.payload_size::bigint"
+	"                           + coalesce(octet_length(m.headers::text), 0)) OVER w AS bytes"
 	"                  FROM rmsg.message m"
 	"                 WHERE m.queue_id = $1 AND m.priority = 0 AND m.visible_at <= $3"
 	"                   AND (m.visible_at, m.msg_id) >= ($5, $6)"

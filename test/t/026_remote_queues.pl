@@ -22,7 +22,8 @@ use warnings FATAL => 'all';
 #     keeps nothing of to_c.
 #  4. A receiver down for a while: the messages put meanwhile wait, pending
 #     or in transit, last_error says why; once it is back they arrive, after
-#     the others and in order.  Then the window between the receiver's
+#     the others and in order; a batch counts its messages' headers toward
+#     its 64 MB as it counts their data.  Then the window between the receiver's
 #     commit and the sender's, held open by a row lock, and the sender
 #     crashes in it: the batch comes again and the receiver skips it.
 #  5. Refusals: a server that does not exist (42704), a role without USAGE
@@ -229,9 +230,29 @@ SELECT count(*) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.n
 # 4. A receiver down for a while
 #---------------------------------------------------------------------------
 
+# (and a queue of messages with small data and large headers, for 4a)
+$node_c->safe_psql('postgres', q{SELECT rmsg.create_queue('in_h')});
+$node_a->safe_psql('postgres', q{SELECT rmsg.create_remote_queue('to_h', 'c', 'in_h')});
 my $before_stop = $node_a->safe_psql('postgres', 'SELECT clock_timestamp()');
 $node_c->stop('fast');
 put_range($node_a, 'a', TOTAL + 1, TOTAL + 20);
+
+# 4a. Headers count toward a batch's 64 MB as data does (they have no limit
+# of their own): three messages of 30 MB of headers each and a byte of data
+# are numbered two, then one.  Counting data alone, one batch of 90 MB of
+# headers and larger ones failed to send, every round, for ever.
+use constant HEADER_MB => 30;
+$node_a->safe_psql('postgres', q{
+SELECT count(rmsg.put('to_h', i::text,
+                      headers => jsonb_build_object('h', repeat('y', } . HEADER_MB . q{ * 1024 * 1024))))
+  FROM generate_series(1, 3) i});
+ok( $node_a->poll_query_until('postgres', q{
+SELECT in_transit > 0 FROM rmsg.channels WHERE queue = 'to_h'}),
+	'with C down, the worker numbered a batch of to_h');
+is( $node_a->safe_psql('postgres', q{
+SELECT in_transit || ' in transit, ' || pending || ' pending' FROM rmsg.channels WHERE queue = 'to_h'}),
+	'2 in transit, 1 pending',
+	'headers count toward the 64 MB of a batch: two of the three messages with ' . HEADER_MB . ' MB of headers');
 ok( $node_a->poll_query_until('postgres', qq{
 SELECT last_error IS NOT NULL AND last_error_at > '$before_stop' FROM rmsg.channels WHERE queue = 'to_c'}),
 	'with C down, the failed attempts set last_error');
@@ -246,6 +267,16 @@ is(received('in_a'), join(',', map { "a$_" } 1 .. TOTAL + 20),
 	'C holds a1..a' . (TOTAL + 20) . ' in in_a, each once and in put order');
 is(channel_state($node_a, 'to_c'), (TOTAL + 20) . '/' . (TOTAL + 20) . '/0/0',
 	'A: all ' . (TOTAL + 20) . ' sent and acknowledged');
+ok( $node_a->poll_query_until('postgres', q{
+SELECT pending = 0 AND in_transit = 0 FROM rmsg.channels WHERE queue = 'to_h'}),
+	'the messages with large headers were moved too');
+my $header_bytes = HEADER_MB * 1024 * 1024 + length('{"h": ""}');
+is( $node_c->safe_psql('postgres', q{
+SELECT string_agg(convert_from(m.inline_data, 'UTF8') || ':' || octet_length(m.headers::text), ','
+                  ORDER BY m.msg_id)
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'in_h'}),
+	join(',', map { "$_:$header_bytes" } 1 .. 3),
+	'C holds them whole, in order');
 
 #---------------------------------------------------------------------------
 # 4b. The window between the two commits, held open: the receiver has
