@@ -765,9 +765,10 @@ SELECT kind, object, owner, grantee, privilege FROM (
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
   UNION ALL
   SELECT 'component', c.name, c.owner, a.grantee::regrole,
-         CASE a.privilege_type WHEN 'SELECT' THEN 'use' ELSE 'manage' END
+         CASE a.privilege_type WHEN 'SELECT' THEN 'use' WHEN 'EXECUTE' THEN 'call'
+                               ELSE 'manage' END
     FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
-   WHERE rmsg.has_component_privilege(c.name, 'use, manage')
+   WHERE rmsg.has_component_privilege(c.name, 'use, call, manage')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
 ) AS privileges_rows;
 COMMENT ON VIEW rmsg.privileges IS

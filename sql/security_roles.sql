@@ -509,3 +509,43 @@ SELECT count(*) AS desk_handlers FROM rmsg.callee_handler WHERE callee = 'sec-de
 DROP OWNED BY sec_heir;
 DROP ROLE sec_desk_owner, sec_setter, sec_heir;
 DROP FUNCTION public.sec_who(text, bigint, bytea);
+
+------------------------------------------------------------------------------
+-- call: what a caller's server's role needs for serve_call.  With it alone a
+-- role serves and answers calls under caller names of its own (made its own
+-- on first use), never another role's: replies are kept by caller name, and
+-- use would let it forge or pre-empt them
+------------------------------------------------------------------------------
+
+CREATE ROLE sec_bill_owner;
+CREATE ROLE sec_shop1;
+CREATE ROLE sec_shop2;
+GRANT USAGE ON SCHEMA rmsg TO sec_bill_owner, sec_shop1, sec_shop2;
+CREATE FUNCTION public.sec_echo(caller text, call_id bigint, request bytea) RETURNS bytea
+  LANGUAGE sql AS $$ SELECT request $$;
+SET ROLE sec_bill_owner;
+SELECT rmsg.set_callee_handler('sec-bill', 'public.sec_echo(text,bigint,bytea)');
+SELECT rmsg.grant_component('sec-bill', 'sec_shop1', 'call');
+SELECT rmsg.grant_component('sec-bill', 'sec_shop2', 'call');
+RESET ROLE;
+SET ROLE sec_shop1;
+SELECT convert_from(rmsg.serve_call('sec-bill', 'sec-shop1', 1, 'order 1'), 'UTF8') AS reply;
+RESET ROLE;
+SET ROLE sec_shop2;
+-- shop2 may neither answer nor call under shop1's caller name
+SELECT sqlstate_of($$SELECT rmsg.reply('sec-bill', 'sec-shop1', 2, 'forged')$$);
+SELECT sqlstate_of($$SELECT * FROM rmsg.accept_call('sec-bill', 'sec-shop1', 1)$$);
+SELECT sqlstate_of($$SELECT rmsg.serve_call('sec-bill', 'sec-shop1', 2, 'pre-empted')$$);
+-- its own calls it serves
+SELECT convert_from(rmsg.serve_call('sec-bill', 'sec-shop2', 1, 'order A'), 'UTF8') AS reply;
+SELECT rmsg.has_component_privilege('sec-bill', 'call') AS may_call,
+       rmsg.has_component_privilege('sec-bill', 'use') AS may_use;
+RESET ROLE;
+SELECT kind, object, grantee, privilege FROM rmsg.privileges
+ WHERE object = 'sec-bill' ORDER BY grantee::text;
+SELECT callee, caller, call_id, convert_from(reply, 'UTF8') AS reply
+  FROM rmsg.last_call WHERE callee = 'sec-bill' ORDER BY caller;
+SELECT name, owner FROM rmsg.component WHERE name LIKE 'sec-%' ORDER BY name;
+DROP OWNED BY sec_bill_owner, sec_shop1, sec_shop2;
+DROP ROLE sec_bill_owner, sec_shop1, sec_shop2;
+DROP FUNCTION public.sec_echo(text, bigint, bytea);

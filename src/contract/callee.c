@@ -24,8 +24,15 @@
  * hold it up.
  *
  * Answering as a callee takes the use privilege on its component, which
- * the role that first used the name owns (component_catalog.c).  The
- * caller's name is only data here: the caller may be on another server.
+ * the role that first used the name owns (component_catalog.c): use is for
+ * the callee's own code, which answers every caller.  Or it takes call on
+ * the callee, for a caller whose name is the role's own (use on that
+ * name's component, made the role's own on its first use here): call is
+ * what a caller's server's role needs for rmsg.serve_call, and with it
+ * alone a role answers its own calls and nobody else's.  The replies are
+ * kept by caller name, so without that a role that may call a callee could
+ * answer another role's calls to it by hand: forge their replies, or take
+ * their call ids first (RequireAnswerRights).
  *
  *-------------------------------------------------------------------------
  */
@@ -154,6 +161,23 @@ KeptReply(Datum *pair, const char *callee, const char *caller, int64 call_id)
 }
 
 /*
+ * The rights to answer as callee to caller (see the file's header): use on
+ * the callee, or call on it and use on the caller's name, which becomes
+ * the role's own if nobody used it yet.  42501 otherwise.
+ */
+static void
+RequireAnswerRights(const char *callee, const char *caller)
+{
+	AclMode		rights;
+
+	if (RmsgObjectRights(RMSG_COMPONENT, 0, callee, GetUserId(), &rights, NULL) &&
+		(rights & RMSG_USE) == 0 && (rights & RMSG_CALL) != 0)
+		(void) RmsgUseComponent(caller, true);
+	else
+		(void) RmsgUseComponent(callee, true);
+}
+
+/*
  * rmsg.accept_call(callee, caller, call_id, request) -> (status, reply)
  *
  * 'new': do the work and rmsg.reply in this transaction.  'duplicate': the
@@ -185,7 +209,7 @@ rmsg_accept_call(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	RmsgUseComponent(callee, true);
+	RequireAnswerRights(callee, caller);
 	LockPair(callee, caller);
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(callee);
@@ -244,7 +268,7 @@ rmsg_reply(PG_FUNCTION_ARGS)
 				 errhint("Reply with an empty reply as ''::bytea.")));
 	RmsgCheckPayloadSize(VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(3)));
 
-	RmsgUseComponent(callee, true);
+	RequireAnswerRights(callee, caller);
 	LockPair(callee, caller);
 	RmsgSpiConnect();
 	values[0] = CStringGetTextDatum(callee);

@@ -19,8 +19,9 @@
  * security-restricted operation, no SET ROLE back to the calling role);
  * that role's EXECUTE on the function is checked again before each call.  Registering takes manage on the callee's
  * component (the handler decides what every call to it does) and EXECUTE
- * on the function; serving a call takes what accept_call takes, use on the
- * callee.  An error in the handler fails the statement, so
+ * on the function; serving a call takes what accept_call takes: use on the
+ * callee, or call on it for a caller name of the calling role's own
+ * (callee.c).  An error in the handler fails the statement, so
  * nothing of the call commits and the caller may send it again.
  *
  * The session is the caller's, so nothing of it may steer the handler: the

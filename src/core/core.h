@@ -157,6 +157,8 @@ typedef enum RmsgObjectKind
 #define RMSG_DELIVER	ACL_INSERT	/* instance: deliver */
 #define RMSG_RECEIVE	ACL_SELECT	/* instance: receive, ack, recovery, state */
 #define RMSG_USE		ACL_SELECT	/* component: call and answer as it */
+#define RMSG_CALL		ACL_EXECUTE /* component: call it (serve_call), and
+									 * answer as it only for callers of one's own */
 #define RMSG_MANAGE		ACL_UPDATE	/* drop, subscribe, grant and revoke */
 
 extern AclMode RmsgRightsOf(RmsgObjectKind kind, Oid role, Oid owner, const Acl *acl);

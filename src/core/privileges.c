@@ -85,7 +85,7 @@ static const RightName instance_rights[] = {
 	{"deliver", RMSG_DELIVER}, {"receive", RMSG_RECEIVE}, {"manage", RMSG_MANAGE}, {NULL, 0}
 };
 static const RightName component_rights[] = {
-	{"use", RMSG_USE}, {"manage", RMSG_MANAGE}, {NULL, 0}
+	{"use", RMSG_USE}, {"call", RMSG_CALL}, {"manage", RMSG_MANAGE}, {NULL, 0}
 };
 
 /* What differs between the three kinds of object. */
