@@ -546,6 +546,44 @@ SELECT kind, object, grantee, privilege FROM rmsg.privileges
 SELECT callee, caller, call_id, convert_from(reply, 'UTF8') AS reply
   FROM rmsg.last_call WHERE callee = 'sec-bill' ORDER BY caller;
 SELECT name, owner FROM rmsg.component WHERE name LIKE 'sec-%' ORDER BY name;
+-- a caller's name whose role was dropped keeps its replies at the callee:
+-- a role that may only call cannot take the name over, or it would read
+-- them, or be served them in place of its own calls' work
+DROP OWNED BY sec_shop1;
+SET ROLE sec_shop2;
+SELECT sqlstate_of($$SELECT * FROM rmsg.accept_call('sec-bill', 'sec-shop1', 1)$$);
+RESET ROLE;
+
+-- the session's settings that change what SQL means do not reach a
+-- handler (a handler that escapes quotes by doubling them relies on
+-- standard_conforming_strings), and a handler in a schema named $user
+-- (which a search path cannot name) gets pg_catalog and pg_temp alone
+CREATE FUNCTION public.sec_settings(caller text, call_id bigint, request bytea) RETURNS bytea
+  LANGUAGE sql AS $$
+  SELECT convert_to(current_setting('standard_conforming_strings') || ' '
+                    || current_setting('transform_null_equals') || ' '
+                    || current_setting('bytea_output'), 'UTF8') $$;
+CREATE SCHEMA "$user";
+CREATE FUNCTION "$user".sec_path(caller text, call_id bigint, request bytea) RETURNS bytea
+  LANGUAGE sql AS $$ SELECT convert_to(current_setting('search_path'), 'UTF8') $$;
+GRANT USAGE ON SCHEMA "$user" TO PUBLIC;
+SET ROLE sec_bill_owner;
+SELECT rmsg.set_callee_handler('sec-settings', 'public.sec_settings(text,bigint,bytea)');
+SELECT rmsg.set_callee_handler('sec-path', '"$user".sec_path(text,bigint,bytea)');
+SELECT rmsg.grant_component('sec-settings', 'sec_shop2', 'call');
+SELECT rmsg.grant_component('sec-path', 'sec_shop2', 'call');
+RESET ROLE;
+SET ROLE sec_shop2;
+SET standard_conforming_strings = off;
+SET transform_null_equals = on;
+SET bytea_output = escape;
+SELECT convert_from(rmsg.serve_call('sec-settings', 'sec-shop2', 1, 'x'), 'UTF8') AS handler_settings;
+RESET standard_conforming_strings;
+RESET transform_null_equals;
+RESET bytea_output;
+SELECT convert_from(rmsg.serve_call('sec-path', 'sec-shop2', 1, 'x'), 'UTF8') AS handler_path;
+RESET ROLE;
 DROP OWNED BY sec_bill_owner, sec_shop1, sec_shop2;
 DROP ROLE sec_bill_owner, sec_shop1, sec_shop2;
-DROP FUNCTION public.sec_echo(text, bigint, bytea);
+DROP FUNCTION public.sec_echo(text, bigint, bytea), public.sec_settings(text, bigint, bytea);
+DROP SCHEMA "$user" CASCADE;

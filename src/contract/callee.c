@@ -160,19 +160,55 @@ KeptReply(Datum *pair, const char *callee, const char *caller, int64 call_id)
 	return NULL;
 }
 
+/* Whether the callee keeps replies for the caller.  $1 callee, $2 caller */
+static RmsgPlan any_kept_plan = {
+	"SELECT EXISTS (SELECT FROM rmsg.last_call WHERE callee = $1 AND caller = $2) AS kept",
+	2, {TEXTOID, TEXTOID}
+};
+
 /*
  * The rights to answer as callee to caller (see the file's header): use on
  * the callee, or call on it and use on the caller's name, which becomes
  * the role's own if nobody used it yet.  42501 otherwise.
+ *
+ * A caller's name nobody holds may still have replies kept for it: its
+ * component was dropped (its role with it), or a role with use answered
+ * it by hand.  Those replies are not the new claimant's to read, nor to be
+ * served in place of its own calls' work, so a name with replies kept at
+ * the callee is not made a role's own through call (42501); a superuser
+ * decides whether they go.
  */
 static void
 RequireAnswerRights(const char *callee, const char *caller)
 {
 	AclMode		rights;
+	AclMode		caller_rights;
 
 	if (RmsgObjectRights(RMSG_COMPONENT, 0, callee, GetUserId(), &rights, NULL) &&
 		(rights & RMSG_USE) == 0 && (rights & RMSG_CALL) != 0)
+	{
+		if (!RmsgObjectRights(RMSG_COMPONENT, 0, caller, GetUserId(), &caller_rights, NULL))
+		{
+			Datum		pair[2];
+			bool		kept;
+
+			pair[0] = CStringGetTextDatum(callee);
+			pair[1] = CStringGetTextDatum(caller);
+			RmsgSpiConnect();
+			RmsgPlanExecute(&any_kept_plan, pair, NULL, true, 1);
+			kept = DatumGetBool(RmsgSpiNotNull(0, "kept"));
+			RmsgSpiFinish();
+			if (kept)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("caller name \"%s\" has replies kept at callee \"%s\" from before it was any role's",
+								caller, callee),
+						 errdetail("A role that may only call callee \"%s\" cannot take a caller's name whose replies are kept there.",
+								   callee),
+						 errhint("Use another caller name, or have a superuser remove those replies from rmsg.last_call once their caller is gone for good.")));
+		}
 		(void) RmsgUseComponent(caller, true);
+	}
 	else
 		(void) RmsgUseComponent(callee, true);
 }

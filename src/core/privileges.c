@@ -14,6 +14,7 @@
  *	queue		put (INSERT bit)	 get (SELECT bit)		manage (UPDATE bit)
  *	instance	deliver (INSERT)	 receive (SELECT)		manage (UPDATE)
  *	component						 use (SELECT)			manage (UPDATE)
+ *				call (EXECUTE)
  *
  * A role holds a privilege when it is a superuser, when it has the
  * privileges of the owner (it is the owner, or a member of the owner's role
@@ -270,7 +271,7 @@ ReportUnknownRight(RmsgObjectKind kind, const char *word)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unrecognized component privilege \"%s\"", word),
-					 errhint("The component privileges are use and manage, or all of them: all.")));
+					 errhint("The component privileges are use, call and manage, or all of them: all.")));
 			break;
 	}
 	elog(ERROR, "unrecognized object kind: %d", (int) kind);
@@ -900,17 +901,44 @@ RmsgLockRole(Oid role)
  * The search path a handler runs with (RmsgInvokeAsRole): its own schema,
  * with pg_catalog first and pg_temp last, so that nothing another role
  * put in a schema of its choosing, or a temporary table, is found before
- * what the handler's owner meant.
+ * what the handler's owner meant.  A schema named $user cannot be named
+ * in a search path, quoted or not (it stands for the current role's
+ * schema, which another role may have made): its handlers get pg_catalog
+ * and pg_temp alone.
  */
 static const char *
 SearchPathFor(Oid function)
 {
 	char	   *schema = get_namespace_name(get_func_namespace(function));
 
-	if (schema == NULL)			/* dropped meanwhile: the call will fail */
+	if (schema == NULL ||		/* dropped meanwhile: the call will fail */
+		strcmp(schema, "$user") == 0)
 		return "pg_catalog, pg_temp";
 	return psprintf("pg_catalog, %s, pg_temp", quote_identifier(schema));
 }
+
+/*
+ * Settings that change what the handler's SQL means, which the session a
+ * handler runs in (the caller's, for serve_call) may have set otherwise:
+ * each is set to PostgreSQL's default for the call.  Without this, a
+ * handler that escapes quotes by doubling them, safe with the default
+ * standard_conforming_strings, could be made to run the caller's SQL as
+ * its owner.  Settings that only change how values are written or read
+ * (DateStyle, TimeZone) and custom ones still come from the session, as
+ * they reach a SECURITY DEFINER function.
+ */
+static const struct
+{
+	const char *name;
+	const char *value;
+}			handler_settings[] = {
+	{"standard_conforming_strings", "on"},
+	{"backslash_quote", "safe_encoding"},
+	{"transform_null_equals", "off"},
+	{"array_nulls", "on"},
+	{"bytea_output", "hex"},
+	{"quote_all_identifiers", "off"},
+};
 
 /*
  * Calls a function of another role's as that role: a handler, run for the
@@ -922,7 +950,8 @@ SearchPathFor(Oid function)
  * own GUC nest level.  An error leaves the user and the settings to the
  * transaction's or subtransaction's abort, which restores both.
  *
- * The search path is not the session's: serve_call runs a callee's handler
+ * The search path is not the session's, nor are the settings that change
+ * what SQL means (handler_settings): serve_call runs a callee's handler
  * in the caller's own session, whose search_path (or a temporary table of
  * the handler's table's name) the caller chooses, and a function planted
  * there would run as the handler's owner.  So the handler gets what
@@ -943,6 +972,9 @@ RmsgInvokeAsRole(Oid role, FunctionCallInfo fcinfo)
 	nest_level = NewGUCNestLevel();
 	(void) set_config_option("search_path", SearchPathFor(fcinfo->flinfo->fn_oid),
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	for (int i = 0; i < lengthof(handler_settings); i++)
+		(void) set_config_option(handler_settings[i].name, handler_settings[i].value,
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(role, saved_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	result = FunctionCallInvoke(fcinfo);
