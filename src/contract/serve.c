@@ -24,10 +24,13 @@
  * (callee.c).  An error in the handler fails the statement, so
  * nothing of the call commits and the caller may send it again.
  *
- * The session is the caller's, so nothing of it may steer the handler: the
- * handler runs with a search path of its own (pg_catalog, its schema,
- * pg_temp: RmsgInvokeAsRole), and a session that has made temporary
- * objects is refused (RefuseTemporaryObjects says why).
+ * The session is the caller's, so what of it could steer the handler is
+ * set aside: the handler runs with a search path of its own (pg_catalog,
+ * its schema, pg_temp) and PostgreSQL's defaults for the settings that
+ * change what SQL means (RmsgInvokeAsRole), and a session that has made
+ * temporary objects is refused (RefuseTemporaryObjects says why).  Other
+ * settings (DateStyle, custom ones) reach it, as they reach a SECURITY
+ * DEFINER function.
  *
  *-------------------------------------------------------------------------
  */
