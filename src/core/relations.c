@@ -193,60 +193,54 @@ RmsgRefuseBypass(Relation rel, const char *what)
 }
 
 /*
- * ready_scan.c walks message_ready_idx by its column numbers: queue_id,
- * priority, visible_at, msg_id.  An index of another shape (a database
- * made by a development script of 1.1, or changed by hand) would be
- * searched with keys of the wrong types; refuse it instead.
+ * Refuses (55000) an index that is not a plain btree on exactly `columns`,
+ * whole (no predicate).  ready_scan.c and instance/line_hint.c walk their
+ * indexes by column numbers and take every entry of a range to be in it:
+ * an index of another shape (a database made by a development script of
+ * 1.1, or changed by hand) would be searched with keys of the wrong types,
+ * and a partial one would let a walk pass messages it lacks.
  */
 static void
-CheckReadyIndex(const RmsgRelations *r)
+RequireIndexOn(Oid index_oid, const char *index_name, const AttrNumber *columns,
+			   int ncolumns, const char *column_names)
 {
-	Relation	index = index_open(r->message_ready_idx, AccessShareLock);
+	Relation	index = index_open(index_oid, AccessShareLock);
 	int2vector *keys = &index->rd_index->indkey;
 	bool		ok;
 
 	ok = index->rd_rel->relam == BTREE_AM_OID &&
 		RelationGetIndexPredicate(index) == NIL &&
-		index->rd_index->indnkeyatts == 4 &&
-		keys->values[0] == r->att_queue_id &&
-		keys->values[1] == r->att_priority &&
-		keys->values[2] == r->att_visible_at &&
-		keys->values[3] == r->att_msg_id;
+		index->rd_index->indnkeyatts == ncolumns;
+	for (int i = 0; ok && i < ncolumns; i++)
+		ok = keys->values[i] == columns[i];
 	index_close(index, AccessShareLock);
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("index rmsg.message_ready_idx is not on (queue_id, priority, visible_at, msg_id)"),
+				 errmsg("index rmsg.%s is not on (%s)", index_name, column_names),
 				 errhint("Reinstall the extension, or recreate the index as its script does.")));
 }
 
-/*
- * instance/line_hint.c walks instance_message_line_idx by its column
- * numbers too, (instance_id, msg_id), and takes every entry of a line to
- * be in it: an index of another shape would be searched with keys of the
- * wrong types, and a partial one would let the walk pass messages it
- * lacks.  Refuse it.
- */
+/* message_ready_idx, which ready_scan.c walks. */
+static void
+CheckReadyIndex(const RmsgRelations *r)
+{
+	AttrNumber	columns[] = {r->att_queue_id, r->att_priority, r->att_visible_at, r->att_msg_id};
+
+	RequireIndexOn(r->message_ready_idx, "message_ready_idx", columns, lengthof(columns),
+				   "queue_id, priority, visible_at, msg_id");
+}
+
+/* instance_message_line_idx, which instance/line_hint.c walks. */
 static void
 CheckLineIndex(const RmsgRelations *r)
 {
 	Relation	rel = table_open(r->instance_message, AccessShareLock);
-	Relation	index = index_open(r->instance_message_line_idx, AccessShareLock);
-	int2vector *keys = &index->rd_index->indkey;
-	bool		ok;
+	AttrNumber	columns[] = {AttnumOf(rel, "instance_id"), AttnumOf(rel, "msg_id")};
 
-	ok = index->rd_rel->relam == BTREE_AM_OID &&
-		RelationGetIndexPredicate(index) == NIL &&
-		index->rd_index->indnkeyatts == 2 &&
-		keys->values[0] == AttnumOf(rel, "instance_id") &&
-		keys->values[1] == AttnumOf(rel, "msg_id");
-	index_close(index, AccessShareLock);
 	table_close(rel, AccessShareLock);
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("index rmsg.instance_message_line_idx is not on (instance_id, msg_id)"),
-				 errhint("Reinstall the extension, or recreate the index as its script does.")));
+	RequireIndexOn(r->instance_message_line_idx, "instance_message_line_idx", columns,
+				   lengthof(columns), "instance_id, msg_id");
 }
 
 /*

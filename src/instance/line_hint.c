@@ -302,9 +302,12 @@ EntryGone(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot)
 }
 
 /*
- * Moves the instance's hint over the gone entries at the front of its line.
- * The caller holds the instance's take lock, so no other receive walks it
- * meanwhile, and reads the hint afterwards (RmsgLineHintRead).
+ * Moves the instance's hint over the gone entries at the front of its line;
+ * the caller reads the hint afterwards (RmsgLineHintRead).  Walks of one
+ * line may run side by side (a receive holds the instance's take lock, but
+ * receive_any's search for the next line with messages does not): each
+ * only raises line_from to where it found a message that is not gone, and
+ * only when no delivery was counted since it began, so either is right.
  */
 void
 RmsgLineHintWalk(int64 instance_id)
