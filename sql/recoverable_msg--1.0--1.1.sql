@@ -745,7 +745,10 @@ SELECT kind, target, handler, batch, owner, errors, last_error, last_error_at, l
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
 ) AS handlers_rows;
 
--- Every privilege granted on the objects the role may see.
+-- The privileges granted on the objects the role may see: every grant of
+-- an object it may manage (or to a monitoring role), else only its own
+-- grants and PUBLIC's.  Tenants sharing a queue or a callee do not learn
+-- each other's role names here.
 CREATE VIEW rmsg.privileges WITH (security_barrier) AS
 -- the arms of a UNION ALL are planned as tables of their own, past the
 -- view's barrier: the union is a subquery, so that the barrier holds
@@ -754,25 +757,31 @@ SELECT kind, object, owner, grantee, privilege FROM (
          CASE a.privilege_type WHEN 'INSERT' THEN 'put' WHEN 'SELECT' THEN 'get'
                                ELSE 'manage' END AS privilege
     FROM rmsg.queue q, pg_catalog.aclexplode(q.acl) a
-   WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
+   WHERE rmsg.has_queue_privilege(q.name, 'manage')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+      OR (rmsg.has_queue_privilege(q.name, 'put, get')
+          AND (a.grantee = 0 OR pg_catalog.pg_has_role(a.grantee, 'USAGE')))
   UNION ALL
   SELECT 'instance', i.name, i.owner, a.grantee::regrole,
          CASE a.privilege_type WHEN 'INSERT' THEN 'deliver' WHEN 'SELECT' THEN 'receive'
                                ELSE 'manage' END
     FROM rmsg.instance i, pg_catalog.aclexplode(i.acl) a
-   WHERE rmsg.has_instance_privilege(i.name, 'deliver, receive, manage')
+   WHERE rmsg.has_instance_privilege(i.name, 'manage')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+      OR (rmsg.has_instance_privilege(i.name, 'deliver, receive')
+          AND (a.grantee = 0 OR pg_catalog.pg_has_role(a.grantee, 'USAGE')))
   UNION ALL
   SELECT 'component', c.name, c.owner, a.grantee::regrole,
          CASE a.privilege_type WHEN 'SELECT' THEN 'use' WHEN 'EXECUTE' THEN 'call'
                                ELSE 'manage' END
     FROM rmsg.component c, pg_catalog.aclexplode(c.acl) a
-   WHERE rmsg.has_component_privilege(c.name, 'use, call, manage')
+   WHERE rmsg.has_component_privilege(c.name, 'manage')
       OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+      OR (rmsg.has_component_privilege(c.name, 'use, call')
+          AND (a.grantee = 0 OR pg_catalog.pg_has_role(a.grantee, 'USAGE')))
 ) AS privileges_rows;
 COMMENT ON VIEW rmsg.privileges IS
-  'the privileges granted on the queues, instances and components the current role may see (grantee - is PUBLIC); owners hold every privilege';
+  'the privileges granted on the queues, instances and components the current role may see: all of them where it may manage, else its own and PUBLIC''s (grantee - is PUBLIC); owners hold every privilege';
 
 REVOKE EXECUTE ON FUNCTION rmsg.stat_log(), rmsg.stat_queues(), rmsg.stat_components(),
                            rmsg.stat_worker() FROM PUBLIC;

@@ -111,6 +111,12 @@ SELECT rmsg.grant_queue('sec_a', 'sec_producer', 'get');
 SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
  WHERE object = 'sec_a' ORDER BY grantee::text, privilege;
 RESET ROLE;
+-- a producer sees its own grants, not which other roles share the queue;
+-- whoever manages it sees them all
+SET ROLE sec_producer;
+SELECT kind, object, owner, grantee, privilege FROM rmsg.privileges
+ WHERE object = 'sec_a' ORDER BY grantee::text, privilege;
+RESET ROLE;
 
 -- dedup = 'content' shares payloads among one owner's queues only, and only
 -- a role that manages a queue (or reads all statistics) sees its byte
@@ -540,6 +546,9 @@ SELECT sqlstate_of($$SELECT rmsg.serve_call('sec-bill', 'sec-shop1', 2, 'pre-emp
 SELECT convert_from(rmsg.serve_call('sec-bill', 'sec-shop2', 1, 'order A'), 'UTF8') AS reply;
 SELECT rmsg.has_component_privilege('sec-bill', 'call') AS may_call,
        rmsg.has_component_privilege('sec-bill', 'use') AS may_use;
+-- a caller sees its own grant, not the callee's other callers
+SELECT kind, object, grantee, privilege FROM rmsg.privileges
+ WHERE object = 'sec-bill' ORDER BY grantee::text;
 RESET ROLE;
 SELECT kind, object, grantee, privilege FROM rmsg.privileges
  WHERE object = 'sec-bill' ORDER BY grantee::text;
