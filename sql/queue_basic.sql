@@ -31,8 +31,8 @@ SELECT rmsg.put('basic', 'plain literal', '{"k": "v", "n": 1}') - :id0 AS rel;
 SELECT rmsg.put('basic', ''::bytea, headers => '{}') - :id0 AS rel;   -- empty payload
 
 SELECT msg_id - :id0 AS rel, queue_id = (SELECT queue_id FROM rmsg.queue WHERE name = 'basic') AS in_basic,
-       deliveries, payload_size, payload_id IS NULL AS inline, headers
-  FROM rmsg.message ORDER BY msg_id;
+       coalesce(l.deliveries, 0) AS deliveries, payload_size, payload_id IS NULL AS inline, headers
+  FROM rmsg.message LEFT JOIN rmsg.lease l USING (msg_id) ORDER BY msg_id;
 SELECT queue, ready, in_flight, delayed, dead, payload_bytes FROM rmsg.queues WHERE queue = 'basic';
 
 -- get: oldest ready first, max at a time; each message comes with a data token
@@ -196,4 +196,6 @@ SELECT rmsg.drop_queue('basic_none');
 SELECT rmsg.drop_queue('basic');
 SELECT count(*) AS queues FROM rmsg.queue;
 SELECT count(*) AS messages FROM rmsg.message;
+-- every lease went with its message (acked, or dropped with the queue)
+SELECT count(*) AS leases FROM rmsg.lease;
 SELECT live_payload_rows() AS payload_rows;

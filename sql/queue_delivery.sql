@@ -97,8 +97,8 @@ SELECT rmsg.nack(:p) AS nacked;
 SELECT count(*) AS got FROM rmsg.get('dlv_src');
 SELECT queue, ready, in_flight, delayed, dead FROM rmsg.queues
  WHERE queue IN ('dlv_src', 'dlv_dead') ORDER BY queue;
-SELECT msg_id - :p AS rel, q.name AS queue, deliveries, headers
-  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id);
+SELECT msg_id - :p AS rel, q.name AS queue, coalesce(l.deliveries, 0) AS deliveries, headers
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id);
 SELECT msg_id - :p AS rel, convert_from(payload, 'UTF8') AS text, headers, deliveries
   FROM rmsg.get('dlv_dead');
 SELECT rmsg.ack(:p) AS acked;
@@ -127,10 +127,12 @@ SELECT count(*) AS got FROM rmsg.get('dlv_src');
 SELECT count(*) AS dead_lettered FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
  WHERE q.name = 'dlv_dead';
 ROLLBACK;
-SELECT q.name AS queue, deliveries FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+SELECT q.name AS queue, coalesce(l.deliveries, 0) AS deliveries
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id)
  WHERE msg_id = :r;
 SELECT count(*) AS got FROM rmsg.get('dlv_src');
-SELECT q.name AS queue, deliveries FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+SELECT q.name AS queue, coalesce(l.deliveries, 0) AS deliveries
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id)
  WHERE msg_id = :r;
 SELECT rmsg.ack(:r) AS acked;
 
@@ -187,5 +189,6 @@ SELECT rmsg.drop_queue('dlv_dead');
 SELECT rmsg.drop_queue('dlv');
 SELECT count(*) AS queues, (SELECT count(*) FROM rmsg.message) AS messages,
        (SELECT count(*) FROM rmsg.dead_message) AS dead_messages,
+       (SELECT count(*) FROM rmsg.lease) AS leases,
        live_payload_rows() AS payload_rows
   FROM rmsg.queue;

@@ -216,8 +216,10 @@ SELECT sqlstate_of($$SELECT rmsg.put('err_priv', 'x'::text)$$);
 SELECT sqlstate_of($$SELECT * FROM rmsg.get('err_priv')$$);
 SELECT rmsg.ack((SELECT min(msg_id) FROM rmsg.message)) AS acked_by_reader;
 RESET ROLE;
-SELECT convert_from(inline_data, 'UTF8') AS payload, deliveries, lease_until IS NULL AS not_leased
-  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) WHERE q.name = 'err_priv';
+SELECT convert_from(inline_data, 'UTF8') AS payload, coalesce(l.deliveries, 0) AS deliveries,
+       l.lease_until IS NULL AS not_leased
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id)
+ WHERE q.name = 'err_priv';
 SELECT rmsg.drop_queue('err_priv');
 DROP OWNED BY regress_rmsg_reader;
 DROP ROLE regress_rmsg_reader;

@@ -110,4 +110,6 @@ SELECT rmsg.drop_queue(q) FROM unnest(ARRAY['op', 'pq', 'rd_work', 'rd_dlq', 'rd
 REVOKE USAGE ON SCHEMA rmsg FROM rmsg_op_user;
 DROP OWNED BY rmsg_op_user;
 DROP ROLE rmsg_op_user;
+-- every lease went with its message (acked, dead-lettered, redriven, purged, dropped)
+SELECT count(*) AS leases FROM rmsg.lease;
 DROP FUNCTION got(text, int);

@@ -22,7 +22,7 @@ SELECT receipt AS r2 FROM first_lease WHERE msg_id = :two \gset
 -- a wrong receipt changes nothing, even while the lease runs
 SELECT rmsg.ack(:one, :r1 + 1) AS ack_wrong, rmsg.extend(:one, '1 minute', :r1 + 1) AS extend_wrong,
        rmsg.nack(:one, NULL, :r1 + 1) AS nack_wrong;
-SELECT count(*) AS still_in_flight FROM rmsg.message WHERE msg_id = :one AND lease_until > now();
+SELECT count(*) AS still_in_flight FROM rmsg.lease WHERE msg_id = :one AND lease_until > now();
 
 -- the first consumer's leases run out; a second consumer takes both
 SELECT pg_sleep(0.3);
@@ -36,8 +36,8 @@ SELECT rmsg.ack(:one, :r1) AS stale_ack, rmsg.nack(:two, NULL, :r2) AS stale_nac
        rmsg.extend(:two, '1 hour', :r2) AS stale_extend,
        rmsg.ack(ARRAY[:one, :two]::bigint[], ARRAY[:r1, :r2]::bigint[]) AS stale_ack_many;
 SELECT count(*) AS both_still_leased_by_the_second
-  FROM rmsg.message m JOIN second_lease s USING (msg_id)
- WHERE m.deliveries = 2 AND m.lease_until > now() + interval '50 seconds';
+  FROM rmsg.lease l JOIN second_lease s USING (msg_id)
+ WHERE l.deliveries = 2 AND l.lease_until > now() + interval '50 seconds';
 SELECT stale_receipts FROM rmsg.queues WHERE queue = 'rc';
 
 -- the second consumer's receipts hold: extend, then ack both at once
@@ -109,3 +109,5 @@ SELECT record_type, count(*) AS records
 DROP EXTENSION pg_walinspect;
 
 SELECT rmsg.drop_instance('rc-1'), rmsg.drop_queue('rc');
+-- every lease went with its message
+SELECT count(*) AS leases FROM rmsg.lease;

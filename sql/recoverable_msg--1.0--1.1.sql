@@ -607,6 +607,23 @@ COMMENT ON FUNCTION rmsg.queue_counters() IS
 
 
 
+-- Leases out of the message row (queue/lease_rows.c).  The lease of every
+-- message delivered at least once moves to rmsg.lease; after the view
+-- below stops reading them, the message table loses the two columns and
+-- its fillfactor: a message row no longer changes while it waits or is
+-- leased, so its pages are filled.  Rows already written keep their
+-- layout until they are written again.
+CREATE TABLE rmsg.lease (
+    msg_id          bigint PRIMARY KEY,
+    deliveries      int NOT NULL,
+    lease_until     timestamptz
+) WITH (fillfactor = 80);
+COMMENT ON TABLE rmsg.lease IS 'how often each queue message was delivered, and until when its lease runs';
+SELECT pg_catalog.pg_extension_config_dump('rmsg.lease', '');
+INSERT INTO rmsg.lease (msg_id, deliveries, lease_until)
+SELECT msg_id, deliveries, lease_until FROM rmsg.message
+ WHERE deliveries > 0 OR lease_until IS NOT NULL;
+
 -- One scan of a queue's messages: ready (visible now), in flight (delivered,
 -- lease running), delayed (put or nacked with a delay that has not passed),
 -- and of its groups: how many have a message in flight, how many messages
@@ -638,16 +655,17 @@ SELECT q.name AS queue,
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
   LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE mm.visible_at <= now()
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
-               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS ready,
+               count(*) FILTER (WHERE l.lease_until > now()) AS in_flight,
                count(*) FILTER (WHERE mm.visible_at > now() AND mm.visible_at < 'infinity'
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS delayed,
                now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS oldest_ready_age,
                sum(mm.payload_size) AS bytes,
-               count(DISTINCT mm.group_id) FILTER (WHERE mm.lease_until > now()) AS groups_in_flight,
+               count(DISTINCT mm.group_id) FILTER (WHERE l.lease_until > now()) AS groups_in_flight,
                count(*) FILTER (WHERE mm.visible_at = 'infinity') AS group_waiting
           FROM rmsg.message mm
+          LEFT JOIN rmsg.lease l ON l.msg_id = mm.msg_id
          WHERE mm.queue_id = q.queue_id) m ON true
   LEFT JOIN LATERAL (
         SELECT count(*) AS dead
@@ -655,6 +673,9 @@ SELECT q.name AS queue,
          WHERE dm.queue_id = q.queue_id) d ON true
  WHERE rmsg.has_queue_privilege(q.name, 'put, get, manage')
     OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE');
+
+-- Nothing reads the message row's lease any more.
+ALTER TABLE rmsg.message DROP COLUMN deliveries, DROP COLUMN lease_until, RESET (fillfactor);
 
 DROP FUNCTION rmsg.stat_queues();
 CREATE FUNCTION rmsg.stat_queues(

@@ -60,18 +60,16 @@ CREATE INDEX payload_hash_idx ON rmsg.payload (hash) WHERE hash IS NOT NULL;
 COMMENT ON TABLE rmsg.payload IS 'message data written once and referenced by messages';
 
 -- A message is ready once visible_at has passed and it is not leased.  A
--- get leases it until lease_until, which is not indexed: leasing, extending
--- and most nacks are HOT updates that add no index entry (hence the
--- fillfactor), and an expired lease leaves the message at its old place in
--- line.  The ready index leads a get to its queue's ready messages in the
--- order they became ready; delayed messages lie beyond now and are never
--- visited.  payload_id and inline_data: exactly one is set.
+-- message row never changes while it waits or is leased: its lease is a row
+-- of rmsg.lease, so a get writes a small row instead of a new version of
+-- the message and its data, and the message table fills its pages.  The
+-- ready index leads a get to its queue's ready messages in the order they
+-- became ready; delayed messages lie beyond now and are never visited.
+-- payload_id and inline_data: exactly one is set.
 CREATE TABLE rmsg.message (
     msg_id          bigint PRIMARY KEY DEFAULT nextval('rmsg.msg_id_seq'),
     queue_id        int NOT NULL,
-    deliveries      int NOT NULL DEFAULT 0,
     visible_at      timestamptz NOT NULL,
-    lease_until     timestamptz,
     enqueued_at     timestamptz NOT NULL,
     payload_size    int NOT NULL,
     payload_id      bigint,
@@ -87,7 +85,7 @@ CREATE TABLE rmsg.message (
     -- Ready messages of a higher priority are handed out first; each
     -- priority of a queue is a lane of the ready index (queue/priorities.c).
     priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9)
-) WITH (fillfactor = 70);
+);
 ALTER SEQUENCE rmsg.msg_id_seq OWNED BY rmsg.message.msg_id;
 -- priority fits in the padding before visible_at: entries are no larger.
 CREATE INDEX message_ready_idx ON rmsg.message (queue_id, priority, visible_at, msg_id);
@@ -101,6 +99,20 @@ CREATE INDEX message_payload_idx ON rmsg.message (payload_id) WHERE payload_id I
 CREATE INDEX message_group_idx ON rmsg.message (queue_id, group_id, visible_at, msg_id)
     WHERE group_id IS NOT NULL;
 COMMENT ON TABLE rmsg.message IS 'live messages of every queue';
+
+-- The leases of queue messages (queue/lease_rows.c): a message has a row
+-- here once it was first delivered, until it is acked, dead-lettered or
+-- deleted.  deliveries counts its leases; the latest runs until
+-- lease_until (NULL: ended by a nack).  Every writer holds the message
+-- row's lock, so a message's lease changes in one transaction at a time.
+-- lease_until is not indexed: a new lease, an extend or a nack is a HOT
+-- update of this small row.
+CREATE TABLE rmsg.lease (
+    msg_id          bigint PRIMARY KEY,
+    deliveries      int NOT NULL,
+    lease_until     timestamptz
+) WITH (fillfactor = 80);
+COMMENT ON TABLE rmsg.lease IS 'how often each queue message was delivered, and until when its lease runs';
 
 -- Messages that used up max_deliveries in a queue without a dead-letter
 -- queue.  They keep their payload reference, so nothing is lost; the views
@@ -268,6 +280,7 @@ COMMENT ON TABLE rmsg.component IS 'callers and callees of the contract: who own
 SELECT pg_catalog.pg_extension_config_dump('rmsg.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.payload', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.message', '');
+SELECT pg_catalog.pg_extension_config_dump('rmsg.lease', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.dead_message', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.put_key', '');
 SELECT pg_catalog.pg_extension_config_dump('rmsg.msg_id_seq', '');
@@ -874,16 +887,17 @@ SELECT q.name AS queue,
   LEFT JOIN rmsg.queue_counters() st ON st.queue_id = q.queue_id
   LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE mm.visible_at <= now()
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS ready,
-               count(*) FILTER (WHERE mm.lease_until > now()) AS in_flight,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS ready,
+               count(*) FILTER (WHERE l.lease_until > now()) AS in_flight,
                count(*) FILTER (WHERE mm.visible_at > now() AND mm.visible_at < 'infinity'
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS delayed,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS delayed,
                now() - min(mm.enqueued_at) FILTER (WHERE mm.visible_at <= now()
-                                 AND (mm.lease_until IS NULL OR mm.lease_until <= now())) AS oldest_ready_age,
+                                 AND (l.lease_until IS NULL OR l.lease_until <= now())) AS oldest_ready_age,
                sum(mm.payload_size) AS bytes,
-               count(DISTINCT mm.group_id) FILTER (WHERE mm.lease_until > now()) AS groups_in_flight,
+               count(DISTINCT mm.group_id) FILTER (WHERE l.lease_until > now()) AS groups_in_flight,
                count(*) FILTER (WHERE mm.visible_at = 'infinity') AS group_waiting
           FROM rmsg.message mm
+          LEFT JOIN rmsg.lease l ON l.msg_id = mm.msg_id
          WHERE mm.queue_id = q.queue_id) m ON true
   LEFT JOIN LATERAL (
         SELECT count(*) AS dead

@@ -12,12 +12,12 @@ SELECT rmsg.put('si', 'keep'::text) AS kept \gset
 CREATE TEMP TABLE before AS
 SELECT (SELECT count(*) FROM rmsg.message) AS messages,
        (SELECT count(*) FROM rmsg.instance_message) AS instance_messages,
-       (SELECT sum(deliveries) FROM rmsg.message) AS deliveries,
+       (SELECT coalesce(sum(deliveries), 0) FROM rmsg.lease) AS deliveries,
        (SELECT count(*) FROM rmsg.queue) AS queues;
 CREATE FUNCTION unchanged() RETURNS boolean LANGUAGE sql AS $$
   SELECT (SELECT count(*) FROM rmsg.message) = b.messages
      AND (SELECT count(*) FROM rmsg.instance_message) = b.instance_messages
-     AND (SELECT sum(deliveries) FROM rmsg.message) = b.deliveries
+     AND (SELECT coalesce(sum(deliveries), 0) FROM rmsg.lease) = b.deliveries
      AND (SELECT count(*) FROM rmsg.queue) = b.queues
     FROM before b
 $$;

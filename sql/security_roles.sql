@@ -77,8 +77,9 @@ SELECT regexp_replace(sqlstate_of(format('SELECT rmsg.forward(%s, %L)', :sec_a_m
                       '[0-9]+ does', 'N does') AS forward;
 RESET ROLE;
 -- a's message is untouched
-SELECT convert_from(inline_data, 'UTF8') AS payload, deliveries, lease_until IS NULL AS not_leased
-  FROM rmsg.message WHERE msg_id = :sec_a_msg;
+SELECT convert_from(inline_data, 'UTF8') AS payload, coalesce(l.deliveries, 0) AS deliveries,
+       l.lease_until IS NULL AS not_leased
+  FROM rmsg.message LEFT JOIN rmsg.lease l USING (msg_id) WHERE msg_id = :sec_a_msg;
 
 -- a grants b get; b may now get, but not put or manage
 SET ROLE sec_tenant_a;

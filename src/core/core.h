@@ -180,6 +180,8 @@ typedef struct RmsgRelations
 	Oid			msg_id_seq;
 	Oid			message_payload_idx;	/* partial: rows with a payload_id */
 	Oid			message_group_idx;	/* partial: rows with a group_id */
+	Oid			lease;			/* the leases of queue messages */
+	Oid			lease_pkey;		/* (msg_id) */
 	Oid			payload;
 	Oid			payload_pkey;
 	Oid			payload_hash_idx;
@@ -194,9 +196,7 @@ typedef struct RmsgRelations
 	struct OverrideSearchPath *search_path; /* pg_catalog, rmsg */
 	AttrNumber	att_msg_id;
 	AttrNumber	att_queue_id;
-	AttrNumber	att_deliveries;
 	AttrNumber	att_visible_at;
-	AttrNumber	att_lease_until;
 	AttrNumber	att_enqueued_at;
 	AttrNumber	att_payload_size;
 	AttrNumber	att_payload_id;
@@ -204,6 +204,10 @@ typedef struct RmsgRelations
 	AttrNumber	att_inline_data;
 	AttrNumber	att_group_id;
 	AttrNumber	att_priority;
+	/* of rmsg.lease */
+	AttrNumber	att_lease_msg_id;
+	AttrNumber	att_lease_deliveries;
+	AttrNumber	att_lease_until;
 	/* of rmsg.payload */
 	AttrNumber	att_payload_payload_id;
 	AttrNumber	att_payload_hash;

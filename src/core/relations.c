@@ -280,6 +280,8 @@ RmsgGetRelations(void)
 		relations.msg_id_seq = RelidOf(namespace, "msg_id_seq");
 		relations.message_payload_idx = RelidOf(namespace, "message_payload_idx");
 		relations.message_group_idx = RelidOf(namespace, "message_group_idx");
+		relations.lease = RelidOf(namespace, "lease");
+		relations.lease_pkey = RelidOf(namespace, "lease_pkey");
 		relations.payload = RelidOf(namespace, "payload");
 		relations.payload_pkey = RelidOf(namespace, "payload_pkey");
 		relations.payload_hash_idx = RelidOf(namespace, "payload_hash_idx");
@@ -294,9 +296,7 @@ RmsgGetRelations(void)
 		relations.owner = rel->rd_rel->relowner;
 		relations.att_msg_id = AttnumOf(rel, "msg_id");
 		relations.att_queue_id = AttnumOf(rel, "queue_id");
-		relations.att_deliveries = AttnumOf(rel, "deliveries");
 		relations.att_visible_at = AttnumOf(rel, "visible_at");
-		relations.att_lease_until = AttnumOf(rel, "lease_until");
 		relations.att_enqueued_at = AttnumOf(rel, "enqueued_at");
 		relations.att_payload_size = AttnumOf(rel, "payload_size");
 		relations.att_payload_id = AttnumOf(rel, "payload_id");
@@ -307,6 +307,12 @@ RmsgGetRelations(void)
 		table_close(rel, NoLock);
 		CheckReadyIndex(&relations);
 		CheckLineIndex(&relations);
+
+		rel = table_open(relations.lease, AccessShareLock);
+		relations.att_lease_msg_id = AttnumOf(rel, "msg_id");
+		relations.att_lease_deliveries = AttnumOf(rel, "deliveries");
+		relations.att_lease_until = AttnumOf(rel, "lease_until");
+		table_close(rel, NoLock);
 
 		rel = table_open(relations.payload, AccessShareLock);
 		relations.att_payload_payload_id = AttnumOf(rel, "payload_id");

@@ -119,7 +119,8 @@ static RmsgPlan dlq_users_plan = {
 
 /* Deletes a queue's messages, live and dead, and its put keys (put_keys.c). */
 static RmsgPlan delete_messages_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1),"
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING msg_id),"
+	"     leases AS (DELETE FROM rmsg.lease l USING live WHERE l.msg_id = live.msg_id),"
 	"     put_keys AS (DELETE FROM rmsg.put_key WHERE queue_id = $1)"
 	" DELETE FROM rmsg.dead_message WHERE queue_id = $1",
 	1, {INT4OID}

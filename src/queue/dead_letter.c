@@ -37,18 +37,22 @@
 	"        array_agg(DISTINCT group_id) FILTER (WHERE group_id IS NOT NULL) AS groups" \
 	"   FROM " cte
 #define MOVE_TO_DLQ(rows) \
-	"WITH old AS (SELECT ctid AS tid, group_id FROM rmsg.message WHERE " rows ")," \
-	" moved AS (UPDATE rmsg.message m SET queue_id = $2, lease_until = NULL," \
-	"                  deliveries = 0, visible_at = $3, died_in = m.queue_id, group_id = NULL," \
+	"WITH old AS (SELECT ctid AS tid, msg_id, group_id FROM rmsg.message WHERE " rows ")," \
+	" moved AS (UPDATE rmsg.message m SET queue_id = $2," \
+	"                  visible_at = $3, died_in = m.queue_id, group_id = NULL," \
 	"                  priority = 0" \
-	"             FROM old WHERE m.ctid = old.tid RETURNING old.group_id)" \
+	"             FROM old WHERE m.ctid = old.tid RETURNING old.group_id)," \
+	" unleased AS (DELETE FROM rmsg.lease l USING old WHERE l.msg_id = old.msg_id)" \
 	MOVED_AND_GROUPS("moved")
 #define KEEP_DEAD(rows) \
 	"WITH gone AS (DELETE FROM rmsg.message WHERE " rows " RETURNING *)," \
+	" unleased AS (DELETE FROM rmsg.lease l USING gone WHERE l.msg_id = gone.msg_id" \
+	"              RETURNING l.msg_id, l.deliveries)," \
 	" kept AS (INSERT INTO rmsg.dead_message (msg_id, queue_id, deliveries, enqueued_at," \
 	"        died_at, payload_size, payload_id, headers, inline_data)" \
-	"   SELECT msg_id, queue_id, deliveries, enqueued_at, $3, payload_size," \
-	"          payload_id, headers, inline_data FROM gone)" \
+	"   SELECT g.msg_id, g.queue_id, coalesce(u.deliveries, 0), g.enqueued_at, $3," \
+	"          g.payload_size, g.payload_id, g.headers, g.inline_data" \
+	"     FROM gone g LEFT JOIN unleased u ON u.msg_id = g.msg_id)" \
 	MOVED_AND_GROUPS("gone")
 
 static RmsgPlan move_to_dlq_by_tid_plan = {

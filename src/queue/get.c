@@ -56,10 +56,11 @@ PG_FUNCTION_INFO_V1(rmsg_get);
  * $2 now.
  */
 static RmsgPlan next_visible_plan = {
-	"SELECT least(min(visible_at) FILTER (WHERE visible_at > $2),"
-	"             min(lease_until) FILTER (WHERE lease_until > $2))"
+	"SELECT least(min(m.visible_at) FILTER (WHERE m.visible_at > $2),"
+	"             min(l.lease_until) FILTER (WHERE l.lease_until > $2))"
 	"       AS next_visible_at"
-	"  FROM rmsg.message WHERE queue_id = $1",
+	"  FROM rmsg.message m LEFT JOIN rmsg.lease l ON l.msg_id = m.msg_id"
+	" WHERE m.queue_id = $1",
 	2, {INT4OID, TIMESTAMPTZOID}
 };
 

@@ -164,7 +164,6 @@ FormMessage(Relation rel, int64 msg_id, int32 queue_id, TimestampTz visible_at,
 	(slot->tts_values[(attnum) - 1] = (value), slot->tts_isnull[(attnum) - 1] = false)
 	SET_COLUMN(rels->att_msg_id, Int64GetDatum(msg_id));
 	SET_COLUMN(rels->att_queue_id, Int32GetDatum(queue_id));
-	SET_COLUMN(rels->att_deliveries, Int32GetDatum(0));
 	SET_COLUMN(rels->att_visible_at, TimestampTzGetDatum(visible_at));
 	SET_COLUMN(rels->att_enqueued_at, TimestampTzGetDatum(enqueued_at));
 	SET_COLUMN(rels->att_payload_size, Int32GetDatum(stored->size));

@@ -73,12 +73,6 @@ static RmsgPlan dead_plan = {
 	1, {INT8OID}
 };
 
-/* A live message in flight, with its lease.  $1 msg_id */
-static RmsgPlan leased_plan = {
-	"SELECT queue_id, deliveries, visible_at, priority FROM rmsg.message WHERE msg_id = $1",
-	1, {INT8OID}
-};
-
 /* $1 msg_id, $2 its queue */
 static RmsgPlan ack_dead_plan = {
 	"DELETE FROM rmsg.dead_message WHERE msg_id = $1 AND queue_id = $2",
@@ -86,24 +80,45 @@ static RmsgPlan ack_dead_plan = {
 };
 
 /*
- * The lease changes.  $1 msg_id, $2 now, $3 the lease's new end, $4 the
- * queue, $5 and $6 the deliveries and visible_at of the receipt's lease,
- * or NULL.  A nack ends the lease: without a delay the message keeps its
- * place in line (and the update stays HOT); with one it goes to the back.
+ * A live message, with its queue and lease: read before any lock, so that
+ * the rights are checked first.  $1 msg_id
  */
-static RmsgPlan nack_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL,"
-	"       visible_at = CASE WHEN $3 > $2 THEN $3 ELSE visible_at END"
-	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
-	"   AND ($5::int IS NULL OR (deliveries = $5 AND visible_at = $6))",
+static RmsgPlan live_plan = {
+	"SELECT m.queue_id, m.visible_at, m.priority, l.deliveries"
+	"  FROM rmsg.message m LEFT JOIN rmsg.lease l ON l.msg_id = m.msg_id"
+	" WHERE m.msg_id = $1",
+	1, {INT8OID}
+};
+
+/*
+ * A nack with a delay moves the message: its newest version, locked first
+ * (waiting for a get in progress) so that its lease is changed by a
+ * transaction that holds the message (queue/lease_rows.c).  $1 msg_id, $2
+ * its queue
+ */
+static RmsgPlan lock_plan = {
+	"SELECT visible_at FROM rmsg.message WHERE msg_id = $1 AND queue_id = $2 FOR UPDATE",
+	2, {INT8OID, INT4OID}
+};
+
+/*
+ * The lease's end moves, if it still runs (and is the receipt's).  An
+ * extend and a nack without a delay change the lease row alone: the
+ * message row keeps its place in line.  $1 msg_id, $2 now, $3 the new end
+ * (NULL: a nack ends it), $4 the queue, $5 and $6 the deliveries and
+ * visible_at of the receipt's lease, or NULL.
+ */
+static RmsgPlan move_end_plan = {
+	"UPDATE rmsg.lease l SET lease_until = $3 FROM rmsg.message m"
+	" WHERE l.msg_id = $1 AND m.msg_id = $1 AND m.queue_id = $4 AND l.lease_until > $2"
+	"   AND ($5::int IS NULL OR (l.deliveries = $5 AND m.visible_at = $6))",
 	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID}
 };
 
-static RmsgPlan extend_plan = {
-	"UPDATE rmsg.message SET lease_until = $3"
-	" WHERE msg_id = $1 AND queue_id = $4 AND lease_until > $2"
-	"   AND ($5::int IS NULL OR (deliveries = $5 AND visible_at = $6))",
-	6, {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID}
+/* A nack with a delay: the message goes to the back.  $1 msg_id, $2 when */
+static RmsgPlan to_the_back_plan = {
+	"UPDATE rmsg.message SET visible_at = $2 WHERE msg_id = $1",
+	2, {INT8OID, TIMESTAMPTZOID}
 };
 
 /*
@@ -323,9 +338,10 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 	int64		receipt = 0;
 	const int64 *given = NULL;
 	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, PG_ARGISNULL(2), PG_ARGISNULL(2)};
+	bool		nulls[6] = {false, false, false, false, false, false};
 	int32		queue_id;
 	int32		deliveries;
+	bool		never_leased;
 	TimestampTz visible_at;
 	int			lane;			/* its priority (queue/priorities.c) */
 	bool		moved;
@@ -340,7 +356,7 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 
 	RmsgSpiConnect();
 	values[0] = Int64GetDatum(msg_id);
-	RmsgPlanExecute(&leased_plan, values, NULL, false, 1);
+	RmsgPlanExecute(&live_plan, values, NULL, false, 1);
 	if (SPI_processed == 0)
 	{
 		moved = AskOtherKeeper(other_keeper != NULL
@@ -350,9 +366,10 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 		return moved;
 	}
 	queue_id = DatumGetInt32(RmsgSpiNotNull(0, "queue_id"));
-	deliveries = DatumGetInt32(RmsgSpiNotNull(0, "deliveries"));
 	visible_at = DatumGetTimestampTz(RmsgSpiNotNull(0, "visible_at"));
 	lane = DatumGetInt16(RmsgSpiNotNull(0, "priority"));
+	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											 4, &never_leased));
 	if (!MayGet(queue_id))
 	{
 		RmsgSpiFinish();
@@ -360,18 +377,34 @@ MoveLeaseEnd(FunctionCallInfo fcinfo, int64 interval, bool nack)
 	}
 
 	moved = false;
-	if (given == NULL || RmsgReceiptOf(msg_id, deliveries, visible_at) == receipt)
+	if (!never_leased &&
+		(given == NULL || RmsgReceiptOf(msg_id, deliveries, visible_at) == receipt))
 	{
-		/* the update changes the row only if it still has that lease */
-		values[1] = TimestampTzGetDatum(now);
-		values[2] = TimestampTzGetDatum(until);
-		values[3] = Int32GetDatum(queue_id);
-		values[4] = Int32GetDatum(deliveries);
-		values[5] = TimestampTzGetDatum(visible_at);
+		bool		to_the_back = nack && until > now;
+
+		values[1] = Int32GetDatum(queue_id);
 		RmsgLazyWriteBegin(RMSG_LAZY_LEASE);
-		RmsgPlanExecute(nack ? &nack_plan : &extend_plan, values, nulls, false, 0);
+		if (to_the_back)
+			RmsgPlanExecute(&lock_plan, values, NULL, false, 1);
+		if (!to_the_back || SPI_processed > 0)
+		{
+			/* the update changes the lease only if it still is the receipt's */
+			values[1] = TimestampTzGetDatum(now);
+			values[2] = TimestampTzGetDatum(until);
+			nulls[2] = nack;
+			values[3] = Int32GetDatum(queue_id);
+			values[4] = Int32GetDatum(deliveries);
+			values[5] = TimestampTzGetDatum(visible_at);
+			nulls[4] = nulls[5] = given == NULL;
+			RmsgPlanExecute(&move_end_plan, values, nulls, false, 0);
+			moved = SPI_processed > 0;
+		}
+		if (moved && to_the_back)
+		{
+			values[1] = TimestampTzGetDatum(until);
+			RmsgPlanExecute(&to_the_back_plan, values, NULL, false, 0);
+		}
 		RmsgLazyWriteEnd();
-		moved = SPI_processed > 0;
 		/*
 		 * The queue's hint may have passed the message on its old lease
 		 * (queue/ready_hint.c).  A nack with a delay gives it a new place

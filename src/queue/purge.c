@@ -40,6 +40,19 @@ static RmsgPlan purge_plan = {
 	1, {INT4OID}
 };
 
+/*
+ * The lease rows of messages that are gone.  A separate statement: a get
+ * that held one of the queue's messages when the purge reached it made
+ * its lease after the purge's snapshot, and the purge waited for it.
+ * Other queues' leases are always deleted with their messages, or by a
+ * purge like this one.
+ */
+static RmsgPlan forget_leases_plan = {
+	"DELETE FROM rmsg.lease l"
+	" WHERE NOT EXISTS (SELECT FROM rmsg.message m WHERE m.msg_id = l.msg_id)",
+	0, {0}
+};
+
 /* rmsg.purge_queue(queue) -> bigint */
 Datum
 rmsg_purge_queue(PG_FUNCTION_ARGS)
@@ -62,6 +75,7 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&purge_plan, &arg, NULL, true, 1);
 	purged = DatumGetInt64(RmsgSpiNotNull(0, "purged"));
 	groups = RmsgSpiCopyValue(0, "groups", &no_groups);
+	RmsgPlanExecute(&forget_leases_plan, NULL, NULL, true, 0);
 	RmsgGroupsReleased(queue.queue_id, groups, no_groups);
 	RmsgSpiFinish();
 	PG_RETURN_INT64(purged);

@@ -16,6 +16,7 @@
 #include "executor/tuptable.h"
 #include "storage/itemptr.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
 
 /* queue/catalog.c: the queue catalog and its locks */
 #define RMSG_DEFAULT_DEDUP_WINDOW (5 * USECS_PER_MINUTE)	/* create_queue's */
@@ -61,6 +62,42 @@ extern RmsgPlacement RmsgPlacementArgs(FunctionCallInfo fcinfo, int group_argno,
 extern void RmsgCheckPlacement(const RmsgQueue *queue, const char *name,
 							   const RmsgPlacement *place);
 extern uint16 RmsgProbeLanes(Relation rel, Relation index, int32 queue_id);
+
+/* queue/lease_rows.c: a message's lease, a row of rmsg.lease */
+typedef struct RmsgLeases
+{
+	const RmsgRelations *rels;
+	Relation	rel;
+	Relation	index;			/* lease_pkey */
+	struct IndexInfo *info;		/* for new entries, built when first needed */
+	TupleTableSlot *slot;
+	/* look-ups, begun when first needed and rescanned */
+	struct IndexScanDescData *scan; /* with scan_snapshot */
+	Snapshot	scan_snapshot;
+	struct IndexScanDescData *dirty_scan;	/* with dirty */
+	SnapshotData dirty;
+} RmsgLeases;
+
+typedef struct RmsgLease
+{
+	bool		found;			/* false: never delivered (or not since a reset) */
+	ItemPointerData tid;		/* of the version found */
+	int32		deliveries;		/* 0 when not found */
+	TimestampTz until;			/* lease_until; DT_NOBEGIN when NULL or not found */
+} RmsgLease;
+
+extern void RmsgLeasesOpen(RmsgLeases *leases, const char *caller);
+extern void RmsgLeasesClose(RmsgLeases *leases);
+extern bool RmsgLeaseFind(RmsgLeases *leases, int64 msg_id, Snapshot snapshot,
+						  RmsgLease *lease);
+extern TransactionId RmsgLeaseFindDirty(RmsgLeases *leases, int64 msg_id, RmsgLease *lease);
+extern bool RmsgLeaseFindNewest(RmsgLeases *leases, int64 msg_id, RmsgLease *lease,
+								bool wait);
+extern bool RmsgLeaseRuns(const RmsgLease *lease, TimestampTz now);
+extern bool RmsgLeaseWrite(RmsgLeases *leases, const RmsgLease *lease, int64 msg_id,
+						   int32 deliveries, TimestampTz until, CommandId cid);
+extern void RmsgLeaseDelete(RmsgLeases *leases, int64 msg_id, const RmsgLease *lease,
+							CommandId cid);
 
 /* queue/ready_scan.c: finding, locking and leasing a queue's ready messages */
 typedef struct RmsgTaken

@@ -17,16 +17,15 @@
  *
  * Each candidate is locked as SELECT ... FOR UPDATE SKIP LOCKED would:
  * table_tuple_lock with LockWaitSkip, following the update chain to the
- * newest version, which we then check again (a concurrent get may have
- * leased it, a dead-lettering moved it).  Then we lease that version with
- * table_tuple_update: lease_until and deliveries are not indexed, so the
- * update is HOT when its page has room, and when it is not we add the index
- * entries ourselves (insert.c).  The lease's receipt follows from its new
- * delivery count (receipts.c).  The table has no triggers (we refuse one
- * that has, core/relations.c) and the new row keeps every constraint.  A
- * message whose deliveries are used up is left locked and unleased, for
- * the caller to dead-letter by its tid, which our lock keeps stable until
- * commit.
+ * newest version, which we then check again (a nack with a delay may have
+ * moved it, a dead-lettering taken it away).  The lease is not in the
+ * message row but in a row of rmsg.lease (lease_rows.c), which we read
+ * again once the lock is ours and then write: the message row, with its
+ * data, is never written by a get.  The lease's receipt follows from its
+ * new delivery count (receipts.c).  The tables have no triggers (we refuse
+ * one that has, core/relations.c).  A message whose deliveries are used up
+ * is left locked and unleased, for the caller to dead-letter by its tid,
+ * which our lock keeps stable until commit.
  *
  * The walk starts at the queue's hint (ready_hint.c) instead of the front,
  * and moves the hint over the entries it may pass: gone for good, or leased
@@ -56,10 +55,13 @@
 
 #include "queue/queue.h"
 
-/* Whether a version of a message row is ready at `now` and in our queue. */
+/*
+ * Whether a version of a message row is visible at `now` and in our queue;
+ * its lease is in rmsg.lease.
+ */
 static bool
-IsReady(TupleTableSlot *slot, const RmsgRelations *rels, int32 queue_id,
-		TimestampTz now)
+IsVisible(TupleTableSlot *slot, const RmsgRelations *rels, int32 queue_id,
+		  TimestampTz now)
 {
 	bool		isnull;
 	Datum		value;
@@ -68,22 +70,28 @@ IsReady(TupleTableSlot *slot, const RmsgRelations *rels, int32 queue_id,
 	if (isnull || DatumGetInt32(value) != queue_id)
 		return false;
 	value = slot_getattr(slot, rels->att_visible_at, &isnull);
-	if (isnull || DatumGetTimestampTz(value) > now)
-		return false;
-	value = slot_getattr(slot, rels->att_lease_until, &isnull);
-	return isnull || DatumGetTimestampTz(value) <= now;
+	return !isnull && DatumGetTimestampTz(value) <= now;
 }
 
-/* Copies what get returns of a leased version into taken. */
+static int64
+MsgIdOf(TupleTableSlot *slot, const RmsgRelations *rels)
+{
+	bool		isnull;
+
+	return DatumGetInt64(slot_getattr(slot, rels->att_msg_id, &isnull));
+}
+
+/* Copies what get returns of a message leased for its deliveries-th time. */
 static void
-Describe(TupleTableSlot *slot, const RmsgRelations *rels, RmsgTaken *taken)
+Describe(TupleTableSlot *slot, const RmsgRelations *rels, int32 deliveries,
+		 RmsgTaken *taken)
 {
 	TupleDesc	desc = slot->tts_tupleDescriptor;
 	bool		isnull;
 	Datum		value;
 
-	taken->msg_id = DatumGetInt64(slot_getattr(slot, rels->att_msg_id, &isnull));
-	taken->deliveries = DatumGetInt32(slot_getattr(slot, rels->att_deliveries, &isnull));
+	taken->msg_id = MsgIdOf(slot, rels);
+	taken->deliveries = deliveries;
 	taken->receipt = RmsgReceiptOf(taken->msg_id, taken->deliveries,
 								   DatumGetTimestampTz(slot_getattr(slot, rels->att_visible_at, &isnull)));
 	taken->enqueued_at = DatumGetTimestampTz(slot_getattr(slot, rels->att_enqueued_at, &isnull));
@@ -95,42 +103,6 @@ Describe(TupleTableSlot *slot, const RmsgRelations *rels, RmsgTaken *taken)
 		: datumCopy(value, false, -1);
 	value = slot_getattr(slot, rels->att_payload_id, &isnull);
 	taken->payload_id = isnull ? 0 : DatumGetInt64(value);
-}
-
-/*
- * Leases the locked version in `locked` until lease_end: a new version with
- * deliveries + 1.  Returns the new version in `leased`.
- */
-static void
-Lease(Relation rel, const RmsgRelations *rels, TupleTableSlot *locked,
-	  TupleTableSlot *leased, TimestampTz lease_end, CommandId cid,
-	  Snapshot snapshot)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			deliveries_at = rels->att_deliveries - 1;
-	int			lease_at = rels->att_lease_until - 1;
-	TM_FailureData tmfd;
-	LockTupleMode lockmode;
-	TM_Result	result;
-	RmsgUpdateIndexes update_indexes;
-
-	slot_getallattrs(locked);
-	ExecClearTuple(leased);
-	memcpy(leased->tts_values, locked->tts_values, sizeof(Datum) * desc->natts);
-	memcpy(leased->tts_isnull, locked->tts_isnull, sizeof(bool) * desc->natts);
-	leased->tts_values[deliveries_at] =
-		Int32GetDatum(DatumGetInt32(locked->tts_values[deliveries_at]) + 1);
-	leased->tts_values[lease_at] = TimestampTzGetDatum(lease_end);
-	leased->tts_isnull[lease_at] = false;
-	ExecStoreVirtualTuple(leased);
-
-	result = table_tuple_update(rel, &locked->tts_tid, leased, cid, snapshot,
-								InvalidSnapshot, true, &tmfd, &lockmode,
-								&update_indexes);
-	if (result != TM_Ok)
-		elog(ERROR, "could not lease locked message (%d)", (int) result);
-	if (RmsgIndexesNeedEntries(update_indexes))
-		RmsgInsertIndexEntries(rel, leased, true);
 }
 
 /* Entries a walk passes between two moves of the hint */
@@ -149,27 +121,29 @@ typedef enum EntryState
  * with a dirty snapshot: it finds no version when every version was
  * deleted by a committed transaction or inserted by an aborted one, and
  * says when a transaction still running inserted the version it found or
- * is deleting or changing it.  Sets, for a leased message, *lease_end.
+ * is deleting or changing it.  The message's lease is read the same way: a
+ * get still running leases it (its lock alone does not show in the
+ * message row).  Sets, for a leased message, *lease_end.
  */
 static EntryState
 StateOfEntry(IndexFetchTableData *fetch, ItemPointer tid, TupleTableSlot *slot,
-			 const RmsgRelations *rels, TimestampTz now, TimestampTz *lease_end)
+			 RmsgLeases *leases, const RmsgRelations *rels, TimestampTz now,
+			 TimestampTz *lease_end)
 {
 	SnapshotData dirty;
 	bool		call_again = false;
 	bool		all_dead = false;
-	bool		isnull;
-	Datum		lease;
+	RmsgLease	lease;
 
 	InitDirtySnapshot(dirty);
 	if (!table_index_fetch_tuple(fetch, tid, &dirty, slot, &call_again, &all_dead))
 		return ENTRY_GONE;
 	if (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax))
 		return ENTRY_STOPS;
-	lease = slot_getattr(slot, rels->att_lease_until, &isnull);
-	if (isnull || DatumGetTimestampTz(lease) <= now)
+	if (TransactionIdIsValid(RmsgLeaseFindDirty(leases, MsgIdOf(slot, rels), &lease)) ||
+		!RmsgLeaseRuns(&lease, now))
 		return ENTRY_STOPS;
-	*lease_end = DatumGetTimestampTz(lease);
+	*lease_end = lease.until;
 	return ENTRY_LEASED;
 }
 
@@ -198,8 +172,8 @@ typedef struct ReadyWalker
 	IndexScanDesc scan;			/* of the ready index, rescanned per lane */
 	TupleTableSlot *seen;		/* the version our snapshot sees */
 	TupleTableSlot *locked;		/* its newest version, locked */
-	TupleTableSlot *leased;		/* the leased version we made */
 	TupleTableSlot *dirty;		/* for StateOfEntry */
+	RmsgLeases	leases;
 	IndexFetchTableData *dirty_fetch;
 	CommandId	cid;
 	int32		queue_id;
@@ -209,6 +183,24 @@ typedef struct ReadyWalker
 	bool		may_move;		/* whether this transaction may move the hints */
 	bool		front_only;		/* move the hint only: lock and lease nothing */
 } ReadyWalker;
+
+/*
+ * Whether the message our snapshot shows is leased, so that the walk need
+ * not lock it to know.  Under READ COMMITTED, by its newest lease (another
+ * transaction at work on it counts too: it holds the message, or is
+ * extending or ending a lease); under REPEATABLE READ, by the lease our
+ * snapshot sees, kept in *seen_lease to be compared with the newest once
+ * the message is locked.
+ */
+static bool
+LeasedWhenSeen(ReadyWalker *w, int64 msg_id, RmsgLease *seen_lease)
+{
+	if (IsolationUsesXactSnapshot())
+		return RmsgLeaseFind(&w->leases, msg_id, w->snapshot, seen_lease) &&
+			RmsgLeaseRuns(seen_lease, w->now);
+	return TransactionIdIsValid(RmsgLeaseFindDirty(&w->leases, msg_id, seen_lease)) ||
+		RmsgLeaseRuns(seen_lease, w->now);
+}
 
 /*
  * Locks and leases up to max ready messages of one lane of the queue
@@ -267,6 +259,9 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 		TM_Result	result;
 		bool		isnull;
 		RmsgTaken  *t = taken != NULL ? &taken[nfound] : NULL;
+		RmsgLease	seen_lease;		/* as LeasedWhenSeen read it */
+		RmsgLease	lease;			/* the newest, once the message is locked */
+		int64		msg_id;
 
 		/*
 		 * The entry's own tid, the root of its HOT chain: fetching the
@@ -276,7 +271,8 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 
 		CHECK_FOR_INTERRUPTS();
 
-		if (!index_fetch_heap(scan, w->seen) || !IsReady(w->seen, rels, w->queue_id, w->now))
+		if (!index_fetch_heap(scan, w->seen) || !IsVisible(w->seen, rels, w->queue_id, w->now) ||
+			LeasedWhenSeen(w, MsgIdOf(w->seen, rels), &seen_lease))
 		{
 			/*
 			 * Not in our snapshot, or leased there: nothing for us to take.
@@ -287,8 +283,8 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 				RmsgHintKey key = EntryKey(scan);
 				TimestampTz lease_end;
 
-				switch (StateOfEntry(w->dirty_fetch, &entry, w->dirty, rels, w->now,
-									 &lease_end))
+				switch (StateOfEntry(w->dirty_fetch, &entry, w->dirty, &w->leases, rels,
+									 w->now, &lease_end))
 				{
 					case ENTRY_GONE:
 						break;
@@ -340,18 +336,34 @@ WalkLane(ReadyWalker *w, int lane, int max, RmsgTaken *taken)
 		if (tmfd.traversed && IsolationUsesXactSnapshot())
 			continue;
 		/* changed since our snapshot, or moved out of the lane */
-		if (!IsReady(w->locked, rels, w->queue_id, w->now) ||
+		if (!IsVisible(w->locked, rels, w->queue_id, w->now) ||
 			DatumGetInt16(slot_getattr(w->locked, rels->att_priority, &isnull)) != lane)
 			continue;
 
-		t->exhausted = DatumGetInt32(slot_getattr(w->locked, rels->att_deliveries, &isnull))
-			>= w->max_deliveries;
+		/*
+		 * Leased since our snapshot?  The lock is ours now, so a read of
+		 * the lease now finds the newest (lease_rows.c).  Under REPEATABLE
+		 * READ a lease our snapshot does not see is left alone, as a newer
+		 * message version is above.
+		 */
+		msg_id = MsgIdOf(w->locked, rels);
+		if (!RmsgLeaseFindNewest(&w->leases, msg_id, &lease, false) ||
+			RmsgLeaseRuns(&lease, w->now))
+			continue;			/* leased, or an extend or a nack is at work on it */
+		if (IsolationUsesXactSnapshot() &&
+			(lease.found != seen_lease.found ||
+			 (lease.found && !ItemPointerEquals(&lease.tid, &seen_lease.tid))))
+			continue;
+
+		t->exhausted = lease.deliveries >= w->max_deliveries;
 		if (t->exhausted)
 			t->tid = w->locked->tts_tid;	/* all dead-lettering needs */
 		else
 		{
-			Lease(w->rel, rels, w->locked, w->leased, w->lease_end, w->cid, w->snapshot);
-			Describe(w->leased, rels, t);
+			if (!RmsgLeaseWrite(&w->leases, &lease, msg_id, lease.deliveries + 1,
+								w->lease_end, w->cid))
+				continue;		/* extended or nacked as it ran out: theirs */
+			Describe(w->locked, rels, lease.deliveries + 1, t);
 			t->priority = (int16) lane;
 		}
 		nfound++;
@@ -383,9 +395,9 @@ BeginWalks(ReadyWalker *w, int32 queue_id, TimestampTz now, const char *caller)
 	w->index = index_open(w->rels->message_ready_idx, AccessShareLock);
 	w->snapshot = RegisterSnapshot(IsolationUsesXactSnapshot()
 								   ? GetTransactionSnapshot() : GetLatestSnapshot());
+	RmsgLeasesOpen(&w->leases, caller);
 	w->seen = table_slot_create(w->rel, NULL);
 	w->locked = table_slot_create(w->rel, NULL);
-	w->leased = table_slot_create(w->rel, NULL);
 	w->dirty = table_slot_create(w->rel, NULL);
 	w->dirty_fetch = table_index_fetch_begin(w->rel);
 	w->scan = index_beginscan(w->rel, w->index, w->snapshot, 4, 0);
@@ -400,7 +412,7 @@ EndWalks(ReadyWalker *w)
 	ExecDropSingleTupleTableSlot(w->dirty);
 	ExecDropSingleTupleTableSlot(w->seen);
 	ExecDropSingleTupleTableSlot(w->locked);
-	ExecDropSingleTupleTableSlot(w->leased);
+	RmsgLeasesClose(&w->leases);
 	UnregisterSnapshot(w->snapshot);
 	index_close(w->index, NoLock);
 	table_close(w->rel, NoLock);

@@ -58,20 +58,24 @@ static RmsgPlan has_dead_plan = {
 /*
  * Moves dead letters held as messages of queue $1 to $2 (NULL: where each
  * died), if that is one of $5; $3 now, $4 the most to move (NULL: all).
- * FOR UPDATE rechecks the lease on the newest version of a row it waited
- * for.
+ * They arrive with no deliveries: their lease rows go.  A message a
+ * consumer of the dead-letter queue has leased stays, unless that lease
+ * committed after this statement began: then the message is both in that
+ * consumer's hands and back in its queue, delivered twice but not lost.
  */
 static RmsgPlan move_back_plan = {
 	"WITH picked AS ("
-	"  SELECT m.ctid AS tid, coalesce($2, m.died_in) AS to_queue_id"
+	"  SELECT m.ctid AS tid, m.msg_id, coalesce($2, m.died_in) AS to_queue_id"
 	"    FROM rmsg.message m"
 	"   WHERE m.queue_id = $1 AND m.died_in IS NOT NULL"
-	"     AND (m.lease_until IS NULL OR m.lease_until <= $3)"
+	"     AND NOT EXISTS (SELECT FROM rmsg.lease l"
+	"                      WHERE l.msg_id = m.msg_id AND l.lease_until > $3)"
 	"     AND coalesce($2, m.died_in) = ANY ($5)"
 	"   ORDER BY m.msg_id LIMIT $4"
-	"     FOR UPDATE OF m SKIP LOCKED)"
-	" UPDATE rmsg.message m SET queue_id = p.to_queue_id, deliveries = 0,"
-	"        lease_until = NULL, visible_at = $3, died_in = NULL, priority = 0"
+	"     FOR UPDATE OF m SKIP LOCKED),"
+	" unleased AS (DELETE FROM rmsg.lease l USING picked p WHERE l.msg_id = p.msg_id)"
+	" UPDATE rmsg.message m SET queue_id = p.to_queue_id,"
+	"        visible_at = $3, died_in = NULL, priority = 0"
 	"   FROM picked p WHERE m.ctid = p.tid",
 	5, {INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID, INT4ARRAYOID}
 };
@@ -83,9 +87,9 @@ static RmsgPlan revive_plan = {
 	"   ORDER BY d.msg_id LIMIT $4 FOR UPDATE SKIP LOCKED),"
 	" gone AS (DELETE FROM rmsg.dead_message d USING picked p"
 	"           WHERE d.msg_id = p.msg_id RETURNING d.*)"
-	" INSERT INTO rmsg.message (msg_id, queue_id, deliveries, visible_at,"
+	" INSERT INTO rmsg.message (msg_id, queue_id, visible_at,"
 	"        enqueued_at, payload_size, payload_id, headers, inline_data)"
-	" SELECT msg_id, $2, 0, $3, enqueued_at, payload_size, payload_id, headers,"
+	" SELECT msg_id, $2, $3, enqueued_at, payload_size, payload_id, headers,"
 	"        inline_data FROM gone",
 	4, {INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID}
 };

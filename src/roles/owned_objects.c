@@ -125,7 +125,8 @@ static RmsgPlan drop_handlers_plan = {
 /* Dropping what a role owns.  $1 the name */
 static RmsgPlan drop_queue_plan = {
 	"WITH q AS (SELECT queue_id FROM rmsg.queue WHERE name = $1),"
-	" live AS (DELETE FROM rmsg.message WHERE queue_id = (SELECT queue_id FROM q)),"
+	" live AS (DELETE FROM rmsg.message WHERE queue_id = (SELECT queue_id FROM q) RETURNING msg_id),"
+	" leases AS (DELETE FROM rmsg.lease l USING live WHERE l.msg_id = live.msg_id),"
 	" dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = (SELECT queue_id FROM q)),"
 	" put_keys AS (DELETE FROM rmsg.put_key WHERE queue_id = (SELECT queue_id FROM q))"
 	" DELETE FROM rmsg.queue WHERE name = $1 RETURNING queue_id",

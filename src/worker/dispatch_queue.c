@@ -38,8 +38,9 @@
  * The message goes to the back of its line.
  */
 static RmsgPlan give_back_plan = {
-	"UPDATE rmsg.message SET lease_until = NULL, visible_at = $2"
-	" WHERE msg_id = $1 AND deliveries = $3",
+	"WITH ended AS (UPDATE rmsg.lease SET lease_until = NULL"
+	"                WHERE msg_id = $1 AND deliveries = $3 RETURNING msg_id)"
+	" UPDATE rmsg.message m SET visible_at = $2 FROM ended e WHERE m.msg_id = e.msg_id",
 	3, {INT8OID, TIMESTAMPTZOID, INT4OID}
 };
 

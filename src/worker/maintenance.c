@@ -69,8 +69,8 @@ static struct
  */
 static RmsgPlan exhausted_scan_plan = {
 	"WITH slice AS MATERIALIZED ("
-	"       SELECT m.queue_id, m.priority, m.visible_at, m.msg_id, m.deliveries, m.lease_until"
-	"         FROM rmsg.message m"
+	"       SELECT m.queue_id, m.priority, m.visible_at, m.msg_id, l.deliveries, l.lease_until"
+	"         FROM rmsg.message m LEFT JOIN rmsg.lease l ON l.msg_id = m.msg_id"
 	"        WHERE (m.queue_id, m.priority, m.visible_at, m.msg_id) > ($1, $2, $3, $4)"
 	"          AND m.visible_at <= $5"
 	"        ORDER BY m.queue_id, m.priority, m.visible_at, m.msg_id"
@@ -90,10 +90,10 @@ static RmsgPlan exhausted_scan_plan = {
 
 /* Of the messages $2 of queue $1, those still exhausted at $4, locked. */
 static RmsgPlan exhausted_lock_plan = {
-	"SELECT msg_id FROM rmsg.message"
-	" WHERE msg_id = ANY ($2) AND queue_id = $1 AND visible_at <= $4 AND deliveries >= $3"
-	"   AND (lease_until IS NULL OR lease_until <= $4)"
-	" FOR UPDATE SKIP LOCKED",
+	"SELECT m.msg_id FROM rmsg.message m JOIN rmsg.lease l ON l.msg_id = m.msg_id"
+	" WHERE m.msg_id = ANY ($2) AND m.queue_id = $1 AND m.visible_at <= $4"
+	"   AND l.deliveries >= $3 AND (l.lease_until IS NULL OR l.lease_until <= $4)"
+	" FOR UPDATE OF m SKIP LOCKED",
 	4, {INT4OID, INT8ARRAYOID, INT4OID, TIMESTAMPTZOID}
 };
 

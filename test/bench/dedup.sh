@@ -137,7 +137,7 @@ setup_schema() {
 
 # Empties what the workloads fill, so that every measurement starts alike.
 reset_state() {
-    sql "TRUNCATE rmsg.message, rmsg.dead_message, rmsg.payload"
+    sql "TRUNCATE rmsg.message, rmsg.lease, rmsg.dead_message, rmsg.payload"
     sql "VACUUM"
 }
 

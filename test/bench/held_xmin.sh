@@ -225,7 +225,7 @@ backlog_query() {
 # Empties the system's queue, then gives the next run a clean slate.
 reset_system() {
     case $1 in
-        rmsg) sql "TRUNCATE rmsg.message, rmsg.payload" ;;
+        rmsg) sql "TRUNCATE rmsg.message, rmsg.lease, rmsg.payload" ;;
         pgmq) sql "TRUNCATE pgmq.q_bench, pgmq.a_bench" ;;
         # A new queue: its event tables go with the old one.
         pgq) sql "SELECT pgq.drop_queue(queue_name, true) FROM pgq.queue WHERE queue_name = 'bench'" >/dev/null

@@ -275,7 +275,7 @@ b_received() {
 }
 
 reset_state() {
-    sql b "TRUNCATE rmsg.message, rmsg.payload, rmsg.payload_received, inbox_dblink"
+    sql b "TRUNCATE rmsg.message, rmsg.lease, rmsg.payload, rmsg.payload_received, inbox_dblink"
     sql a "TRUNCATE outbox; UPDATE bench_ctl SET done = false"
     sql a "SELECT rmsg.collect_payloads()" >/dev/null
     for c in a b; do sql "$c" "VACUUM"; sql "$c" "CHECKPOINT"; done

@@ -23,7 +23,12 @@ SELECT line FROM (
          || CASE WHEN c.relkind = 'v' THEN ' def=' || md5(pg_get_viewdef(c.oid)) ELSE '' END
     FROM pg_class c WHERE c.relnamespace = 'rmsg'::regnamespace
   UNION ALL
-  SELECT 'column ' || c.relname || '.' || lpad(a.attnum::text, 2, '0') || ' ' || a.attname
+  -- a column's place among the columns a query sees: an update that drops
+  -- a column leaves a hole in the attribute numbers that a fresh install
+  -- does not have, and that no query or dump can tell
+  SELECT 'column ' || c.relname || '.'
+         || lpad((row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum))::text, 2, '0')
+         || ' ' || a.attname
          || ' ' || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
          || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-')
          || ' identity=' || a.attidentity::text

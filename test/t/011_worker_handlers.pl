@@ -714,9 +714,9 @@ sql(q{SELECT rmsg.create_queue('sweep_deep', 1)});
 sql(q{SELECT count(*) FROM rmsg.put_batch('sweep_deep', array_fill('fresh'::bytea, ARRAY[60000]))});
 sql(q{SELECT rmsg.put('sweep_deep', 'deep'::text)});
 # as if a get had leased it once (gets take the front of the queue)
-sql(q{UPDATE rmsg.message SET deliveries = 1, lease_until = now() + interval '1 second'
-       WHERE msg_id = (SELECT max(msg_id) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
-                        WHERE q.name = 'sweep_deep')});
+sql(q{INSERT INTO rmsg.lease (msg_id, deliveries, lease_until)
+       SELECT max(msg_id), 1, now() + interval '1 second' FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
+        WHERE q.name = 'sweep_deep'});
 poll(q{SELECT dead = 1 AND ready = 60000 FROM rmsg.queues WHERE queue = 'sweep_deep'}, 't',
 	'the exhausted message behind 60,000 others was dead-lettered by a later pass');
 sql(q{SELECT rmsg.purge_queue('sweep_deep')});

@@ -322,7 +322,7 @@ sub reload_setting
 # (below rmsg.max_retry_delay, 10 min by default)
 reload_setting('rmsg.retry_delay', '5min', '5min');
 my $a_id = put('failing', 'a');
-wait_ok("SELECT deliveries = 1 AND visible_at > now() FROM rmsg.message WHERE msg_id = $a_id", 't',
+wait_ok("SELECT l.deliveries = 1 AND m.visible_at > now() FROM rmsg.message m JOIN rmsg.lease l USING (msg_id) WHERE msg_id = $a_id", 't',
 	'retry_delay 5min: the failed message is given back delayed');
 is( sql(qq{SELECT visible_at > now() + interval '4 minutes' AND visible_at < now() + interval '301 seconds'
              FROM rmsg.message WHERE msg_id = $a_id}),
@@ -334,11 +334,11 @@ ok($node->log_contains(qr/handler of queue "failing" failed on message $a_id \(d
 
 reload_setting('rmsg.retry_delay', '200ms', '200ms');
 my $b_id = put('failing', 'b');
-my $took = wait_secs("SELECT deliveries >= 4 FROM rmsg.message WHERE msg_id = $b_id", 't', 20);
+my $took = wait_secs("SELECT deliveries >= 4 FROM rmsg.lease WHERE msg_id = $b_id", 't', 20);
 ok(defined $took && $took < 6,
 	'retry_delay 200ms after a reload: a new failing message is tried 4 times within seconds (0.2+0.4+0.8 s of backoff)')
   or diag('took ' . ($took // 'too long'));
-is(sql("SELECT deliveries FROM rmsg.message WHERE msg_id = $a_id"), '1',
+is(sql("SELECT deliveries FROM rmsg.lease WHERE msg_id = $a_id"), '1',
 	'the message given back under the old delay still waits for it');
 is(sql($worker_pids_sql), $pids, 'the reloads restarted no worker');
 like(sql(q{SELECT target || ' ' || errors || ' ' || last_error FROM rmsg.handlers WHERE target = 'failing'}),

@@ -499,7 +499,7 @@ my @views = relations_of($source, 'app', 'v');
 ok(@views >= 9, 'the views: ' . join(', ', @views));
 
 ok( $source->poll_query_until('app', qq{
-	SELECT lease_until < now() FROM rmsg.message WHERE msg_id = $short_lease}),
+	SELECT lease_until < now() FROM rmsg.lease WHERE msg_id = $short_lease}),
 	'the three-second lease has run out');
 
 # A query for a view's rows as text, one per line in a canonical order,

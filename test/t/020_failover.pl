@@ -267,7 +267,7 @@ for (1 .. 100)
 	last if $leased_id ne '';
 	load_for(0.02);
 }
-$lease_until = $ps->("SELECT lease_until FROM rmsg.message WHERE msg_id = $leased_id")
+$lease_until = $ps->("SELECT lease_until FROM rmsg.lease WHERE msg_id = $leased_id")
   if $leased_id ne '';
 like($leased_id, qr/^\d+$/, "an outside consumer leased message $leased_id for $LEASE_SECONDS s");
 load_for(0.3);
@@ -323,8 +323,11 @@ load_for($LOAD_SECONDS - (time - $load_start));
 # printed last).
 #
 # The worker must have messages to handle when the sender freezes (the
-# producers alone may not outpace it): 500 put at once just before take it
-# a good fraction of a second.
+# producers alone may not outpace it): 3,000 put at once just before take it
+# more than a second.  (500 were drained before the sender froze once a
+# lease stopped writing the message row: the worker then sat idle until
+# the outside consumer's lease ran out, its handling the only one left to
+# wait for the standby.)
 #
 # Section 7 needs the worker's waiting transaction to be one that handled
 # messages and that never reached the standby.  A sender may have written
@@ -335,7 +338,7 @@ load_for($LOAD_SECONDS - (time - $load_start));
 # When the commit got through (or the worker waits on other work), the
 # sender is thawed and the burst and the freeze are tried again.
 #---------------------------------------------------------------------------
-my $BURST = 500;
+my $BURST = 3000;
 my $waiting_sql = q{
 	SELECT count(*) FILTER (WHERE application_name LIKE 'producer%') || '/'
 	    || count(*) FILTER (WHERE backend_type = 'recoverable_msg worker')
@@ -503,7 +506,8 @@ my ($queued_at_promotion, $in_flight_at_promotion, $handled_at_promotion,
 	$both_at_promotion, $recovery, $prepared_xacts)
   = split /\|/, session_query($watch, q{
 	SELECT (SELECT count(*) FROM rmsg.message) || '|'
-	    || (SELECT count(*) FROM rmsg.message WHERE lease_until > now()) || '|'
+	    || (SELECT count(*) FROM rmsg.message m JOIN rmsg.lease l USING (msg_id)
+	         WHERE l.lease_until > now()) || '|'
 	    || (SELECT count(*) FROM handled) || '|'
 	    || (SELECT count(*) FROM handled h JOIN rmsg.message m USING (msg_id)) || '|'
 	    || pg_is_in_recovery()::text || '|'
@@ -519,7 +523,8 @@ note("at the promotion: $queued_at_promotion messages queued ($in_flight_at_prom
 # runs: once it ran out, the new worker may already have taken the
 # message, which the checks after the drain see.)
 my ($lease_now, $lease_running) = split /\|/, session_query($watch, qq{
-	SELECT coalesce((SELECT lease_until::text FROM rmsg.message WHERE msg_id = $leased_id), 'gone')
+	SELECT coalesce((SELECT l.lease_until::text FROM rmsg.message m JOIN rmsg.lease l USING (msg_id)
+	                  WHERE msg_id = $leased_id), 'gone')
 	    || '|' || (now() < '$lease_until'::timestamptz);},
 	'the leased message');
 SKIP:

@@ -143,8 +143,8 @@ cmp_ok($walk2, '<', 10, 'and starts past the messages in flight');
 
 # A nack of a message the hint passed: ready at once, at its old place.
 my $first_leased = $node->safe_psql('postgres', q{
-SELECT min(msg_id) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
- WHERE q.name = 'jobs' AND lease_until > now()});
+SELECT min(msg_id) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) JOIN rmsg.lease l USING (msg_id)
+ WHERE q.name = 'jobs' AND l.lease_until > now()});
 is($node->safe_psql('postgres', "SELECT rmsg.nack($first_leased)"), 't', 'a message in flight is nacked');
 is($node->safe_psql('postgres', q{SELECT msg_id FROM rmsg.get('jobs', 1, '1 hour')}), $first_leased,
 	'the next get takes it, although the hint had passed it');

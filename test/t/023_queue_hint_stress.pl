@@ -193,7 +193,7 @@ SELECT count(*) FILTER (WHERE handle(msg_id, receipt, 'nacked')) FROM (SELECT * 
 SELECT count(*) FILTER (WHERE handle(msg_id, receipt, 'dead letter')) FROM rmsg.get('dlq', :nmax, '2 seconds');
 \else
 BEGIN;
-SELECT count(rmsg.ack(msg_id)) FROM ((SELECT msg_id FROM rmsg.message WHERE deliveries >= 3 AND lease_until < now() + interval '0.5 seconds' LIMIT 2)
+SELECT count(rmsg.ack(msg_id)) FROM ((SELECT msg_id FROM rmsg.lease WHERE deliveries >= 3 AND lease_until < now() + interval '0.5 seconds' LIMIT 2)
                                      UNION ALL (SELECT msg_id FROM produced ORDER BY msg_id DESC LIMIT 2 OFFSET :nmax)) x;
 SELECT count(*) FROM rmsg.get('dlq', 3, '1 minute');
 SELECT count(*) FROM rmsg.get('jobs', 3, '1 minute');
@@ -257,7 +257,7 @@ while (time - $start < LOAD_SECONDS)
 			'another transaction holds the horizon, to the end');
 		$late = 1;
 	}
-	sql('VACUUM rmsg.message');
+	sql('VACUUM rmsg.message, rmsg.lease');
 	usleep(1_000_000);
 }
 # A VACUUM slowed by the load may have carried the loop past the second a
@@ -298,9 +298,9 @@ sub ready_ids
 	my ($q) = @_;
 	return sql(qq{
 SELECT coalesce(string_agg(msg_id::text, ',' ORDER BY msg_id), '')
-  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
- WHERE q.name = '$q' AND visible_at <= now() AND (lease_until IS NULL OR lease_until <= now())
-   AND deliveries < q.max_deliveries});
+  FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id)
+ WHERE q.name = '$q' AND visible_at <= now() AND (l.lease_until IS NULL OR l.lease_until <= now())
+   AND coalesce(l.deliveries, 0) < q.max_deliveries});
 }
 
 # One get of the queue, whose messages are handled: the msg_ids it took.
@@ -317,8 +317,8 @@ sub count_ids { my $n = () = $_[0] =~ /\d+/g; return $n; }
 # Wait for every short lease, delay and retry to end; the leases of a
 # minute in "pending" still run.
 note('at the end of the load: ' . sql(q{SELECT string_agg(queue || ' ' || ready || ' ready, ' || in_flight || ' in flight, ' || delayed || ' delayed', '; ' ORDER BY queue) FROM rmsg.queues}));
-my $busy = q{SELECT count(*) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
- WHERE (lease_until > now() AND lease_until < now() + interval '10 seconds') OR visible_at > now() OR q.name = 'wq'};
+my $busy = q{SELECT count(*) FROM rmsg.message m JOIN rmsg.queue q USING (queue_id) LEFT JOIN rmsg.lease l USING (msg_id)
+ WHERE (l.lease_until > now() AND l.lease_until < now() + interval '10 seconds') OR visible_at > now() OR q.name = 'wq'};
 my $waited = time;
 while (sql($busy) ne '0' && time - $waited < 30)
 {
@@ -339,7 +339,8 @@ sql('VACUUM rmsg.message');
 # message ready there: found by the first get, wherever the hint was.
 note('leased for a minute after the load: ' . sql(q{
 WITH r AS (SELECT count(*) AS n FROM rmsg.message m JOIN rmsg.queue q USING (queue_id)
-            WHERE q.name = 'jobs' AND (lease_until IS NULL OR lease_until <= now())),
+            LEFT JOIN rmsg.lease l USING (msg_id)
+            WHERE q.name = 'jobs' AND (l.lease_until IS NULL OR l.lease_until <= now())),
      g AS (INSERT INTO pending SELECT msg_id, receipt FROM rmsg.get('jobs', (SELECT greatest(n / 2, 1)::int FROM r), '1 minute')
            ON CONFLICT (msg_id) DO UPDATE SET receipt = excluded.receipt RETURNING 1)
 SELECT count(*) FROM g}));
@@ -354,7 +355,7 @@ for my $q ('hot', 'jobs', 'dlq')
 # The long leases, which the gets just passed, end now: nacked, extended
 # to zero, or shortened to half a second, in a transaction that a get
 # walks past before it commits; then the next get takes them all.
-my $long = sql(q{SELECT count(*) FROM rmsg.message WHERE lease_until > now() + interval '10 seconds'});
+my $long = sql(q{SELECT count(*) FROM rmsg.lease WHERE lease_until > now() + interval '10 seconds'});
 my $ender = session_open($node, 'ender');
 my $ended = session_query($ender, q{BEGIN;
 SELECT count(*) FILTER (WHERE CASE msg_id % 3 WHEN 0 THEN rmsg.nack(msg_id, NULL, receipt)
