@@ -55,6 +55,9 @@ SELECT got('rd_work') AS got;    -- all three die into rd_dlq
 SELECT queue, ready, dead FROM rmsg.queues WHERE queue LIKE 'rd%' ORDER BY queue;
 SELECT rmsg.redrive('rd_dlq', max => 1) AS redriven;
 SELECT convert_from(payload, 'UTF8') AS payload, deliveries FROM rmsg.get('rd_work', 10, '1 minute');
+-- delivered in the dead-letter queue too, then redriven: they arrive with
+-- no deliveries all the same (the first get below is their first)
+SELECT count(rmsg.nack(msg_id)) AS delivered_in_dlq FROM rmsg.get('rd_dlq', 10, '1 minute');
 SELECT rmsg.redrive('rd_dlq', 'rd_other') AS redriven_elsewhere;
 SELECT convert_from(payload, 'UTF8') AS payload, deliveries FROM rmsg.get('rd_other', 10, '1 minute') ORDER BY 1;
 SELECT queue, ready, in_flight FROM rmsg.queues WHERE queue LIKE 'rd%' ORDER BY queue;

@@ -40,9 +40,9 @@
 #include "access/tableam.h"
 #include "catalog/index.h"
 #include "executor/tuptable.h"
+#include "storage/lmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
-#include "storage/lmgr.h"
 #include "utils/snapmgr.h"
 
 #include "queue/queue.h"

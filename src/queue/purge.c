@@ -30,27 +30,31 @@
 
 PG_FUNCTION_INFO_V1(rmsg_purge_queue);
 
-/* $1 queue_id: how many went, and the groups whose messages went */
+/*
+ * $1 queue_id: how many went, the groups whose messages went, and the
+ * lowest and highest msg_id of the live ones (NULL: none)
+ */
 static RmsgPlan purge_plan = {
-	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING group_id),"
+	"WITH live AS (DELETE FROM rmsg.message WHERE queue_id = $1 RETURNING msg_id, group_id),"
 	"     dead AS (DELETE FROM rmsg.dead_message WHERE queue_id = $1 RETURNING 1)"
 	" SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM dead) AS purged,"
 	"        (SELECT array_agg(DISTINCT group_id) FROM live"
-	"          WHERE group_id IS NOT NULL) AS groups",
+	"          WHERE group_id IS NOT NULL) AS groups,"
+	"        (SELECT min(msg_id) FROM live) AS first_id, (SELECT max(msg_id) FROM live) AS last_id",
 	1, {INT4OID}
 };
 
 /*
- * The lease rows of messages that are gone.  A separate statement: a get
- * that held one of the queue's messages when the purge reached it made
- * its lease after the purge's snapshot, and the purge waited for it.
- * Other queues' leases are always deleted with their messages, or by a
- * purge like this one.
+ * The lease rows of the live messages that went: those between $1 and $2
+ * whose message is gone.  A statement of its own, after the purge: a get
+ * that held one of the queue's messages when the purge reached it gave it
+ * its first lease after the purge's snapshot (the purge waited for it), and
+ * a join in the purge's statement would not see that row.
  */
 static RmsgPlan forget_leases_plan = {
-	"DELETE FROM rmsg.lease l"
-	" WHERE NOT EXISTS (SELECT FROM rmsg.message m WHERE m.msg_id = l.msg_id)",
-	0, {0}
+	"DELETE FROM rmsg.lease l WHERE l.msg_id BETWEEN $1 AND $2"
+	"   AND NOT EXISTS (SELECT FROM rmsg.message m WHERE m.msg_id = l.msg_id)",
+	2, {INT8OID, INT8OID}
 };
 
 /* rmsg.purge_queue(queue) -> bigint */
@@ -63,6 +67,8 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	int64		purged;
 	Datum		groups;
 	bool		no_groups;
+	Datum		range[2];
+	bool		no_live;
 
 	RmsgEnter("rmsg.purge_queue", true);
 	name = RmsgTextArg(fcinfo, 0, "queue name");
@@ -75,7 +81,10 @@ rmsg_purge_queue(PG_FUNCTION_ARGS)
 	RmsgPlanExecute(&purge_plan, &arg, NULL, true, 1);
 	purged = DatumGetInt64(RmsgSpiNotNull(0, "purged"));
 	groups = RmsgSpiCopyValue(0, "groups", &no_groups);
-	RmsgPlanExecute(&forget_leases_plan, NULL, NULL, true, 0);
+	range[0] = RmsgSpiValue(0, "first_id", &no_live);
+	range[1] = RmsgSpiValue(0, "last_id", &no_live);
+	if (!no_live)
+		RmsgPlanExecute(&forget_leases_plan, range, NULL, true, 0);
 	RmsgGroupsReleased(queue.queue_id, groups, no_groups);
 	RmsgSpiFinish();
 	PG_RETURN_INT64(purged);
